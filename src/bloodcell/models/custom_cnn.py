@@ -1,0 +1,86 @@
+"""The four custom CNNs of the PBC classification study, of increasing depth.
+
+The study's second model is ``basic_cnn`` trained with random flips and
+rotations; that is a training recipe (``configs/basic_cnn_augmented.yaml``),
+not another network. Every network ends in an adaptive average pool, so any
+input size works; outputs are logits (softmax is applied at inference).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .registry import register_model
+
+_MEAN = (0.5, 0.5, 0.5)
+_STD = (0.5, 0.5, 0.5)
+
+
+def _conv(cin: int, cout: int, batch_norm: bool) -> list[nn.Module]:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1, bias=not batch_norm)]
+    if batch_norm:
+        layers.append(nn.BatchNorm2d(cout))
+    layers.append(nn.ReLU(inplace=True))
+    return layers
+
+
+class PlainCNN(nn.Module):
+    """Conv blocks (each ``convs`` 3x3 convolutions then 2x2 max-pool) and a dense head."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        blocks: list[tuple[int, int]],
+        dense: list[int],
+        batch_norm: bool = False,
+        dropout: float = 0.0,
+        pool_to: int = 4,
+    ):
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = 3
+        for width, convs in blocks:
+            for _ in range(convs):
+                layers += _conv(cin, width, batch_norm)
+                cin = width
+            layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(pool_to)
+        head: list[nn.Module] = [nn.Flatten()]
+        fin = cin * pool_to * pool_to
+        for units in dense:
+            head.append(nn.Linear(fin, units))
+            if batch_norm:
+                head.append(nn.BatchNorm1d(units))
+            head.append(nn.ReLU(inplace=True))
+            if dropout:
+                head.append(nn.Dropout(dropout))
+            fin = units
+        head.append(nn.Linear(fin, num_classes))
+        self.classifier = nn.Sequential(*head)
+
+    def forward(self, x):
+        return self.classifier(self.pool(self.features(x)))
+
+
+@register_model(family="custom", description="3 conv/pool blocks (32-64-128) and one dense layer", default_size=128, mean=_MEAN, std=_STD)
+def basic_cnn(num_classes: int = 8) -> nn.Module:
+    return PlainCNN(num_classes, [(32, 1), (64, 1), (128, 1)], [128])
+
+
+@register_model(family="custom", description="5 conv blocks (32-64-128x2-256x2) and two dense layers", default_size=128, mean=_MEAN, std=_STD)
+def complex_cnn(num_classes: int = 8) -> nn.Module:
+    return PlainCNN(num_classes, [(32, 1), (64, 1), (128, 2), (128, 2), (256, 2)], [256, 128])
+
+
+@register_model(
+    family="custom",
+    description="complex_cnn with batch norm after every convolution and 50% dropout in the dense layers",
+    default_size=128,
+    mean=_MEAN,
+    std=_STD,
+)
+def enhanced_cnn(num_classes: int = 8) -> nn.Module:
+    return PlainCNN(
+        num_classes, [(32, 1), (64, 1), (128, 2), (128, 2), (256, 2)], [256, 128], batch_norm=True, dropout=0.5
+    )

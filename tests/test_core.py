@@ -1,0 +1,118 @@
+"""Class names, preprocessing, decoding and the CLI shell."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bloodcell import CLASSES, ConfigError, DataError, PreprocessConfig, canonical_class, decode_image, prepare
+from bloodcell.cli import main
+
+
+@pytest.mark.parametrize(
+    "alias,expected",
+    [("IG", "ig"), ("immature_granulocyte", "ig"), ("Immature Granulocytes", "ig"), ("NEUTROPHIL", "neutrophil"),
+     ("thrombocyte", "platelet"), ("Platelets", "platelet"), ("erythroblast", "erythroblast")],
+)
+def test_class_aliases(alias, expected):
+    assert canonical_class(alias) == expected
+
+
+def test_unknown_class_lists_known_and_suggests():
+    with pytest.raises(DataError, match=r"Unknown class name 'neutrofil'.*Known classes: basophil.*Did you mean 'neutrophil'"):
+        canonical_class("neutrofil")
+
+
+def _png(img: Image.Image, fmt="PNG") -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "CMYK", "I;16", "I", "F", "1"])
+def test_decode_converts_every_mode_to_rgb(mode):
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8))
+    if mode == "I;16":
+        img = Image.fromarray((np.arange(600, dtype=np.uint16).reshape(20, 30) * 100))
+    else:
+        img = rgb.convert(mode)
+    fmt = "TIFF" if mode in ("CMYK", "I", "F", "I;16") else "PNG"
+    arr = decode_image(_png(img, fmt), "x.img")
+    assert arr.shape == (20, 30, 3) and arr.dtype == np.uint8
+    if mode == "I;16":
+        assert arr.min() == 0 and arr.max() == 255
+
+
+def test_decode_rejects_non_image_with_name(tmp_path):
+    bad = tmp_path / "cell.jpg"
+    bad.write_bytes(b"this is not a jpeg")
+    with pytest.raises(DataError, match=r"cell\.jpg: not a readable image"):
+        decode_image(bad)
+
+
+def test_decode_rejects_truncated_jpeg(tmp_path):
+    data = _png(Image.new("RGB", (200, 200), (200, 10, 10)), "JPEG")
+    bad = tmp_path / "half.jpg"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"half\.jpg: The file is truncated or corrupt"):
+        decode_image(bad)
+
+
+def test_decode_rejects_decompression_bomb(monkeypatch):
+    monkeypatch.setattr("bloodcell.preprocess.MAX_PIXELS", 1000)
+    with pytest.raises(DataError, match=r"big\.png: image is 40x40 = 1,600 pixels, over the 1,000-pixel"):
+        decode_image(_png(Image.new("RGB", (40, 40))), "big.png")
+
+
+def test_decode_missing_file(tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        decode_image(tmp_path / "nope.png")
+
+
+def test_prepare_centre_crops_then_resizes():
+    img = np.zeros((100, 200, 3), np.uint8)
+    img[:, 50:150] = 255  # the centred 100x100 square is white, the sides black
+    out = prepare(img, PreprocessConfig(image_size=32, crop_fraction=1.0))
+    assert out.shape == (32, 32, 3)
+    assert out.min() == 255
+    half = prepare(img, PreprocessConfig(image_size=10, crop_fraction=0.5))
+    assert half.shape == (10, 10, 3) and half.min() == 255
+
+
+def test_preprocess_config_validates_and_round_trips():
+    cfg = PreprocessConfig(image_size=64, crop_fraction=0.8)
+    assert PreprocessConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.pixel_key() != PreprocessConfig(image_size=64, crop_fraction=0.9).pixel_key()
+    with pytest.raises(ConfigError, match="image_size must be an integer from 8 to 2048, got 4"):
+        PreprocessConfig(image_size=4)
+    with pytest.raises(ConfigError, match="Unknown preprocessing keys"):
+        PreprocessConfig.from_dict({"size": 3})
+
+
+def test_normalize_numpy_and_torch_agree():
+    import torch
+
+    from bloodcell.preprocess import normalize
+
+    cfg = PreprocessConfig(image_size=8)
+    batch = np.random.default_rng(1).integers(0, 255, (2, 8, 8, 3), dtype=np.uint8)
+    a = normalize(batch, cfg)
+    b = normalize(torch.from_numpy(batch), cfg).numpy()
+    assert a.shape == (2, 3, 8, 8)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    assert len(CLASSES) == 8
+
+
+def test_cli_suggests_close_verb(capsys):
+    assert main(["modls"]) == 2
+    assert "Did you mean 'models'" in capsys.readouterr().err
+
+
+def test_cli_runs_as_module():
+    out = subprocess.run([sys.executable, "-m", "bloodcell", "models"], capture_output=True, text=True, check=True)
+    assert "efficientnet_lite0" in out.stdout and "enhanced_cnn" in out.stdout
