@@ -157,6 +157,7 @@ def evaluate_arrays(
     split: str | None = None,
     problems=(),
     notes=(),
+    left_out=None,
 ) -> Evaluation:
     """Evaluate ``loaded`` on prepared images with labels indexing ``label_names``.
 
@@ -177,8 +178,9 @@ def evaluate_arrays(
         compares them with the plain ones, gain and cost.
     n_boot : int
         Bootstrap resamples for the 95% intervals.
-    source, split, problems, notes
-        Descriptions of the data carried into the results.
+    source, split, problems, notes, left_out
+        Descriptions of the data carried into the results (``left_out``:
+        images per class already removed because the model lacks the class).
 
     Raises
     ------
@@ -193,8 +195,9 @@ def evaluate_arrays(
     present = [label_names[k] for k in sorted(set(labels.tolist()))] if len(labels) else []
     if not present:
         raise DataError(f"{source}: no labelled images to evaluate" + (f" in split {split!r}" if split else "") + ".")
-    alignment = align_classes(present, model_classes)
-    y, left_out = _map_labels(labels, label_names, model_classes)
+    alignment = align_classes(present + list(left_out or {}), model_classes)
+    y, dropped = _map_labels(labels, label_names, model_classes)
+    left_out = {**(left_out or {}), **dropped}
     keep = y >= 0
     ids = [str(i) for i in (ids if ids is not None else range(len(labels)))]
     images, y = images[keep], y[keep]
@@ -286,15 +289,21 @@ def evaluate_arrays(
     return Evaluation(loaded, images, y, ids, probs, probs_uncal, alignment, summary)
 
 
+def _problem_text(p) -> str:
+    msg = getattr(p, "message", None)
+    return str(msg) if msg else str(p)
+
+
 def load_labelled(data, preprocess, split: str | None = "test", progress: bool = True):
-    """Read a labelled dataset's images prepared for a model.
+    """Read a labelled dataset's images, prepared for a model, keeping the model's classes.
 
     Parameters
     ----------
     data : str or Path
-        Anything :func:`bloodcell.data.open_dataset` reads.
+        Anything :func:`bloodcell.data.open_dataset` reads (a class-folder
+        tree, an ``.npz``, a CSV manifest such as ``bloodcell split`` writes).
     preprocess : PreprocessConfig
-        The model's preprocessing.
+        The model's preprocessing (its ``class_names`` are the model's classes).
     split : str or None
         Split to read from a manifest or MedMNIST file; a dataset without
         splits (a folder, a plain ``.npz``) is read whole, with a note.
@@ -302,41 +311,51 @@ def load_labelled(data, preprocess, split: str | None = "test", progress: bool =
     Returns
     -------
     tuple
-        ``(arrays, split_used, problems, notes)``.
+        ``(arrays, split_used, problems, notes, left_out)``: the
+        :class:`~bloodcell.data.ArraySet`, the split read, the files skipped
+        (messages), notes for the user, and the image count per dataset
+        class the model cannot predict (those images are not decoded).
+
+    Raises
+    ------
+    ModelError
+        When the dataset and the model share no class.
+    DataError
+        When the dataset, or the split, is empty, unlabelled or unreadable.
     """
     from ..data import load_arrays, open_dataset
 
-    ds = open_dataset(data)
+    ds = open_dataset(data, skip_unknown=True)
     notes: list[str] = []
-    splits = sorted({s.split for s in ds.samples if s.split})
     use = split
-    if split and not splits:
+    if split and not ds.has_splits:
         use = None
-        notes.append(f"{data} has no train/val/test split; all its images were evaluated.")
-    elif split and split not in splits:
+        notes.append(f"{data} has no train/val/test split, so all its images were evaluated.")
+    indices = ds.split_indices(use) if use else list(range(len(ds)))
+    if not indices:
+        splits = sorted({s.split for s in ds.samples if s.split})
         raise DataError(
-            f"{data}: no images in split {split!r}; the dataset has splits {', '.join(splits)}. "
-            f"Pass --split {splits[-1]} (or another of them)."
+            f"{data}: no images in split {use!r}; the dataset has splits {', '.join(splits) or 'none'}. "
+            "Pass --split with one of them."
         )
-    chosen = [s for s in ds.samples if use is None or s.split == use]
-    if not chosen:
-        where = f" in split {use!r}" if use else ""
-        raise DataError(f"{data}: the dataset is empty{where}; nothing to evaluate. Check the path or the manifest.")
-    labelled = {s.label for s in chosen if s.label}
-    if not labelled:
+    unlabelled = [ds.samples[i].source_id for i in indices if ds.samples[i].label is None]
+    if len(unlabelled) == len(indices):
         raise DataError(
-            f"{data}: the images carry no class labels, so accuracy cannot be measured. "
-            "Use a class-folder tree or a manifest with a label column (or `bloodcell predict` for unlabelled images)."
+            f"{data}: the images carry no class labels, so accuracy cannot be measured. Use a class-folder tree "
+            "or a manifest with a label column (`bloodcell predict` classifies unlabelled images)."
         )
-    align_classes(sorted(labelled, key=lambda c: CLASSES.index(c) if c in CLASSES else 99), preprocess.class_names)
-    arrays = load_arrays(ds, preprocess, split=use, progress=progress)
-    problems = list(getattr(ds, "problems", []) or []) + list(getattr(arrays, "problems", []) or [])
-    if len(arrays.labels) == 0:
+    if unlabelled:
         raise DataError(
-            f"{data}: no readable images" + (f" in split {use!r}" if use else "")
-            + (f" ({len(problems)} rejected, e.g. {problems[0]})" if problems else "") + "."
+            f"{data}: {len(unlabelled)} image(s) have no label (e.g. {unlabelled[0]}). "
+            "Fill in their labels or leave them out of the evaluation data."
         )
-    return arrays, use, problems, notes
+    present = [c for c in CLASSES if any(ds.samples[i].label == c for i in indices)]
+    alignment = align_classes(present, preprocess.class_names)
+    left_out = {c: sum(ds.samples[i].label == c for i in indices) for c in alignment.unknown}
+    keep = [i for i in indices if ds.samples[i].label not in left_out]
+    arrays = load_arrays(ds.select(keep), preprocess, class_names=preprocess.class_names, progress=progress)
+    problems = [_problem_text(p) for p in list(ds.problems) + list(getattr(arrays, "skipped", []) or [])]
+    return arrays, use, problems, notes, left_out
 
 
 def evaluate_dataset(
@@ -352,9 +371,9 @@ def evaluate_dataset(
 ) -> Evaluation:
     """Evaluate a model folder on a dataset (see :func:`evaluate_arrays`)."""
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device or "cpu")
-    arrays, used, problems, notes = load_labelled(data, loaded.preprocess, split, progress)
+    arrays, used, problems, notes, left_out = load_labelled(data, loaded.preprocess, split, progress)
     return evaluate_arrays(
         loaded, arrays.images, arrays.labels, arrays.class_names, ids=list(arrays.ids), tta=tta,
         batch_size=batch_size, device=device, n_boot=n_boot, source=str(data), split=used,
-        problems=problems, notes=notes,
+        problems=problems, notes=notes, left_out=left_out,
     )
