@@ -74,11 +74,11 @@ def row_from_summary(summary: dict, images_per_second: float | None, name: str |
     }
 
 
-def _unique_names(paths: list[Path]) -> list[str]:
-    names = [p.name for p in paths]
-    if len(set(names)) == len(names):
-        return names
-    return ["/".join(p.parts[-2:]) for p in paths]
+def _unique_names(rows: list[dict]) -> None:
+    """Name rows by model folder; where two share a name, prefix the parent folder."""
+    names = [Path(r["path"]).name for r in rows]
+    for r, name in zip(rows, names):
+        r["name"] = name if names.count(name) == 1 else "/".join(Path(r["path"]).parts[-2:])
 
 
 def compare(
@@ -112,9 +112,8 @@ def compare(
     runs = [Path(r) for r in runs]
     if not runs:
         raise ConfigError("Name at least one model folder or evaluation (metrics.json) to compare.")
-    names = _unique_names([r.parent if r.name == "metrics.json" else r for r in runs])
     rows = []
-    for run, name in zip(runs, names):
+    for run in runs:
         if is_model_folder(run):
             if data is None:
                 raise ConfigError(
@@ -133,7 +132,8 @@ def compare(
         else:
             raise DataError(f"{run}: no such model folder or evaluation file.")
         ips = measure_throughput(loaded, device=device) if loaded is not None else None
-        rows.append(row_from_summary(summary, ips, name))
+        rows.append(row_from_summary(summary, ips))
+    _unique_names(rows)
     return rows
 
 

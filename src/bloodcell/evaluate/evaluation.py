@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .. import __version__
 from ..classes import CLASSES, canonical_class
@@ -283,6 +284,7 @@ def evaluate_arrays(
             "images_per_second": len(y) / max(plain_seconds, 1e-9),
             "batch_size": batch_size,
             "device": str(next(loaded.module.parameters()).device),
+            "torch_threads": torch.get_num_threads(),
         },
         "tta_comparison": tta_block,
     }

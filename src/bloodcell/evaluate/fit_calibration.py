@@ -104,9 +104,18 @@ def calibrate_model(
         "notes": notes,
     })
     cal["fitted_at"] = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
-    path = Path(loaded.path) / META
-    if write:
-        meta = read_meta(loaded.path)
-        meta["calibration"] = cal
-        atomic_write_json(path, meta)
+    path = store_calibration(loaded.path, cal) if write else Path(loaded.path) / META
     return {**cal, "model_json": str(path)}
+
+
+def store_calibration(folder: str | Path, calibration: dict) -> Path:
+    """Set the ``calibration`` block of a model folder's ``model.json``, keeping every other field.
+
+    The file is re-read just before writing and replaced atomically.
+    """
+    folder = Path(folder)
+    meta = read_meta(folder)
+    meta["calibration"] = calibration
+    path = folder / META
+    atomic_write_json(path, meta)
+    return path
