@@ -257,8 +257,8 @@ def confidence_histogram(confidence: np.ndarray, correct: np.ndarray, threshold:
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     if threshold is not None:
         ax.axvline(threshold, color=BLACK, ls="--", lw=1.2)
-        ax.text(threshold, ax.get_ylim()[1], f" refer below {100 * threshold:.1f}%", va="top", ha="right"
-                if threshold > 0.7 else "left", fontsize=9)
+        ax.text(threshold, ax.get_ylim()[1], f"refer to a hematologist below {100 * threshold:.2f}% ", va="top",
+                ha="right" if threshold > 0.7 else "left", fontsize=9)
     ax.xaxis.set_major_formatter(_pct_axis)
     ax.set(xlim=(0, 1.0), xlabel="confidence (top probability)", ylabel="images (log scale)")
     ax.set_title("Confidence of correct and wrong predictions")

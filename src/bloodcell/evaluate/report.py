@@ -207,12 +207,18 @@ def render_html(ev: Evaluation, figs: dict, missing: dict) -> str:
         _card("Macro-F1", _pct(m["macro_avg"]["f1"]), ci_txt("macro_f1")),
         _card("Balanced accuracy", _pct(m["balanced_accuracy"])),
         _card("ROC-AUC (OvR macro)", "–" if m["roc_auc_ovr_macro"] is None else f"{m['roc_auc_ovr_macro']:.4f}"),
-        _card("ECE", _pct(m["ece"]), f"uncalibrated {_pct(cal['ece_uncalibrated'])}"),
+        _card("ECE with TTA" if s["tta"] else "ECE", _pct(m["ece"]),
+              f"uncalibrated {_pct(cal['ece_uncalibrated'])}"
+              + (f", temperature-scaled {_pct(cal['ece_calibrated'])}" if s["tta"] else "")),
         _card("Log loss", f"{m['log_loss']:.4f}"),
     ]
     for key, c in cov.items():
         cards.append(_card(f"Coverage at {key}%", _pct(c["coverage"], 1) if c["threshold"] is not None else "not reached",
                            f"accept when top probability ≥ {_pct(c['threshold'], 1)}" if c["threshold"] is not None else ""))
+    mt = ab["model_threshold"]
+    if mt and mt["accuracy"] is not None:
+        cards.append(_card("Model's threshold", f"{_pct(mt['coverage'], 1)} kept",
+                           f"{_pct(mt['accuracy'])} accurate, {mt['referred']} referred"))
     split = f", split {data['split']}" if data["split"] else ""
     title = f"{model['name']} on {Path(data['source']).name}{split}"
     out = [
@@ -311,7 +317,7 @@ def render_html(ev: Evaluation, figs: dict, missing: dict) -> str:
             + "</table>"
             f"<p>Gain: accuracy {100 * g['accuracy']:+.2f} points, macro-F1 {100 * g['macro_f1']:+.2f} points, "
             f"ECE {100 * g['ece']:+.2f} points, for {t['slowdown']:.1f}× the inference time. "
-            f"{t['fixed']} images fixed, {t['broken']} broken, {t['changed']} changed.</p>"
+            f"Predictions changed: {t['changed']} (fixed {t['fixed']}, broken {t['broken']}).</p>"
         )
     else:
         body = "<p class='muted'>Not run. Add <code>--tta</code> to average the eight flips and 90° rotations.</p>"
@@ -319,7 +325,8 @@ def render_html(ev: Evaluation, figs: dict, missing: dict) -> str:
     section("mistakes", "<p class='muted'>The wrong predictions the model was surest of: label errors in the data, "
             "look-alike classes, or blind spots.</p>" + _img(figs, missing, "mistakes", "most confident mistakes"))
     section("gradcam", "<p class='muted'>For a random sample of each class: the image, then the Grad-CAM map of "
-            "the predicted class (last convolution). A red caption marks a wrong prediction.</p>"
+            "the predicted class (last convolution), captioned with the model's confidence; a red caption marks a "
+            "wrong prediction.</p>"
             + _img(figs, missing, "gradcam", "Grad-CAM overlays"))
     details = [
         f"<p>Model folder <code>{_e(model['path'])}</code>; classes: {_e(', '.join(display(c) for c in model['class_names']))}.</p>",
