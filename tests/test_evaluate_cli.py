@@ -166,3 +166,11 @@ def test_real_slice_evaluate_and_report(models, real_data, tmp_path):
     assert s["metrics"]["evaluated_classes"] == list(s["model"]["class_names"])
     assert all("not a readable image" in p or "cannot be decoded" in p for p in s["data"]["problems"])
     assert (out / "gradcam.png").exists() and "<section id='gradcam'>" in (out / "report.html").read_text()
+
+
+def test_bad_device_and_batch_size(models, make_folder_dataset, inproc):
+    data = make_folder_dataset(per_class=1, classes=("lymphocyte", "monocyte"), size=40, seed=6)
+    code, _, err = inproc("evaluate", models["a"], data, "--batch-size", "0")
+    assert code == 2 and "--batch-size must be at least 1" in err
+    code, _, err = inproc("evaluate", models["a"], data, "--device", "banana")
+    assert code == 2 and "not a torch device" in err

@@ -27,9 +27,23 @@ def add_arguments(parser) -> None:
 
 
 def device_of(args):
+    """The torch device to use, checked; also checks ``--batch-size``."""
+    import torch
+
+    from ..errors import ConfigError
     from ..inference import default_device
 
-    return args.device or str(default_device())
+    if getattr(args, "batch_size", 1) < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    if not args.device:
+        return str(default_device())
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise ConfigError(f"--device {args.device!r} is not a torch device; use cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {args.device} asked for, but no CUDA GPU is available here; use --device cpu.")
+    return str(device)
 
 
 def print_summary(summary: dict) -> None:

@@ -131,6 +131,20 @@ def _map_labels(labels, label_names, model_classes) -> tuple[np.ndarray, dict[st
     return y, left_out
 
 
+def _in_chunks(fn, images: np.ndarray, progress: bool, desc: str, chunk: int = 256) -> np.ndarray:
+    """Apply ``fn`` to ``images`` in chunks, with a progress bar on stderr."""
+    if not progress or len(images) <= chunk:
+        return fn(images)
+    from tqdm import tqdm
+
+    out = []
+    with tqdm(total=len(images), desc=desc, unit="img", leave=False) as bar:
+        for start in range(0, len(images), chunk):
+            out.append(fn(images[start : start + chunk]))
+            bar.update(len(out[-1]))
+    return np.concatenate(out)
+
+
 def _headline(y: np.ndarray, probs: np.ndarray, class_names, evaluated, n_bins: int = 15) -> dict:
     m = compute_metrics(y, probs, class_names, evaluated, n_bins=n_bins, n_boot=0)
     return {
@@ -159,6 +173,7 @@ def evaluate_arrays(
     problems=(),
     notes=(),
     left_out=None,
+    progress: bool = False,
 ) -> Evaluation:
     """Evaluate ``loaded`` on prepared images with labels indexing ``label_names``.
 
@@ -182,6 +197,8 @@ def evaluate_arrays(
     source, split, problems, notes, left_out
         Descriptions of the data carried into the results (``left_out``:
         images per class already removed because the model lacks the class).
+    progress : bool
+        Show prediction progress on stderr.
 
     Raises
     ------
@@ -205,7 +222,8 @@ def evaluate_arrays(
     ids = [i for i, k in zip(ids, keep) if k]
 
     t0 = time.perf_counter()
-    logits = predict_logits(loaded, images, batch_size=batch_size, device=device)
+    logits = _in_chunks(lambda x: predict_logits(loaded, x, batch_size=batch_size, device=device), images,
+                        progress, "predicting")
     plain_seconds = time.perf_counter() - t0
     probs_uncal = softmax(logits.astype(np.float64)).astype(np.float32)
     temperature = loaded.temperature
@@ -215,7 +233,9 @@ def evaluate_arrays(
     evaluated = alignment.evaluated
     if tta:
         t0 = time.perf_counter()
-        probs_tta = predict_proba(loaded, images, batch_size=batch_size, tta=True, calibrated=True, device=device)
+        probs_tta = _in_chunks(
+            lambda x: predict_proba(loaded, x, batch_size=batch_size, tta=True, calibrated=True, device=device),
+            images, progress, "predicting with TTA")
         tta_seconds = time.perf_counter() - t0
         plain = _headline(y, probs_plain, model_classes, evaluated, n_bins)
         aug = _headline(y, probs_tta, model_classes, evaluated, n_bins)
@@ -377,5 +397,5 @@ def evaluate_dataset(
     return evaluate_arrays(
         loaded, arrays.images, arrays.labels, arrays.class_names, ids=list(arrays.ids), tta=tta,
         batch_size=batch_size, device=device, n_boot=n_boot, source=str(data), split=used,
-        problems=problems, notes=notes, left_out=left_out,
+        problems=problems, notes=notes, left_out=left_out, progress=progress,
     )

@@ -23,7 +23,7 @@ from .calibration import (
     nll,
     softmax,
 )
-from .evaluation import COVERAGE_TARGETS, load_labelled
+from .evaluation import COVERAGE_TARGETS, _in_chunks, load_labelled
 
 ABSTAIN_RULE = "refer the image to a hematologist when its top temperature-scaled probability is below abstain_threshold"
 
@@ -94,7 +94,8 @@ def calibrate_model(
         raise DataError(f"--target-accuracy must be in (0, 1], got {target_accuracy!r}; e.g. 0.995 for 99.5%.")
     loaded = load_model(model, device or "cpu")
     arrays, used, problems, notes, left_out = load_labelled(data, loaded.preprocess, split, progress)
-    logits = predict_logits(loaded, arrays.images, batch_size=batch_size, device=device)
+    logits = _in_chunks(lambda x: predict_logits(loaded, x, batch_size=batch_size, device=device), arrays.images,
+                        progress, "predicting")
     cal = fit_calibration(logits, arrays.labels, target_accuracy)
     cal["validation"].update({
         "source": str(data),
