@@ -341,6 +341,9 @@ def mistakes_grid(images: np.ndarray, true: list[str], pred: list[str], confiden
         ax.axis("on")
         ax.set_xticks([])
         ax.set_yticks([])
+        if ids is not None:
+            name = str(ids[k]).replace("\\", "/").rsplit("/", 1)[-1]
+            ax.set_xlabel(name if len(name) <= 26 else "…" + name[-25:], fontsize=7, color="dimgrey")
         for s in ax.spines.values():
             s.set_visible(True)
             s.set_color(VERMILLION)

@@ -195,7 +195,7 @@ def _card(label: str, value: str, ci: str = "") -> str:
     return f'<div class="card"><div class="l">{_e(label)}</div><div class="v">{_e(value)}</div><div class="ci">{_e(ci)}</div></div>'
 
 
-def render_html(ev: Evaluation, figs: dict, missing: dict) -> str:
+def render_html(ev: Evaluation, figs: dict, missing: dict, n_mistakes: int = 24) -> str:
     """The report as one HTML string (figures inlined)."""
     s = ev.summary
     m, cal, ab, model, data = s["metrics"], s["calibration"], s["abstention"], s["model"], s["data"]
@@ -322,8 +322,18 @@ def render_html(ev: Evaluation, figs: dict, missing: dict) -> str:
     else:
         body = "<p class='muted'>Not run. Add <code>--tta</code> to average the eight flips and 90° rotations.</p>"
     section("tta", body)
+    idx = most_confident_mistakes(ev, n_mistakes)
+    listing = ""
+    if len(idx):
+        names = ev.class_names
+        listing = ("<details><summary>File list</summary><table><tr><th>Image</th><th>True</th><th>Predicted</th>"
+                   "<th>Confidence</th></tr>" + "".join(
+                       f"<tr><td>{_e(ev.ids[i])}</td><td>{_e(display(names[ev.y_true[i]]))}</td>"
+                       f"<td>{_e(display(names[ev.probs[i].argmax()]))}</td><td>{_pct(float(ev.probs[i].max()), 1)}</td></tr>"
+                       for i in idx) + "</table></details>")
     section("mistakes", "<p class='muted'>The wrong predictions the model was surest of: label errors in the data, "
-            "look-alike classes, or blind spots.</p>" + _img(figs, missing, "mistakes", "most confident mistakes"))
+            "look-alike classes, or blind spots.</p>" + _img(figs, missing, "mistakes", "most confident mistakes")
+            + listing)
     section("gradcam", "<p class='muted'>For a random sample of each class: the image, then the Grad-CAM map of "
             "the predicted class (last convolution), captioned with the model's confidence; a red caption marks a "
             "wrong prediction.</p>"
@@ -360,7 +370,7 @@ def write_report(ev: Evaluation, folder: str | Path, n_mistakes: int = 24, gradc
             atomic_write_bytes(folder / f"{name}.png", png)
         atomic_write_json(folder / "metrics.json", ev.to_json())
         path = folder / "report.html"
-        atomic_write_bytes(path, render_html(ev, figs, missing).encode("utf-8"))
+        atomic_write_bytes(path, render_html(ev, figs, missing, n_mistakes).encode("utf-8"))
         mode = 0o666 & ~_umask()
         for name in [*(f"{n}.png" for n in figs), "metrics.json", "report.html"]:
             os.chmod(folder / name, mode)
