@@ -147,6 +147,9 @@ def confusion_matrix(cm: dict, title: str = "Confusion matrix") -> Figure:
     fig, ax = _figure(figsize=(1.05 * nc + 3.2, 0.8 * nr + 2.6))
     ax.grid(False)
     im = ax.imshow(norm, cmap=HEATMAP, vmin=0, vmax=1, aspect="auto")
+    for j, a in enumerate(absent):
+        if a:  # classes the dataset lacks: any prediction here is an error
+            ax.axvspan(j - 0.5, j + 0.5, facecolor="none", edgecolor="#bbbbbb", hatch="//", lw=0, zorder=0.5)
     for i in range(nr):
         for j in range(nc):
             if counts[i, j] == 0:
