@@ -48,13 +48,47 @@ def tiny_config(**overrides):
 def main(argv: list[str]) -> int:
     """``python _train_helpers.py RUN_DIR CONFIG_JSON [--resume]``: train on tiny data (used via subprocess)."""
     sys.path.insert(0, str(SRC))
-    from bloodcell.train import fit
+    from bloodcell.train import TrainingInterrupted, fit
 
     run_dir, cfg_json = argv[0], argv[1]
-    cfg = tiny_config(**json.loads(cfg_json))
-    data = tiny_data()
-    fit(cfg, data, run_dir, resume="--resume" in argv, progress=False)
+    overrides = json.loads(cfg_json)
+    data = tiny_data(n_train=overrides.pop("_n_train", 24), size=overrides.get("image_size", 16))
+    try:
+        fit(tiny_config(**overrides), data, run_dir, resume="--resume" in argv, progress=False)
+    except TrainingInterrupted as e:
+        print(e, file=sys.stderr)
+        return 130
     return 0
+
+
+def ddp_worker(rank: int, world: int, port: int, out_root: str, overrides: dict) -> None:
+    """One process of a two-process gloo run; rank r trains into out_root/rank{r}, results in out_root/results."""
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    sys.path.insert(0, str(SRC))
+    import torch
+
+    from bloodcell.train import distributed, fit
+
+    info = distributed.setup("cpu")
+    assert info.world == world and info.rank == rank
+    try:
+        result = fit(tiny_config(**overrides), tiny_data(), Path(out_root) / f"rank{rank}", progress=False)
+        module_sum = None
+        if rank == 0:
+            from bloodcell.models import load_model
+
+            module_sum = float(sum(p.double().sum() for p in load_model(result.run_dir).module.state_dict().values()
+                                   if p.is_floating_point()))
+        res = Path(out_root) / "results"
+        res.mkdir(exist_ok=True)
+        (res / f"rank{rank}.json").write_text(json.dumps({
+            "history": [{k: v for k, v in h.items() if k != "seconds"} for h in result.history],
+            "world": torch.distributed.get_world_size(), "module_sum": module_sum}))
+    finally:
+        distributed.teardown()
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..train.config import config_keys, key_help
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.allow_abbrev = False  # a mistyped option is an error with a suggestion, not a silent prefix match
     parser.epilog = EPILOG
     g = parser.add_argument_group("run")
     g.add_argument("--recipe", metavar="NAME", help="a shipped recipe (see --list-recipes)")
@@ -80,7 +81,7 @@ def _overrides(args) -> dict:
 
 def run(args) -> int:
     from ..train.config import config_from_dict, load_config, read_yaml, recipe_names, recipe_path
-    from ..train.fit import TrainingInterrupted
+    from ..train.trainer import TrainingInterrupted
     from ..train.run import run_training
 
     if args.list_recipes:

@@ -5,7 +5,7 @@ in-memory ``uint8`` arrays.
 """
 
 from .config import AugmentConfig, TrainConfig, load_config, recipe_names
-from .fit import FitResult, TrainData, TrainingInterrupted, fit, make_preprocess
+from .trainer import FitResult, TrainData, TrainingInterrupted, fit, make_preprocess
 from .run import run_training
 
 __all__ = [

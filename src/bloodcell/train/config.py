@@ -98,7 +98,6 @@ class TrainConfig:
     precision: str = _f("auto", "auto, fp32, bf16 (autocast) or fp16 (CUDA AMP)", choices=("auto", "fp32", "bf16", "fp16"))
     channels_last: str = _f("auto", "channels-last memory format: auto, on, off", choices=("auto", "on", "off"))
     threads: int = _f(0, "CPU threads per process (0 = all cores, divided among processes)", lo=0, hi=1024)
-    workers: int = _f(0, "DataLoader worker processes for augmentation (0 = in the main process)", lo=0, hi=64)
     deterministic: bool = _f(True, "use deterministic algorithms (identical reruns on the same machine)")
 
     def to_dict(self) -> dict:

@@ -10,7 +10,7 @@ from ..errors import ConfigError
 from ..preprocess import PreprocessConfig
 from . import distributed
 from .config import TrainConfig
-from .fit import FitResult, _existing_run, fit, make_preprocess
+from .trainer import FitResult, _existing_run, fit, make_preprocess
 from .splits import load_training_data, write_split_csv
 from .state import latest_meta
 from .warmstart import open_init

@@ -22,7 +22,7 @@ from ..errors import ConfigError, DataError
 from ..models.checkpoint import atomic_write_bytes
 from ..preprocess import PreprocessConfig
 from .config import TrainConfig
-from .fit import TrainData
+from .trainer import TrainData
 
 
 def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
