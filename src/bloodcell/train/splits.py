@@ -110,15 +110,21 @@ def load_training_data(cfg: TrainConfig, pre: PreprocessConfig, progress: bool =
         va_img, va_lab, va_ids = val.images, np.asarray(val.labels), list(val.ids)
         info["split"] = "given"
     else:
-        if splits - {None, "train", "test"}:
-            raise DataError(f"{cfg.data}: unknown split values {sorted(str(s) for s in splits - {None, 'train', 'test'})}; "
-                            "use train, val or test.")
         pool = "train" if "train" in splits else None
         if pool is None and n_test:
             raise DataError(f"{cfg.data}: rows are marked test or unmarked only; mark training rows split=train.")
-        present = {s.label for s in labelled if s.split == pool}
+        # Exact copies (same file content) would leak between training and validation: keep one of each.
+        indices = [i for i, s in enumerate(ds.samples) if s.label is not None and s.split == pool]
+        seen: set[str] = set()
+        unique = []
+        for i, key in zip(indices, ds.content_keys(indices, progress=progress)):
+            if key not in seen:
+                seen.add(key)
+                unique.append(i)
+        info["exact_duplicates_dropped"] = len(indices) - len(unique)
+        present = {ds.samples[i].label for i in unique}
         class_names = tuple(c for c in CLASSES if c in present)
-        arrays = load_arrays(ds, pre, split=pool, class_names=class_names, progress=progress)
+        arrays = load_arrays(ds.select(unique), pre, class_names=class_names, progress=progress)
         labels = np.asarray(arrays.labels)
         tr, va = stratified_split(labels, cfg.val_fraction, cfg.seed, class_names)
         tr_img, tr_lab, tr_ids = arrays.images[tr], labels[tr], [arrays.ids[i] for i in tr]
