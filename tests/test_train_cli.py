@@ -111,3 +111,27 @@ def test_train_on_a_slice_of_the_real_dataset(real_data, tmp_path):
                  "--epochs", "1", "--threads", "1", "--no-progress"]) == 0
     loaded = load_model(out)
     assert loaded.class_names == CLASSES and loaded.meta["data"]["train_images"] == 56
+
+
+def test_ensemble_recipe_trains_each_member_then_combines(make_folder_dataset, tmp_path, capsys):
+    from bloodcell.train.config import load_config
+
+    assert load_config(recipe="efficientnet_b3").pretrained is True  # the shipped recipe's members exist
+    root = make_folder_dataset(per_class=8, classes=("basophil", "lymphocyte", "platelet"), size=24)
+    recipe = tmp_path / "pair.yaml"
+    recipe.write_text("members: [basic_cnn, basic_cnn_augmented]\nweights: [2, 1]\n")
+    out = tmp_path / "ens"
+    args = ["train", "--config", str(recipe), "--data", str(root), "--out", str(out), "--image-size", "16",
+            "--epochs", "1", "--threads", "1", "--no-progress"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "member basic_cnn_augmented" in printed and "ensemble:" in printed
+    ens = load_model(out / "ensemble")
+    assert ens.meta["ensemble"]["weights"] == pytest.approx([2 / 3, 1 / 3])
+    assert json.loads((out / "basic_cnn_augmented" / "model.json").read_text())["config"]["augment"]["hflip"]
+    # Resuming keeps finished members and rebuilds the ensemble.
+    assert main(args + ["--resume"]) == 0
+    assert "already trained (completed), kept" in capsys.readouterr().err
+    recipe.write_text("members: [basic_cnn, nope_cnn]\n")
+    assert main(args[:-1] + ["--out", str(tmp_path / "e2")]) == 2
+    assert "Unknown recipe 'nope_cnn'" in capsys.readouterr().err

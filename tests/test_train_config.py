@@ -11,11 +11,21 @@ from bloodcell.models import list_models
 from bloodcell.train.config import TrainConfig, config_keys, load_config, parse_set, recipe_names
 
 
-@pytest.mark.parametrize("name", recipe_names())
+@pytest.mark.parametrize("name", [n for n in recipe_names() if not n.startswith("ensemble")])
 def test_every_recipe_loads_and_names_a_registered_model(name):
     cfg = load_config(recipe=name)
     assert cfg.model in list_models()
     assert cfg.epochs >= 1 and cfg.batch_size >= 1
+
+
+def test_the_ensemble_recipe_lists_three_architectures():
+    from bloodcell.train.config import read_yaml, recipe_path
+
+    recipe = read_yaml(recipe_path("ensemble_3arch"))
+    members = [load_config(recipe=m).model for m in recipe["members"]]
+    assert members == ["efficientnet_b3", "mobilenetv2_100", "resnet50"]
+    with pytest.raises(ConfigError, match=r"recipe ensemble_3arch is an ensemble recipe .*bloodcell train --recipe"):
+        load_config(recipe="ensemble_3arch")
 
 
 def test_study_recipes_use_the_study_settings():

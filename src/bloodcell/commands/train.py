@@ -82,13 +82,17 @@ def _overrides(args) -> dict:
 def run(args) -> int:
     from ..train.config import config_from_dict, load_config, read_yaml, recipe_names, recipe_path
     from ..train.trainer import TrainingInterrupted
-    from ..train.run import run_training
+    from ..train.run import is_ensemble_recipe, run_training
 
     if args.list_recipes:
         for name in recipe_names():
             text = read_description(recipe_path(name))
             print(f"{name:<24} {text}")
         return 0
+    if args.recipe and args.config:
+        from ..errors import ConfigError
+
+        raise ConfigError("Give either --recipe NAME or --config PATH, not both.")
     overrides = _overrides(args)
     resume = bool(args.resume)
     out = args.out or (args.resume if isinstance(args.resume, str) else None)
@@ -100,6 +104,9 @@ def run(args) -> int:
         from ..errors import ConfigError
 
         raise ConfigError("--resume needs the run folder: --resume RUN_DIR (or --out RUN_DIR --resume).")
+    recipe_data = read_yaml(recipe_path(args.recipe)) if args.recipe else (read_yaml(args.config) if args.config else {})
+    if is_ensemble_recipe(recipe_data):
+        return _run_ensemble(args, recipe_data, overrides, out, resume)
     if resume and not (args.recipe or args.config) and (Path(out) / "config.yaml").is_file():
         cfg = config_from_dict(read_yaml(Path(out) / "config.yaml"), f"{out}/config.yaml")
         from ..train.config import apply_overrides
@@ -131,6 +138,39 @@ def run(args) -> int:
     return 0
 
 
+def _run_ensemble(args, recipe: dict, overrides: dict, out, resume: bool) -> int:
+    from ..models import read_meta
+    from ..train.config import load_config
+    from ..train.run import run_ensemble_recipe
+    from ..train.trainer import TrainingInterrupted
+
+    name = args.recipe or Path(args.config).stem
+    if args.show_config:
+        for member in recipe["members"]:
+            print(f"# member {member}")
+            print(load_config(recipe=member, overrides=overrides).to_yaml(), end="")
+        return 0
+    out = Path(out or Path("runs") / name)
+    previous = _sigterm_as_interrupt()
+    try:
+        target = run_ensemble_recipe(recipe, out, overrides=overrides, resume=resume,
+                                     explicit=tuple(k.replace("-", "_") for k in overrides),
+                                     progress=not args.no_progress, source=name)
+    except TrainingInterrupted as e:
+        print(f"bloodcell train: {e}\nTo continue the whole ensemble: bloodcell train --recipe {name} --out {out} "
+              "--resume (with the same options)", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    for member in recipe["members"]:
+        m = read_meta(out / member).get("metrics", {})
+        print(f"member {member:<20} val acc {m.get('val_acc', float('nan')):.4f}  macro-F1 "
+              f"{m.get('val_macro_f1', float('nan')):.4f}")
+    weights = recipe.get("weights")
+    print(f"ensemble: {target}  ({'equal weights' if not weights else f'weights {weights}'})")
+    return 0
+
+
 def read_description(path) -> str:
     import yaml
 
@@ -142,7 +182,16 @@ def read_description(path) -> str:
 
 
 def _sigterm_as_interrupt():
+    """SIGTERM stops training like Ctrl-C (checkpoint kept); forked helper processes just exit."""
+    import os
+
+    main_pid = os.getpid()
+
     def handler(signum, frame):
+        if os.getpid() != main_pid:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         raise KeyboardInterrupt
 
     return signal.signal(signal.SIGTERM, handler)

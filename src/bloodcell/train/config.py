@@ -334,11 +334,16 @@ def load_config(recipe: str | None = None, config: str | Path | None = None, ove
     if recipe and config:
         raise ConfigError("Give either --recipe NAME or --config PATH, not both.")
     cfg = TrainConfig()
-    if recipe:
-        path = recipe_path(recipe)
-        cfg = apply_overrides(cfg, flatten(read_yaml(path)), f"recipe {recipe}")
-    elif config:
-        cfg = apply_overrides(cfg, flatten(read_yaml(config)), f"file {config}")
+    if recipe or config:
+        source = f"recipe {recipe}" if recipe else f"file {config}"
+        data = read_yaml(recipe_path(recipe) if recipe else config)
+        if "members" in data:
+            raise ConfigError(
+                f"{source} is an ensemble recipe (members: {data['members']}), not one model's config. "
+                f"Train it with `bloodcell train {'--recipe ' + recipe if recipe else '--config ' + str(config)}`, "
+                "which trains every member and combines them."
+            )
+        cfg = apply_overrides(cfg, flatten(data), source)
     if overrides:
         cfg = apply_overrides(cfg, overrides, "command line")
     return cfg

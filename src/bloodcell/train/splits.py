@@ -98,7 +98,9 @@ def load_training_data(cfg: TrainConfig, pre: PreprocessConfig, progress: bool =
         raise DataError(f"{cfg.data}: no labelled images found; training needs class labels.")
     splits = {s.split for s in labelled}
     n_test = sum(s.split == "test" for s in labelled)
-    info = {"source": str(cfg.data), "excluded_test_images": n_test, "problems": len(getattr(ds, "problems", []))}
+    problems = list(getattr(ds, "problems", []))
+    info = {"source": str(cfg.data), "excluded_test_images": n_test, "problems": len(problems),
+            "problem_examples": [p.message for p in problems[:3]]}
     if "val" in splits:
         if "train" not in splits:
             raise DataError(f"{cfg.data}: has val rows but no train rows; mark the training rows split=train.")
