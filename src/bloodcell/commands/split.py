@@ -46,7 +46,8 @@ def run(args) -> int:
     print(counts_table(result))
     reasons = Counter(f for i, sp in enumerate(result.splits) if sp is None for f in a.flags[i])
     if reasons:
-        print("Excluded: " + ", ".join(f"{n} {r}" for r, n in reasons.items())
+        print("Excluded: " + ", ".join(f"{reasons[r]} {r}" for r in ("unreadable", "label-conflict", "outlier")
+                                       if reasons[r])
               + f" (listed in {written['excluded']}; --keep-flagged keeps label conflicts and outliers)")
     if ds.problems:
         print(f"Skipped by the reader: {len(ds.problems)} item(s), e.g. {ds.problems[0].message}")
