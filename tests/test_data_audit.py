@@ -159,3 +159,20 @@ def test_audit_cli_bad_input_is_one_line(tmp_path, setup, match):
     import re
 
     assert re.search(match, proc.stderr)
+
+
+def test_audit_of_arrays_and_manifests(tmp_path):
+    imgs = np.stack([smear(i, i % 8, size=32) for i in range(30)] + [smear(0, 0, size=32)])
+    labels = np.array([i % 8 for i in range(30)] + [5])
+    np.savez(tmp_path / "m.npz", train_images=imgs[:20], train_labels=labels[:20, None],
+             test_images=imgs[20:], test_labels=labels[20:, None])
+    r = audit_dataset(open_dataset(tmp_path / "m.npz"), workers=1, progress=False)
+    assert r.files_on_disk is None and r.accounted() is None
+    assert _ids(r, r.exact_groups) == [["m.npz:test/10", "m.npz:train/0"]]
+    assert r.conflicts[0]["labels"] == ["basophil", "monocyte"] and r.conflicts[0]["kind"] == "exact"
+    assert r.to_dict()["images"][20]["split"] == "test"
+    (tmp_path / "a.png").write_bytes(b"")
+    Image.fromarray(smear(1)).save(tmp_path / "a.png")
+    (tmp_path / "list.csv").write_text("path,label\na.png,ig\n")
+    m = audit_dataset(open_dataset(tmp_path / "list.csv"), workers=1, progress=False)
+    assert m.unreadable == {} and m.group_ids[0].startswith("g")
