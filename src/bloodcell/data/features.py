@@ -83,11 +83,12 @@ def _features(small: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
     x = small.astype(np.float32) * (1.0 / 255.0)
     r, g, b = x[..., 0], x[..., 1], x[..., 2]
     gray = 0.299 * r + 0.587 * g + 0.114 * b
-    mx, mn = x.max(-1), x.min(-1)
+    mx = np.maximum(np.maximum(r, g), b)
+    mn = np.minimum(np.minimum(r, g), b)
     sat = (mx - mn) / np.maximum(mx, 1e-6)
 
-    bg_colour = np.median(x[_BORDER], axis=0)
-    bg_fraction = (np.abs(x - bg_colour).max(-1) < 0.08).mean()
+    bg = [float(np.median(ch[_BORDER])) for ch in (r, g, b)]
+    bg_fraction = ((np.abs(r - bg[0]) < 0.08) & (np.abs(g - bg[1]) < 0.08) & (np.abs(b - bg[2]) < 0.08)).mean()
 
     flat = gray.ravel()
     median_gray = np.partition(flat, flat.size // 2)[flat.size // 2]
