@@ -151,9 +151,8 @@ class PixelCache:
         self._counter += 1
         stem = f"shard-{time.time_ns()}-{os.getpid()}-{self._counter}"
         s = self.preprocess.image_size
-        stacked = np.concatenate(arrays) if arrays else np.empty((0, s, s, 3), np.uint8)
         if len(keys):
-            atomic_save_npy(self.folder / f"{stem}.npy", stacked)
+            atomic_save_npy(self.folder / f"{stem}.npy", arrays)
         atomic_write_json(self.folder / f"{stem}.json", {
             "format": 1,
             "pixel": {"image_size": s, "crop_fraction": self.preprocess.crop_fraction},
