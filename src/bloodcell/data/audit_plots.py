@@ -132,7 +132,7 @@ def flagged(result: AuditResult, path: Path, limit: int = 24) -> Path:
     for i in idx:
         s = result.dataset.samples[i]
         why = ", ".join(result.flags[i]) or "unflagged"
-        score = "" if result.scores is None or np.isnan(result.scores[i]) else f" {result.scores[i]:.1f}"
+        score = "" if result.scores is None or np.isnan(result.scores[i]) else f" (score {result.scores[i]:.1f})"
         caps.append(f"{_short(s.source_id)}\n{s.label}: {why}{score}")
     return _grid(plt, result, idx, caps, title, path)
 
