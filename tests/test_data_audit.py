@@ -41,6 +41,11 @@ def test_audit_finds_every_planted_flaw(flawed):
     ds = open_dataset(flawed)
     r = audit_dataset(ds, workers=1, progress=False)
     assert r.files_on_disk == 4 * 10 + 9 and r.accounted()
+    (flawed / "__MACOSX" / "basophil").mkdir(parents=True)
+    for n in range(3):
+        (flawed / "__MACOSX" / "basophil" / f"._{n}.jpg").write_bytes(b"\0\5\26\7")
+    again = audit_dataset(open_dataset(flawed), workers=1, progress=False)
+    assert again.files_on_disk == 52 and again.skipped_files() == 6 and again.accounted()
     assert {ds.samples[i].source_id for i in r.unreadable} == {"lymphocyte/broken.jpg", "eosinophil/truncated.jpg"}
     assert r.unreadable[[i for i in r.unreadable if "broken" in ds.samples[i].source_id][0]] == (
         f"{flawed}/lymphocyte/broken.jpg: not a readable image (unknown or corrupt format). "

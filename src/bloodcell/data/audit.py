@@ -155,7 +155,6 @@ class AuditResult:
         counts = ds.class_counts()
         readable_counts = Counter(ds.samples[i].label for i in self.readable())
         kept = Counter(ds.samples[i].label for i, f in enumerate(self.flags) if not f)
-        files_skipped = sum(1 for p in ds.problems if p.kind in ("hidden", "stray", "not-image", "duplicate-row"))
         return {
             "format": FORMAT,
             "bloodcell_version": __version__,
@@ -170,7 +169,7 @@ class AuditResult:
                 "readable": len(ds) - len(self.unreadable),
                 "unreadable": len(self.unreadable),
                 "skipped": len(ds.problems),
-                "skipped_files": files_skipped,
+                "skipped_files": self.skipped_files(),
                 "accounted": self.accounted(),
             },
             "classes": {c: {"images": counts[c], "readable": readable_counts[c], "unflagged": kept[c]} for c in counts},
@@ -216,14 +215,11 @@ class AuditResult:
         """For folders: do images plus skipped files add up to every file on disk?"""
         if self.files_on_disk is None:
             return None
-        skipped_files = 0
-        for p in self.dataset.problems:
-            if p.kind in ("hidden", "stray", "not-image"):
-                if "folder ignored (" in p.message:
-                    skipped_files += int(p.message.rsplit("(", 1)[1].split()[0])
-                else:
-                    skipped_files += 1
-        return len(self.dataset) + skipped_files == self.files_on_disk
+        return len(self.dataset) + self.skipped_files() == self.files_on_disk
+
+    def skipped_files(self) -> int:
+        """Files the reader left out (hidden, stray, not images), counting files inside hidden folders."""
+        return sum(p.files for p in self.dataset.problems if p.kind in ("hidden", "stray", "not-image"))
 
 
 def audit_dataset(ds: Dataset, settings: AuditSettings | None = None, workers: int | None = None,

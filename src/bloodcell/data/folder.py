@@ -120,7 +120,7 @@ def count_files(folder: Path) -> int:
 def _hidden_problem(rel: str, path: Path) -> Problem:
     if path.is_dir():
         n = count_files(path)
-        return Problem(rel, "hidden", f"{rel}: hidden or system folder ignored ({n} file{'s' * (n != 1)} inside).")
+        return Problem(rel, "hidden", f"{rel}: hidden or system folder ignored ({n} file{'s' * (n != 1)} inside).", n)
     what = ""
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         try:
