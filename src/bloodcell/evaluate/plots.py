@@ -66,8 +66,8 @@ _pct_axis = PercentFormatter(xmax=1.0, decimals=0)
 
 
 def _pct_axis_fine(lo: float):
-    decimals = 1 if lo > 0.9 else 0
-    return PercentFormatter(xmax=1.0, decimals=decimals)
+    """Percent ticks with as many decimals as the axis range needs (98.5%, not a rounded 98%)."""
+    return PercentFormatter(xmax=1.0, decimals=None)
 
 
 # --------------------------------------------------------------------------- training history
@@ -207,7 +207,7 @@ def per_class_bars(metrics: dict) -> Figure:
 # --------------------------------------------------------------------------- calibration
 
 
-def _reliability_axis(ax, ax_n, bins: dict, title: str, ece: float) -> None:
+def _reliability_axis(ax, ax_n, bins: dict, title: str, ece: float, legend: bool = True) -> None:
     edges = np.asarray(bins["edges"])
     width = np.diff(edges)
     centre = edges[:-1] + width / 2
@@ -224,7 +224,8 @@ def _reliability_axis(ax, ax_n, bins: dict, title: str, ece: float) -> None:
     ax.yaxis.set_major_formatter(_pct_axis)
     ax.tick_params(labelbottom=False)
     ax.set_title(f"{title}\nECE {100 * ece:.2f}%")
-    ax.legend(loc="upper left", fontsize=8)
+    if legend:
+        ax.legend(loc="upper left", fontsize=8)
     ax_n.bar(centre[has], count[has], width=width[has] * 0.92, color="grey")
     ax_n.set_yscale("log")
     ax_n.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
@@ -243,7 +244,7 @@ def reliability_diagram(panels: list[tuple[str, dict, float]]) -> Figure:
     fig, axes = _figure(2, len(panels), figsize=(5.6 * len(panels), 6.2), squeeze=False,
                         gridspec_kw={"height_ratios": [3.2, 1]}, sharex="col")
     for j, (title, bins, ece) in enumerate(panels):
-        _reliability_axis(axes[0, j], axes[1, j], bins, title, ece)
+        _reliability_axis(axes[0, j], axes[1, j], bins, title, ece, legend=j == 0)
     fig.tight_layout()
     return fig
 
@@ -336,7 +337,7 @@ def mistakes_grid(images: np.ndarray, true: list[str], pred: list[str], confiden
     n = len(images)
     if n == 0:
         return None
-    fig, axes = _image_grid(n, ncols, title_lines=3)
+    fig, axes = _image_grid(n, ncols, title_lines=4 if ids is not None else 3)
     for k, ax in enumerate(axes.ravel()[:n]):
         ax.imshow(images[k])
         ax.set_title(f"true: {display(true[k])}\npred: {display(pred[k])}\n{100 * confidence[k]:.1f}% sure",
