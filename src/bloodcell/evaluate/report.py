@@ -208,8 +208,8 @@ def render_html(ev: Evaluation, figs: dict, missing: dict, n_mistakes: int = 24)
         _card("Balanced accuracy", _pct(m["balanced_accuracy"])),
         _card("ROC-AUC (OvR macro)", "–" if m["roc_auc_ovr_macro"] is None else f"{m['roc_auc_ovr_macro']:.4f}"),
         _card("ECE with TTA" if s["tta"] else "ECE", _pct(m["ece"]),
-              f"uncalibrated {_pct(cal['ece_uncalibrated'])}"
-              + (f", temperature-scaled {_pct(cal['ece_calibrated'])}" if s["tta"] else "")),
+              f"uncalibrated {_pct(cal['ece_tta_uncalibrated'])}; single view {_pct(cal['ece_calibrated'])}"
+              if s["tta"] else f"uncalibrated {_pct(cal['ece_uncalibrated'])}"),
         _card("Log loss", f"{m['log_loss']:.4f}"),
     ]
     for key, c in cov.items():
