@@ -1,0 +1,22 @@
+"""Datasets in, prepared arrays out.
+
+* :func:`open_dataset` reads class-folder trees, ``.npz`` files (plain or
+  MedMNIST style) and CSV manifests into one :class:`Dataset` interface;
+* :func:`load_arrays` turns a dataset (or one split of it) into ``uint8``
+  arrays through the on-disk preprocessing cache (:mod:`bloodcell.data.cache`).
+"""
+
+from .cache import ArraySet, PixelCache, load_arrays
+from .dataset import IMAGE_EXTENSIONS, SPLITS, Dataset, Problem, Sample, open_dataset
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "SPLITS",
+    "ArraySet",
+    "Dataset",
+    "PixelCache",
+    "Problem",
+    "Sample",
+    "load_arrays",
+    "open_dataset",
+]

@@ -1,0 +1,84 @@
+"""Grad-CAM heatmaps: which part of the image drove a prediction.
+
+Grad-CAM (Selvaraju et al., 2017) weights the feature maps of the last
+convolution by the spatially averaged gradient of the target class score and
+keeps the positive part. For an ensemble the last convolution of the module
+tree is used, so the map explains the member that holds it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib import colormaps
+from PIL import Image
+from torch import nn
+
+from .inference import _check_images
+from .models.checkpoint import LoadedModel
+from .preprocess import normalize
+
+
+def target_layer(module: nn.Module) -> nn.Module:
+    """The last ``Conv2d`` of a network: the usual Grad-CAM layer."""
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError(f"{type(module).__name__} has no Conv2d layer to explain.")
+    return convs[-1]
+
+
+def gradcam(
+    loaded: LoadedModel, images: np.ndarray, targets: np.ndarray | list[int] | None = None, batch_size: int = 16
+) -> np.ndarray:
+    """Grad-CAM maps (N, S, S) in ``[0, 1]`` for prepared uint8 images.
+
+    ``targets`` are class indices to explain; by default the predicted class.
+    """
+    _check_images(images, loaded.preprocess.image_size)
+    module = loaded.module
+    layer = target_layer(module)
+    device = next(module.parameters()).device
+    size = loaded.preprocess.image_size
+    saved: dict[str, torch.Tensor] = {}
+
+    def keep(_m, _inp, out):
+        out.retain_grad()
+        saved["act"] = out
+
+    handle = layer.register_forward_hook(keep)
+    maps = []
+    try:
+        for start in range(0, len(images), batch_size):
+            x = normalize(torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device), loaded.preprocess)
+            with torch.enable_grad():
+                x.requires_grad_(True)
+                logits = module(x)
+                idx = (
+                    logits.argmax(1)
+                    if targets is None
+                    else torch.as_tensor(np.asarray(targets)[start : start + len(x)], device=device)
+                )
+                score = logits.gather(1, idx.view(-1, 1)).sum()
+                module.zero_grad(set_to_none=True)
+                score.backward()
+            act, grad = saved["act"], saved["act"].grad
+            weights = grad.mean(dim=(2, 3), keepdim=True)
+            cam = F.relu((weights * act).sum(1, keepdim=True))
+            cam = F.interpolate(cam, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+            flat = cam.flatten(1)
+            lo, hi = flat.min(1)[0].view(-1, 1, 1), flat.max(1)[0].view(-1, 1, 1)
+            maps.append(((cam - lo) / (hi - lo).clamp_min(1e-8)).detach().cpu())
+    finally:
+        handle.remove()
+        module.zero_grad(set_to_none=True)
+    return torch.cat(maps).numpy().astype(np.float32) if maps else np.zeros((0, size, size), np.float32)
+
+
+def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45, cmap: str = "jet") -> np.ndarray:
+    """Blend a heatmap over an RGB uint8 image (resized to the image if needed)."""
+    h, w = image.shape[:2]
+    if cam.shape != (h, w):
+        cam = np.asarray(Image.fromarray((cam * 255).astype(np.uint8)).resize((w, h), Image.Resampling.BILINEAR)) / 255.0
+    heat = colormaps[cmap](np.clip(cam, 0, 1))[..., :3] * 255.0
+    return np.clip((1 - alpha) * image.astype(np.float32) + alpha * heat, 0, 255).astype(np.uint8)

@@ -1,0 +1,71 @@
+"""predict_proba (batching, temperature, TTA) and Grad-CAM."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bloodcell import DataError, PreprocessConfig
+from bloodcell.explain import gradcam, overlay
+from bloodcell.inference import predict_logits, predict_proba
+from bloodcell.models import create_model, load_model, save_model
+
+
+@pytest.fixture
+def tiny_model(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("basic_cnn", num_classes=4).eval()
+    pre = PreprocessConfig(image_size=32, class_names=("basophil", "eosinophil", "ig", "platelet"))
+    folder = save_model(tmp_path / "m", model, {"architecture": "basic_cnn", "preprocess": pre.to_dict(),
+                                                 "calibration": {"temperature": 2.0}})
+    return load_model(folder)
+
+
+def images(n=5, size=32, seed=0):
+    return np.random.default_rng(seed).integers(0, 255, (n, size, size, 3), dtype=np.uint8)
+
+
+def test_probabilities_sum_to_one_and_batching_does_not_matter(tiny_model):
+    x = images(7)
+    a = predict_proba(tiny_model, x, batch_size=3)
+    b = predict_proba(tiny_model, x, batch_size=64)
+    assert a.shape == (7, 4)
+    np.testing.assert_allclose(a.sum(1), 1, atol=1e-5)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_temperature_is_applied(tiny_model):
+    x = images(3)
+    logits = predict_logits(tiny_model, x)
+    cal = predict_proba(tiny_model, x)
+    raw = predict_proba(tiny_model, x, calibrated=False)
+    np.testing.assert_allclose(cal, torch.softmax(torch.from_numpy(logits) / 2.0, 1).numpy(), atol=1e-5)
+    np.testing.assert_allclose(raw, torch.softmax(torch.from_numpy(logits), 1).numpy(), atol=1e-5)
+
+
+def test_tta_is_the_mean_over_the_eight_views(tiny_model):
+    x = images(2)
+    views = [np.rot90(v, k, axes=(1, 2)) for v in (x, x[:, :, ::-1]) for k in range(4)]
+    expected = np.mean([predict_proba(tiny_model, np.ascontiguousarray(v)) for v in views], axis=0)
+    np.testing.assert_allclose(predict_proba(tiny_model, x, tta=True), expected, atol=1e-5)
+    # Random images are not rotation-invariant, so TTA must change the answer.
+    assert not np.allclose(predict_proba(tiny_model, x, tta=True), predict_proba(tiny_model, x), atol=1e-6)
+
+
+def test_wrong_size_is_a_clear_error(tiny_model):
+    with pytest.raises(DataError, match="Images are 16x16 but the model expects 32x32"):
+        predict_proba(tiny_model, images(1, 16))
+    with pytest.raises(DataError, match=r"Expected prepared images as uint8 \(N, H, W, 3\)"):
+        predict_proba(tiny_model, images(1).astype(np.float32))
+
+
+def test_gradcam_shape_range_and_overlay(tiny_model):
+    x = images(3)
+    cams = gradcam(tiny_model, x)
+    assert cams.shape == (3, 32, 32) and cams.dtype == np.float32
+    assert cams.min() >= 0 and cams.max() <= 1 and cams.max() > 0.99
+    over = overlay(x[0], cams[0])
+    assert over.shape == (32, 32, 3) and over.dtype == np.uint8
+    assert not np.array_equal(over, x[0])
+    assert all(p.grad is None for p in tiny_model.module.parameters())
