@@ -1,23 +1,26 @@
 """Out-of-distribution score: is an image a blood cell at all?
 
-Method: Mahalanobis distance on penultimate features (Lee et al., "A Simple
-Unified Framework for Detecting Out-of-Distribution Samples and Adversarial
-Attacks", NeurIPS 2018), using only the trained model:
+The score uses only the trained model. Its penultimate features (the input of
+the final linear layer; for an ensemble, the members' concatenated) are
+L2-normalized and centred on the training mean, then split in two parts:
 
-1. the features are the input of the model's final linear layer (for an
-   ensemble, the members' final-layer inputs, concatenated);
-2. on training images, features are centred, projected on their top
-   ``dims`` principal components, and a class mean plus one shared
-   (Ledoit-Wolf shrunk) covariance are fitted in that space;
-3. the score of an image is its squared Mahalanobis distance to the nearest
-   class mean, divided by ``dims`` (about 1 for a typical training image);
-4. the threshold is measured on images that are not blood cells
-   (:mod:`bloodcell.noncell`) against held-out real cells, which also give
-   the false-flag rate.
+* inside the top ``dims`` principal components of the training features: the
+  squared Mahalanobis distance to the nearest class mean, with one shared
+  Ledoit-Wolf covariance (Lee et al., NeurIPS 2018; normalizing the features
+  first follows Mueller and Hein, "Mahalanobis++", 2025), divided by ``dims``;
+* outside them: the squared norm of the residual (the principal-space residual
+  of Wang et al., "ViM", CVPR 2022), divided by its training mean.
 
-The statistics live in the model folder (``ood.safetensors`` plus
-``model.json["ood"]``). The scoring head is an ``nn.Module`` so that the same
-computation is exported into the ONNX graph as a second output.
+The score is their sum, about 2 for a typical training image. Images that are
+not blood cells (:mod:`bloodcell.noncell`: noise, flat colours, gradients,
+text, shapes, checkerboards, natural photographs) score far higher; the
+threshold is chosen between them and held-out real cells, on one half of each,
+and the false-flag and detection rates are measured on the other half.
+
+The statistics live in the model folder (``ood.safetensors``, and the
+threshold and its evaluation in ``model.json["ood"]``). The scoring head is an
+``nn.Module``, so the same computation is exported into the ONNX graph as a
+second output, ``ood_score``.
 """
 
 from __future__ import annotations
@@ -84,23 +87,35 @@ class FeatureModel(nn.Module):
 
 
 class MahalanobisHead(nn.Module):
-    """Score features: squared whitened distance to the nearest class mean, per dimension."""
+    """Score penultimate features; about 2 for a typical training image, larger means less cell-like.
 
-    def __init__(self, center: torch.Tensor, projection: torch.Tensor, class_means: torch.Tensor):
+    ``score = d2 / dims + r2 / residual_scale`` where, for the L2-normalized
+    and centred feature ``x``, ``d2`` is the squared Mahalanobis distance of
+    its principal-subspace part to the nearest class mean, and ``r2`` the
+    squared norm of the part outside that subspace.
+    """
+
+    def __init__(self, center, basis, whiten, class_means, residual_scale):
         super().__init__()
-        self.register_buffer("center", center.float())
-        self.register_buffer("projection", projection.float())
-        self.register_buffer("class_means", class_means.float())
-        self.register_buffer("class_sq", (class_means.float() ** 2).sum(1))
+        self.register_buffer("center", torch.as_tensor(center).float().contiguous())
+        self.register_buffer("basis", torch.as_tensor(basis).float().contiguous())
+        self.register_buffer("whiten", torch.as_tensor(whiten).float().contiguous())
+        self.register_buffer("class_means", torch.as_tensor(class_means).float().contiguous())
+        self.register_buffer("class_sq", (self.class_means**2).sum(1))
+        self.register_buffer("residual_scale", torch.as_tensor(residual_scale).float().reshape(()))
 
     @property
     def dims(self) -> int:
-        return int(self.projection.shape[1])
+        return int(self.basis.shape[1])
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        z = (features - self.center) @ self.projection
-        d = (z * z).sum(1, keepdim=True) - 2.0 * (z @ self.class_means.T) + self.class_sq
-        return d.clamp_min(0.0).min(1).values / float(self.dims)
+        f = features / features.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        x = f - self.center
+        z = x @ self.basis
+        residual = ((x * x).sum(1) - (z * z).sum(1)).clamp_min(0.0)
+        w = z @ self.whiten
+        d = (w * w).sum(1, keepdim=True) - 2.0 * (w @ self.class_means.T) + self.class_sq
+        return d.clamp_min(0.0).min(1).values / float(self.dims) + residual / self.residual_scale
 
 
 class ScoredModel(nn.Module):
@@ -133,8 +148,13 @@ def extract_features(loaded, images: np.ndarray, batch_size: int = 64, progress:
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def fit_head(features: np.ndarray, labels: np.ndarray, dims: int = 256) -> MahalanobisHead:
-    """Fit class means and a shared shrunk covariance on training features.
+def default_dims(feature_dim: int) -> int:
+    """Principal components kept: 128, or half the feature size for small networks."""
+    return int(min(128, max(1, feature_dim // 2)))
+
+
+def fit_head(features: np.ndarray, labels: np.ndarray, dims: int | None = None) -> MahalanobisHead:
+    """Fit the scoring statistics on training features.
 
     Parameters
     ----------
@@ -142,8 +162,10 @@ def fit_head(features: np.ndarray, labels: np.ndarray, dims: int = 256) -> Mahal
         Penultimate features of training images.
     labels : ndarray of int, shape (N,)
         Their classes.
-    dims : int
-        Principal components kept before the Mahalanobis distance (at most F).
+    dims : int, optional
+        Principal components of the Mahalanobis subspace (default
+        :func:`default_dims`); the rest of the feature space gives the
+        residual term.
     """
     from sklearn.covariance import LedoitWolf
 
@@ -151,24 +173,24 @@ def fit_head(features: np.ndarray, labels: np.ndarray, dims: int = 256) -> Mahal
     labels = np.asarray(labels)
     classes = np.unique(labels)
     if len(x) < 2 * len(classes) or len(classes) < 2:
-        raise ModelError(f"Fitting the out-of-distribution statistics needs at least two images of two classes; got {len(x)} images of {len(classes)} classes.")
+        raise ModelError(
+            f"Fitting the out-of-distribution statistics needs at least two images of each of two classes; "
+            f"got {len(x)} images of {len(classes)} classes."
+        )
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     center = x.mean(0)
     x = x - center
-    k = int(min(dims, x.shape[1], len(x) - 1))
-    if k < x.shape[1]:
-        _, _, vt = np.linalg.svd(x, full_matrices=False)
-        basis = vt[:k].T
-    else:
-        basis = np.eye(x.shape[1])
+    k = int(min(dims or default_dims(x.shape[1]), x.shape[1], len(x) - 1))
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    basis = vt[:k].T
     y = x @ basis
+    residual = np.maximum((x * x).sum(1) - (y * y).sum(1), 0.0)
     means = np.stack([y[labels == c].mean(0) for c in classes])
-    residual = y - means[np.searchsorted(classes, labels)]
-    cov = LedoitWolf(assume_centered=True).fit(residual).covariance_
+    cov = LedoitWolf(assume_centered=True).fit(y - means[np.searchsorted(classes, labels)]).covariance_
     evals, evecs = np.linalg.eigh(cov)
     whiten = evecs / np.sqrt(np.maximum(evals, 1e-12 * evals.max()))
-    return MahalanobisHead(
-        torch.from_numpy(center), torch.from_numpy(basis @ whiten), torch.from_numpy(means @ whiten)
-    )
+    scale = float(residual.mean()) if residual.mean() > 1e-12 else 1.0
+    return MahalanobisHead(center, basis, whiten, means @ whiten, scale)
 
 
 def head_scores(head: MahalanobisHead, features: np.ndarray, batch_size: int = 4096) -> np.ndarray:
@@ -243,13 +265,16 @@ def evaluate_threshold(threshold: float, cell_scores: np.ndarray, other_scores: 
     }
 
 
+_STORED = ("center", "basis", "whiten", "class_means", "residual_scale")
+
+
 def save_head(folder: str | Path, head: MahalanobisHead) -> Path:
     """Write the head's statistics to ``folder/ood.safetensors`` (atomically)."""
     from safetensors.numpy import save
 
     from .models.checkpoint import atomic_write_bytes
 
-    tensors = {k: head.state_dict()[k].cpu().numpy() for k in ("center", "projection", "class_means")}
+    tensors = {k: np.ascontiguousarray(head.state_dict()[k].cpu().numpy()) for k in _STORED}
     path = Path(folder) / FILE
     atomic_write_bytes(path, save(tensors))
     return path
@@ -264,6 +289,77 @@ def load_head(folder: str | Path) -> MahalanobisHead | None:
         return None
     try:
         t = load_file(str(path))
-        return MahalanobisHead(*(torch.from_numpy(t[k]) for k in ("center", "projection", "class_means")))
+        return MahalanobisHead(*(torch.from_numpy(t[k]) for k in _STORED))
     except Exception as e:  # noqa: BLE001 - any decoding failure is the file's fault
         raise ModelError(f"{path}: corrupt out-of-distribution statistics ({e}). Re-run `bloodcell export --format default`.") from None
+
+
+def fit_ood(
+    loaded,
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    heldout_images: np.ndarray,
+    *,
+    dims: int | None = None,
+    per_kind: int = 60,
+    max_false_flag: float = 0.02,
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> tuple[MahalanobisHead, dict]:
+    """Fit the score on training images and measure its threshold.
+
+    Parameters
+    ----------
+    loaded : LoadedModel
+        The model whose features are scored.
+    train_images, train_labels : ndarray
+        Prepared ``uint8`` training images ``(N, S, S, 3)`` and their class indices.
+    heldout_images : ndarray
+        Prepared real cells not used for fitting: half choose the threshold
+        with half of the non-cell images, the other halves measure it.
+    per_kind : int
+        Generated non-cell images per kind (see :data:`bloodcell.noncell.KINDS`).
+    max_false_flag : float
+        Largest share of held-out real cells the threshold may flag.
+
+    Returns
+    -------
+    head : MahalanobisHead
+    info : dict
+        For ``model.json["ood"]``: method, threshold, sizes and the evaluation
+        on the reporting halves.
+    """
+    from . import noncell
+
+    if len(heldout_images) < 10:
+        raise ModelError(f"Measuring the out-of-distribution threshold needs at least 10 held-out real cells; got {len(heldout_images)}.")
+    train_feats = extract_features(loaded, train_images, batch_size, progress)
+    head = fit_head(train_feats, train_labels, dims)
+    cells = head_scores(head, extract_features(loaded, heldout_images, batch_size, progress))
+    others, kinds = noncell.non_cell_images(per_kind, size=loaded.preprocess.image_size, seed=seed)
+    other_scores = head_scores(head, extract_features(loaded, others, batch_size, progress))
+    rng = np.random.default_rng(seed)
+    cell_perm = rng.permutation(len(cells))
+    choose_c, report_c = cell_perm[: len(cells) // 2], cell_perm[len(cells) // 2 :]
+    kinds_arr = np.asarray(kinds)
+    choose_o, report_o = [], []
+    for kind in dict.fromkeys(kinds):
+        idx = rng.permutation(np.flatnonzero(kinds_arr == kind))
+        choose_o += list(idx[: len(idx) // 2])
+        report_o += list(idx[len(idx) // 2 :])
+    threshold = choose_threshold(cells[choose_c], other_scores[choose_o], max_false_flag)
+    evaluation = evaluate_threshold(threshold, cells[report_c], other_scores[report_o], [kinds[i] for i in report_o])
+    info = {
+        "method": METHOD,
+        "threshold": round(threshold, 6),
+        "feature_dim": int(train_feats.shape[1]),
+        "dims": head.dims,
+        "fitted_on_images": int(len(train_images)),
+        "max_false_flag": max_false_flag,
+        "train_score_median": round(float(np.median(head_scores(head, train_feats))), 4),
+        "threshold_chosen_on": {"cells": int(len(choose_c)), "non_cells": int(len(choose_o))},
+        "evaluation": evaluation,
+        "non_cell_kinds": list(dict.fromkeys(kinds)),
+    }
+    return head, info
