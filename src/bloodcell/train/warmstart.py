@@ -1,0 +1,107 @@
+"""Start training from an existing bloodcell model (``--init FOLDER`` or ``--init default``).
+
+The new model takes the old one's architecture, preprocessing (input size,
+crop, mean/std) and weights. When the class sets differ, the classifier's
+rows are matched by class name: classes both models know keep their trained
+row, new classes get freshly initialised rows, and classes the new data lacks
+are dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from ..errors import ModelError
+from ..models.checkpoint import load_model, read_meta
+from ..models.locate import resolve_model_dir
+
+
+@dataclass
+class InitSource:
+    folder: Path
+    meta: dict
+
+    @property
+    def architecture(self) -> str:
+        return self.meta["architecture"]
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.meta["preprocess"]["class_names"])
+
+
+def open_init(spec: str) -> InitSource:
+    """Find and check the model to start from; ensembles are refused (pick one member)."""
+    folder = resolve_model_dir(spec)
+    meta = read_meta(folder)
+    if meta.get("ensemble"):
+        members = meta["ensemble"].get("members", [])
+        hint = f" Use one member folder, e.g. --init {folder / members[0]}." if members else ""
+        raise ModelError(f"{folder} is an ensemble; training starts from a single model.{hint}")
+    for key in ("architecture", "preprocess"):
+        if key not in meta:
+            raise ModelError(f"{folder / 'model.json'}: missing {key!r}; not a model written by `bloodcell train`.")
+    return InitSource(folder, meta)
+
+
+def classifier_name(model: nn.Module, num_classes: int) -> str:
+    """Dotted name of the final layer producing ``num_classes`` logits."""
+    get = getattr(model, "get_classifier", None)
+    if callable(get):
+        head = get()
+        for name, module in model.named_modules():
+            if module is head and isinstance(head, nn.Linear):
+                return name
+    found = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and module.out_features == num_classes:
+            found = name
+    if found is None:
+        raise ModelError(f"Cannot find the classifier layer of {type(model).__name__} ({num_classes} outputs).")
+    return found
+
+
+def apply_init(model: nn.Module, source: InitSource, class_names: tuple[str, ...]) -> dict:
+    """Copy ``source``'s weights into ``model`` (built for ``class_names``); returns a summary.
+
+    Raises
+    ------
+    ModelError
+        When the weights are damaged or do not fit the architecture.
+    """
+    old = load_model(source.folder).module.state_dict()
+    old_names = source.class_names
+    head = classifier_name(model, len(class_names))
+    new_state = model.state_dict()
+    mapped = {}
+    for key, value in new_state.items():
+        if key.startswith(head + "."):
+            continue
+        if key not in old or old[key].shape != value.shape:
+            raise ModelError(
+                f"{source.folder}: weight {key!r} does not fit {source.architecture!r} as built now "
+                f"({tuple(old[key].shape) if key in old else 'missing'} vs {tuple(value.shape)})."
+            )
+        mapped[key] = old[key]
+    kept = [c for c in class_names if c in old_names]
+    for suffix in ("weight", "bias"):
+        key = f"{head}.{suffix}"
+        if key not in new_state:
+            continue
+        fresh = new_state[key].clone()
+        src = old[key]
+        for i, c in enumerate(class_names):
+            if c in old_names:
+                fresh[i] = src[old_names.index(c)]
+        mapped[key] = fresh
+    model.load_state_dict(mapped)
+    return {
+        "from": str(source.folder),
+        "architecture": source.architecture,
+        "kept_classes": kept,
+        "new_classes": [c for c in class_names if c not in old_names],
+        "dropped_classes": [c for c in old_names if c not in class_names],
+    }
