@@ -44,14 +44,27 @@ QUANTIZATIONS = ("none", "dynamic", "static")
 OPSET = 17
 
 
+def weight_files(folder: str | Path) -> list[Path]:
+    """The weight files a model folder's ``model.json`` uses (ensemble members' included)."""
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / "model.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return []
+    ensemble = meta.get("ensemble") or {}
+    if ensemble:
+        return [f for m in ensemble.get("members", []) for f in weight_files(folder / m)]
+    return [folder / "model.safetensors"]
+
+
 def weights_digest(folder: str | Path) -> str:
-    """SHA-256 over every ``*.safetensors`` file of a model folder (members included), in path order."""
+    """SHA-256 over the model's weight files (see :func:`weight_files`), in order."""
     folder = Path(folder)
     h = hashlib.sha256()
-    for path in sorted(folder.rglob("*.safetensors")):
-        if path.name.startswith("."):
-            continue
+    for path in weight_files(folder):
         h.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        if not path.is_file():
+            continue
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
