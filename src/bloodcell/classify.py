@@ -327,11 +327,15 @@ class Classifier:
     def predict_prepared(self, images: np.ndarray, sources: list[str] | None = None, true_labels=None) -> list[Prediction]:
         """Predictions for prepared ``uint8`` images ``(N, S, S, 3)``."""
         probs, ood_scores = self.scores(images)
-        sources = sources or [f"image {i}" for i in range(len(images))]
-        true_labels = true_labels or [None] * len(images)
+        return self.make_predictions(probs, ood_scores, sources, true_labels)
+
+    def make_predictions(self, probs: np.ndarray, ood_scores: np.ndarray | None, sources=None, true_labels=None) -> list[Prediction]:
+        """Turn the output of :meth:`scores` into :class:`Prediction` records with their flags."""
+        sources = sources or [f"image {i}" for i in range(len(probs))]
+        true_labels = true_labels or [None] * len(probs)
         names = self.class_names
         out = []
-        for i in range(len(images)):
+        for i in range(len(probs)):
             k = int(probs[i].argmax())
             score = None if ood_scores is None else float(ood_scores[i])
             flag = None if (score is None or self.ood_threshold is None) else bool(score > self.ood_threshold)

@@ -119,18 +119,26 @@ def _export_float(loaded, path: Path, opset: int) -> list[str]:
     axes = {"input": {0: "batch"}, **{o: {0: "batch"} for o in outputs}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            (dummy,),
-            str(path),
-            dynamo=False,
-            input_names=["input"],
-            output_names=outputs,
-            dynamic_axes=axes,
-            opset_version=opset,
-            do_constant_folding=True,
-        )
+        try:
+            _torch_export(torch, module, dummy, path, outputs, axes, opset)
+        except Exception as e:  # noqa: BLE001 - the exporter raises many types
+            first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            raise ModelError(f"{loaded.path}: ONNX export of {loaded.meta.get('architecture')!r} failed: {first[:400]}") from None
     return outputs
+
+
+def _torch_export(torch, module, dummy, path: Path, outputs: list[str], axes: dict, opset: int) -> None:
+    torch.onnx.export(
+        module,
+        (dummy,),
+        str(path),
+        dynamo=False,
+        input_names=["input"],
+        output_names=outputs,
+        dynamic_axes=axes,
+        opset_version=opset,
+        do_constant_folding=True,
+    )
 
 
 class _Calibration:
