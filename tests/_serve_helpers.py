@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from conftest import REAL_DATA as REAL_DATA_DIR
 from conftest import synthetic_cell
 
 REPO = Path(__file__).resolve().parents[1]
