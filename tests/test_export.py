@@ -78,6 +78,22 @@ print(len(preds), preds[0].label in clf.class_names, preds[0].ood_score is not N
     assert r.stdout.split() == ["3", "True", "True"]
 
 
+def test_cli_predict_needs_no_torch(tmp_path):
+    from _serve_helpers import write_png
+
+    x, _ = cells(1, seed=6)
+    img = write_png(tmp_path / "c.png", x[0])
+    code = f"""
+import sys
+sys.modules["torch"] = None
+from bloodcell.cli import main
+raise SystemExit(main(["predict", "-m", {str(tiny_model())!r}, {str(img)!r}, "-f", "json"]))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["predictions"][0]["source"].endswith("c.png")
+
+
 def test_onnx_file_alone_is_a_model(tmp_path):
     import shutil
 
