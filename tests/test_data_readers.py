@@ -47,6 +47,8 @@ def test_folder_reports_hidden_stray_and_non_image_files(make_folder_dataset):
     msg = {p.item: p.message for p in ds.problems}
     assert "file at the dataset root ignored" in msg["README.txt"]
     assert "not an image file by its extension" in msg["basophil/notes.txt"]
+    assert msg["monocyte/.hidden_dir"] == "monocyte/.hidden_dir: hidden or system folder ignored (1 file inside)."
+    assert [p.files for p in ds.problems if p.item == "monocyte/.hidden_dir"] == [1]
 
 
 def test_folder_nested_images_belong_to_their_class(tmp_path):

@@ -151,9 +151,8 @@ class PixelCache:
         self._counter += 1
         stem = f"shard-{time.time_ns()}-{os.getpid()}-{self._counter}"
         s = self.preprocess.image_size
-        stacked = np.concatenate(arrays) if arrays else np.empty((0, s, s, 3), np.uint8)
         if len(keys):
-            atomic_save_npy(self.folder / f"{stem}.npy", stacked)
+            atomic_save_npy(self.folder / f"{stem}.npy", arrays)
         atomic_write_json(self.folder / f"{stem}.json", {
             "format": 1,
             "pixel": {"image_size": s, "crop_fraction": self.preprocess.crop_fraction},
@@ -161,10 +160,15 @@ class PixelCache:
             "failed": failed,
         }, indent=None)
 
-    def build(self, items: list[tuple[str, object]], workers: int | None = None, progress: bool = True) -> None:
-        """Decode and store ``items`` (``(key, path or RGB uint8 array)``) not yet cached."""
+    def build(self, items: list[tuple[str, object]], workers: int | None = None,
+              progress: bool = True) -> dict[str, np.ndarray]:
+        """Decode and store ``items`` (``(key, path or RGB uint8 array)``) not yet cached.
+
+        Returns the freshly decoded images by key, so the caller need not read them back.
+        """
+        fresh: dict[str, np.ndarray] = {}
         if not items:
-            return
+            return fresh
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.folder / "preprocess.json",
                           {"image_size": self.preprocess.image_size, "crop_fraction": self.preprocess.crop_fraction})
@@ -185,6 +189,8 @@ class PixelCache:
 
         def consume(result):
             keys, arrs, failed = result
+            for j, k in enumerate(keys):
+                fresh[k] = arrs[j]
             buf_keys.extend(keys)
             if len(keys):
                 buf_arrays.append(arrs)
@@ -204,13 +210,19 @@ class PixelCache:
         finally:
             flush()
             bar.close()
+        return fresh
 
-    def gather(self, keys: list[str], where: dict[str, tuple[str, int]]) -> np.ndarray:
-        """Stack the cached images for ``keys`` (all must be in ``where``)."""
+    def gather(self, keys: list[str], where: dict[str, tuple[str, int]],
+               fresh: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """Stack the images for ``keys``: from ``fresh`` when there, else from the shards in ``where``."""
         s = self.preprocess.image_size
         out = np.empty((len(keys), s, s, 3), np.uint8)
         by_shard: dict[str, list[tuple[int, int]]] = {}
+        fresh = fresh or {}
         for pos, key in enumerate(keys):
+            if key in fresh:
+                out[pos] = fresh[key]
+                continue
             stem, row = where[key]
             by_shard.setdefault(stem, []).append((row, pos))
         for stem, pairs in by_shard.items():
@@ -218,6 +230,8 @@ class PixelCache:
             rows = np.fromiter((r for r, _ in pairs), np.int64, len(pairs))
             pos = np.fromiter((p for _, p in pairs), np.int64, len(pairs))
             shard = np.load(self.folder / f"{stem}.npy", mmap_mode="r")
+            if len(rows) * 2 >= shard.shape[0]:
+                shard = np.load(self.folder / f"{stem}.npy")
             out[pos] = shard[rows]
         return out
 
@@ -303,8 +317,9 @@ def load_arrays(
         if k not in where and k not in failed and k not in todo:
             s = ds.samples[i]
             todo[k] = s.path if s.path is not None else ds.arrays[s.row]
+    fresh: dict[str, np.ndarray] = {}
     if todo:
-        cache.build(list(todo.items()), workers=workers, progress=progress)
+        fresh = cache.build(list(todo.items()), workers=workers, progress=progress)
         where, failed = cache.index()
     ok = [j for j, k in enumerate(keys) if k in where]
     skipped = []
@@ -318,7 +333,8 @@ def load_arrays(
     if skipped:
         log.warning("%d image(s) could not be decoded and were left out: %s", len(skipped),
                     "; ".join(p.message for p in skipped[:3]) + (" ..." if len(skipped) > 3 else ""))
-    images = cache.gather([keys[j] for j in ok], where)
+    images = cache.gather([keys[j] for j in ok], where, fresh)
+    fresh.clear()
     return ArraySet(
         images=images,
         labels=labels[ok],

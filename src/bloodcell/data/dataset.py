@@ -59,9 +59,10 @@ class Problem:
     item: str
     kind: str
     message: str
+    files: int = 1
 
     def to_dict(self) -> dict:
-        return {"item": self.item, "kind": self.kind, "message": self.message}
+        return {"item": self.item, "kind": self.kind, "message": self.message, "files": self.files}
 
 
 @dataclass

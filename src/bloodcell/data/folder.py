@@ -51,7 +51,7 @@ def read_folder(root: Path, *, skip_unknown: bool = False) -> Dataset:
     for e in entries:
         rel = e.name
         if _hidden(e.name):
-            problems.append(Problem(rel, "hidden", f"{rel}: hidden or system {'folder' if e.is_dir() else 'file'} ignored."))
+            problems.append(_hidden_problem(rel, Path(e.path)))
         elif e.is_dir():
             label = _class_of(e.name)
             if label is None:
@@ -79,7 +79,7 @@ def read_folder(root: Path, *, skip_unknown: bool = False) -> Dataset:
             for d in sorted(dirnames):
                 if _hidden(d):
                     rel = Path(dirpath, d).relative_to(root).as_posix()
-                    problems.append(Problem(rel, "hidden", f"{rel}: hidden or system folder ignored."))
+                    problems.append(_hidden_problem(rel, Path(dirpath, d)))
                 else:
                     kept.append(d)
             dirnames[:] = kept
@@ -87,7 +87,7 @@ def read_folder(root: Path, *, skip_unknown: bool = False) -> Dataset:
                 path = Path(dirpath, name)
                 rel = path.relative_to(root).as_posix()
                 if _hidden(name):
-                    problems.append(Problem(rel, "hidden", f"{rel}: hidden or system file ignored."))
+                    problems.append(_hidden_problem(rel, path))
                 elif path.suffix.lower() not in IMAGE_EXTENSIONS:
                     problems.append(Problem(
                         rel, "not-image",
@@ -110,6 +110,29 @@ def read_folder(root: Path, *, skip_unknown: bool = False) -> Dataset:
         )
     samples.sort(key=lambda s: (CLASSES.index(s.label), s.source_id))
     return Dataset(root, "folder", samples, problems)
+
+
+def count_files(folder: Path) -> int:
+    """Number of files below ``folder`` (following links)."""
+    return sum(len(files) for _, _, files in os.walk(folder, followlinks=True))
+
+
+def _hidden_problem(rel: str, path: Path) -> Problem:
+    if path.is_dir():
+        n = count_files(path)
+        return Problem(rel, "hidden", f"{rel}: hidden or system folder ignored ({n} file{'s' * (n != 1)} inside).", n)
+    what = ""
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(8)
+        except OSError:
+            head = b""
+        if head[4:8] == b"Bud1":
+            what = " (named like an image, but it is macOS Finder metadata, not an image)"
+        elif not head.startswith((b"\xff\xd8", b"\x89PNG", b"II*\x00", b"MM\x00*", b"BM", b"GIF8", b"RIFF")):
+            what = " (named like an image, but its content is not an image)"
+    return Problem(rel, "hidden", f"{rel}: hidden or system file ignored{what}.")
 
 
 def _unknown_message(root: Path, unknown: list[str]) -> str:

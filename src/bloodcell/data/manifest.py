@@ -92,13 +92,17 @@ def read_manifest(path: Path) -> Dataset:
 
 
 def manifest_path_for(file: Path, manifest: Path) -> str:
-    """How ``file`` is written in ``manifest``: relative to its folder when possible, else absolute."""
-    file = Path(os.path.abspath(file))
-    folder = Path(os.path.abspath(manifest)).parent
+    """How ``file`` is written in ``manifest``: relative to the manifest's folder when the two share a
+    folder below the filesystem root (so they can move together), else absolute."""
+    file = os.path.abspath(file)
+    folder = os.path.dirname(os.path.abspath(manifest))
     try:
-        return os.path.relpath(file, folder)
+        common = os.path.commonpath([file, folder])
     except ValueError:
-        return str(file)
+        return file
+    if os.path.dirname(common) == common:
+        return file
+    return Path(os.path.relpath(file, folder)).as_posix()
 
 
 def write_manifest(path: Path, rows: list[dict], columns: list[str]) -> Path:
