@@ -24,6 +24,10 @@ timed steps) takes about a minute. On a machine shared with other work the
 figures are noisy: compare ratios measured in one run (channels_last against
 contiguous, bf16 against fp32) rather than absolute figures across runs.
 
+``--repeat N`` runs the whole grid N times, one pass after another, and
+reports each configuration's median: slow drifts in the machine's load then
+hit every variant alike, which steadies the ratios.
+
 Writes ``benchmarks/results/train_speed.json`` (rewritten after every
 configuration; ``--resume`` keeps finished configurations of an interrupted
 run) and prints a Markdown table.
@@ -33,6 +37,7 @@ Examples
     python benchmarks/train_speed.py
     python benchmarks/train_speed.py --models basic_cnn efficientnet_lite0 --sizes 128 --steps 5
     python benchmarks/train_speed.py --quick
+    python benchmarks/train_speed.py --models enhanced_cnn efficientnet_lite0 --sizes 64 128 --repeat 3
 """
 
 from __future__ import annotations
@@ -166,6 +171,21 @@ def machine() -> dict:
     }
 
 
+def aggregate(runs: list[dict]) -> dict:
+    """One configuration's figures over its repeats: median rates, largest peak memory."""
+    ok = [r for r in runs if r.get("status") == "ok"]
+    if not ok:
+        return runs[-1]
+    row = {k: v for k, v in ok[0].items() if k not in ("step_seconds", "step_cpu_seconds", "repeat", "wall_seconds")}
+    for k in ("images_per_s", "images_per_s_mean", "images_per_cpu_s"):
+        row[k] = round(statistics.median(r[k] for r in ok), 2)
+    row["images_per_s_runs"] = [r["images_per_s"] for r in ok]
+    row["peak_rss_mib"] = max(r["peak_rss_mib"] for r in ok)
+    row["base_rss_mib"] = max(r["base_rss_mib"] for r in ok)
+    row["repeats"] = len(ok)
+    return row
+
+
 def fmt_rate(row: dict | None) -> str:
     if row is None:
         return "-"
@@ -251,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=8.0,
                         help="stop timing a configuration after this long once it has one timed step (default 8)")
     parser.add_argument("--timeout", type=float, default=300.0, help="give up on one configuration after this long")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run the whole grid this many times, interleaved, and report medians (default 1)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 small models at 64 px, 2 timed steps")
     parser.add_argument("--resume", action="store_true", help="keep finished configurations from the results file")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSON file (default {RESULTS.relative_to(REPO)})")
@@ -272,8 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes, steps = args.sizes, args.steps
     if args.quick:
         models, sizes, steps = [m for m in models if m in QUICK_MODELS] or list(QUICK_MODELS), [64], min(steps, 2)
-    if min(sizes) < 32 or args.batch < 2 or steps < 1 or args.warmup < 0:
-        parser.error("sizes must be >= 32, --batch >= 2, --steps >= 1, --warmup >= 0")
+    if min(sizes) < 32 or args.batch < 2 or steps < 1 or args.warmup < 0 or args.repeat < 1:
+        parser.error("sizes must be >= 32, --batch >= 2, --steps >= 1, --warmup >= 0, --repeat >= 1")
 
     configs = [
         {"model": m, "size": s, "dtype": d, "format": f, "batch": args.batch, "steps": steps,
@@ -282,29 +304,36 @@ def main(argv: list[str] | None = None) -> int:
     ]
     previous = {}
     if args.resume and args.out.is_file():
-        previous = {key(r): r for r in json.loads(args.out.read_text()).get("results", []) if r.get("status") == "ok"}
+        previous = {(*key(r), r.get("repeat", 0)): r for r in json.loads(args.out.read_text()).get("runs", [])
+                    if r.get("status") == "ok"}
     info = machine()
-    rows: list[dict] = []
+    runs: list[dict] = []
     started = time.perf_counter()
-    for i, cfg in enumerate(configs, 1):
-        label = f"{cfg['model']} {cfg['size']}px {cfg['dtype']} {cfg['format']}"
-        row = previous.get(key(cfg)) or run_config(cfg, args.timeout)
-        rows.append(row)
-        rate = f"{row['images_per_s']:.1f} img/s, peak {row['peak_rss_mib']:.0f} MiB" if row.get("status") == "ok" else row["status"]
-        print(f"[{i}/{len(configs)} {time.perf_counter() - started:6.0f} s] {label}: {rate}", file=sys.stderr, flush=True)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        doc = {"machine": {**info, "load_average_end": list(os.getloadavg())}, "batch": args.batch,
-               "total_seconds": round(time.perf_counter() - started, 1), "results": rows}
-        tmp = args.out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(doc, indent=1) + "\n")
-        os.replace(tmp, args.out)
+    total = len(configs) * args.repeat
+    for rep in range(args.repeat):
+        for i, cfg in enumerate(configs, 1):
+            label = f"{cfg['model']} {cfg['size']}px {cfg['dtype']} {cfg['format']}"
+            row = previous.get((*key(cfg), rep)) or {**run_config(cfg, args.timeout), "repeat": rep}
+            runs.append(row)
+            rate = (f"{row['images_per_s']:.1f} img/s, peak {row['peak_rss_mib']:.0f} MiB"
+                    if row.get("status") == "ok" else row["status"])
+            print(f"[{rep * len(configs) + i}/{total} {time.perf_counter() - started:6.0f} s] {label}: {rate}",
+                  file=sys.stderr, flush=True)
+            rows = [aggregate([r for r in runs if key(r) == key(c)]) for c in configs if any(key(r) == key(c) for r in runs)]
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            doc = {"machine": {**info, "load_average_end": list(os.getloadavg())}, "batch": args.batch,
+                   "repeat": args.repeat, "total_seconds": round(time.perf_counter() - started, 1),
+                   "results": rows, "runs": runs}
+            tmp = args.out.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(doc, indent=1) + "\n")
+            os.replace(tmp, args.out)
 
     print(f"Training step (forward + backward + Adam), batch {args.batch}, {info['cpu_count']} threads, "
-          f"{info['cpu']}, torch {info['torch']}. CL = channels_last.\n")
+          f"{info['cpu']}, torch {info['torch']}, median of {args.repeat} run(s). CL = channels_last.\n")
     print(table(rows))
     print()
     print(summary(rows))
-    print(f"\nWrote {args.out} ({len(rows)} configurations, {time.perf_counter() - started:.0f} s).")
+    print(f"\nWrote {args.out} ({len(rows)} configurations x {args.repeat}, {time.perf_counter() - started:.0f} s).")
     return 0
 
 
