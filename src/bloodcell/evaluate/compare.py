@@ -1,0 +1,164 @@
+"""Compare several evaluated models: one table (Markdown for the README) and one bar plot."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError, DataError, ModelError
+from ..inference import predict_logits
+from ..models.checkpoint import META, LoadedModel, load_model
+
+
+def measure_throughput(loaded: LoadedModel, batch_size: int = 32, batches: int = 3, device=None) -> float:
+    """Images per second of :func:`~bloodcell.inference.predict_logits` on random prepared images.
+
+    One warm-up batch, then ``batches`` timed ones; decoding and resizing are
+    not included.
+    """
+    size = loaded.preprocess.image_size
+    x = np.random.default_rng(0).integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8)
+    predict_logits(loaded, x, batch_size=batch_size, device=device)
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        predict_logits(loaded, x, batch_size=batch_size, device=device)
+    return batches * batch_size / (time.perf_counter() - t0)
+
+
+def read_evaluation(path: str | Path) -> dict:
+    """An evaluation summary written by ``bloodcell evaluate -o`` or ``bloodcell report``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.json"
+    try:
+        summary = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: no evaluation results here.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a readable JSON file ({e}).") from None
+    if not isinstance(summary, dict) or "metrics" not in summary or "model" not in summary:
+        raise DataError(f"{path}: not an evaluation written by `bloodcell evaluate -o` or `bloodcell report`.")
+    return summary
+
+
+def is_model_folder(path: str | Path) -> bool:
+    return (Path(path) / META).is_file()
+
+
+def row_from_summary(summary: dict, images_per_second: float | None, name: str | None = None) -> dict:
+    """One comparison row from an evaluation summary."""
+    m = summary["metrics"]
+    ci = m.get("ci95") or {}
+    model = summary["model"]
+    return {
+        "name": name or model["name"],
+        "path": model["path"],
+        "architecture": model["architecture"],
+        "image_size": model["image_size"],
+        "parameters": model["parameters"],
+        "data": summary["data"]["source"],
+        "split": summary["data"]["split"],
+        "n_images": summary["data"]["n_images"],
+        "tta": summary["tta"],
+        "accuracy": m["accuracy"],
+        "accuracy_ci": ci.get("accuracy"),
+        "macro_f1": m["macro_avg"]["f1"],
+        "macro_f1_ci": ci.get("macro_f1"),
+        "ece": m["ece"],
+        "ece_uncalibrated": summary["calibration"]["ece_uncalibrated"],
+        "coverage_at_99_5": next((c["coverage"] for c in summary["abstention"]["coverage_at"] if c["target"] == 0.995), None),
+        "images_per_second": images_per_second,
+    }
+
+
+def _unique_names(rows: list[dict]) -> None:
+    """Name rows by model folder; where two share a name, prefix the parent folder."""
+    names = [Path(r["path"]).name for r in rows]
+    for r, name in zip(rows, names):
+        r["name"] = name if names.count(name) == 1 else "/".join(Path(r["path"]).parts[-2:])
+
+
+def compare(
+    runs,
+    data=None,
+    split: str | None = "test",
+    *,
+    tta: bool = False,
+    batch_size: int = 64,
+    device=None,
+    n_boot: int = 1000,
+    progress: bool = True,
+) -> list[dict]:
+    """Evaluate (or read the evaluations of) several models and time each.
+
+    Parameters
+    ----------
+    runs : sequence of path
+        Model folders (evaluated on ``data``) or evaluation results
+        (``metrics.json`` or a report folder holding one).
+    data : path, optional
+        The dataset model folders are evaluated on.
+
+    Returns
+    -------
+    list of dict
+        One row per run, see :func:`row_from_summary`.
+    """
+    from .evaluation import evaluate_dataset
+
+    runs = [Path(r) for r in runs]
+    if not runs:
+        raise ConfigError("Name at least one model folder or evaluation (metrics.json) to compare.")
+    rows = []
+    for run in runs:
+        if is_model_folder(run):
+            if data is None:
+                raise ConfigError(
+                    f"{run} is a model folder: pass --data DATASET to evaluate it (or pass the metrics.json "
+                    "that `bloodcell evaluate -o` wrote)."
+                )
+            loaded = load_model(run, device or "cpu")
+            summary = evaluate_dataset(loaded, data, split, tta=tta, batch_size=batch_size, device=device,
+                                       n_boot=n_boot, progress=progress).to_json()
+        elif run.exists():
+            summary = read_evaluation(run)
+            try:
+                loaded = load_model(summary["model"]["path"], device or "cpu")
+            except ModelError:
+                loaded = None
+        else:
+            raise DataError(f"{run}: no such model folder or evaluation file.")
+        ips = measure_throughput(loaded, device=device) if loaded is not None else None
+        rows.append(row_from_summary(summary, ips))
+    _unique_names(rows)
+    return rows
+
+
+def _ci(v, ci) -> str:
+    s = f"{100 * v:.2f}%"
+    return f"{s} ({100 * ci[0]:.1f}–{100 * ci[1]:.1f})" if ci else s
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The comparison as a Markdown table (the README's model-zoo table)."""
+    head = ("| Model | Architecture | Input | Parameters | Accuracy (95% CI) | Macro-F1 (95% CI) | ECE | "
+            "Coverage at 99.5% | Images/s (CPU) |")
+    lines = [head, "|" + "|".join(["---"] * 3 + ["---:"] * 6) + "|"]
+    for r in rows:
+        cov = "–" if r["coverage_at_99_5"] is None else f"{100 * r['coverage_at_99_5']:.1f}%"
+        ips = "–" if r["images_per_second"] is None else f"{r['images_per_second']:,.0f}"
+        lines.append(
+            f"| {r['name']}{' (TTA)' if r['tta'] else ''} | {r['architecture']} | {r['image_size']} px | "
+            f"{r['parameters'] / 1e6:.2f}M | {_ci(r['accuracy'], r['accuracy_ci'])} | "
+            f"{_ci(r['macro_f1'], r['macro_f1_ci'])} | {100 * r['ece']:.2f}% | {cov} | {ips} |"
+        )
+    sources = sorted({f"{r['data']}" + (f" ({r['split']} split, {r['n_images']} images)" if r["split"] else
+                                         f" ({r['n_images']} images)") for r in rows})
+    lines.append("")
+    lines.append("Evaluated on " + "; ".join(sources) + ". ECE with each model's fitted temperature; coverage: "
+                 "share of images kept when the least confident are referred, at 99.5% accuracy; images/s: "
+                 "prepared images in batches of 32 on the comparing machine.")
+    return "\n".join(lines)
