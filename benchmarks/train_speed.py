@@ -3,7 +3,7 @@
 For each model, input size (default 64, 128 and 224 px), precision (fp32, or
 bf16 autocast) and memory format (contiguous NCHW, or channels_last), one
 training step is forward + cross-entropy + backward + Adam step on a random
-batch (default 32 images). Data loading and augmentation are not included:
+batch (default 16 images, the default batch of ``bloodcell train``). Data loading and augmentation are not included:
 the figures are the model's cost alone. Each configuration runs in its own
 subprocess, so its peak resident memory (``ru_maxrss`` read by the child
 itself) belongs to that configuration only, and one configuration that runs
@@ -18,11 +18,23 @@ step (wall clock). The JSON also holds the mean-based rate and
 threads: on a busy machine it is closer to what an idle machine would give.
 
 Run time: the default grid is 9 models x 3 sizes x 2 precisions x 2 memory
-formats = 108 subprocesses and takes about 15 minutes on 2 CPU cores (the
-large models at 224 px dominate); ``--quick`` (2 small models at 64 px, 2
-timed steps) takes about a minute. On a machine shared with other work the
+formats = 108 subprocesses, each with the fewest steps that give a figure
+(one warm-up, then up to 3 timed steps but only one once 8 s are spent), since
+the large models at 224 px take several seconds per step even on an idle
+machine. Estimated from the CPU time a ``--batch 32`` run used, the default
+run takes about 15 minutes on an idle 2-core machine (some 7 of them starting
+the 108 processes); the ``--batch 32`` run itself needed about 24 CPU-minutes
+per core and, on a machine shared with other work (load average 6-7 on 2
+cores), 77 minutes of wall time. Narrow the grid for a quicker answer
+(``--models``, ``--sizes``, ``--dtypes``, ``--formats``); ``--quick`` (2 small
+models at 64 px, 2 timed steps) takes 1-2 minutes. On a shared machine the
 figures are noisy: compare ratios measured in one run (channels_last against
-contiguous, bf16 against fp32) rather than absolute figures across runs.
+contiguous, bf16 against fp32) rather than absolute figures across runs, and
+prefer ``--repeat``.
+
+``--repeat N`` runs the whole grid N times, one pass after another, and
+reports each configuration's median: slow drifts in the machine's load then
+hit every variant alike, which steadies the ratios.
 
 Writes ``benchmarks/results/train_speed.json`` (rewritten after every
 configuration; ``--resume`` keeps finished configurations of an interrupted
@@ -33,6 +45,7 @@ Examples
     python benchmarks/train_speed.py
     python benchmarks/train_speed.py --models basic_cnn efficientnet_lite0 --sizes 128 --steps 5
     python benchmarks/train_speed.py --quick
+    python benchmarks/train_speed.py --models enhanced_cnn efficientnet_lite0 --sizes 64 128 --repeat 3
 """
 
 from __future__ import annotations
@@ -127,7 +140,10 @@ def key(row: dict) -> tuple:
 
 def run_config(cfg: dict, timeout: float) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
+    import resource
+
     start = time.perf_counter()
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         done = subprocess.run(
             [sys.executable, __file__, "--child", json.dumps(cfg)],
@@ -136,11 +152,13 @@ def run_config(cfg: dict, timeout: float) -> dict:
     except subprocess.TimeoutExpired:
         return {**cfg, "status": f"timeout after {timeout:.0f} s"}
     wall = round(time.perf_counter() - start, 1)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = round(after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime, 1)
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
     if done.returncode != 0 or not lines:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return {**cfg, "status": f"failed: {tail[:200]}", "wall_seconds": wall}
-    return {**json.loads(lines[-1]), "wall_seconds": wall}
+        return {**cfg, "status": f"failed: {tail[:200]}", "wall_seconds": wall, "process_cpu_seconds": cpu}
+    return {**json.loads(lines[-1]), "wall_seconds": wall, "process_cpu_seconds": cpu}
 
 
 def machine() -> dict:
@@ -164,6 +182,21 @@ def machine() -> dict:
         "python": platform.python_version(),
         "load_average_start": list(os.getloadavg()),
     }
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """One configuration's figures over its repeats: median rates, largest peak memory."""
+    ok = [r for r in runs if r.get("status") == "ok"]
+    if not ok:
+        return runs[-1]
+    row = {k: v for k, v in ok[0].items() if k not in ("step_seconds", "step_cpu_seconds", "repeat", "wall_seconds")}
+    for k in ("images_per_s", "images_per_s_mean", "images_per_cpu_s"):
+        row[k] = round(statistics.median(r[k] for r in ok), 2)
+    row["images_per_s_runs"] = [r["images_per_s"] for r in ok]
+    row["peak_rss_mib"] = max(r["peak_rss_mib"] for r in ok)
+    row["base_rss_mib"] = max(r["base_rss_mib"] for r in ok)
+    row["repeats"] = len(ok)
+    return row
 
 
 def fmt_rate(row: dict | None) -> str:
@@ -245,12 +278,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", nargs="+", type=int, default=[64, 128, 224], help="input sizes in px")
     parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES))
     parser.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS))
-    parser.add_argument("--batch", type=int, default=32, help="images per training step (default 32)")
+    parser.add_argument("--batch", type=int, default=16,
+                        help="images per training step (default 16, the training default)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration (default 3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
     parser.add_argument("--max-seconds", type=float, default=8.0,
                         help="stop timing a configuration after this long once it has one timed step (default 8)")
-    parser.add_argument("--timeout", type=float, default=300.0, help="give up on one configuration after this long")
+    parser.add_argument("--timeout", type=float, default=600.0, help="give up on one configuration after this long")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run the whole grid this many times, interleaved, and report medians (default 1)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 small models at 64 px, 2 timed steps")
     parser.add_argument("--resume", action="store_true", help="keep finished configurations from the results file")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSON file (default {RESULTS.relative_to(REPO)})")
@@ -272,8 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes, steps = args.sizes, args.steps
     if args.quick:
         models, sizes, steps = [m for m in models if m in QUICK_MODELS] or list(QUICK_MODELS), [64], min(steps, 2)
-    if min(sizes) < 32 or args.batch < 2 or steps < 1 or args.warmup < 0:
-        parser.error("sizes must be >= 32, --batch >= 2, --steps >= 1, --warmup >= 0")
+    if min(sizes) < 32 or args.batch < 2 or steps < 1 or args.warmup < 0 or args.repeat < 1:
+        parser.error("sizes must be >= 32, --batch >= 2, --steps >= 1, --warmup >= 0, --repeat >= 1")
 
     configs = [
         {"model": m, "size": s, "dtype": d, "format": f, "batch": args.batch, "steps": steps,
@@ -282,29 +318,39 @@ def main(argv: list[str] | None = None) -> int:
     ]
     previous = {}
     if args.resume and args.out.is_file():
-        previous = {key(r): r for r in json.loads(args.out.read_text()).get("results", []) if r.get("status") == "ok"}
+        previous = {(*key(r), r.get("repeat", 0)): r for r in json.loads(args.out.read_text()).get("runs", [])
+                    if r.get("status") == "ok"}
     info = machine()
-    rows: list[dict] = []
+    runs: list[dict] = []
     started = time.perf_counter()
-    for i, cfg in enumerate(configs, 1):
-        label = f"{cfg['model']} {cfg['size']}px {cfg['dtype']} {cfg['format']}"
-        row = previous.get(key(cfg)) or run_config(cfg, args.timeout)
-        rows.append(row)
-        rate = f"{row['images_per_s']:.1f} img/s, peak {row['peak_rss_mib']:.0f} MiB" if row.get("status") == "ok" else row["status"]
-        print(f"[{i}/{len(configs)} {time.perf_counter() - started:6.0f} s] {label}: {rate}", file=sys.stderr, flush=True)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        doc = {"machine": {**info, "load_average_end": list(os.getloadavg())}, "batch": args.batch,
-               "total_seconds": round(time.perf_counter() - started, 1), "results": rows}
-        tmp = args.out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(doc, indent=1) + "\n")
-        os.replace(tmp, args.out)
+    total = len(configs) * args.repeat
+    for rep in range(args.repeat):
+        for i, cfg in enumerate(configs, 1):
+            label = f"{cfg['model']} {cfg['size']}px {cfg['dtype']} {cfg['format']}"
+            row = previous.get((*key(cfg), rep)) or {**run_config(cfg, args.timeout), "repeat": rep}
+            runs.append(row)
+            rate = (f"{row['images_per_s']:.1f} img/s, peak {row['peak_rss_mib']:.0f} MiB"
+                    if row.get("status") == "ok" else row["status"])
+            print(f"[{rep * len(configs) + i}/{total} {time.perf_counter() - started:6.0f} s] {label}: {rate}",
+                  file=sys.stderr, flush=True)
+            rows = [aggregate([r for r in runs if key(r) == key(c)]) for c in configs if any(key(r) == key(c) for r in runs)]
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            doc = {"machine": {**info, "load_average_end": list(os.getloadavg())}, "batch": args.batch,
+                   "repeat": args.repeat, "total_seconds": round(time.perf_counter() - started, 1),
+                   "total_cpu_seconds": round(sum(r.get("process_cpu_seconds", 0.0) for r in runs), 1),
+                   "results": rows, "runs": runs}
+            tmp = args.out.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(doc, indent=1) + "\n")
+            os.replace(tmp, args.out)
 
     print(f"Training step (forward + backward + Adam), batch {args.batch}, {info['cpu_count']} threads, "
-          f"{info['cpu']}, torch {info['torch']}. CL = channels_last.\n")
+          f"{info['cpu']}, torch {info['torch']}, median of {args.repeat} run(s). CL = channels_last.\n")
     print(table(rows))
     print()
     print(summary(rows))
-    print(f"\nWrote {args.out} ({len(rows)} configurations, {time.perf_counter() - started:.0f} s).")
+    cpu_total = sum(r.get("process_cpu_seconds", 0.0) for r in runs)
+    print(f"\nWrote {args.out} ({len(rows)} configurations x {args.repeat}, {time.perf_counter() - started:.0f} s wall, "
+          f"{cpu_total:.0f} CPU-seconds in the measuring processes).")
     return 0
 
 

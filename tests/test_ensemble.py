@@ -73,10 +73,7 @@ def test_probabilities_are_weighted_mean_of_members(tmp_path):
     expected = 0.25 * member_proba(a, x) + 0.25 * member_proba(b, x) + 0.5 * member_proba(c, x)
     got = ensemble_proba(loaded, x)
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
-    # The members disagree, so the weighting matters: equal weights give another answer.
-    assert (member_proba(a, x).argmax(1) != member_proba(c, x).argmax(1)).any() or not torch.allclose(
-        member_proba(a, x), member_proba(c, x), atol=1e-2
-    )
+    # The weighting matters: equal weights give another answer.
     equal = load_model(make_ensemble([a, b, c], tmp_path / "eq"))
     assert not torch.allclose(ensemble_proba(equal, x), got, atol=1e-4)
 

@@ -10,9 +10,8 @@ from _train_helpers import tiny_config, tiny_data
 
 from bloodcell import ModelError
 from bloodcell.models import load_model
-from bloodcell.models.locate import resolve_model_dir
 from bloodcell.train import fit, make_preprocess
-from bloodcell.train.warmstart import apply_init, classifier_name, open_init
+from bloodcell.train.warmstart import apply_init, classifier_name, open_init, resolve_init_dir
 
 
 @pytest.fixture(scope="module")
@@ -58,15 +57,15 @@ def test_training_runs_from_an_init_model_with_another_class_set(parent, tmp_pat
     assert len(result.history) == 1
 
 
-def test_default_model_resolves_through_one_function(parent, monkeypatch):
-    import bloodcell.models.locate as locate
+def test_default_model_resolves_through_the_package_default(parent, monkeypatch):
+    import bloodcell.bundled as bundled
 
-    monkeypatch.setattr(locate, "default_model_dir", lambda: parent)
-    assert resolve_model_dir("default") == parent
+    monkeypatch.setattr(bundled, "packaged_model_dir", lambda: parent)
+    assert resolve_init_dir("default") == parent
     assert open_init("default").architecture == "basic_cnn"
-    monkeypatch.setattr(locate, "default_model_dir", lambda: parent / "missing")
-    with pytest.raises(ModelError, match="The packaged default model is missing"):
-        resolve_model_dir("default")
+    monkeypatch.setattr(bundled, "packaged_model_dir", lambda: parent / "missing")
+    with pytest.raises(ModelError, match="No default model is installed"):
+        resolve_init_dir("default")
 
 
 def test_init_refuses_non_models_and_ensembles(tmp_path, parent):

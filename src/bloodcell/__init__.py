@@ -9,8 +9,21 @@ from .preprocess import PreprocessConfig, decode_image, prepare
 
 __version__ = "0.1.0"
 
+
+
+def __getattr__(name: str):
+    # The classifier API loads lazily so `import bloodcell` stays light.
+    if name in ("Classifier", "Prediction", "differential"):
+        from . import classify
+
+        return getattr(classify, name)
+    raise AttributeError(f"module 'bloodcell' has no attribute {name!r}")
+
+
 __all__ = [
     "CLASSES",
+    "Classifier",
+    "Prediction",
     "BloodcellError",
     "ConfigError",
     "DataError",
@@ -19,5 +32,6 @@ __all__ = [
     "__version__",
     "canonical_class",
     "decode_image",
+    "differential",
     "prepare",
 ]

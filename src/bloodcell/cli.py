@@ -26,7 +26,8 @@ def _verbs() -> dict[str, object]:
     return found
 
 
-def build_parser(verbs: dict[str, str]) -> argparse.ArgumentParser:
+def build_parser(verbs: dict[str, str], only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; with ``only``, just that verb's arguments are built (fast start-up)."""
     parser = argparse.ArgumentParser(
         prog="bloodcell",
         description="Classify microscope images of single peripheral blood cells (8-class differential).",
@@ -36,7 +37,8 @@ def build_parser(verbs: dict[str, str]) -> argparse.ArgumentParser:
     for verb, module_name in sorted(verbs.items()):
         module = importlib.import_module(f"{commands.__name__}.{module_name}")
         p = sub.add_parser(verb, help=module.HELP, description=module.HELP)
-        module.add_arguments(p)
+        if only is None or verb == only:
+            module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
 
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" Did you mean {close[0]!r}?" if close else ""
         print(f"bloodcell: unknown command {argv[0]!r}.{hint} Commands: {', '.join(sorted(verbs))}.", file=sys.stderr)
         return 2
-    parser = build_parser(verbs)
+    parser = build_parser(verbs, only=argv[0] if argv and argv[0] in verbs else None)
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()

@@ -20,11 +20,11 @@ Any config key can be set with its flag (--lr 3e-4, --augment.hflip) or --set ke
 
 
 def _flag(key: str) -> str:
-    return "--" + key.replace("_", "-") if "." not in key else "--" + key
+    return "--" + key.replace("_", "-")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..train.config import config_keys, key_help
+    from ..train.config import config_keys, key_choices, key_help
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.allow_abbrev = False  # a mistyped option is an error with a suggestion, not a silent prefix match
@@ -42,7 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c = parser.add_argument_group("config keys (each overrides the recipe)")
     for key in config_keys():
         text, default = key_help(key)
-        kwargs = dict(dest=f"cfg__{key}", default=argparse.SUPPRESS, metavar="V",
+        choices = key_choices(key)
+        metavar = "{" + ",".join(choices) + "}" if choices else (
+            "N" if isinstance(default, int) and not isinstance(default, bool) else
+            "X" if isinstance(default, float) else "VALUE")
+        kwargs = dict(dest=f"cfg__{key}", default=argparse.SUPPRESS, metavar=metavar,
                       help=f"{text} [default: {default}]".replace("%", "%%"))
         if isinstance(default, bool):
             kwargs.update(nargs="?", const="true", metavar="BOOL")
@@ -128,6 +132,8 @@ def run(args) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if not _is_main_process():
+        return 0
     m = result.metrics
     if m:
         print(f"{result.stopped.replace('_', ' ')} after {len(result.history)} epoch(s); best epoch "
@@ -162,6 +168,8 @@ def _run_ensemble(args, recipe: dict, overrides: dict, out, resume: bool) -> int
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if not _is_main_process():
+        return 0
     for member in recipe["members"]:
         m = read_meta(out / member).get("metrics", {})
         print(f"member {member:<20} val acc {m.get('val_acc', float('nan')):.4f}  macro-F1 "
@@ -195,3 +203,10 @@ def _sigterm_as_interrupt():
         raise KeyboardInterrupt
 
     return signal.signal(signal.SIGTERM, handler)
+
+
+def _is_main_process() -> bool:
+    """False in the non-zero ranks of a torchrun launch (only rank 0 reports)."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0

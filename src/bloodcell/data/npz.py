@@ -3,7 +3,8 @@
 Two layouts are read:
 
 * ``images`` ``(N, H, W)`` or ``(N, H, W, C)`` with ``C`` in 1, 3, 4 and
-  ``labels`` ``(N,)`` (or ``(N, 1)``), integers or class-name strings; an
+  ``labels`` ``(N,)`` (or ``(N, 1)``), integers or class-name strings (without
+  ``labels`` the images are unlabelled, e.g. for prediction); an
   optional ``class_names`` string array names the integer labels, otherwise
   integer ``k`` means :data:`bloodcell.CLASSES` ``[k]`` (the BloodMNIST order);
 * MedMNIST style: ``train_images``, ``train_labels``, ``val_*``, ``test_*``
@@ -36,8 +37,9 @@ def read_npz(path: Path) -> Dataset:
         keys = set(npz.files)
         names = _class_names(path, npz) if "class_names" in keys else None
         if "images" in keys or "labels" in keys:
-            _require(path, keys, ("images", "labels"))
-            images, labels = _load(path, npz, "images"), _load(path, npz, "labels")
+            _require(path, keys, ("images", "labels") if "labels" in keys else ("images",))
+            images = _load(path, npz, "images")
+            labels = _load(path, npz, "labels") if "labels" in keys else None
             parts = [(None, images, labels, "images", "labels")]
             kind = "npz"
         elif any(f"{s}_images" in keys or f"{s}_labels" in keys for s in SPLITS):
@@ -61,7 +63,7 @@ def read_npz(path: Path) -> Dataset:
     offset = 0
     for split, images, labels, ikey, lkey in parts:
         rgb = _to_rgb_uint8(path, images, ikey)
-        canon = _labels(path, labels, lkey, len(rgb), ikey, names)
+        canon = [None] * len(rgb) if labels is None else _labels(path, labels, lkey, len(rgb), ikey, names)
         prefix = f"{path.name}:{split}/" if split else f"{path.name}:"
         samples.extend(Sample(f"{prefix}{i}", canon[i], None, split, offset + i) for i in range(len(rgb)))
         arrays.append(rgb)

@@ -137,6 +137,12 @@ def key_help(key: str) -> tuple[str, object]:
     return f.metadata.get("help", ""), default
 
 
+def key_choices(key: str) -> tuple[str, ...] | None:
+    """The allowed values of a flattened key, when it takes one of a fixed set."""
+    cls, name = _owner(key)
+    return _fields(cls)[name].metadata.get("choices")
+
+
 def _owner(key: str):
     if key.startswith("augment."):
         return AugmentConfig, key.split(".", 1)[1]

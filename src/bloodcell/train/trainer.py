@@ -38,7 +38,7 @@ from .loop import (EpochContext, Normalizer, NonFiniteLoss, epoch_batches, evalu
 from .plots import plot_curves
 from .runtime import Runtime, resolve_channels_last, resolve_device, resolve_precision, resolve_threads
 from .state import has_checkpoint, read_checkpoint, write_checkpoint
-from .warmstart import InitSource, apply_init
+from .warmstart import InitSource, apply_init, open_init
 
 HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "lr", "seconds")
 PLOT_EVERY_EPOCH_AFTER = 5.0  # seconds
@@ -279,6 +279,11 @@ def fit(cfg: TrainConfig, data: TrainData, run_dir: str | Path, *, pre: Preproce
     if cfg.init and cfg.pretrained:
         raise ConfigError("init and pretrained both set: start from an existing model (init) or from ImageNet "
                           "weights (pretrained), not both.")
+    if init is None and cfg.init and not (resume and has_checkpoint(run_dir)):
+        init = open_init(cfg.init)
+    if init is not None and cfg.model != init.architecture:
+        raise ConfigError(f"model is {cfg.model!r} but the init model {init.folder} is a {init.architecture!r}; "
+                          "training from an init model keeps its architecture. Drop the model setting.")
     pre = pre or make_preprocess(cfg, data.class_names, init)
     check_data(data, pre)
 

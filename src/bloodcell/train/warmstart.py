@@ -16,7 +16,6 @@ from torch import nn
 
 from ..errors import ModelError
 from ..models.checkpoint import load_model, read_meta
-from ..models.locate import resolve_model_dir
 
 
 @dataclass
@@ -33,9 +32,30 @@ class InitSource:
         return tuple(self.meta["preprocess"]["class_names"])
 
 
+#: The ``--init`` value that stands for the model shipped in the package.
+DEFAULT_MODEL = "default"
+
+
+def resolve_init_dir(spec: str | Path) -> Path:
+    """The model folder ``--init`` names: ``default`` (the packaged model) or a folder (or its ``model.json``)."""
+    if str(spec) == DEFAULT_MODEL:
+        from ..bundled import default_model_dir
+
+        return default_model_dir()
+    folder = Path(spec).expanduser()
+    if folder.is_file() and folder.name == "model.json":
+        folder = folder.parent
+    if not (folder / "model.json").is_file():
+        raise ModelError(
+            f"{folder}: no model here (expected a folder with model.json and model.safetensors, as written by "
+            f"`bloodcell train`, or {DEFAULT_MODEL!r} for the packaged model; exported .onnx files cannot be trained)."
+        )
+    return folder
+
+
 def open_init(spec: str) -> InitSource:
     """Find and check the model to start from; ensembles are refused (pick one member)."""
-    folder = resolve_model_dir(spec)
+    folder = resolve_init_dir(spec)
     meta = read_meta(folder)
     if meta.get("ensemble"):
         members = meta["ensemble"].get("members", [])

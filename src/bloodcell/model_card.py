@@ -1,0 +1,104 @@
+"""A model's card: what it is, what it was trained on, how well it does, and where it fails.
+
+The card is ``model.json["model_card"]`` (written when a model is packaged)
+completed with facts read from the rest of the metadata: architecture,
+classes, preprocessing, calibration, validation metrics and the
+out-of-distribution check. :func:`card` gives it as a dict (the service's
+``GET /v1/model``), :func:`render` as text (``bloodcell info``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+#: Card sections shown first, in this order; any other keys follow.
+ORDER = ("name", "version", "summary", "intended_use", "out_of_scope", "data", "training", "metrics",
+         "limitations", "ethical_considerations", "citation", "licence", "license", "authors")
+
+
+def card(meta: dict, path: str | Path | None = None) -> dict:
+    """The model card with the facts from the metadata (``model_card`` keys first)."""
+    given = dict(meta.get("model_card") or {})
+    pre = meta.get("preprocess") or {}
+    cal = meta.get("calibration") or {}
+    ood = meta.get("ood") or {}
+    facts = {
+        "architecture": meta.get("architecture"),
+        "classes": list(pre.get("class_names") or []),
+        "preprocess": {k: v for k, v in pre.items() if k != "class_names"},
+        "calibration": {
+            "temperature": cal.get("temperature", 1.0),
+            "abstain_threshold": cal.get("abstain_threshold"),
+            **{k: v for k, v in cal.items() if k not in ("temperature", "abstain_threshold")},
+        } if cal else {"temperature": 1.0, "abstain_threshold": None, "note": "never calibrated"},
+        "validation_metrics": meta.get("metrics") or {},
+        "out_of_distribution": ood or None,
+    }
+    if meta.get("ensemble"):
+        facts["ensemble"] = meta["ensemble"]
+    if path is not None:
+        facts["path"] = str(path)
+    ordered = {k: given.pop(k) for k in ORDER if k in given}
+    return {**ordered, **given, **facts}
+
+
+def _lines(value, indent: int) -> list[str]:
+    pad = "  " * indent
+    if isinstance(value, dict):
+        out = []
+        for k, v in value.items():
+            if isinstance(v, (dict, list)) and v and not _flat_list(v):
+                out.append(f"{pad}{k}:")
+                out += _lines(v, indent + 1)
+            else:
+                out.append(f"{pad}{k}: {_scalar(v)}")
+        return out
+    if isinstance(value, list):
+        out = []
+        for v in value:
+            if isinstance(v, (dict, list)) and not _flat_list(v):
+                sub = _lines(v, indent + 1)
+                out.append(f"{pad}- {sub[0].strip()}")
+                out += sub[1:]
+            else:
+                out.append(f"{pad}- {_scalar(v)}")
+        return out
+    return [f"{pad}{_scalar(value)}"]
+
+
+def _flat_list(v) -> bool:
+    """Short lists of scalars and small dicts of scalars print on one line."""
+    values = v.values() if isinstance(v, dict) else v
+    if isinstance(v, dict) and len(v) > 4:
+        return False
+    return all(isinstance(x, (int, float, str, bool)) or x is None for x in values) and len(json.dumps(v)) <= 120
+
+
+def _scalar(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list):
+        return ", ".join(_scalar(x) for x in v)
+    if isinstance(v, dict):
+        return ", ".join(f"{k} {_scalar(x)}" for k, x in v.items())
+    return str(v)
+
+
+def render(meta: dict, path: str | Path | None = None) -> str:
+    """The card as indented text, one section per top-level key."""
+    c = card(meta, path)
+    title = c.get("name") or c.get("architecture") or "bloodcell model"
+    lines = [str(title), "=" * len(str(title))]
+    for key, value in c.items():
+        if key == "name":
+            continue
+        label = key.replace("_", " ")
+        if isinstance(value, (dict, list)) and value and not _flat_list(value):
+            lines.append(f"{label}:")
+            lines += _lines(value, 1)
+        else:
+            lines.append(f"{label}: {_scalar(value)}")
+    return "\n".join(lines)

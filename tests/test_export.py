@@ -1,0 +1,166 @@
+"""ONNX export round trip, int8, the torch-free runtime, OOD statistics and default-model packaging."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from _serve_helpers import CARD, SIZE, SRC, cells, copy_model, tiny_model
+from bloodcell import ConfigError, ModelError
+from bloodcell.export import export_onnx, read_onnx_metadata
+from bloodcell.inference import predict_proba
+from bloodcell.models import load_model
+from bloodcell.runtime import OnnxModel
+
+
+def _prepared(n=4, seed=3):
+    from PIL import Image
+
+    x, _ = cells(n, seed=seed)
+    return np.stack([np.asarray(Image.fromarray(i).resize((SIZE, SIZE), Image.Resampling.BILINEAR)) for i in x])
+
+
+def test_fp32_round_trip_and_metadata():
+    x = _prepared()
+    loaded = load_model(tiny_model())
+    onnx_model = OnnxModel(tiny_model())
+    logits, scores = onnx_model.run(x, batch_size=7)  # uneven batches exercise the dynamic axis
+    with torch.inference_mode():
+        from bloodcell.preprocess import normalize
+
+        ref = loaded.module(normalize(torch.from_numpy(x), loaded.preprocess)).numpy()
+    np.testing.assert_allclose(logits, ref, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(onnx_model.predict_proba(x), predict_proba(loaded, x), atol=1e-5)
+    assert scores.shape == (len(x),) and np.isfinite(scores).all()
+    props = read_onnx_metadata(tiny_model() / "model.onnx")
+    assert json.loads(props["bloodcell.class_names"])[0] == "basophil"
+    assert json.loads(props["bloodcell.preprocess"])["image_size"] == SIZE
+    assert json.loads(props["bloodcell.calibration"])["temperature"] == 1.5
+    assert json.loads(props["bloodcell.model"])["model_card"]["name"] == "tiny test model"
+    assert onnx_model.ood["threshold"] > 0 and onnx_model.quantization == "none"
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_int8_agrees_on_argmax(tmp_path, mode):
+    x = _prepared(10, seed=4)
+    out = export_onnx(tiny_model(), tmp_path / f"{mode}.onnx", quantize=mode, calibration=_prepared(8, seed=5) if mode == "static" else None)
+    q = OnnxModel(out)
+    ref = OnnxModel(tiny_model()).predict_proba(x)
+    agree = (q.predict_proba(x).argmax(1) == ref.argmax(1)).mean()
+    assert agree >= 0.9
+    assert q.quantization == f"{mode}-int8"
+    assert read_onnx_metadata(out)["bloodcell.class_names"]
+
+
+def test_static_without_calibration_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="needs calibration images"):
+        export_onnx(tiny_model(), tmp_path / "s.onnx", quantize="static")
+
+
+def test_runtime_needs_no_torch():
+    code = f"""
+import sys
+sys.modules["torch"] = None  # any import of torch now fails
+import numpy as np
+from bloodcell.classify import Classifier
+clf = Classifier({str(tiny_model())!r}, backend="onnx")
+x = np.random.default_rng(0).integers(0, 255, (3, 50, 60, 3), dtype=np.uint8)
+preds = clf.predict_arrays(list(x))
+print(len(preds), preds[0].label in clf.class_names, preds[0].ood_score is not None)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["3", "True", "True"]
+
+
+def test_cli_predict_needs_no_torch(tmp_path):
+    from _serve_helpers import write_png
+
+    x, _ = cells(1, seed=6)
+    img = write_png(tmp_path / "c.png", x[0])
+    code = f"""
+import sys
+sys.modules["torch"] = None
+from bloodcell.cli import main
+raise SystemExit(main(["predict", "-m", {str(tiny_model())!r}, {str(img)!r}, "-f", "json"]))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["predictions"][0]["source"].endswith("c.png")
+
+
+def test_onnx_file_alone_is_a_model(tmp_path):
+    import shutil
+
+    shutil.copy(tiny_model() / "model.onnx", tmp_path / "alone.onnx")
+    from bloodcell.classify import Classifier
+
+    clf = Classifier(tmp_path / "alone.onnx")
+    assert clf.backend == "onnx" and clf.meta["model_card"]["name"] == "tiny test model"
+    assert clf.abstain_threshold == 0.55 and clf.ood_threshold is not None
+    with pytest.raises(ModelError, match="need the model folder"):
+        clf.explain(_prepared(1))
+
+
+def test_not_an_onnx_model(tmp_path):
+    (tmp_path / "x.onnx").write_bytes(b"garbage")
+    with pytest.raises(ModelError, match="not a loadable ONNX model"):
+        OnnxModel(tmp_path / "x.onnx")
+
+
+def test_ood_statistics_round_trip(tmp_path):
+    from bloodcell import ood
+
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(200, 20)) + np.repeat(np.eye(4, 20) * 5, 50, axis=0)
+    labels = np.repeat(np.arange(4), 50)
+    head = ood.fit_head(feats, labels, dims=8)
+    ood.save_head(tmp_path, head)
+    again = ood.load_head(tmp_path)
+    np.testing.assert_allclose(ood.head_scores(again, feats), ood.head_scores(head, feats), rtol=1e-6)
+    assert 1.0 < np.median(ood.head_scores(head, feats)) < 3.0
+    far = rng.normal(size=(20, 20)) * 10
+    assert ood.head_scores(head, far).min() > np.percentile(ood.head_scores(head, feats), 99)
+
+
+def test_choose_threshold_separates():
+    from bloodcell.ood import choose_threshold, evaluate_threshold
+
+    cells_s = np.linspace(1.0, 2.0, 100)
+    other = np.linspace(4.0, 9.0, 50)
+    t = choose_threshold(cells_s, other)
+    assert 2.0 < t < 4.0
+    report = evaluate_threshold(t, cells_s, other, ["noise"] * 50)
+    assert report["false_flag_rate"] == 0.0 and report["detection_rate"] == 1.0 and report["auroc"] == 1.0
+    # overlapping scores: at most 2% of cells may be flagged
+    t2 = choose_threshold(np.linspace(1, 5, 100), np.linspace(3, 9, 100), max_false_flag=0.02)
+    assert (np.linspace(1, 5, 100) > t2).mean() <= 0.02
+
+
+def test_package_default(tmp_path):
+    from bloodcell.packaging import package_default
+
+    src = copy_model(tmp_path / "trained")
+    for extra in ("model.onnx", "ood.safetensors"):
+        (src / extra).unlink()
+    x, y = cells(8, seed=7)
+    np.savez(tmp_path / "data.npz", images=x, labels=y)
+    out = package_default(src, tmp_path / "data.npz", tmp_path / "default_model", card={"name": "packaged"},
+                          per_class=6, heldout_per_class=3, non_cells_per_kind=4, say=lambda m: None)
+    assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.onnx", "model.safetensors", "ood.safetensors"]
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["model_card"]["name"] == "packaged" and meta["model_card"]["licence"] == CARD["licence"]
+    assert meta["ood"]["threshold"] > 0 and meta["onnx"]["argmax_agreement"] == 1.0
+    assert (out / "model.json").stat().st_mode & 0o044  # readable by others once installed
+
+    meta_src = json.loads((src / "model.json").read_text())
+    meta_src.pop("model_card")
+    (src / "model.json").write_text(json.dumps(meta_src))
+    with pytest.raises(ConfigError, match="card lacks"):
+        package_default(src, tmp_path / "data.npz", tmp_path / "d2", say=lambda m: None)
+    assert not (tmp_path / "d2").exists()
