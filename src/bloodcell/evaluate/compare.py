@@ -49,13 +49,13 @@ def is_model_folder(path: str | Path) -> bool:
     return (Path(path) / META).is_file()
 
 
-def row_from_summary(summary: dict, images_per_second: float | None, name: str | None = None) -> dict:
+def row_from_summary(summary: dict, images_per_second: float | None) -> dict:
     """One comparison row from an evaluation summary."""
     m = summary["metrics"]
     ci = m.get("ci95") or {}
     model = summary["model"]
     return {
-        "name": name or model["name"],
+        "name": model["name"],
         "path": model["path"],
         "architecture": model["architecture"],
         "image_size": model["image_size"],

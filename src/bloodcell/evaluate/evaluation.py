@@ -27,7 +27,6 @@ from ..models.checkpoint import LoadedModel, load_model, read_meta
 from .calibration import (
     accuracy_coverage,
     apply_threshold,
-    confidence_and_correct,
     coverage_at_accuracy,
     expected_calibration_error,
     nll,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -389,7 +388,3 @@ def _umask() -> int:
     os.umask(mask)
     return mask
 
-
-def dumps(obj) -> str:
-    """JSON text of an evaluation summary."""
-    return json.dumps(obj, indent=2)
