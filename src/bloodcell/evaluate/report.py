@@ -219,6 +219,7 @@ def render_html(ev: Evaluation, figs: dict, missing: dict, n_mistakes: int = 24)
         cards.append(_card("Model's threshold", f"{_pct(mt['coverage'], 1)} kept",
                            f"{_pct(mt['accuracy'])} accurate, {mt['referred']} referred"))
     split = f", split {data['split']}" if data["split"] else ""
+    temps = f"{cal['temperature']:.3f}" + (f" (with TTA {cal['tta_temperature']:.3f})" if s["tta"] else "")
     title = f"{model['name']} on {Path(data['source']).name}{split}"
     out = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
@@ -228,7 +229,7 @@ def render_html(ev: Evaluation, figs: dict, missing: dict, n_mistakes: int = 24)
         f"Model <b>{_e(model['architecture'])}</b> ({model['parameters'] / 1e6:.2f}M parameters, "
         f"{model['image_size']} px) · data <b>{_e(data['source'])}</b>{_e(split)} · {data['n_images']} images · "
         f"{'test-time augmentation · ' if s['tta'] else ''}"
-        f"temperature {cal['temperature']:.3f} · {_e(s['date'])} · bloodcell {_e(s['bloodcell_version'])}</div></header>",
+        f"temperature {temps} · {_e(s['date'])} · bloodcell {_e(s['bloodcell_version'])}</div></header>",
         "<main>",
         "<nav>" + "".join(f"<a href='#{sid}'>{_e(t)}</a>" for sid, t in SECTIONS) + "</nav>",
         f"<div class='cards'>{''.join(cards)}</div>",
