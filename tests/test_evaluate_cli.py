@@ -84,19 +84,20 @@ def test_calibrate_report_and_compare(models, make_folder_dataset, tmp_path, inp
     data = make_folder_dataset(per_class=9, size=40, seed=3)
     manifest = write_manifest(data, tmp_path / "split.csv")
     before = read_meta(models["b"])
-    code, out, err = inproc("calibrate", models["b"], manifest, "--target-accuracy", "0.9", "--quiet")
+    code, out, err = inproc("calibrate", models["b"], manifest, "--target-accuracy", "0.9", "--tta", "--quiet")
     assert code == 0, err
     assert "Temperature" in out and "ECE" in out and "24 images" in out  # 3 of 9 per class in val
+    assert "With test-time augmentation: Temperature" in out
     after = read_meta(models["b"])
     assert after["calibration"]["temperature"] > 0 and after["calibration"]["target_accuracy"] == 0.9
-    assert after["calibration"]["validation"]["split"] == "val"
+    assert after["calibration"]["validation"]["split"] == "val" and after["calibration"]["tta"]["temperature"] > 0
     assert {k: v for k, v in after.items() if k != "calibration"} == {k: v for k, v in before.items() if k != "calibration"}
 
     rep = tmp_path / "report"
     r = bloodcell("report", models["b"], manifest, "-o", rep, "--tta", "--bootstrap", "100", "--mistakes", "6",
                   "--gradcam-per-class", "1", "--quiet", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "Test-time augmentation (8 views)" in r.stdout
+    assert "Test-time augmentation (8 views)" in r.stdout and "Model's threshold for augmented predictions" in r.stdout
     page = (rep / "report.html").read_text()
     assert "split test" in page and "48 images" in page
     s = json.loads((rep / "metrics.json").read_text())

@@ -17,8 +17,10 @@ from bloodcell.evaluate.calibration import (
     coverage_at_accuracy,
     expected_calibration_error,
     fit_temperature,
+    fit_temperature_views,
     reliability_bins,
     softmax,
+    view_probs,
 )
 from bloodcell.evaluate.metrics import align_classes, bootstrap_ci, compute_metrics, format_table
 
@@ -197,3 +199,18 @@ def test_abstention_threshold_reaches_target_on_synthetic_data():
     wider = curve.coverage > res["coverage"] + 1e-12
     assert np.all(curve.accuracy[wider] < 0.98)
     assert curve.coverage[-1] == 1.0 and curve.accuracy[-1] == pytest.approx((p.argmax(1) == y).mean())
+
+
+def test_tta_temperature_fit_recovers_known_temperature():
+    rng = np.random.default_rng(6)
+    n, k, v, t_true = 6000, 8, 8, 0.6
+    base = rng.normal(0, 2, (n, k))
+    views = base[None] + rng.normal(0, 1.0, (v, n, k))
+    p_true = view_probs(views, t_true).astype(np.float64)
+    p_true /= p_true.sum(axis=1, keepdims=True)
+    y = np.array([rng.choice(k, p=row) for row in p_true])
+    assert fit_temperature_views(views, y) == pytest.approx(t_true, rel=0.08)
+    single = softmax(views[0] / 1.3)
+    assert view_probs(views[:1], 1.3) == pytest.approx(single, abs=1e-6)
+    with pytest.raises(DataError, match=r"\(V, N, C\)"):
+        fit_temperature_views(views[0], y)

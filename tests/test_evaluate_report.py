@@ -16,7 +16,8 @@ from bloodcell.evaluate import plots
 from bloodcell.evaluate.evaluation import evaluate_arrays
 from bloodcell.evaluate.fit_calibration import fit_calibration, store_calibration
 from bloodcell.evaluate.report import SECTIONS, check_writable, most_confident_mistakes, write_report
-from bloodcell.inference import predict_logits, predict_proba
+from bloodcell.evaluate.calibration import view_probs
+from bloodcell.inference import predict_logits, predict_proba, predict_view_logits
 from bloodcell.models import load_model, read_meta
 
 from _evaluate_helpers import cells, one_thread, tiny_model
@@ -61,6 +62,28 @@ def test_tta_block_measures_gain_and_cost(model8):
     assert t["gain"]["accuracy"] == pytest.approx(t["tta"]["accuracy"] - plain_acc)
     assert t["tta"]["seconds"] > 0 and t["slowdown"] > 1
     assert t["fixed"] - t["broken"] == round(t["gain"]["accuracy"] * len(y))
+
+
+def test_tta_uses_its_own_temperature_and_threshold(tmp_path):
+    folder = tiny_model(tmp_path / "m", steps=5, temperature=1.7)
+    loaded = load_model(folder)
+    loaded.meta["calibration"]["tta"] = {"temperature": 0.8, "abstain_threshold": 0.55}
+    x, y = cells(24, seed=11)
+    views = predict_view_logits(loaded, x)
+    assert views.shape == (8, 24, 8)
+    np.testing.assert_allclose(views[0], predict_logits(loaded, x), atol=1e-5)
+    np.testing.assert_allclose(predict_proba(loaded, x, tta=True), view_probs(views, 0.8), atol=1e-5)
+    np.testing.assert_allclose(predict_proba(loaded, x, tta=False), view_probs(views[:1], 1.7), atol=1e-5)
+    ev = evaluate_arrays(loaded, x, y, CLASSES, tta=True, n_boot=0)
+    cal = ev.summary["calibration"]
+    assert cal["tta_temperature"] == 0.8 and cal["tta_temperature_fitted"]
+    assert cal["ece_tta_calibrated"] == pytest.approx(ev.metrics["ece"])
+    assert ev.summary["abstention"]["model_threshold_kind"] == "tta"
+    assert ev.summary["abstention"]["model_threshold"]["threshold"] == 0.55
+    assert not any("calibrate --tta" in n for n in ev.summary["notes"])
+    logits = predict_logits(loaded, x)
+    fitted = fit_calibration(logits, y, 0.9, view_logits=views)
+    assert fitted["tta"]["temperature"] > 0 and fitted["tta"]["validation"]["n_images"] == 24
 
 
 def test_partial_label_set_against_full_model(model8):

@@ -55,6 +55,30 @@ def predict_logits(loaded: LoadedModel, images: np.ndarray, batch_size: int = 64
     return torch.cat(out).numpy() if out else np.zeros((0, len(loaded.class_names)), np.float32)
 
 
+def tta_temperature(loaded: LoadedModel) -> float:
+    """Temperature for test-time-augmented predictions: ``calibration.tta.temperature`` if fitted, else the plain one."""
+    cal = loaded.meta.get("calibration") or {}
+    return float((cal.get("tta") or {}).get("temperature", loaded.temperature))
+
+
+@torch.inference_mode()
+def predict_view_logits(loaded: LoadedModel, images: np.ndarray, batch_size: int = 64, device=None) -> np.ndarray:
+    """Raw logits of every test-time-augmentation view, shape (V, N, C), views in :data:`TTA_VIEWS` order.
+
+    ``predict_proba(..., tta=True)`` equals the mean over views of
+    ``softmax(logits / T)``; calibration fits ``T`` on these logits.
+    """
+    _check_images(images, loaded.preprocess.image_size)
+    device = torch.device(device) if device is not None else next(loaded.module.parameters()).device
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = normalize(torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device), loaded.preprocess)
+        out.append(torch.stack([loaded.module(v).float().cpu() for v in _views(x, True)]))
+    if not out:
+        return np.zeros((len(TTA_VIEWS), 0, len(loaded.class_names)), np.float32)
+    return torch.cat(out, dim=1).numpy()
+
+
 @torch.inference_mode()
 def predict_proba(
     loaded: LoadedModel,
@@ -77,11 +101,13 @@ def predict_proba(
     tta : bool
         Average the probabilities over the eight flips/90° rotations.
     calibrated : bool
-        Divide logits by the model's fitted temperature (1.0 if never calibrated).
+        Divide logits by the model's fitted temperature (1.0 if never calibrated);
+        with ``tta``, by the temperature fitted on augmented predictions when
+        the model has one (see :func:`tta_temperature`).
     """
     _check_images(images, loaded.preprocess.image_size)
     device = torch.device(device) if device is not None else next(loaded.module.parameters()).device
-    temperature = loaded.temperature if calibrated else 1.0
+    temperature = (tta_temperature(loaded) if tta else loaded.temperature) if calibrated else 1.0
     out = []
     for start in range(0, len(images), batch_size):
         x = normalize(torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device), loaded.preprocess)

@@ -13,6 +13,8 @@ def add_arguments(parser) -> None:
                         help="accuracy the accepted images must reach on that split (default 0.995)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    parser.add_argument("--tta", action="store_true",
+                        help="also fit a temperature and threshold for test-time-augmented predictions (8x the time)")
     parser.add_argument("--dry-run", action="store_true", help="print the fit without writing model.json")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -24,22 +26,29 @@ def run(args) -> int:
 
     result = calibrate_model(args.model, args.data, split=args.split, target_accuracy=args.target_accuracy,
                              batch_size=args.batch_size, device=device_of(args), write=not args.dry_run,
-                             progress=not args.quiet)
+                             progress=not args.quiet, tta=args.tta)
     v = result["validation"]
     print(f"Fitted on {v['source']}" + (f", split {v['split']}" if v["split"] else "") + f": {v['n_images']} images.")
-    print(f"Temperature {result['temperature']:.4f}: ECE {100 * v['ece_before']:.2f}% -> {100 * v['ece_after']:.2f}%, "
+    _print_fit("", result, result["target_accuracy"])
+    if "tta" in result:
+        _print_fit("With test-time augmentation: ", result["tta"], result["target_accuracy"])
+    print("Dry run: model.json left unchanged." if args.dry_run else f"Stored in {result['model_json']}.")
+    return 0
+
+
+def _print_fit(prefix: str, fit: dict, target: float) -> None:
+    v = fit["validation"]
+    print(f"{prefix}Temperature {fit['temperature']:.4f}: ECE {100 * v['ece_before']:.2f}% -> {100 * v['ece_after']:.2f}%, "
           f"log loss {v['nll_before']:.4f} -> {v['nll_after']:.4f}.")
-    if result["abstain_threshold"] is None:
-        print(f"No threshold reaches {100 * result['target_accuracy']:.2f}% accuracy on this split "
+    if fit["abstain_threshold"] is None:
+        print(f"{prefix}No threshold reaches {100 * target:.2f}% accuracy on this split "
               f"(overall {100 * v['accuracy']:.2f}%); abstention is off (abstain_threshold null).")
     else:
-        print(f"Abstention: refer an image when its top probability is below {100 * result['abstain_threshold']:.2f}%; "
+        print(f"{prefix}Abstention: refer an image when its top probability is below {100 * fit['abstain_threshold']:.2f}%; "
               f"on this split that keeps {100 * v['coverage']:.1f}% of images at {100 * v['accuracy_accepted']:.2f}% "
-              f"accuracy (target {100 * result['target_accuracy']:.2f}%; all images: {100 * v['accuracy']:.2f}%).")
+              f"accuracy (target {100 * target:.2f}%; all images: {100 * v['accuracy']:.2f}%).")
     for c in v["coverage_at"]:
         if c["threshold"] is not None:
             print(f"  {100 * c['target']:.1f}% accuracy: {100 * c['coverage']:.1f}% coverage (threshold {100 * c['threshold']:.2f}%)")
         else:
             print(f"  {100 * c['target']:.1f}% accuracy: not reached")
-    print("Dry run: model.json left unchanged." if args.dry_run else f"Stored in {result['model_json']}.")
-    return 0

@@ -64,6 +64,10 @@ def print_summary(summary: dict) -> None:
     print(f"Calibration: temperature {cal['temperature']:.3f}; ECE {100 * cal['ece_uncalibrated']:.2f}% uncalibrated -> "
           f"{100 * cal['ece_calibrated']:.2f}% temperature-scaled; log loss {cal['log_loss_uncalibrated']:.4f} -> "
           f"{cal['log_loss_calibrated']:.4f}.")
+    if summary["tta"]:
+        print(f"With test-time augmentation: temperature {cal['tta_temperature']:.3f}"
+              + ("" if cal["tta_temperature_fitted"] else " (the plain one; fit one with `bloodcell calibrate --tta`)")
+              + f"; ECE {100 * cal['ece_tta_uncalibrated']:.2f}% uncalibrated -> {100 * cal['ece_tta_calibrated']:.2f}%.")
     ab = summary["abstention"]
     parts = []
     for c in ab["coverage_at"]:
@@ -73,7 +77,8 @@ def print_summary(summary: dict) -> None:
     mt = ab["model_threshold"]
     if mt:
         acc = "-" if mt["accuracy"] is None else f"{100 * mt['accuracy']:.2f}%"
-        print(f"Model's threshold {100 * mt['threshold']:.2f}% (fitted on validation): keeps {100 * mt['coverage']:.1f}% "
+        kind = " for augmented predictions" if ab["model_threshold_kind"] == "tta" else ""
+        print(f"Model's threshold{kind} {100 * mt['threshold']:.2f}% (fitted on validation): keeps {100 * mt['coverage']:.1f}% "
               f"({mt['referred']} referred to a hematologist) at {acc} accuracy.")
     t = summary["tta_comparison"]
     if t:

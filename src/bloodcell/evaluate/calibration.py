@@ -163,6 +163,57 @@ def fit_temperature(
     return float(1.0 / np.exp((a + b) / 2.0))
 
 
+def view_probs(view_logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Test-time-augmented probabilities: the mean over views of ``softmax(logits / T)``.
+
+    ``view_logits`` has shape (V, N, C); the result (N, C) float32 equals
+    ``predict_proba(..., tta=True)`` with that temperature.
+    """
+    z = np.asarray(view_logits, dtype=np.float64) / float(temperature)
+    z = z - z.max(axis=2, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=2, keepdims=True)).mean(axis=0).astype(np.float32)
+
+
+def fit_temperature_views(
+    view_logits: np.ndarray, y_true: np.ndarray, bounds: tuple[float, float] = (0.05, 20.0)
+) -> float:
+    """The temperature minimising the NLL of test-time-augmented probabilities.
+
+    Each view's logits are divided by ``T`` before their softmax outputs are
+    averaged, as in :func:`view_probs`. A log-spaced grid brackets the minimum,
+    then a golden-section search refines it.
+    """
+    z = np.asarray(view_logits, dtype=np.float64)
+    if z.ndim != 3:
+        raise DataError(f"Expected view logits (V, N, C), got shape {z.shape}.")
+    _check(np.zeros(z.shape[1:]), y_true)
+    y = np.asarray(y_true, dtype=np.int64)
+    rows = np.arange(len(y))
+
+    def f(log_t: float) -> float:
+        p = view_probs(z, float(np.exp(log_t))).astype(np.float64)
+        return float(-np.mean(np.log(np.clip(p[rows, y], _TINY, 1.0))))
+
+    grid = np.linspace(np.log(bounds[0]), np.log(bounds[1]), 41)
+    values = [f(g) for g in grid]
+    i = int(np.argmin(values))
+    a, b = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+    g = (np.sqrt(5.0) - 1.0) / 2.0
+    c, d = b - g * (b - a), a + g * (b - a)
+    fc, fd = f(c), f(d)
+    for _ in range(40):
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - g * (b - a)
+            fc = f(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + g * (b - a)
+            fd = f(d)
+    return float(np.exp((a + b) / 2.0))
+
+
 def nll(probs: np.ndarray, y_true: np.ndarray) -> float:
     """Mean negative log-likelihood of the true class (log loss)."""
     probs, y_true = _check(probs, y_true)

@@ -9,22 +9,23 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, DataError, ModelError
-from ..inference import predict_logits
+from ..inference import predict_proba
 from ..models.checkpoint import META, LoadedModel, load_model
 
 
-def measure_throughput(loaded: LoadedModel, batch_size: int = 32, batches: int = 3, device=None) -> float:
-    """Images per second of :func:`~bloodcell.inference.predict_logits` on random prepared images.
+def measure_throughput(loaded: LoadedModel, batch_size: int = 32, batches: int = 3, device=None,
+                       tta: bool = False) -> float:
+    """Images per second of :func:`~bloodcell.inference.predict_proba` on random prepared images.
 
     One warm-up batch, then ``batches`` timed ones; decoding and resizing are
-    not included.
+    not included. With ``tta`` each image costs eight forward passes.
     """
     size = loaded.preprocess.image_size
     x = np.random.default_rng(0).integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8)
-    predict_logits(loaded, x, batch_size=batch_size, device=device)
+    predict_proba(loaded, x, batch_size=batch_size, device=device, tta=tta)
     t0 = time.perf_counter()
     for _ in range(batches):
-        predict_logits(loaded, x, batch_size=batch_size, device=device)
+        predict_proba(loaded, x, batch_size=batch_size, device=device, tta=tta)
     return batches * batch_size / (time.perf_counter() - t0)
 
 
@@ -48,13 +49,13 @@ def is_model_folder(path: str | Path) -> bool:
     return (Path(path) / META).is_file()
 
 
-def row_from_summary(summary: dict, images_per_second: float | None, name: str | None = None) -> dict:
+def row_from_summary(summary: dict, images_per_second: float | None) -> dict:
     """One comparison row from an evaluation summary."""
     m = summary["metrics"]
     ci = m.get("ci95") or {}
     model = summary["model"]
     return {
-        "name": name or model["name"],
+        "name": model["name"],
         "path": model["path"],
         "architecture": model["architecture"],
         "image_size": model["image_size"],
@@ -131,7 +132,7 @@ def compare(
                 loaded = None
         else:
             raise DataError(f"{run}: no such model folder or evaluation file.")
-        ips = measure_throughput(loaded, device=device) if loaded is not None else None
+        ips = measure_throughput(loaded, device=device, tta=summary["tta"]) if loaded is not None else None
         rows.append(row_from_summary(summary, ips))
     _unique_names(rows)
     return rows
@@ -160,5 +161,5 @@ def markdown_table(rows: list[dict]) -> str:
     lines.append("")
     lines.append("Evaluated on " + "; ".join(sources) + ". ECE with each model's fitted temperature; coverage: "
                  "share of images kept when the least confident are referred, at 99.5% accuracy; images/s: "
-                 "prepared images in batches of 32 on the comparing machine.")
+                 "prepared images in batches of 32 (with TTA: eight passes each) on the comparing machine.")
     return "\n".join(lines)

@@ -22,17 +22,17 @@ import torch
 from .. import __version__
 from ..classes import CLASSES, canonical_class
 from ..errors import DataError, ModelError
-from ..inference import predict_logits, predict_proba
+from ..inference import predict_logits, predict_view_logits, tta_temperature
 from ..models.checkpoint import LoadedModel, load_model, read_meta
 from .calibration import (
     accuracy_coverage,
     apply_threshold,
-    confidence_and_correct,
     coverage_at_accuracy,
     expected_calibration_error,
     nll,
     reliability_bins,
     softmax,
+    view_probs,
 )
 from .metrics import ClassAlignment, align_classes, compute_metrics
 
@@ -101,6 +101,8 @@ def model_info(loaded: LoadedModel) -> dict:
         "class_names": list(loaded.class_names),
         "temperature": loaded.temperature,
         "abstain_threshold": cal.get("abstain_threshold"),
+        "tta_temperature": (cal.get("tta") or {}).get("temperature"),
+        "tta_abstain_threshold": (cal.get("tta") or {}).get("abstain_threshold"),
         "calibration": cal or None,
         "data_manifest_sha256": meta.get("data_manifest_sha256"),
         "training_metrics": meta.get("metrics"),
@@ -233,10 +235,13 @@ def evaluate_arrays(
     evaluated = alignment.evaluated
     if tta:
         t0 = time.perf_counter()
-        probs_tta = _in_chunks(
-            lambda x: predict_proba(loaded, x, batch_size=batch_size, tta=True, calibrated=True, device=device),
-            images, progress, "predicting with TTA")
+        view_logits = _in_chunks(
+            lambda x: predict_view_logits(loaded, x, batch_size=batch_size, device=device).transpose(1, 0, 2),
+            images, progress, "predicting with TTA").transpose(1, 0, 2)
         tta_seconds = time.perf_counter() - t0
+        tta_t = tta_temperature(loaded)
+        probs_tta = view_probs(view_logits, tta_t)
+        probs_tta_uncal = view_probs(view_logits, 1.0)
         plain = _headline(y, probs_plain, model_classes, evaluated, n_bins)
         aug = _headline(y, probs_tta, model_classes, evaluated, n_bins)
         right_plain = probs_plain.argmax(1) == y
@@ -257,14 +262,17 @@ def evaluate_arrays(
     metrics = compute_metrics(y, probs, model_classes, evaluated, n_bins=n_bins, n_boot=n_boot)
     info = model_info(loaded)
     stored = info["abstain_threshold"]
+    tta_own = tta and info["tta_abstain_threshold"] is not None
+    if tta_own:
+        stored = info["tta_abstain_threshold"]
     curve = accuracy_coverage(probs, y)
     counts = {c: int((y == model_classes.index(c)).sum()) for c in evaluated}
     all_notes = [alignment.message()] if alignment.message() else []
     all_notes += list(notes)
-    if tta and stored is not None:
+    if tta and stored is not None and not tta_own:
         all_notes.append(
-            "The abstention threshold was fitted on predictions without test-time augmentation; "
-            "it is applied here to the augmented ones."
+            "The temperature and abstention threshold were fitted on predictions without test-time augmentation; "
+            "`bloodcell calibrate --tta` fits them for augmented predictions too."
         )
     if temperature == 1.0 and not (loaded.meta.get("calibration") or {}).get("temperature"):
         all_notes.append("The model is not calibrated: run `bloodcell calibrate MODEL DATA --split val` first.")
@@ -292,10 +300,20 @@ def evaluate_arrays(
             "reliability_uncalibrated": reliability_bins(probs_uncal, y, n_bins),
             "reliability_calibrated": reliability_bins(probs_plain, y, n_bins),
             "reliability": reliability_bins(probs, y, n_bins),
+            **({
+                "tta_temperature": tta_t,
+                "tta_temperature_fitted": tta_own or info["tta_temperature"] is not None,
+                "ece_tta_uncalibrated": expected_calibration_error(probs_tta_uncal, y, n_bins),
+                "ece_tta_calibrated": expected_calibration_error(probs_tta, y, n_bins),
+                "log_loss_tta_uncalibrated": nll(probs_tta_uncal, y),
+                "log_loss_tta_calibrated": nll(probs_tta, y),
+                "reliability_tta_uncalibrated": reliability_bins(probs_tta_uncal, y, n_bins),
+            } if tta else {}),
         },
         "abstention": {
             "coverage_at": [coverage_at_accuracy(probs, y, t) for t in COVERAGE_TARGETS],
             "model_threshold": apply_threshold(probs, y, stored) if stored is not None else None,
+            "model_threshold_kind": ("tta" if tta_own else "plain") if stored is not None else None,
             "curve": curve.to_dict(),
         },
         "speed": {

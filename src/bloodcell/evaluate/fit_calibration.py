@@ -14,52 +14,27 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..inference import predict_logits
+from ..inference import TTA_VIEWS, predict_logits, predict_view_logits
 from ..models.checkpoint import META, atomic_write_json, load_model, read_meta
 from .calibration import (
     coverage_at_accuracy,
     expected_calibration_error,
     fit_temperature,
+    fit_temperature_views,
     nll,
     softmax,
+    view_probs,
 )
 from .evaluation import COVERAGE_TARGETS, _in_chunks, load_labelled
 
 ABSTAIN_RULE = "refer the image to a hematologist when its top temperature-scaled probability is below abstain_threshold"
 
 
-def fit_calibration(logits: np.ndarray, y_true: np.ndarray, target_accuracy: float = 0.995, n_bins: int = 15) -> dict:
-    """Temperature and abstention threshold from validation logits and labels.
-
-    Parameters
-    ----------
-    logits : array (N, C)
-        Raw model outputs (log-probabilities work as well).
-    y_true : array (N,)
-        True class indices.
-    target_accuracy : float
-        Accuracy the accepted images must reach; the threshold keeps as many
-        images as possible subject to it.
-
-    Returns
-    -------
-    dict
-        ``temperature``, ``abstain_threshold`` (``None`` when the target is
-        not reachable), ``target_accuracy``, ``abstain_rule`` and
-        ``validation`` figures (ECE and log loss before/after, coverage).
-    """
-    if not 0.0 < target_accuracy <= 1.0:
-        raise DataError(f"--target-accuracy must be in (0, 1], got {target_accuracy!r}; e.g. 0.995 for 99.5%.")
-    z = np.asarray(logits, dtype=np.float64)
-    y = np.asarray(y_true, dtype=np.int64)
-    t = fit_temperature(z, y, logits=True)
-    before, after = softmax(z), softmax(z / t)
-    chosen = coverage_at_accuracy(after, y, target_accuracy)
+def _abstention(before: np.ndarray, after: np.ndarray, y: np.ndarray, t: float, target: float, n_bins: int) -> dict:
+    chosen = coverage_at_accuracy(after, y, target)
     return {
         "temperature": t,
         "abstain_threshold": chosen["threshold"],
-        "target_accuracy": float(target_accuracy),
-        "abstain_rule": ABSTAIN_RULE,
         "validation": {
             "n_images": int(len(y)),
             "accuracy": float((after.argmax(1) == y).mean()),
@@ -74,6 +49,51 @@ def fit_calibration(logits: np.ndarray, y_true: np.ndarray, target_accuracy: flo
     }
 
 
+def fit_calibration(
+    logits: np.ndarray,
+    y_true: np.ndarray,
+    target_accuracy: float = 0.995,
+    n_bins: int = 15,
+    view_logits: np.ndarray | None = None,
+) -> dict:
+    """Temperature and abstention threshold from validation logits and labels.
+
+    Parameters
+    ----------
+    logits : array (N, C)
+        Raw model outputs (log-probabilities work as well).
+    y_true : array (N,)
+        True class indices.
+    target_accuracy : float
+        Accuracy the accepted images must reach; the threshold keeps as many
+        images as possible subject to it.
+    view_logits : array (V, N, C), optional
+        Logits of the test-time-augmentation views
+        (:func:`bloodcell.inference.predict_view_logits`); when given, a
+        ``tta`` block holds a temperature and threshold fitted for augmented
+        predictions.
+
+    Returns
+    -------
+    dict
+        ``temperature``, ``abstain_threshold`` (``None`` when the target is
+        not reachable), ``target_accuracy``, ``abstain_rule`` and
+        ``validation`` figures (ECE and log loss before/after, coverage).
+    """
+    if not 0.0 < target_accuracy <= 1.0:
+        raise DataError(f"--target-accuracy must be in (0, 1], got {target_accuracy!r}; e.g. 0.995 for 99.5%.")
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(y_true, dtype=np.int64)
+    t = fit_temperature(z, y, logits=True)
+    plain = _abstention(softmax(z), softmax(z / t), y, t, target_accuracy, n_bins)
+    out = {**plain, "target_accuracy": float(target_accuracy), "abstain_rule": ABSTAIN_RULE}
+    if view_logits is not None:
+        t_tta = fit_temperature_views(view_logits, y)
+        out["tta"] = _abstention(view_probs(view_logits, 1.0), view_probs(view_logits, t_tta), y, t_tta,
+                                 target_accuracy, n_bins)
+    return out
+
+
 def calibrate_model(
     model: str | Path,
     data: str | Path,
@@ -84,19 +104,29 @@ def calibrate_model(
     device=None,
     write: bool = True,
     progress: bool = True,
+    tta: bool = False,
 ) -> dict:
     """Fit calibration on ``data`` (its ``split``) and store it in the model's ``model.json``.
 
-    The file is rewritten atomically with every other field kept. Returns the
+    With ``tta``, also fit a temperature and threshold for test-time-augmented
+    predictions (stored under ``calibration.tta``; eight forward passes). The
+    file is rewritten atomically with every other field kept. Returns the
     stored ``calibration`` block plus ``model_json`` (the file's path).
     """
     if not 0.0 < target_accuracy <= 1.0:
         raise DataError(f"--target-accuracy must be in (0, 1], got {target_accuracy!r}; e.g. 0.995 for 99.5%.")
     loaded = load_model(model, device or "cpu")
     arrays, used, problems, notes, left_out = load_labelled(data, loaded.preprocess, split, progress)
-    logits = _in_chunks(lambda x: predict_logits(loaded, x, batch_size=batch_size, device=device), arrays.images,
-                        progress, "predicting")
-    cal = fit_calibration(logits, arrays.labels, target_accuracy)
+    views = None
+    if tta:
+        views = _in_chunks(
+            lambda x: predict_view_logits(loaded, x, batch_size=batch_size, device=device).transpose(1, 0, 2),
+            arrays.images, progress, "predicting with TTA").transpose(1, 0, 2)
+        logits = views[TTA_VIEWS.index((0, False))]  # the identity view is the plain prediction
+    else:
+        logits = _in_chunks(lambda x: predict_logits(loaded, x, batch_size=batch_size, device=device),
+                            arrays.images, progress, "predicting")
+    cal = fit_calibration(logits, arrays.labels, target_accuracy, view_logits=views)
     cal["validation"].update({
         "source": str(data),
         "split": used,

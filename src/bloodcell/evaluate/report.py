@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -129,10 +128,10 @@ def build_figures(ev: Evaluation, n_mistakes: int = 24, gradcam_per_class: int =
         panels.append((f"Temperature-scaled (T = {cal['temperature']:.3f})", cal["reliability_calibrated"],
                        cal["ece_calibrated"]))
     if s["tta"]:
-        panels.append(("With test-time augmentation", cal["reliability"], m["ece"]))
+        panels.append((f"Test-time augmentation (T = {cal['tta_temperature']:.3f})", cal["reliability"], m["ece"]))
     add("reliability", plots.reliability_diagram(panels), "")
     conf, correct = confidence_and_correct(ev.probs, ev.y_true)
-    threshold = s["model"]["abstain_threshold"]
+    threshold = (s["abstention"]["model_threshold"] or {}).get("threshold")
     add("confidence", plots.confidence_histogram(conf, correct, threshold), "")
     add("accuracy_coverage", plots.accuracy_coverage(s["abstention"]["curve"], s["abstention"]["coverage_at"],
                                                      s["abstention"]["model_threshold"]), "")
@@ -208,8 +207,8 @@ def render_html(ev: Evaluation, figs: dict, missing: dict, n_mistakes: int = 24)
         _card("Balanced accuracy", _pct(m["balanced_accuracy"])),
         _card("ROC-AUC (OvR macro)", "–" if m["roc_auc_ovr_macro"] is None else f"{m['roc_auc_ovr_macro']:.4f}"),
         _card("ECE with TTA" if s["tta"] else "ECE", _pct(m["ece"]),
-              f"uncalibrated {_pct(cal['ece_uncalibrated'])}"
-              + (f", temperature-scaled {_pct(cal['ece_calibrated'])}" if s["tta"] else "")),
+              f"uncalibrated {_pct(cal['ece_tta_uncalibrated'])}; single view {_pct(cal['ece_calibrated'])}"
+              if s["tta"] else f"uncalibrated {_pct(cal['ece_uncalibrated'])}"),
         _card("Log loss", f"{m['log_loss']:.4f}"),
     ]
     for key, c in cov.items():
@@ -276,7 +275,11 @@ def render_html(ev: Evaluation, figs: dict, missing: dict, n_mistakes: int = 24)
         f"<tr><td>Uncalibrated (T = 1)</td><td>{_pct(cal['ece_uncalibrated'])}</td><td>{cal['log_loss_uncalibrated']:.4f}</td></tr>"
         f"<tr><td>Temperature-scaled (T = {cal['temperature']:.3f})</td><td>{_pct(cal['ece_calibrated'])}</td>"
         f"<td>{cal['log_loss_calibrated']:.4f}</td></tr>"
-        + (f"<tr><td>With test-time augmentation</td><td>{_pct(m['ece'])}</td><td>{m['log_loss']:.4f}</td></tr>" if s["tta"] else "")
+        + (f"<tr><td>Test-time augmentation, uncalibrated</td><td>{_pct(cal['ece_tta_uncalibrated'])}</td>"
+           f"<td>{cal['log_loss_tta_uncalibrated']:.4f}</td></tr>"
+           f"<tr><td>Test-time augmentation, T = {cal['tta_temperature']:.3f}"
+           f"{'' if cal['tta_temperature_fitted'] else ' (fitted without augmentation)'}</td>"
+           f"<td>{_pct(cal['ece_tta_calibrated'])}</td><td>{cal['log_loss_tta_calibrated']:.4f}</td></tr>" if s["tta"] else "")
         + "</table>"
     )
     section("calibration", "<p class='muted'>A calibrated model that says 90% is right 90% of the time. ECE is the "
@@ -292,8 +295,9 @@ def render_html(ev: Evaluation, figs: dict, missing: dict, n_mistakes: int = 24)
             ab_rows.append(f"<tr><td>{_pct(c['target'], 1)}</td><td>{_pct(c['coverage'], 1)}</td>"
                            f"<td>{c['n'] - c['accepted']}</td><td>{_pct(c['threshold'], 2)}</td></tr>")
     mt = ab["model_threshold"]
+    kind = " for augmented predictions" if ab.get("model_threshold_kind") == "tta" else ""
     stored = (
-        f"<p>The model's own threshold (fitted on validation data for "
+        f"<p>The model's own threshold{kind} (fitted on validation data for "
         f"{_pct((model['calibration'] or {}).get('target_accuracy'), 1)} accuracy): refer when the top probability is "
         f"below {_pct(mt['threshold'], 2)}. On this data it keeps <b>{_pct(mt['coverage'], 1)}</b> of the images "
         f"({mt['referred']} referred) at <b>{_pct(mt['accuracy'])}</b> accuracy.</p>"
@@ -384,7 +388,3 @@ def _umask() -> int:
     os.umask(mask)
     return mask
 
-
-def dumps(obj) -> str:
-    """JSON text of an evaluation summary."""
-    return json.dumps(obj, indent=2)
