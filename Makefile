@@ -28,7 +28,7 @@ train-default: $(SPLIT)
 		|| $(PYTHON) -m bloodcell train --resume $(DEFAULT_RUN) --threads 1
 	$(PYTHON) -m bloodcell calibrate $(DEFAULT_RUN) $(SPLIT)
 	$(PYTHON) -m bloodcell evaluate $(DEFAULT_RUN) $(SPLIT) --split test --tta -o $(DEFAULT_RUN)/test_metrics.json
-	$(PYTHON) -m bloodcell export $(DEFAULT_RUN) --format default --data $(SPLIT) --card configs/default_card.yaml --half-weights
+	$(PYTHON) -m bloodcell export $(DEFAULT_RUN) --format default --data $(SPLIT) --card cards/default.yaml --half-weights
 
 clean:
 	rm -rf .cache runs reports benchmarks/results .pytest_cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -198,3 +199,13 @@ def test_info_shows_card():
     doc = json.loads(cli("info", str(tiny_model()), "--json").stdout)
     assert doc["classes"][0] == "basophil" and doc["calibration"]["abstain_threshold"] == 0.55
     assert doc["out_of_distribution"]["method"] == "mahalanobis-penultimate"
+
+
+def test_hidden_image_named_files_in_a_plain_folder_are_reported(tmp_path):
+    from bloodcell.inputs import collect
+
+    (tmp_path / "cell.png").write_bytes(b"")
+    (tmp_path / "._cell.png").write_bytes(b"\x00\x05\x16\x07")
+    items, problems = collect([tmp_path])
+    assert [Path(i.path).name for i in items] == ["cell.png"]
+    assert any(p.kind == "hidden" and "._cell.png: skipped, a hidden or system file" in p.message for p in problems)

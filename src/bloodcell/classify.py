@@ -25,7 +25,6 @@ augmentation and Grad-CAM).
 
 from __future__ import annotations
 
-import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ import numpy as np
 from .bundled import resolve_model
 from .errors import ConfigError, DataError, ModelError
 from .preprocess import prepare
+from .stats import wilson_interval
 
 #: Abstention threshold on the top probability for models without a calibrated one.
 DEFAULT_ABSTAIN = 0.5
@@ -99,14 +99,6 @@ class Differential:
                 "uncertain": self.uncertain, "classes": self.rows}
 
 
-def _wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (0.0, 0.0)
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def differential(predictions: list[Prediction], class_names) -> Differential:
@@ -116,7 +108,7 @@ def differential(predictions: list[Prediction], class_names) -> Differential:
     rows = []
     for name in class_names:
         mine = [p for p in cells if p.label == name]
-        lo, hi = _wilson(len(mine), n)
+        lo, hi = wilson_interval(len(mine), n)
         rows.append({
             "class": name,
             "count": len(mine),

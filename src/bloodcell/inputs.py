@@ -70,6 +70,8 @@ def _walk(folder: Path, problems: list[Problem]) -> list[Item]:
         for name in sorted(files):
             path = Path(root) / name
             if _hidden(name):
+                if path.suffix.lower() in IMAGE_EXTENSIONS:
+                    problems.append(Problem(str(path), "hidden", f"{path}: skipped, a hidden or system file (e.g. macOS metadata), not an image to classify."))
                 continue
             if path.suffix.lower() in IMAGE_EXTENSIONS:
                 items.append(Item(str(path), path))

@@ -35,6 +35,7 @@ from torch import nn
 
 from .errors import ModelError
 from .preprocess import normalize
+from .stats import wilson_interval
 
 FILE = "ood.safetensors"
 METHOD = "mahalanobis-penultimate"
@@ -226,15 +227,6 @@ def choose_threshold(cell_scores: np.ndarray, other_scores: np.ndarray, max_fals
     return float(math.sqrt(max(lo, 1e-9) * hi)) if lo > 0 else float(hi / 2.0)
 
 
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion ``k / n``."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def evaluate_threshold(threshold: float, cell_scores: np.ndarray, other_scores: np.ndarray, other_kinds: list[str]) -> dict:

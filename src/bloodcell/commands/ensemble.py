@@ -25,8 +25,7 @@ def run(args) -> int:
     meta = read_meta(out)
     pre = meta["preprocess"]
     rows = meta["config"]["members"]
-    width = max(len(r["source"]) for r in rows)
-    print(f"{'member':<8}  {'weight':>6}  {'size':>4}  {'T':>5}  {'architecture':<18}  {'source':<{width}}")
+    print(f"{'member':<8}  {'weight':>6}  {'size':>4}  {'T':>5}  {'architecture':<18}  source")
     for r, w in zip(rows, meta["ensemble"]["weights"]):
         print(f"{r['name']:<8}  {w:>6.3f}  {r['image_size']:>4}  {r['temperature']:>5.2f}  {str(r['architecture']):<18}  {r['source']}")
     print(

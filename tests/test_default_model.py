@@ -1,0 +1,49 @@
+"""The model that ships inside the package: present, small, documented, and right on real cells."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bloodcell import bundled
+from bloodcell.classes import CLASSES
+from bloodcell.packaging import REQUIRED_CARD
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def test_packaged_model_is_complete_and_small():
+    folder = bundled.packaged_model_dir()
+    meta = json.loads((folder / "model.json").read_text())
+    assert tuple(meta["preprocess"]["class_names"]) == CLASSES
+    assert all(meta["model_card"].get(k) for k in REQUIRED_CARD)
+    assert "temperature" in meta["calibration"] and meta["calibration"]["abstain_threshold"] is not None
+    total = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    assert total <= 25 * 2**20, f"default model is {total / 2**20:.1f} MB"
+    assert (folder / "model.onnx").is_file()
+
+
+@pytest.mark.integration
+def test_predict_without_a_model_classifies_real_cells_offline(real_data, tmp_path):
+    cells = tmp_path / "cells"
+    for name in CLASSES:
+        (cells / name).mkdir(parents=True)
+        for f in [p for p in sorted((real_data / name).glob("*.jpg")) if not p.name.startswith(".")][:6]:
+            (cells / name / f.name).symlink_to(f)
+    env = {k: v for k, v in os.environ.items() if k != bundled.ENV}
+    env.update(PYTHONPATH=str(SRC), HF_HUB_OFFLINE="1", NO_PROXY="*")
+    out = tmp_path / "pred.json"
+    run = subprocess.run([sys.executable, "-m", "bloodcell", "predict", str(cells), "-f", "json", "-o", str(out)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(out.read_text())
+    rows = doc["predictions"]
+    assert len(rows) == 48 and not doc["skipped"]
+    assert sum(r["count"] for r in doc["differential"]["classes"]) <= 48
+    correct = sum(r["true_label"] == r["label"] for r in rows)
+    assert correct >= 40, f"{correct}/48 correct"
