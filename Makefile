@@ -26,7 +26,7 @@ $(SPLIT):
 train-default: $(SPLIT)
 	$(PYTHON) -m bloodcell train --recipe default --data $(SPLIT) --out $(DEFAULT_RUN) --threads 1 $(TRAIN_ARGS) \
 		|| $(PYTHON) -m bloodcell train --resume $(DEFAULT_RUN) --threads 1
-	$(PYTHON) -m bloodcell calibrate $(DEFAULT_RUN) $(SPLIT)
+	$(PYTHON) -m bloodcell calibrate $(DEFAULT_RUN) $(SPLIT) --tta
 	$(PYTHON) -m bloodcell evaluate $(DEFAULT_RUN) $(SPLIT) --split test --tta -o $(DEFAULT_RUN)/test_metrics.json
 	$(PYTHON) -m bloodcell export $(DEFAULT_RUN) --format default --data $(SPLIT) --card cards/default.yaml --half-weights
 
