@@ -306,13 +306,12 @@ class Classifier:
             probs = predict_proba(self._loaded, images, self.batch_size, tta=self.tta, calibrated=True, device=self.device)
             if self._scored is None:
                 return probs, None
-            from .preprocess import normalize
+            from .inference import tensor_batches
 
             device = next(self._loaded.module.parameters()).device
             out = []
             with torch.inference_mode():
-                for i in range(0, len(images), self.batch_size):
-                    x = normalize(torch.from_numpy(np.ascontiguousarray(images[i : i + self.batch_size])).to(device), self.preprocess)
+                for x in tensor_batches(images, self.preprocess, self.batch_size, device):
                     out.append(self._scored(x)[1].float().cpu().numpy())
             return probs, (np.concatenate(out) if out else np.zeros(0, np.float32))
 

@@ -15,9 +15,8 @@ from matplotlib import colormaps
 from PIL import Image
 from torch import nn
 
-from .inference import _check_images
+from .inference import _check_images, tensor_batches
 from .models.checkpoint import LoadedModel
-from .preprocess import normalize
 
 
 def target_layer(module: nn.Module) -> nn.Module:
@@ -49,8 +48,7 @@ def gradcam(
     handle = layer.register_forward_hook(keep)
     maps = []
     try:
-        for start in range(0, len(images), batch_size):
-            x = normalize(torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device), loaded.preprocess)
+        for start, x in zip(range(0, len(images), batch_size), tensor_batches(images, loaded.preprocess, batch_size, device)):
             with torch.enable_grad():
                 x.requires_grad_(True)
                 logits = module(x)

@@ -43,14 +43,20 @@ def _views(x: torch.Tensor, tta: bool):
         yield torch.rot90(v, k, dims=(2, 3)) if k else v
 
 
+def tensor_batches(images: np.ndarray, preprocess, batch_size: int, device):
+    """Normalized float32 NCHW batches of prepared uint8 images, on ``device``."""
+    for start in range(0, len(images), batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device)
+        yield normalize(batch, preprocess)
+
+
 @torch.inference_mode()
 def predict_logits(loaded: LoadedModel, images: np.ndarray, batch_size: int = 64, device=None) -> np.ndarray:
     """Raw logits (N, C) of prepared uint8 images, without calibration or TTA."""
     _check_images(images, loaded.preprocess.image_size)
     device = torch.device(device) if device is not None else next(loaded.module.parameters()).device
     out = []
-    for start in range(0, len(images), batch_size):
-        x = normalize(torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device), loaded.preprocess)
+    for x in tensor_batches(images, loaded.preprocess, batch_size, device):
         out.append(loaded.module(x).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, len(loaded.class_names)), np.float32)
 
@@ -71,8 +77,7 @@ def predict_view_logits(loaded: LoadedModel, images: np.ndarray, batch_size: int
     _check_images(images, loaded.preprocess.image_size)
     device = torch.device(device) if device is not None else next(loaded.module.parameters()).device
     out = []
-    for start in range(0, len(images), batch_size):
-        x = normalize(torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device), loaded.preprocess)
+    for x in tensor_batches(images, loaded.preprocess, batch_size, device):
         out.append(torch.stack([loaded.module(v).float().cpu() for v in _views(x, True)]))
     if not out:
         return np.zeros((len(TTA_VIEWS), 0, len(loaded.class_names)), np.float32)
@@ -109,8 +114,7 @@ def predict_proba(
     device = torch.device(device) if device is not None else next(loaded.module.parameters()).device
     temperature = (tta_temperature(loaded) if tta else loaded.temperature) if calibrated else 1.0
     out = []
-    for start in range(0, len(images), batch_size):
-        x = normalize(torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device), loaded.preprocess)
+    for x in tensor_batches(images, loaded.preprocess, batch_size, device):
         probs = None
         n_views = 0
         for view in _views(x, tta):

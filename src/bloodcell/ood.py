@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from .errors import ModelError
-from .preprocess import normalize
+from .inference import tensor_batches
 from .stats import wilson_interval
 
 FILE = "ood.safetensors"
@@ -143,8 +143,7 @@ def extract_features(loaded, images: np.ndarray, batch_size: int = 64, progress:
         from tqdm import tqdm
 
         starts = tqdm(starts, desc="features", unit="batch", leave=False)
-    for i in starts:
-        x = normalize(torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).to(device), loaded.preprocess)
+    for _, x in zip(starts, tensor_batches(images, loaded.preprocess, batch_size, device)):
         out.append(model(x)[1].float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
