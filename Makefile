@@ -1,9 +1,9 @@
 PYTHON ?= python
 DATA ?= $(or $(BLOODCELL_DATA),../shared/data/pbc)
 SPLIT ?= runs/pbc_split.csv
-DEFAULT_RUN ?= runs/default_lite0_128
+DEFAULT_RUN ?= runs/default
 
-.PHONY: install test test-fast bench train-default clean
+.PHONY: install test test-fast bench train-default zoo zoo-table clean
 
 install:
 	$(PYTHON) -m pip install -e ".[dev]"
@@ -29,6 +29,32 @@ train-default: $(SPLIT)
 	$(PYTHON) -m bloodcell calibrate $(DEFAULT_RUN) $(SPLIT) --tta
 	$(PYTHON) -m bloodcell evaluate $(DEFAULT_RUN) $(SPLIT) --split test --tta -o $(DEFAULT_RUN)/test_metrics.json
 	$(PYTHON) -m bloodcell export $(DEFAULT_RUN) --format default --data $(SPLIT) --card cards/default.yaml --half-weights
+
+# The model zoo at a CPU-feasible size: every study CNN and the three-architecture ensemble
+# (EfficientNet-B3, MobileNetV2, ResNet-50 from scratch: no offline ImageNet weights for them),
+# one thread each so it can share the machine with train-default. Resumable: rerun after a stop.
+ZOO_DIR ?= runs/zoo
+ZOO_CPU ?= --image-size 64 --crop-fraction 0.7 --batch-size 32 --schedule cosine --warmup-epochs 0.3 --threads 1 --no-progress
+ZOO_STUDY ?= basic_cnn:10 basic_cnn_augmented:10 complex_cnn:8 enhanced_cnn:8
+ZOO_ENSEMBLE_EPOCHS ?= 4
+
+zoo: $(SPLIT)
+	@set -e; for spec in $(ZOO_STUDY); do r=$${spec%%:*}; n=$${spec##*:}; \
+		if [ -f $(ZOO_DIR)/$$r/model.safetensors ]; then echo "$$r: trained"; continue; fi; \
+		if [ -d $(ZOO_DIR)/$$r ]; then $(PYTHON) -m bloodcell train --resume $(ZOO_DIR)/$$r --threads 1 --no-progress; \
+		else $(PYTHON) -m bloodcell train --recipe $$r --data $(SPLIT) --out $(ZOO_DIR)/$$r --epochs $$n $(ZOO_CPU); fi; done
+	@if [ -d $(ZOO_DIR)/ensemble_3arch ]; then $(PYTHON) -m bloodcell train --resume $(ZOO_DIR)/ensemble_3arch --threads 1 --no-progress; \
+	else $(PYTHON) -m bloodcell train --recipe ensemble_3arch --data $(SPLIT) --out $(ZOO_DIR)/ensemble_3arch \
+		--epochs $(ZOO_ENSEMBLE_EPOCHS) --pretrained false --lr 0.001 $(ZOO_CPU); fi
+	@set -e; for m in $(ZOO_DIR)/*/ $(ZOO_DIR)/ensemble_3arch/*/; do if [ -f $$m/model.json ]; then \
+		$(PYTHON) -m bloodcell calibrate $$m $(SPLIT) --quiet; fi; done
+
+# The README's model-zoo table: every zoo model and the default model, evaluated once on the test split.
+zoo-table:
+	$(PYTHON) -m bloodcell compare $(ZOO_DIR)/basic_cnn $(ZOO_DIR)/basic_cnn_augmented $(ZOO_DIR)/complex_cnn \
+		$(ZOO_DIR)/enhanced_cnn $(ZOO_DIR)/ensemble_3arch/efficientnet_b3 $(ZOO_DIR)/ensemble_3arch/mobilenetv2_100 \
+		$(ZOO_DIR)/ensemble_3arch/resnet50 $(ZOO_DIR)/ensemble_3arch/ensemble $(DEFAULT_RUN) \
+		--data $(SPLIT) --quiet -o reports/zoo
 
 clean:
 	rm -rf .cache runs reports benchmarks/results .pytest_cache

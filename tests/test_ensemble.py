@@ -228,3 +228,23 @@ def test_cli(tmp_path):
     assert bad.stderr.startswith("bloodcell ensemble: error: Ensemble weights must be positive")
     assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "ens2").exists()
+
+
+def test_training_cost_sums_an_ensembles_members(tmp_path):
+    from bloodcell.evaluate.compare import training_cost
+    from bloodcell.models.checkpoint import atomic_write_json
+
+    a, b = tiny_model(tmp_path / "a"), tiny_model(tmp_path / "b", seed=1)
+    for folder, seconds in ((a, [30.5, 29.5]), (b, [100.0])):
+        meta = read_meta(folder)
+        meta["history"] = [{"epoch": i + 1, "seconds": s} for i, s in enumerate(seconds)]
+        meta["training"] = {"threads": 1}
+        atomic_write_json(folder / "model.json", meta)
+    assert training_cost(a) == (60.0, 1)
+    assert training_cost(make_ensemble([a, b], tmp_path / "ens")) == (160.0, 1)
+    meta = read_meta(b)
+    meta["history"] = []
+    atomic_write_json(b / "model.json", meta)
+    assert training_cost(b) == (None, None)
+    assert training_cost(make_ensemble([a, b], tmp_path / "ens2")) == (None, None)
+    assert training_cost(tmp_path / "not_a_model") == (None, None)

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError, ModelError
 from ..inference import predict_proba
-from ..models.checkpoint import META, LoadedModel, load_model
+from ..models.checkpoint import META, LoadedModel, load_model, read_meta
 
 
 def measure_throughput(loaded: LoadedModel, batch_size: int = 32, batches: int = 3, device=None,
@@ -49,7 +49,31 @@ def is_model_folder(path: str | Path) -> bool:
     return (Path(path) / META).is_file()
 
 
-def row_from_summary(summary: dict, images_per_second: float | None) -> dict:
+def training_cost(folder: str | Path) -> tuple[float | None, int | None]:
+    """Training wall time in seconds (summed over an ensemble's members) and threads per process.
+
+    Read from the per-epoch ``seconds`` of each model's training history;
+    ``(None, None)`` for a model without one (such as a packaged copy).
+    """
+    try:
+        meta = read_meta(folder)
+    except ModelError:
+        return None, None
+    spec = meta.get("ensemble")
+    if spec:
+        costs = [training_cost(Path(folder) / name) for name in spec.get("members", [])]
+        if not costs or any(c[0] is None for c in costs):
+            return None, None
+        threads = {c[1] for c in costs}
+        return sum(c[0] for c in costs), threads.pop() if len(threads) == 1 else None
+    history = meta.get("history") or []
+    if not history or any("seconds" not in h for h in history):
+        return None, None
+    return float(sum(h["seconds"] for h in history)), (meta.get("training") or {}).get("threads")
+
+
+def row_from_summary(summary: dict, images_per_second: float | None,
+                     training: tuple[float | None, int | None] = (None, None)) -> dict:
     """One comparison row from an evaluation summary."""
     m = summary["metrics"]
     ci = m.get("ci95") or {}
@@ -75,6 +99,8 @@ def row_from_summary(summary: dict, images_per_second: float | None) -> dict:
         "threshold_coverage": (summary["abstention"]["model_threshold"] or {}).get("coverage"),
         "threshold_accuracy": (summary["abstention"]["model_threshold"] or {}).get("accuracy"),
         "images_per_second": images_per_second,
+        "training_seconds": training[0],
+        "training_threads": training[1],
     }
 
 
@@ -136,7 +162,7 @@ def compare(
         else:
             raise DataError(f"{run}: no such model folder or evaluation file.")
         ips = measure_throughput(loaded, device=device, tta=summary["tta"]) if loaded is not None else None
-        rows.append(row_from_summary(summary, ips))
+        rows.append(row_from_summary(summary, ips, training_cost(summary["model"]["path"])))
     _unique_names(rows)
     return rows
 
@@ -146,11 +172,19 @@ def _ci(v, ci) -> str:
     return f"{s} ({100 * ci[0]:.1f}–{100 * ci[1]:.1f})" if ci else s
 
 
+def _duration(seconds: float | None, threads: int | None) -> str:
+    if seconds is None:
+        return "–"
+    minutes = round(seconds / 60)
+    text = f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"
+    return text + (f" ({threads} thread{'s' if threads != 1 else ''})" if threads else "")
+
+
 def markdown_table(rows: list[dict]) -> str:
     """The comparison as a Markdown table (the README's model-zoo table)."""
     head = ("| Model | Architecture | Input | Parameters | Accuracy (95% CI) | Macro-F1 (95% CI) | ECE | "
-            "Kept at the validation threshold (accuracy) | Images/s (CPU) |")
-    lines = [head, "|" + "|".join(["---"] * 3 + ["---:"] * 6) + "|"]
+            "Kept at the validation threshold (accuracy) | Training time | Images/s (CPU) |")
+    lines = [head, "|" + "|".join(["---"] * 3 + ["---:"] * 7) + "|"]
     for r in rows:
         kept = "–"
         if r.get("threshold_coverage") is not None and r.get("threshold_accuracy") is not None:
@@ -159,7 +193,8 @@ def markdown_table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['name']}{' (TTA)' if r['tta'] else ''} | {r['architecture']} | {r['image_size']} px | "
             f"{r['parameters'] / 1e6:.2f}M | {_ci(r['accuracy'], r['accuracy_ci'])} | "
-            f"{_ci(r['macro_f1'], r['macro_f1_ci'])} | {100 * r['ece']:.2f}% | {kept} | {ips} |"
+            f"{_ci(r['macro_f1'], r['macro_f1_ci'])} | {100 * r['ece']:.2f}% | {kept} | "
+            f"{_duration(r.get('training_seconds'), r.get('training_threads'))} | {ips} |"
         )
     sources = sorted({f"{r['data']}" + (f" ({r['split']} split, {r['n_images']} images)" if r["split"] else
                                          f" ({r['n_images']} images)") for r in rows})
@@ -169,6 +204,7 @@ def markdown_table(rows: list[dict]) -> str:
     lines.append("Evaluated on " + "; ".join(sources) + ". ECE with each model's fitted temperature. Kept: share of "
                  "test images the model decides itself when images below its abstention threshold (chosen on the "
                  f"validation split for {target} accuracy) are referred to a hematologist, and the accuracy on "
-                 "them. Images/s: prepared images in batches of 32 (with TTA: eight passes each) on the "
+                 "them. Training time: wall time of all epochs run (an ensemble: its members together), with the "
+                 "threads each training process used. Images/s: prepared images in batches of 32 (with TTA: eight passes each) on the "
                  "comparing machine.")
     return "\n".join(lines)

@@ -115,7 +115,22 @@ def load_pretrained(model: nn.Module, entry, path: str | None = None) -> nn.Modu
     left = [k for k in missing if not _is_classifier(k)]
     if left:
         raise ModelError(f"Pretrained weights left {len(left)} tensors unset, e.g. {left[:3]}.")
+    zero_classifier(model)
     return model
+
+
+def zero_classifier(model: nn.Module) -> None:
+    """Zero the new linear head so fine-tuning starts from uniform predictions.
+
+    timm's default head initialisation gives a pretrained body's large features
+    large random logits (a first loss well above ln(classes)); with a zero head
+    the first steps learn the head instead of undoing it.
+    """
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if isinstance(head, nn.Linear):
+        nn.init.zeros_(head.weight)
+        if head.bias is not None:
+            nn.init.zeros_(head.bias)
 
 
 def _from_hub(hub_id: str, name: str) -> dict[str, torch.Tensor]:

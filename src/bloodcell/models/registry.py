@@ -86,7 +86,7 @@ def create_model(name: str, num_classes: int = 8, pretrained: bool | str = False
     pretrained : bool or str
         ``True`` loads the architecture's ImageNet weights (from the local
         package that ships them, or the hub when online); a path loads that
-        weight file. The classifier is left freshly initialised.
+        weight file. The classifier is zero-initialised (uniform first predictions).
     """
     entry = get_entry(name)
     if not isinstance(num_classes, int) or num_classes < 2:
