@@ -28,7 +28,8 @@ train-default: $(SPLIT)
 		|| $(PYTHON) -m bloodcell train --resume $(DEFAULT_RUN) --threads 1
 	$(PYTHON) -m bloodcell calibrate $(DEFAULT_RUN) $(SPLIT) --tta
 	$(PYTHON) -m bloodcell evaluate $(DEFAULT_RUN) $(SPLIT) --split test --tta -o $(DEFAULT_RUN)/test_metrics.json
-	$(PYTHON) -m bloodcell export $(DEFAULT_RUN) --format default --data $(SPLIT) --card cards/default.yaml --half-weights
+	$(PYTHON) -m bloodcell export $(DEFAULT_RUN) --format default --data $(SPLIT) --card cards/default.yaml \
+		--metrics $(DEFAULT_RUN)/test_metrics.json --half-weights
 
 # The model zoo at a CPU-feasible size: every study CNN and the three-architecture ensemble
 # (EfficientNet-B3, MobileNetV2, ResNet-50 from scratch: no offline ImageNet weights for them),

@@ -164,3 +164,29 @@ def test_package_default(tmp_path):
     with pytest.raises(ConfigError, match="card lacks"):
         package_default(src, tmp_path / "data.npz", tmp_path / "d2", say=lambda m: None)
     assert not (tmp_path / "d2").exists()
+
+
+def test_package_default_fills_card_metrics_from_the_evaluation(tmp_path):
+    from bloodcell.evaluate.evaluation import evaluate_dataset
+    from bloodcell.models import load_model
+    from bloodcell.packaging import package_default
+
+    src = copy_model(tmp_path / "trained")
+    x, y = cells(8, seed=7)
+    np.savez(tmp_path / "data.npz", images=x, labels=y)
+    summary = evaluate_dataset(load_model(src), tmp_path / "data.npz", None, n_boot=50, progress=False).to_json()
+    summary = json.loads(json.dumps(summary))
+    out = package_default(src, tmp_path / "data.npz", tmp_path / "default_model", evaluation=summary,
+                          per_class=6, heldout_per_class=3, non_cells_per_kind=4, say=lambda m: None)
+    metrics = json.loads((out / "model.json").read_text())["model_card"]["metrics"]
+    acc = summary["metrics"]["accuracy"]
+    assert metrics["accuracy"].startswith(f"{100 * acc:.2f}% (95% CI ")
+    assert set(metrics["per_class"]) == set(summary["metrics"]["per_class"]) - {"ig"} | (
+        {"immature granulocyte"} if "ig" in summary["metrics"]["per_class"] else set())
+    assert metrics["evaluated_on"].endswith(f"data.npz, {summary['metrics']['n']} images, evaluated once")
+
+    other = json.loads(json.dumps(summary))
+    other["model"]["architecture"] = "resnet50"
+    with pytest.raises(ConfigError, match="evaluation is of another model .*architecture"):
+        package_default(src, tmp_path / "data.npz", tmp_path / "d3", evaluation=other, say=lambda m: None)
+    assert not (tmp_path / "d3").exists()

@@ -102,6 +102,24 @@ def test_uncalibrated_model_falls_back(tmp_path):
     assert clf.temperature == 1.0 and clf.abstain_source == "default" and clf.abstain_threshold == 0.5
 
 
+def test_tta_uses_the_calibration_fitted_for_tta(tmp_path):
+    from bloodcell.models.checkpoint import atomic_write_json
+
+    folder = copy_model(tmp_path / "m")
+    meta = json.loads((folder / "model.json").read_text())
+    meta["calibration"]["tta"] = {"temperature": 0.8, "abstain_threshold": 0.7}
+    atomic_write_json(folder / "model.json", meta)
+    plain = Classifier(folder)
+    assert plain.abstain_threshold == 0.55 and plain.temperature == meta["calibration"]["temperature"]
+    tta = Classifier(folder, tta=True)
+    assert tta.backend == "torch" and tta.temperature == 0.8
+    assert tta.abstain_threshold == 0.7 and tta.abstain_source == "calibrated for TTA"
+    assert Classifier(folder, tta=True, abstain_threshold=0.2).abstain_threshold == 0.2
+    meta["calibration"]["tta"] = {"temperature": 0.8, "abstain_threshold": None}
+    atomic_write_json(folder / "model.json", meta)
+    assert Classifier(folder, tta=True).abstain_source == "calibrated"
+
+
 def test_stale_onnx_falls_back_to_torch(tmp_path):
     folder = copy_model(tmp_path / "m")
     from safetensors.torch import load_file, save_file

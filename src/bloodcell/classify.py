@@ -10,7 +10,8 @@ flags:
 
 ``uncertain``
     the top probability is below the model's abstention threshold
-    (``model.json["calibration"]["abstain_threshold"]``; when the model was
+    (``model.json["calibration"]["abstain_threshold"]``, or the one in
+    ``calibration.tta`` for test-time-augmented predictions; when the model was
     never calibrated, :data:`DEFAULT_ABSTAIN`), so a person should review it;
 ``not_a_blood_cell``
     the out-of-distribution score (:mod:`bloodcell.ood`) is above the
@@ -199,9 +200,12 @@ class Classifier:
         self.backend = backend
         cal = self.meta.get("calibration") or {}
         ood = self.meta.get("ood") or {}
-        self.temperature = float(cal.get("temperature", 1.0))
+        tta_cal = (cal.get("tta") or {}) if tta else {}
+        self.temperature = float(tta_cal.get("temperature", cal.get("temperature", 1.0)))
         if abstain_threshold is not None:
             self.abstain_threshold, self.abstain_source = float(abstain_threshold), "given"
+        elif tta_cal.get("abstain_threshold") is not None:
+            self.abstain_threshold, self.abstain_source = float(tta_cal["abstain_threshold"]), "calibrated for TTA"
         elif cal.get("abstain_threshold") is not None:
             self.abstain_threshold, self.abstain_source = float(cal["abstain_threshold"]), "calibrated"
         else:

@@ -102,3 +102,82 @@ def render(meta: dict, path: str | Path | None = None) -> str:
         else:
             lines.append(f"{label}: {_scalar(value)}")
     return "\n".join(lines)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def _with_ci(x: float, ci) -> str:
+    return f"{_pct(x)} (95% CI {100 * ci[0]:.2f}-{100 * ci[1]:.2f})" if ci else _pct(x)
+
+
+def check_evaluation_matches(summary: dict, meta: dict, source: str) -> None:
+    """Refuse an evaluation of another model: architecture, input, size and training data must agree."""
+    from .errors import ConfigError
+
+    model = summary.get("model") or {}
+    pre = meta.get("preprocess") or {}
+    pairs = {
+        "architecture": (model.get("architecture"), meta.get("architecture")),
+        "image_size": (model.get("image_size"), pre.get("image_size")),
+        "data_manifest_sha256": (model.get("data_manifest_sha256"), meta.get("data_manifest_sha256")),
+        "training_metrics": ((model.get("training_metrics") or {}).get("val_acc"), (meta.get("metrics") or {}).get("val_acc")),
+    }
+    wrong = [k for k, (a, b) in pairs.items() if a != b]
+    if wrong:
+        raise ConfigError(
+            f"{source}: this evaluation is of another model ({', '.join(wrong)} differ from the model's). "
+            "Evaluate the model you package: `bloodcell evaluate MODEL DATA --split test -o METRICS.json`."
+        )
+
+
+def card_metrics(summary: dict) -> dict:
+    """The card's ``metrics`` section from an evaluation summary (``bloodcell evaluate -o``)."""
+    m = summary["metrics"]
+    ci = m.get("ci95") or {}
+    cal = summary.get("calibration") or {}
+    data = summary.get("data") or {}
+    names = {"ig": "immature granulocyte"}
+    out = {
+        "evaluated_on": f"{data.get('source')}" + (f", {data['split']} split" if data.get("split") else "")
+                        + f", {m['n']} images, evaluated once"
+                        + (", test-time augmentation (8 views)" if summary.get("tta") else ""),
+        "accuracy": _with_ci(m["accuracy"], ci.get("accuracy")),
+        "macro_f1": _with_ci(m["macro_avg"]["f1"], ci.get("macro_f1")),
+        "balanced_accuracy": _pct(m["balanced_accuracy"]),
+    }
+    if m.get("roc_auc_ovr_macro") is not None:
+        out["roc_auc_macro"] = round(float(m["roc_auc_ovr_macro"]), 4)
+    if cal:
+        out["ece"] = (f"{_pct(cal['ece_uncalibrated'])} uncalibrated, {_pct(cal['ece_calibrated'])} after temperature "
+                      f"scaling (T = {cal['temperature']:.3f}, fitted on validation)")
+    held = (summary.get("abstention") or {}).get("model_threshold")
+    target = ((summary.get("model") or {}).get("calibration") or {}).get("target_accuracy")
+    if held:
+        out["abstention"] = (f"threshold {_pct(held['threshold'])}" + (f" (fitted on validation for {_pct(target)} accuracy)"
+                             if target else "") + f": on this split keeps {_pct(held['coverage'])} of images at "
+                             f"{_pct(held['accuracy'])} accuracy; the rest are referred")
+    out["per_class"] = {
+        names.get(c, c): f"precision {_pct(v['precision'])}, recall {_pct(v['recall'])}, F1 {_pct(v['f1'])} "
+                         f"({v['support']} images)"
+        for c, v in m["per_class"].items()
+    }
+    return out
+
+
+def training_record(meta: dict) -> dict:
+    """How the model was trained, from its history: epochs, best epoch, wall time, threads, device."""
+    history = meta.get("history") or []
+    training = meta.get("training") or {}
+    seconds = sum(h.get("seconds", 0.0) for h in history)
+    record = {
+        "epochs_run": training.get("epochs_run", len(history)),
+        "best_epoch": training.get("best_epoch"),
+        "stopped": training.get("stopped"),
+        "wall_time_minutes": round(seconds / 60, 1) if history else None,
+        "device": training.get("device"),
+        "threads": training.get("threads"),
+        "precision": training.get("precision"),
+    }
+    return {k: v for k, v in record.items() if v is not None}

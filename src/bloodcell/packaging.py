@@ -137,6 +137,7 @@ def package_default(
     out: str | Path | None = None,
     *,
     card: dict | None = None,
+    evaluation: dict | None = None,
     quantize: str = "none",
     half_weights: bool = False,
     per_class: int = 300,
@@ -158,6 +159,9 @@ def package_default(
         Destination folder (default: ``bloodcell/default_model`` in the package).
     card : dict, optional
         Model-card sections merged over ``model.json["model_card"]``.
+    evaluation : dict, optional
+        The model's test evaluation (``bloodcell evaluate -o``): fills the
+        card's ``metrics`` section, so the card states what was measured.
     quantize : {"none", "dynamic", "static"}
         Quantization of ``model.onnx`` (static uses the fitting images for calibration).
     half_weights : bool
@@ -172,6 +176,7 @@ def package_default(
     """
     from . import ood
     from .bundled import packaged_model_dir
+    from .model_card import card_metrics, check_evaluation_matches, training_record
     from .export import export_onnx
     from .models import load_model, read_meta
     from .models.checkpoint import atomic_write_json
@@ -190,6 +195,11 @@ def package_default(
         loaded = load_model(staging, "cpu")
         meta = read_meta(staging)
         card = {**(meta.get("model_card") or {}), **(card or {})}
+        if evaluation is not None:
+            check_evaluation_matches(evaluation, meta, "the evaluation")
+            card["metrics"] = card_metrics(evaluation)
+        if meta.get("history"):
+            card["training_run"] = training_record(meta)
         missing = [k for k in REQUIRED_CARD if not card.get(k) and not (k == "licence" and card.get("license"))]
         if missing:
             raise ConfigError(

@@ -24,6 +24,9 @@ def add_arguments(parser) -> None:
                         help="--format default: the training data (best: its `bloodcell split` manifest) for the "
                              "out-of-distribution statistics")
     parser.add_argument("--card", default=None, help="--format default: model card sections as YAML or JSON")
+    parser.add_argument("--metrics", default=None,
+                        help="--format default: the model's test evaluation (`bloodcell evaluate -o METRICS.json`); "
+                             "fills the card's metrics section")
     parser.add_argument("--half-weights", action="store_true", help="--format default: store PyTorch weights as float16")
     parser.add_argument("--per-class", type=int, default=300,
                         help="--format default: training images per class for the out-of-distribution fit (default: 300)")
@@ -54,7 +57,12 @@ def run(args) -> int:
         if not args.data:
             raise ConfigError("--format default needs --data: the training dataset or its split manifest.")
         card = read_card(args.card) if args.card else None
-        package_default(args.model, args.data, args.output, card=card, quantize=args.quantize,
+        evaluation = None
+        if args.metrics:
+            from ..evaluate.compare import read_evaluation
+
+            evaluation = read_evaluation(args.metrics)
+        package_default(args.model, args.data, args.output, card=card, evaluation=evaluation, quantize=args.quantize,
                         half_weights=args.half_weights, per_class=args.per_class, max_mb=args.max_mb,
                         say=lambda m: print(m, file=sys.stderr))
         return 0
