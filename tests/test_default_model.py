@@ -47,3 +47,29 @@ def test_predict_without_a_model_classifies_real_cells_offline(real_data, tmp_pa
     assert sum(r["count"] for r in doc["differential"]["classes"]) <= 48
     correct = sum(r["true_label"] == r["label"] for r in rows)
     assert correct >= 40, f"{correct}/48 correct"
+
+
+@pytest.mark.integration
+def test_a_lab_fine_tunes_the_default_model_on_a_few_real_cells(real_data, tmp_path):
+    kept = ("eosinophil", "lymphocyte", "monocyte", "neutrophil")
+    lab = tmp_path / "lab"
+    for name in kept:
+        (lab / name).mkdir(parents=True)
+        for f in [p for p in sorted((real_data / name).glob("*.jpg")) if not p.name.startswith(".")][100:110]:
+            (lab / name / f.name).symlink_to(f)
+    env = {k: v for k, v in os.environ.items() if k != bundled.ENV}
+    env.update(PYTHONPATH=str(SRC), HF_HUB_OFFLINE="1", BLOODCELL_CACHE=str(tmp_path / ".cache"), BLOODCELL_WORKERS="1")
+    out = tmp_path / "lab_model"
+    run = subprocess.run([sys.executable, "-m", "bloodcell", "train", "--init", "default", "--data", str(lab),
+                          "--out", str(out), "--epochs", "1", "--batch-size", "8", "--lr", "1e-4", "--val-fraction",
+                          "0.3", "--threads", "1", "--no-progress"], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr
+    meta = json.loads((out / "model.json").read_text())
+    packaged = json.loads((bundled.packaged_model_dir() / "model.json").read_text())
+    assert meta["architecture"] == packaged["architecture"]
+    assert tuple(meta["preprocess"]["class_names"]) == kept
+    for key in ("image_size", "crop_fraction", "mean", "std"):
+        assert meta["preprocess"][key] == packaged["preprocess"][key], key
+    assert meta["init"]["kept_classes"] == list(kept) and not meta["init"]["new_classes"]
+    # the default model's weights are what it starts from: one short epoch already separates the cells
+    assert meta["metrics"]["val_acc"] >= 0.75, meta["metrics"]
