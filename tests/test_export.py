@@ -174,7 +174,8 @@ def test_package_default_fills_card_metrics_from_the_evaluation(tmp_path):
     src = copy_model(tmp_path / "trained")
     x, y = cells(8, seed=7)
     np.savez(tmp_path / "data.npz", images=x, labels=y)
-    summary = evaluate_dataset(load_model(src), tmp_path / "data.npz", None, n_boot=50, progress=False).to_json()
+    summary = evaluate_dataset(load_model(src), tmp_path / "data.npz", None, n_boot=50, tta=True,
+                               progress=False).to_json()
     summary = json.loads(json.dumps(summary))
     out = package_default(src, tmp_path / "data.npz", tmp_path / "default_model", evaluation=summary,
                           per_class=6, heldout_per_class=3, non_cells_per_kind=4, say=lambda m: None)
@@ -183,7 +184,10 @@ def test_package_default_fills_card_metrics_from_the_evaluation(tmp_path):
     assert metrics["accuracy"].startswith(f"{100 * acc:.2f}% (95% CI ")
     assert set(metrics["per_class"]) == set(summary["metrics"]["per_class"]) - {"ig"} | (
         {"immature granulocyte"} if "ig" in summary["metrics"]["per_class"] else set())
-    assert metrics["evaluated_on"].endswith(f"data.npz, {summary['metrics']['n']} images, evaluated once")
+    assert metrics["evaluated_on"].endswith(f"data.npz, {summary['metrics']['n']} images, evaluated once, "
+                                            "test-time augmentation (8 views)")
+    plain = summary["tta_comparison"]["plain"]["accuracy"]
+    assert metrics["without_tta"].startswith(f"accuracy {100 * plain:.2f}%, macro-F1 ")
 
     other = json.loads(json.dumps(summary))
     other["model"]["architecture"] = "resnet50"

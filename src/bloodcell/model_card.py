@@ -158,6 +158,12 @@ def card_metrics(summary: dict) -> dict:
         out["abstention"] = (f"threshold {_pct(held['threshold'])}" + (f" (fitted on validation for {_pct(target)} accuracy)"
                              if target else "") + f": on this split keeps {_pct(held['coverage'])} of images at "
                              f"{_pct(held['accuracy'])} accuracy; the rest are referred")
+    compare = summary.get("tta_comparison")
+    if summary.get("tta") and compare:
+        plain = compare["plain"]
+        out["without_tta"] = (f"accuracy {_pct(plain['accuracy'])}, macro-F1 {_pct(plain['macro_f1'])}, ECE "
+                              f"{_pct(plain['ece'])}: what `bloodcell predict` gives without --tta, "
+                              f"{compare['slowdown']:.1f}x faster")
     out["per_class"] = {
         names.get(c, c): f"precision {_pct(v['precision'])}, recall {_pct(v['recall'])}, F1 {_pct(v['f1'])} "
                          f"({v['support']} images)"
