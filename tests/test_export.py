@@ -57,6 +57,21 @@ def test_int8_agrees_on_argmax(tmp_path, mode):
     assert read_onnx_metadata(out)["bloodcell.class_names"]
 
 
+@pytest.mark.parametrize("size", [40, 64])
+def test_custom_cnn_exports_at_sizes_its_pool_does_not_divide(tmp_path, size):
+    from bloodcell import PreprocessConfig
+    from bloodcell.models import create_model, save_model
+
+    torch.manual_seed(0)
+    module = create_model("enhanced_cnn", num_classes=8).eval()
+    pre = PreprocessConfig(image_size=size, mean=(0.5,) * 3, std=(0.5,) * 3)
+    folder = save_model(tmp_path / "m", module, {"architecture": "enhanced_cnn", "model_kwargs": {},
+                                                 "preprocess": pre.to_dict()})
+    out = export_onnx(folder, tmp_path / "m.onnx")
+    x = np.random.default_rng(1).integers(0, 256, (3, size, size, 3), dtype=np.uint8)
+    np.testing.assert_allclose(OnnxModel(out).predict_proba(x), predict_proba(load_model(folder), x), atol=1e-5)
+
+
 def test_static_without_calibration_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="needs calibration images"):
         export_onnx(tiny_model(), tmp_path / "s.onnx", quantize="static")

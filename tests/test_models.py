@@ -26,6 +26,18 @@ def test_forward_backward(name):
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
+@pytest.mark.parametrize("side", [1, 3, 4, 6, 7, 9, 14])
+def test_adaptive_pool_equals_torchs(side):
+    import torch.nn.functional as F
+
+    from bloodcell.models.custom_cnn import AdaptiveAvgPool
+
+    x = torch.randn(2, 5, side, side + 2)
+    torch.testing.assert_close(AdaptiveAvgPool(4)(x), F.adaptive_avg_pool2d(x, 4), atol=1e-6, rtol=1e-5)
+    cl = x.to(memory_format=torch.channels_last)
+    torch.testing.assert_close(AdaptiveAvgPool(4)(cl), F.adaptive_avg_pool2d(x, 4), atol=1e-6, rtol=1e-5)
+
+
 def test_unknown_model_suggests():
     with pytest.raises(ModelError, match=r"Unknown model 'resnet5'\. Did you mean 'resnet50'"):
         create_model("resnet5")

@@ -8,6 +8,8 @@ input size works; outputs are logits (softmax is applied at inference).
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .registry import register_model
@@ -22,6 +24,39 @@ def _conv(cin: int, cout: int, batch_norm: bool) -> list[nn.Module]:
         layers.append(nn.BatchNorm2d(cout))
     layers.append(nn.ReLU(inplace=True))
     return layers
+
+
+def pool_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """The ``(n_out, n_in)`` matrix of adaptive average pooling along one axis.
+
+    Row ``i`` averages inputs ``floor(i * n_in / n_out)`` to
+    ``ceil((i + 1) * n_in / n_out) - 1``, PyTorch's adaptive pooling windows.
+    """
+    i = torch.arange(n_out)
+    start = (i * n_in) // n_out
+    end = ((i + 1) * n_in + n_out - 1) // n_out
+    j = torch.arange(n_in)
+    m = ((j[None] >= start[:, None]) & (j[None] < end[:, None])).float()
+    return m / m.sum(1, keepdim=True)
+
+
+class AdaptiveAvgPool(nn.Module):
+    """``nn.AdaptiveAvgPool2d(size)`` that also exports to ONNX when the input is not a multiple of ``size``.
+
+    The ONNX exporter only handles adaptive pooling with equal windows; for
+    other inputs the same average is taken as ``P_h @ x @ P_w.T`` with
+    :func:`pool_matrix`.
+    """
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        if h % self.size == 0 and w % self.size == 0:
+            return F.adaptive_avg_pool2d(x, self.size)
+        return pool_matrix(h, self.size).to(x) @ x @ pool_matrix(w, self.size).to(x).t()
 
 
 class PlainCNN(nn.Module):
@@ -45,7 +80,7 @@ class PlainCNN(nn.Module):
                 cin = width
             layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(pool_to)
+        self.pool = AdaptiveAvgPool(pool_to)
         head: list[nn.Module] = [nn.Flatten()]
         fin = cin * pool_to * pool_to
         for units in dense:
