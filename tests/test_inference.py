@@ -60,6 +60,23 @@ def test_wrong_size_is_a_clear_error(tiny_model):
         predict_proba(tiny_model, images(1).astype(np.float32))
 
 
+def test_gradcam_layer_is_the_last_wide_enough_convolution():
+    from torch import nn
+
+    from bloodcell.explain import target_layer
+    from bloodcell.models import create_model
+
+    net = create_model("efficientnet_lite0", num_classes=8).eval()
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert target_layer(net) is convs[-1]
+    assert target_layer(net, 448) is convs[-1]  # 14x14 at the end: wide enough already
+    layer = target_layer(net, 112)
+    sides = {}
+    layer.register_forward_hook(lambda _m, _i, out: sides.update(side=out.shape[-1]))
+    net(torch.zeros(1, 3, 112, 112))
+    assert sides["side"] == 7 and convs.index(layer) < len(convs) - 1
+
+
 def test_gradcam_shape_range_and_overlay(tiny_model):
     x = images(3)
     cams = gradcam(tiny_model, x)

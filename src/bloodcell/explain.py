@@ -1,9 +1,12 @@
 """Grad-CAM heatmaps: which part of the image drove a prediction.
 
-Grad-CAM (Selvaraju et al., 2017) weights the feature maps of the last
+Grad-CAM (Selvaraju et al., 2017) weights the feature maps of a late
 convolution by the spatially averaged gradient of the target class score and
-keeps the positive part. For an ensemble the last convolution of the module
-tree is used, so the map explains the member that holds it.
+keeps the positive part. The layer is the last convolution whose output is at
+least :data:`MIN_SIDE` pixels wide: at the small inputs a CPU model uses, the
+very last convolution of an EfficientNet sees a 4x4 grid, too coarse to tell
+the cell from its neighbours. For an ensemble the module tree's layers are
+searched, so the map explains the member that holds the chosen layer.
 """
 
 from __future__ import annotations
@@ -19,12 +22,33 @@ from .inference import _check_images, tensor_batches
 from .models.checkpoint import LoadedModel
 
 
-def target_layer(module: nn.Module) -> nn.Module:
-    """The last ``Conv2d`` of a network: the usual Grad-CAM layer."""
+#: Smallest feature-map side Grad-CAM explains from, when the network has a layer that wide.
+MIN_SIDE = 7
+
+
+def target_layer(module: nn.Module, image_size: int | None = None, min_side: int = MIN_SIDE) -> nn.Module:
+    """The Grad-CAM layer: the last ``Conv2d`` whose output is at least ``min_side`` wide.
+
+    Without ``image_size`` (or when no layer is that wide), the last ``Conv2d``.
+    Output sizes are read from one forward pass of a blank image.
+    """
     convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise ValueError(f"{type(module).__name__} has no Conv2d layer to explain.")
-    return convs[-1]
+    if image_size is None:
+        return convs[-1]
+    sides: dict[int, int] = {}
+    hooks = [c.register_forward_hook(lambda _m, _i, out, k=k: sides.__setitem__(k, min(out.shape[-2:])))
+             for k, c in enumerate(convs)]
+    try:
+        device = next(module.parameters()).device
+        with torch.no_grad():
+            module(torch.zeros(1, 3, image_size, image_size, device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+    wide = [k for k in range(len(convs)) if sides.get(k, 0) >= min_side]
+    return convs[wide[-1]] if wide else convs[-1]
 
 
 def gradcam(
@@ -36,9 +60,9 @@ def gradcam(
     """
     _check_images(images, loaded.preprocess.image_size)
     module = loaded.module
-    layer = target_layer(module)
-    device = next(module.parameters()).device
     size = loaded.preprocess.image_size
+    layer = target_layer(module, size)
+    device = next(module.parameters()).device
     saved: dict[str, torch.Tensor] = {}
 
     def keep(_m, _inp, out):
