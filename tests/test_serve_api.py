@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import threading
 
 import numpy as np
@@ -63,7 +64,10 @@ def test_page_and_openapi(client):
     assert client.get("/static/style.css").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/health", "/v1/model", "/v1/predict", "/v1/differential"} <= set(paths)
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "cdn" not in docs.text.lower()
+    for asset in re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', docs.text):
+        assert asset.startswith("/") and client.get(asset).status_code == 200, asset
 
 
 def test_predict_one(client, images):

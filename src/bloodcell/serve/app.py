@@ -31,6 +31,7 @@ from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -145,7 +146,7 @@ def create_app(
         yield
         batcher.close()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc with bundled Swagger UI and ReDoc: they work offline
         lifespan=lifespan,
         title="bloodcell",
         version=__version__,
