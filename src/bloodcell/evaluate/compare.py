@@ -105,10 +105,10 @@ def row_from_summary(summary: dict, images_per_second: float | None,
 
 
 def _unique_names(rows: list[dict]) -> None:
-    """Name rows by model folder; where two share a name, prefix the parent folder."""
-    names = [Path(r["path"]).name for r in rows]
-    for r, name in zip(rows, names):
-        r["name"] = name if names.count(name) == 1 else "/".join(Path(r["path"]).parts[-2:])
+    """Name rows by model folder; where two share a name (and TTA setting), prefix the parent folder."""
+    keys = [(Path(r["path"]).name, r["tta"]) for r in rows]
+    for r, key in zip(rows, keys):
+        r["name"] = key[0] if keys.count(key) == 1 else "/".join(Path(r["path"]).parts[-2:])
 
 
 def compare(
