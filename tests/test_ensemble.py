@@ -240,11 +240,11 @@ def test_training_cost_sums_an_ensembles_members(tmp_path):
         meta["history"] = [{"epoch": i + 1, "seconds": s} for i, s in enumerate(seconds)]
         meta["training"] = {"threads": 1}
         atomic_write_json(folder / "model.json", meta)
-    assert training_cost(a) == (60.0, 1)
-    assert training_cost(make_ensemble([a, b], tmp_path / "ens")) == (160.0, 1)
+    assert training_cost(a) == {"seconds": 60.0, "epochs": "2", "threads": 1}
+    assert training_cost(make_ensemble([a, b], tmp_path / "ens")) == {"seconds": 160.0, "epochs": "2+1", "threads": 1}
     meta = read_meta(b)
     meta["history"] = []
     atomic_write_json(b / "model.json", meta)
-    assert training_cost(b) == (None, None)
-    assert training_cost(make_ensemble([a, b], tmp_path / "ens2")) == (None, None)
-    assert training_cost(tmp_path / "not_a_model") == (None, None)
+    assert training_cost(b) is None
+    assert training_cost(make_ensemble([a, b], tmp_path / "ens2")) is None
+    assert training_cost(tmp_path / "not_a_model") is None

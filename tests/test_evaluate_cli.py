@@ -111,7 +111,7 @@ def test_calibrate_report_and_compare(models, make_folder_dataset, tmp_path, inp
     assert table.count("\n| model_") == 2 and "basic_cnn" in table and "complex_cnn" in table
     rows = json.loads((cmp_dir / "compare.json").read_text())
     assert rows[1]["accuracy"] == s["metrics"]["accuracy"] and rows[1]["images_per_second"] > 0
-    assert rows[0]["training_seconds"] == 3.0 and "| 1 min |" in table  # three 1-second epochs
+    assert rows[0]["training_seconds"] == 3.0 and "| 1 min (3 epochs) |" in table  # three 1-second epochs
     assert (cmp_dir / "compare.png").stat().st_size > 10_000
 
 

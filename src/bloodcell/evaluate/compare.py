@@ -49,31 +49,33 @@ def is_model_folder(path: str | Path) -> bool:
     return (Path(path) / META).is_file()
 
 
-def training_cost(folder: str | Path) -> tuple[float | None, int | None]:
-    """Training wall time in seconds (summed over an ensemble's members) and threads per process.
+def training_cost(folder: str | Path) -> dict | None:
+    """How long a model trained: ``seconds`` (wall time of its epochs), ``epochs`` and ``threads``.
 
-    Read from the per-epoch ``seconds`` of each model's training history;
-    ``(None, None)`` for a model without one (such as a packaged copy).
+    Read from each model's training history; an ensemble sums its members'
+    seconds and lists their epochs (``"4+4+4"``). ``None`` for a model without
+    a history (such as a packaged copy) or with a member without one.
     """
     try:
         meta = read_meta(folder)
     except ModelError:
-        return None, None
+        return None
     spec = meta.get("ensemble")
     if spec:
         costs = [training_cost(Path(folder) / name) for name in spec.get("members", [])]
-        if not costs or any(c[0] is None for c in costs):
-            return None, None
-        threads = {c[1] for c in costs}
-        return sum(c[0] for c in costs), threads.pop() if len(threads) == 1 else None
+        if not costs or any(c is None for c in costs):
+            return None
+        threads = {c["threads"] for c in costs}
+        return {"seconds": sum(c["seconds"] for c in costs), "epochs": "+".join(c["epochs"] for c in costs),
+                "threads": threads.pop() if len(threads) == 1 else None}
     history = meta.get("history") or []
     if not history or any("seconds" not in h for h in history):
-        return None, None
-    return float(sum(h["seconds"] for h in history)), (meta.get("training") or {}).get("threads")
+        return None
+    return {"seconds": float(sum(h["seconds"] for h in history)), "epochs": str(len(history)),
+            "threads": (meta.get("training") or {}).get("threads")}
 
 
-def row_from_summary(summary: dict, images_per_second: float | None,
-                     training: tuple[float | None, int | None] = (None, None)) -> dict:
+def row_from_summary(summary: dict, images_per_second: float | None, training: dict | None = None) -> dict:
     """One comparison row from an evaluation summary."""
     m = summary["metrics"]
     ci = m.get("ci95") or {}
@@ -99,8 +101,9 @@ def row_from_summary(summary: dict, images_per_second: float | None,
         "threshold_coverage": (summary["abstention"]["model_threshold"] or {}).get("coverage"),
         "threshold_accuracy": (summary["abstention"]["model_threshold"] or {}).get("accuracy"),
         "images_per_second": images_per_second,
-        "training_seconds": training[0],
-        "training_threads": training[1],
+        "training_seconds": (training or {}).get("seconds"),
+        "training_epochs": (training or {}).get("epochs"),
+        "training_threads": (training or {}).get("threads"),
     }
 
 
@@ -172,12 +175,15 @@ def _ci(v, ci) -> str:
     return f"{s} ({100 * ci[0]:.1f}–{100 * ci[1]:.1f})" if ci else s
 
 
-def _duration(seconds: float | None, threads: int | None) -> str:
+def _duration(row: dict) -> str:
+    seconds, threads, epochs = row.get("training_seconds"), row.get("training_threads"), row.get("training_epochs")
     if seconds is None:
         return "–"
     minutes = round(seconds / 60)
     text = f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"
-    return text + (f" ({threads} thread{'s' if threads != 1 else ''})" if threads else "")
+    details = [f"{epochs} epoch{'s' if epochs != '1' else ''}"] if epochs else []
+    details += [f"{threads} thread{'s' if threads != 1 else ''}"] if threads else []
+    return text + (f" ({', '.join(details)})" if details else "")
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -194,7 +200,7 @@ def markdown_table(rows: list[dict]) -> str:
             f"| {r['name']}{' (TTA)' if r['tta'] else ''} | {r['architecture']} | {r['image_size']} px | "
             f"{r['parameters'] / 1e6:.2f}M | {_ci(r['accuracy'], r['accuracy_ci'])} | "
             f"{_ci(r['macro_f1'], r['macro_f1_ci'])} | {100 * r['ece']:.2f}% | {kept} | "
-            f"{_duration(r.get('training_seconds'), r.get('training_threads'))} | {ips} |"
+            f"{_duration(r)} | {ips} |"
         )
     sources = sorted({f"{r['data']}" + (f" ({r['split']} split, {r['n_images']} images)" if r["split"] else
                                          f" ({r['n_images']} images)") for r in rows})
@@ -204,7 +210,7 @@ def markdown_table(rows: list[dict]) -> str:
     lines.append("Evaluated on " + "; ".join(sources) + ". ECE with each model's fitted temperature. Kept: share of "
                  "test images the model decides itself when images below its abstention threshold (chosen on the "
                  f"validation split for {target} accuracy) are referred to a hematologist, and the accuracy on "
-                 "them. Training time: wall time of all epochs run (an ensemble: its members together), with the "
-                 "threads each training process used. Images/s: prepared images in batches of 32 (with TTA: eight passes each) on the "
+                 "them. Training time: wall time of all epochs run (an ensemble: its members together, epochs per "
+                 "member), with the threads each training process used. Images/s: prepared images in batches of 32 (with TTA: eight passes each) on the "
                  "comparing machine.")
     return "\n".join(lines)
