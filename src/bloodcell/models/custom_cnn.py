@@ -8,6 +8,8 @@ input size works; outputs are logits (softmax is applied at inference).
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -53,7 +55,10 @@ class AdaptiveAvgPool(nn.Module):
         self.size = size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = int(x.shape[-2]), int(x.shape[-1])
+        with warnings.catch_warnings():
+            # exported models have a fixed input size, so the sizes are constants in the trace
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            h, w = int(x.shape[-2]), int(x.shape[-1])
         if h % self.size == 0 and w % self.size == 0:
             return F.adaptive_avg_pool2d(x, self.size)
         return pool_matrix(h, self.size).to(x) @ x @ pool_matrix(w, self.size).to(x).t()
