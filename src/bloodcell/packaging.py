@@ -62,7 +62,7 @@ def _stratified(labels: list, per_class: int, seed: int) -> list[int]:
     return sorted(chosen)
 
 
-def fitting_arrays(data, preprocess, class_names, per_class: int = 300, heldout_per_class: int = 60, seed: int = 0):
+def fitting_arrays(data, preprocess, class_names, per_class: int = 300, heldout_per_class: int = 150, seed: int = 0):
     """Training images (for fitting) and held-out images (for the threshold) from a dataset.
 
     Uses the ``train`` and ``val`` splits when the source has them (a
@@ -141,7 +141,8 @@ def package_default(
     quantize: str = "none",
     half_weights: bool = False,
     per_class: int = 300,
-    heldout_per_class: int = 60,
+    heldout_per_class: int = 150,
+    max_false_flag: float = 0.01,
     non_cells_per_kind: int = 60,
     max_mb: float = MAX_MB,
     seed: int = 0,
@@ -169,6 +170,8 @@ def package_default(
         exported from the rounded weights so both backends agree).
     per_class, heldout_per_class : int
         Training and held-out images per class for the out-of-distribution statistics.
+    max_false_flag : float
+        Largest share of held-out real cells the out-of-distribution threshold may flag.
     non_cells_per_kind : int
         Generated non-cell images per kind for the threshold.
     max_mb : float
@@ -209,7 +212,8 @@ def package_default(
         say(f"Reading fitting images from {data} ...")
         train, held = fitting_arrays(data, loaded.preprocess, loaded.class_names, per_class, heldout_per_class, seed)
         say(f"Fitting the out-of-distribution score on {len(train)} training images; threshold from {len(held)} held-out cells ...")
-        head, info = ood.fit_ood(loaded, train.images, train.labels, held.images, per_kind=non_cells_per_kind, seed=seed)
+        head, info = ood.fit_ood(loaded, train.images, train.labels, held.images, per_kind=non_cells_per_kind, seed=seed,
+                                 max_false_flag=max_false_flag)
         ood.save_head(staging, head)
         meta["ood"] = info
         meta["model_card"] = card
