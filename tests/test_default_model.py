@@ -22,6 +22,8 @@ def test_packaged_model_is_complete_and_small():
     meta = json.loads((folder / "model.json").read_text())
     assert tuple(meta["preprocess"]["class_names"]) == CLASSES
     assert all(meta["model_card"].get(k) for k in REQUIRED_CARD)
+    assert "test split" in meta["model_card"]["metrics"]["evaluated_on"]  # measured, not hand-written
+    assert meta["ood"]["evaluation"]["false_flag_rate"] <= 0.02
     assert "temperature" in meta["calibration"] and meta["calibration"]["abstain_threshold"] is not None
     total = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
     assert total <= 25 * 2**20, f"default model is {total / 2**20:.1f} MB"
@@ -46,7 +48,7 @@ def test_predict_without_a_model_classifies_real_cells_offline(real_data, tmp_pa
     assert len(rows) == 48 and not doc["skipped"]
     assert sum(r["count"] for r in doc["differential"]["classes"]) <= 48
     correct = sum(r["true_label"] == r["label"] for r in rows)
-    assert correct >= 40, f"{correct}/48 correct"
+    assert correct >= 45, f"{correct}/48 correct"
 
 
 @pytest.mark.integration
