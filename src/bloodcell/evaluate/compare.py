@@ -211,6 +211,6 @@ def markdown_table(rows: list[dict]) -> str:
                  "test images the model decides itself when images below its abstention threshold (chosen on the "
                  f"validation split for {target} accuracy) are referred to a hematologist, and the accuracy on "
                  "them. Training time: wall time of all epochs run (an ensemble: its members together, epochs per "
-                 "member), with the threads each training process used. Images/s: prepared images in batches of 32 (with TTA: eight passes each) on the "
-                 "comparing machine.")
+                 "member), with the threads each training process used. Images/s: prepared images in batches of "
+                 "32 (with TTA: eight passes each) on the comparing machine.")
     return "\n".join(lines)
