@@ -22,6 +22,13 @@ destroyed the accuracy of the networks tried (EfficientNet-Lite0: 10% argmax
 agreement with float32). ``static`` writes QDQ int8 for every layer with
 activation ranges measured on calibration images. The out-of-distribution
 head stays in float32 either way.
+
+``half_storage`` stores a float32 graph's large weight tensors as float16,
+each followed by a ``Cast`` back to float32: the file is half the size and
+onnxruntime folds the casts when it loads the graph, so inference still runs
+in float32 at the same speed. It is lossless for weights that are already
+float16 values (``bloodcell export --format default --half-weights``) and
+rounds the others to about three significant digits.
 """
 
 from __future__ import annotations
@@ -101,7 +108,7 @@ def _set_metadata(model_proto, props: dict[str, str]) -> None:
     )
 
 
-def _export_float(loaded, path: Path, opset: int) -> list[str]:
+def _export_float(loaded, path: Path, opset: int, keep_batchnorm: bool = False) -> list[str]:
     import torch
 
     from . import ood
@@ -120,14 +127,18 @@ def _export_float(loaded, path: Path, opset: int) -> list[str]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            _torch_export(torch, module, dummy, path, outputs, axes, opset)
+            _torch_export(torch, module, dummy, path, outputs, axes, opset, keep_batchnorm)
         except Exception as e:  # noqa: BLE001 - the exporter raises many types
             first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
             raise ModelError(f"{loaded.path}: ONNX export of {loaded.meta.get('architecture')!r} failed: {first[:400]}") from None
     return outputs
 
 
-def _torch_export(torch, module, dummy, path: Path, outputs: list[str], axes: dict, opset: int) -> None:
+def _torch_export(torch, module, dummy, path: Path, outputs: list[str], axes: dict, opset: int,
+                  keep_batchnorm: bool = False) -> None:
+    # keep_batchnorm leaves batch norm as its own (inference-mode) node instead of folding it into the
+    # convolution's weights, so the stored weights stay exactly the model's; onnxruntime fuses them at load.
+    extra = {"training": torch.onnx.TrainingMode.PRESERVE} if keep_batchnorm else {}
     torch.onnx.export(
         module,
         (dummy,),
@@ -138,7 +149,46 @@ def _torch_export(torch, module, dummy, path: Path, outputs: list[str], axes: di
         dynamic_axes=axes,
         opset_version=opset,
         do_constant_folding=True,
+        **extra,
     )
+
+
+def _store_half(proto, min_elements: int = 1024) -> int:
+    """Store the network's float32 weight matrices (at least ``min_elements`` values) as float16 + Cast.
+
+    Only multi-dimensional weights of convolutions and matrix products are
+    stored in half precision; biases and the out-of-distribution head
+    (``/head/`` nodes, whose whitening needs float32) stay as they are.
+    Returns how many tensors were converted.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = proto.graph
+    users: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    taken = {n for node in graph.node for n in (*node.input, *node.output)} | {i.name for i in graph.initializer}
+    kept, casts = [], []
+    for init in graph.initializer:
+        weight = users.get(init.name) and all(
+            u.op_type in ("Conv", "Gemm", "MatMul") and not u.name.startswith("/head/") for u in users[init.name])
+        if (not weight or init.data_type != TensorProto.FLOAT or len(init.dims) < 2
+                or int(np.prod(init.dims)) < min_elements):
+            kept.append(init)
+            continue
+        name = f"{init.name}__float16"
+        while name in taken:
+            name += "_"
+        taken.add(name)
+        kept.append(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), name))
+        casts.append(helper.make_node("Cast", [name], [init.name], to=TensorProto.FLOAT, name=f"{name}_cast"))
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(casts + nodes)
+    return len(casts)
 
 
 class _Calibration:
@@ -209,6 +259,7 @@ def export_onnx(
     quantize: str = "none",
     calibration: np.ndarray | None = None,
     opset: int = OPSET,
+    half_storage: bool = False,
 ) -> Path:
     """Export a model folder to ONNX.
 
@@ -224,6 +275,9 @@ def export_onnx(
         Prepared images ``(N, S, S, 3)`` for ``quantize="static"``.
     opset : int
         ONNX opset (at least 17).
+    half_storage : bool
+        Store the float32 weights as float16 (see the module docstring);
+        ignored for int8 graphs.
 
     Returns
     -------
@@ -250,12 +304,14 @@ def export_onnx(
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as tmp:
         float_path = Path(tmp) / "float.onnx"
-        _export_float(loaded, float_path, opset)
+        _export_float(loaded, float_path, opset, keep_batchnorm=half_storage and quantize == "none")
         final = float_path
         if quantize != "none":
             final = Path(tmp) / "int8.onnx"
             _quantize(float_path, final, quantize, calibration, loaded.preprocess)
         proto = onnx.load(str(final))
+        if half_storage and quantize == "none":
+            _store_half(proto)
         _set_metadata(proto, metadata_for(loaded.meta, folder, quantize))
         onnx.checker.check_model(proto)
         staged = Path(tmp) / "final.onnx"

@@ -4,7 +4,7 @@
 runs :func:`package_default`:
 
 1. copies the model folder (an ensemble with its members) to a staging folder,
-   optionally storing the weights as float16 to halve their size;
+   optionally storing the weights (PyTorch and ONNX) as float16 to halve their size;
 2. fits the out-of-distribution score (:mod:`bloodcell.ood`) on training
    images of ``data`` (at most ``per_class`` per class) and measures its
    threshold against held-out validation images and generated non-cell images;
@@ -166,8 +166,9 @@ def package_default(
     quantize : {"none", "dynamic", "static"}
         Quantization of ``model.onnx`` (static uses the fitting images for calibration).
     half_weights : bool
-        Store the PyTorch weights as float16 (halves their size; ONNX is
-        exported from the rounded weights so both backends agree).
+        Store the PyTorch and ONNX weights as float16 (halves their size; ONNX
+        is exported from the rounded weights and computes in float32, so both
+        backends agree).
     per_class, heldout_per_class : int
         Training and held-out images per class for the out-of-distribution statistics.
     max_false_flag : float
@@ -219,7 +220,8 @@ def package_default(
         meta["model_card"] = card
         atomic_write_json(staging / "model.json", meta)
         say(f"Exporting model.onnx ({'float32' if quantize == 'none' else quantize + ' int8'}) ...")
-        export_onnx(staging, staging / "model.onnx", quantize=quantize, calibration=train.images if quantize == "static" else None)
+        export_onnx(staging, staging / "model.onnx", quantize=quantize, calibration=train.images if quantize == "static" else None,
+                    half_storage=half_weights)
         check = _agreement(staging, held.images)
         meta["onnx"] = {"quantization": quantize, **check}
         atomic_write_json(staging / "model.json", meta)

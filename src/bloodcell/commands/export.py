@@ -27,7 +27,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--metrics", default=None,
                         help="--format default: the model's test evaluation (`bloodcell evaluate -o METRICS.json`); "
                              "fills the card's metrics section")
-    parser.add_argument("--half-weights", action="store_true", help="--format default: store PyTorch weights as float16")
+    parser.add_argument("--half-weights", action="store_true", help="store the weights as float16 (PyTorch and ONNX; ONNX still computes in float32)")
     parser.add_argument("--per-class", type=int, default=300,
                         help="--format default: training images per class for the out-of-distribution fit (default: 300)")
     parser.add_argument("--max-mb", type=float, default=25.0, help="--format default: size budget in MB (default: 25)")
@@ -73,6 +73,7 @@ def run(args) -> int:
         if not args.calibration_data:
             raise ConfigError("--quantize static needs --calibration-data: a folder, .npz or manifest of real cells.")
         calibration = _calibration_images(args.calibration_data, args.model, args.calibration_images)
-    out = export_onnx(args.model, args.output, quantize=args.quantize, calibration=calibration, opset=args.opset)
+    out = export_onnx(args.model, args.output, quantize=args.quantize, calibration=calibration, opset=args.opset,
+                      half_storage=args.half_weights)
     print(f"bloodcell export: wrote {out} ({out.stat().st_size / 1e6:.1f} MB, quantization {args.quantize})", file=sys.stderr)
     return 0
