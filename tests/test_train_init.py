@@ -77,3 +77,25 @@ def test_init_refuses_non_models_and_ensembles(tmp_path, parent):
                                                 "preprocess": {}, "ensemble": {"members": ["member_0"]}}))
     with pytest.raises(ModelError, match=r"is an ensemble; training starts from a single model\. Use one member"):
         open_init(str(ens))
+
+
+def test_default_ensemble_starts_from_its_best_member(tmp_path, parent, monkeypatch):
+    import shutil
+
+    import bloodcell.bundled as bundled
+    from bloodcell.models.ensemble import make_ensemble
+
+    members = []
+    for name, acc in (("a", 0.91), ("b", 0.97), ("c", 0.95)):
+        folder = shutil.copytree(parent, tmp_path / name)
+        meta = json.loads((folder / "model.json").read_text())
+        meta["metrics"] = {**meta.get("metrics", {}), "val_acc": acc}
+        (folder / "model.json").write_text(json.dumps(meta))
+        members.append(folder)
+    ens = make_ensemble(members, tmp_path / "ens")
+    chosen = json.loads((ens / "model.json").read_text())["ensemble"]["members"][1]
+    monkeypatch.setattr(bundled, "packaged_model_dir", lambda: ens)
+    source = open_init("default")
+    assert source.folder == ens / chosen and source.meta["metrics"]["val_acc"] == 0.97
+    with pytest.raises(ModelError, match="is an ensemble"):  # named explicitly, an ensemble is still refused
+        open_init(str(ens))

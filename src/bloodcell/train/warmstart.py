@@ -53,10 +53,28 @@ def resolve_init_dir(spec: str | Path) -> Path:
     return folder
 
 
+def _best_member(folder: Path, members: list[str]) -> Path:
+    """The member with the best validation accuracy (the first on a tie or when none is recorded)."""
+    def val_acc(member: str) -> float:
+        value = (read_meta(folder / member).get("metrics") or {}).get("val_acc")
+        return float(value) if isinstance(value, (int, float)) else float("-inf")
+
+    return folder / max(members, key=lambda m: (val_acc(m), -members.index(m)))
+
+
 def open_init(spec: str) -> InitSource:
-    """Find and check the model to start from; ensembles are refused (pick one member)."""
+    """Find and check the model to start from.
+
+    An ensemble is refused (pick one member), except the packaged default
+    model: ``--init default`` starts from its member with the best
+    validation accuracy, so the documented command works whatever the
+    default model is.
+    """
     folder = resolve_init_dir(spec)
     meta = read_meta(folder)
+    if meta.get("ensemble") and str(spec) == DEFAULT_MODEL and meta["ensemble"].get("members"):
+        folder = _best_member(folder, list(meta["ensemble"]["members"]))
+        meta = read_meta(folder)
     if meta.get("ensemble"):
         members = meta["ensemble"].get("members", [])
         hint = f" Use one member folder, e.g. --init {folder / members[0]}." if members else ""
