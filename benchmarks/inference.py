@@ -7,7 +7,9 @@ Every engine gets the same prepared images (real PBC cells when the dataset
 is present, else synthetic ones) and the same number of threads (default: the
 usable CPUs). The int8 variants are exported to a temporary folder: static
 QDQ (calibrated on 64 of the images) and dynamic (linear layers only); their
-argmax agreement with float32 is reported. Figures are images per second,
+argmax agreement with float32 is reported. For an ensemble, one member alone
+is measured too (``onnxruntime-fp32-one-member``), so the ensemble's cost
+shows as a ratio. Figures are images per second,
 measured for ``--seconds`` per engine and batch size after a warm-up; on a
 shared machine they are noisy, so compare ratios from one run.
 Results go to ``benchmarks/results/inference.json``.
@@ -97,12 +99,16 @@ def main(argv=None) -> int:
         sessions = {"onnxruntime-fp32": OnnxModel(fp32, threads)}
         sessions["onnxruntime-int8-static"] = OnnxModel(export_onnx(folder, Path(tmp) / "static.onnx", quantize="static", calibration=x[:64]), threads)
         sessions["onnxruntime-int8-dynamic"] = OnnxModel(export_onnx(folder, Path(tmp) / "dynamic.onnx", quantize="dynamic"), threads)
+        members = (loaded.meta.get("ensemble") or {}).get("members") or []
+        if members:
+            one = export_onnx(folder / members[0], Path(tmp) / "member.onnx")
+            sessions["onnxruntime-fp32-one-member"] = OnnxModel(one, threads)
         ref = sessions["onnxruntime-fp32"].run(x)[0].argmax(1)
         eager_ref = np.concatenate([eager(x[i : i + 64]).numpy() for i in range(0, len(x), 64)]).argmax(1)
         agreement["onnxruntime-fp32"] = float((ref == eager_ref).mean())
         for name, sess in sessions.items():
             engines[name] = lambda b, s=sess: s.session.run(None, {s.input_name: normalize(b, s.preprocess)})
-            if name != "onnxruntime-fp32":
+            if name not in ("onnxruntime-fp32", "onnxruntime-fp32-one-member"):
                 agreement[name] = float((sess.run(x)[0].argmax(1) == ref).mean())
         results = {}
         for batch in args.batch_sizes:
