@@ -5,6 +5,7 @@ DEFAULT_RUN ?= runs/default
 # The default model is a soft-voting ensemble of EfficientNet-Lite0 members that differ only in
 # their seed, trained side by side on one thread each (two members fill the two cores).
 DEFAULT_SEEDS ?= 0 1
+DEFAULT_PACKAGE ?= src/bloodcell/default_model
 DEFAULT_MEMBERS = $(foreach s,$(DEFAULT_SEEDS),$(DEFAULT_RUN)/lite0_seed$(s))
 
 .PHONY: install test test-fast bench train-default zoo zoo-table clean
@@ -30,7 +31,7 @@ $(SPLIT):
 # after a stop; logs in $(DEFAULT_RUN)/*.log), combine, calibrate on val, evaluate once on test, package.
 train-default: $(SPLIT)
 	@mkdir -p $(DEFAULT_RUN); set -e; pids=""; for m in $(DEFAULT_MEMBERS); do \
-		if [ -f $$m/model.safetensors ]; then echo "$$m: trained"; continue; fi; \
+		if grep -Eqs '"stopped": *"(completed|early_stopping)"' $$m/model.json; then echo "$$m: trained"; continue; fi; \
 		seed=$${m##*_seed}; \
 		if [ -d $$m ]; then args="--resume $$m"; else args="--recipe default --data $(SPLIT) --out $$m --seed $$seed $(TRAIN_ARGS)"; fi; \
 		echo "training $$m (log: $$m.log)"; \
@@ -40,7 +41,7 @@ train-default: $(SPLIT)
 	$(PYTHON) -m bloodcell ensemble $(DEFAULT_MEMBERS) -o $(DEFAULT_RUN)/ensemble --force
 	$(PYTHON) -m bloodcell calibrate $(DEFAULT_RUN)/ensemble $(SPLIT) --tta
 	$(PYTHON) -m bloodcell evaluate $(DEFAULT_RUN)/ensemble $(SPLIT) --split test --tta -o $(DEFAULT_RUN)/test_metrics.json
-	$(PYTHON) -m bloodcell export $(DEFAULT_RUN)/ensemble --format default --data $(SPLIT) --card cards/default.yaml \
+	$(PYTHON) -m bloodcell export $(DEFAULT_RUN)/ensemble --format default -o $(DEFAULT_PACKAGE) --data $(SPLIT) --card cards/default.yaml \
 		--metrics $(DEFAULT_RUN)/test_metrics.json --half-weights
 
 # The model zoo at a CPU-feasible size: every study CNN and the three-architecture ensemble
@@ -53,7 +54,7 @@ ZOO_ENSEMBLE_EPOCHS ?= 4
 
 zoo: $(SPLIT)
 	@set -e; for spec in $(ZOO_STUDY); do r=$${spec%%:*}; n=$${spec##*:}; \
-		if [ -f $(ZOO_DIR)/$$r/model.safetensors ]; then echo "$$r: trained"; continue; fi; \
+		if grep -Eqs '"stopped": *"(completed|early_stopping)"' $(ZOO_DIR)/$$r/model.json; then echo "$$r: trained"; continue; fi; \
 		if [ -d $(ZOO_DIR)/$$r ]; then $(PYTHON) -m bloodcell train --resume $(ZOO_DIR)/$$r --threads 1 --no-progress; \
 		else $(PYTHON) -m bloodcell train --recipe $$r --data $(SPLIT) --out $(ZOO_DIR)/$$r --epochs $$n $(ZOO_CPU); fi; done
 	@if [ -d $(ZOO_DIR)/ensemble_3arch ]; then $(PYTHON) -m bloodcell train --resume $(ZOO_DIR)/ensemble_3arch --threads 1 --no-progress; \

@@ -205,10 +205,30 @@ def test_package_default_fills_card_metrics_from_the_evaluation(tmp_path):
     assert metrics["without_tta"].startswith(f"accuracy {100 * plain:.2f}%, macro-F1 ")
 
     other = json.loads(json.dumps(summary))
+    other["model"]["weights_sha256"] = "0" * 64
+    with pytest.raises(ConfigError, match="evaluation is of another model .*weights"):
+        package_default(src, tmp_path / "data.npz", tmp_path / "d3", evaluation=other, say=lambda m: None)
+    assert not (tmp_path / "d3").exists()
+    del other["model"]["weights_sha256"]  # an evaluation from before digests: the model's description decides
     other["model"]["architecture"] = "resnet50"
     with pytest.raises(ConfigError, match="evaluation is of another model .*architecture"):
         package_default(src, tmp_path / "data.npz", tmp_path / "d3", evaluation=other, say=lambda m: None)
-    assert not (tmp_path / "d3").exists()
+
+
+def test_an_ensembles_evaluation_matches_it_and_no_other():
+    from bloodcell.model_card import check_evaluation_matches
+
+    meta = {"architecture": "ensemble", "ensemble": {"members": ["member_0", "member_1"]},
+            "preprocess": {"image_size": 112}, "metrics": {}}
+    summary = {"model": {"architecture": "ensemble of 2: efficientnet_lite0, efficientnet_lite0", "image_size": 112,
+                         "training_metrics": {}, "weights_sha256": "a" * 64}}
+    check_evaluation_matches(summary, meta, "ev", weights_sha256="a" * 64)
+    check_evaluation_matches(summary, meta, "ev")
+    with pytest.raises(ConfigError, match="weights"):
+        check_evaluation_matches(summary, meta, "ev", weights_sha256="b" * 64)
+    three = {**meta, "ensemble": {"members": ["member_0", "member_1", "member_2"]}}
+    with pytest.raises(ConfigError, match="architecture"):
+        check_evaluation_matches(summary, three, "ev")
 
 
 def test_half_storage_halves_the_file_and_computes_the_same(tmp_path):

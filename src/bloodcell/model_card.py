@@ -112,18 +112,31 @@ def _with_ci(x: float, ci) -> str:
     return f"{_pct(x)} (95% CI {100 * ci[0]:.2f}-{100 * ci[1]:.2f})" if ci else _pct(x)
 
 
-def check_evaluation_matches(summary: dict, meta: dict, source: str) -> None:
-    """Refuse an evaluation of another model: architecture, input, size and training data must agree."""
+def check_evaluation_matches(summary: dict, meta: dict, source: str, weights_sha256: str | None = None) -> None:
+    """Refuse an evaluation of another model.
+
+    When both sides know the digest of the weights (:func:`bloodcell.export.weights_digest`), it
+    decides; otherwise architecture, input size, training data and validation accuracy must agree.
+    """
     from .errors import ConfigError
 
     model = summary.get("model") or {}
     pre = meta.get("preprocess") or {}
-    pairs = {
-        "architecture": (model.get("architecture"), meta.get("architecture")),
-        "image_size": (model.get("image_size"), pre.get("image_size")),
-        "data_manifest_sha256": (model.get("data_manifest_sha256"), meta.get("data_manifest_sha256")),
-        "training_metrics": ((model.get("training_metrics") or {}).get("val_acc"), (meta.get("metrics") or {}).get("val_acc")),
-    }
+    members = (meta.get("ensemble") or {}).get("members")
+    architecture = f"ensemble of {len(members)}" if members else meta.get("architecture")
+    evaluated = str(model.get("architecture"))
+    if members:
+        evaluated = evaluated.split(":")[0]
+    if weights_sha256 and model.get("weights_sha256"):
+        pairs = {"weights": (model["weights_sha256"], weights_sha256)}
+    else:
+        pairs = {
+            "architecture": (evaluated, architecture),
+            "image_size": (model.get("image_size"), pre.get("image_size")),
+            "data_manifest_sha256": (model.get("data_manifest_sha256"), meta.get("data_manifest_sha256")),
+            "training_metrics": ((model.get("training_metrics") or {}).get("val_acc"),
+                                 (meta.get("metrics") or {}).get("val_acc")),
+        }
     wrong = [k for k, (a, b) in pairs.items() if a != b]
     if wrong:
         raise ConfigError(

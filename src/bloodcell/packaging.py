@@ -181,12 +181,13 @@ def package_default(
     from . import ood
     from .bundled import packaged_model_dir
     from .model_card import card_metrics, check_evaluation_matches, training_record
-    from .export import export_onnx
+    from .export import export_onnx, weights_digest
     from .models import load_model, read_meta
     from .models.checkpoint import atomic_write_json
 
     src = Path(model)
     read_meta(src)
+    digest = weights_digest(src)
     out = Path(out) if out is not None else packaged_model_dir()
     if out.resolve() == src.resolve():
         raise ConfigError(f"{out}: the destination is the model folder itself; choose another --output.")
@@ -200,7 +201,7 @@ def package_default(
         meta = read_meta(staging)
         card = {**(meta.get("model_card") or {}), **(card or {})}
         if evaluation is not None:
-            check_evaluation_matches(evaluation, meta, "the evaluation")
+            check_evaluation_matches(evaluation, meta, "the evaluation", weights_sha256=digest)
             card["metrics"] = card_metrics(evaluation)
         if meta.get("history"):
             card["training_run"] = training_record(meta)

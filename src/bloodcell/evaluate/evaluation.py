@@ -107,7 +107,17 @@ def model_info(loaded: LoadedModel) -> dict:
         "data_manifest_sha256": meta.get("data_manifest_sha256"),
         "training_metrics": meta.get("metrics"),
         "epochs_trained": len(meta.get("history") or []),
+        "weights_sha256": _digest(loaded.path),
     }
+
+
+def _digest(folder: Path) -> str | None:
+    from ..export import weights_digest
+
+    try:
+        return weights_digest(folder)
+    except OSError:
+        return None
 
 
 def _ensemble_name(folder: Path, ens: dict) -> str:
