@@ -260,3 +260,33 @@ def test_half_storage_halves_the_file_and_computes_the_same(tmp_path):
     a, b = OnnxModel(full).predict_proba(x), OnnxModel(half).predict_proba(x)
     np.testing.assert_allclose(b, a, atol=1e-5)
     assert OnnxModel(half).quantization == "none"
+
+
+def test_package_default_takes_an_ensemble(tmp_path):
+    from safetensors import safe_open
+
+    from bloodcell.models.ensemble import make_ensemble
+    from bloodcell.packaging import package_default
+
+    members = []
+    for i in range(2):
+        folder = copy_model(tmp_path / f"m{i}")
+        meta = json.loads((folder / "model.json").read_text())
+        meta["history"] = [{"epoch": 1, "seconds": 60.0 * (i + 1)}]
+        meta["training"] = {"epochs_run": 1, "best_epoch": 1, "stopped": "completed", "threads": 1}
+        (folder / "model.json").write_text(json.dumps(meta))
+        members.append(folder)
+    ens = make_ensemble(members, tmp_path / "ens")
+    x, y = cells(8, seed=7)
+    np.savez(tmp_path / "data.npz", images=x, labels=y)
+    out = package_default(ens, tmp_path / "data.npz", tmp_path / "pkg", card=CARD, per_class=6, heldout_per_class=3,
+                          non_cells_per_kind=4, half_weights=True, say=lambda m: None)
+    meta = json.loads((out / "model.json").read_text())
+    names = meta["ensemble"]["members"]
+    runs = meta["model_card"]["training_run"]
+    assert set(runs) == set(names) and sorted(r["wall_time_minutes"] for r in runs.values()) == [1.0, 2.0]
+    assert meta["onnx"]["argmax_agreement"] == 1.0 and meta["onnx"]["max_abs_prob_diff"] < 1e-4
+    for name in names:
+        with safe_open(str(out / name / "model.safetensors"), "pt") as f:
+            assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float16"}
+    assert OnnxModel(out).predict_proba(_prepared(3)).shape == (24, 8)

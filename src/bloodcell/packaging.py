@@ -203,7 +203,12 @@ def package_default(
         if evaluation is not None:
             check_evaluation_matches(evaluation, meta, "the evaluation", weights_sha256=digest)
             card["metrics"] = card_metrics(evaluation)
-        if meta.get("history"):
+        members = (meta.get("ensemble") or {}).get("members") or []
+        if members:
+            runs = {m: training_record(read_meta(staging / m)) for m in members}
+            if any(runs.values()):
+                card["training_run"] = runs
+        elif meta.get("history"):
             card["training_run"] = training_record(meta)
         missing = [k for k in REQUIRED_CARD if not card.get(k) and not (k == "licence" and card.get("license"))]
         if missing:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..packaging import MAX_MB
+
 HELP = "Export a model to ONNX (optionally int8), or package it as the default model (--format default)."
 
 
@@ -30,7 +32,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--half-weights", action="store_true", help="store the weights as float16 (PyTorch and ONNX; ONNX still computes in float32)")
     parser.add_argument("--per-class", type=int, default=300,
                         help="--format default: training images per class for the out-of-distribution fit (default: 300)")
-    parser.add_argument("--max-mb", type=float, default=25.0, help="--format default: size budget in MB (default: 25)")
+    parser.add_argument("--max-mb", type=float, default=MAX_MB, help=f"--format default: size budget in MB (default: {MAX_MB:g})")
 
 
 def _calibration_images(source, model, n: int, seed: int = 0):
