@@ -205,3 +205,16 @@ def test_figures_handle_edge_cases():
              "accuracy_ci": [0.96, 0.98], "parameters": 1_000_000},
             {"name": "b", "accuracy": 0.95, "macro_f1": 0.94, "ece": 0.02, "images_per_second": None}]
     assert len(plots.compare_bars(rows).axes) == 4
+
+
+def test_compare_rows_named_by_folder_with_parent_where_folders_share_a_name():
+    from bloodcell.evaluate.compare import _unique_names
+
+    rows = [{"path": "runs/zoo/ensemble_3arch/ensemble", "tta": False},
+            {"path": "runs/default/ensemble", "tta": False},
+            {"path": "runs/default/ensemble", "tta": True},
+            {"path": "runs/zoo/basic_cnn", "tta": False},
+            {"path": "runs/zoo/basic_cnn", "tta": True}]
+    _unique_names(rows)
+    assert [r["name"] for r in rows] == ["ensemble_3arch/ensemble", "default/ensemble", "default/ensemble",
+                                         "basic_cnn", "basic_cnn"]

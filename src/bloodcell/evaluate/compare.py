@@ -108,10 +108,14 @@ def row_from_summary(summary: dict, images_per_second: float | None, training: d
 
 
 def _unique_names(rows: list[dict]) -> None:
-    """Name rows by model folder; where two share a name (and TTA setting), prefix the parent folder."""
-    keys = [(Path(r["path"]).name, r["tta"]) for r in rows]
-    for r, key in zip(rows, keys):
-        r["name"] = key[0] if keys.count(key) == 1 else "/".join(Path(r["path"]).parts[-2:])
+    """Name rows by model folder; where different folders share a name, prefix the parent folder
+    (the plain and TTA rows of one folder keep one name)."""
+    folders: dict[str, set] = {}
+    for r in rows:
+        folders.setdefault(Path(r["path"]).name, set()).add(str(Path(r["path"])))
+    for r in rows:
+        name = Path(r["path"]).name
+        r["name"] = name if len(folders[name]) == 1 else "/".join(Path(r["path"]).parts[-2:])
 
 
 def compare(
