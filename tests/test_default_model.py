@@ -67,6 +67,7 @@ def test_a_lab_fine_tunes_the_default_model_on_a_few_real_cells(real_data, tmp_p
                           "0.3", "--threads", "1", "--no-progress"], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr
     meta = json.loads((out / "model.json").read_text())
+    assert f"Starting from {meta['init']['from']} (" in run.stderr  # the user is told which weights it starts from
     start = Path(meta["init"]["from"])  # the default model itself, or its best member when it is an ensemble
     assert start.resolve().is_relative_to(bundled.packaged_model_dir().resolve())
     packaged = json.loads((start / "model.json").read_text())

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from _serve_helpers import CARD, SIZE, SRC, cells, copy_model, tiny_model
+from _serve_helpers import CARD, SIZE, SRC, cells, cli, copy_model, tiny_model
 from bloodcell import ConfigError, ModelError
 from bloodcell.export import export_onnx, read_onnx_metadata
 from bloodcell.inference import predict_proba
@@ -213,6 +213,7 @@ def test_package_default_fills_card_metrics_from_the_evaluation(tmp_path):
     other["model"]["architecture"] = "resnet50"
     with pytest.raises(ConfigError, match="evaluation is of another model .*architecture"):
         package_default(src, tmp_path / "data.npz", tmp_path / "d3", evaluation=other, say=lambda m: None)
+    assert not (tmp_path / "d3").exists()
 
 
 def test_an_ensembles_evaluation_matches_it_and_no_other():
@@ -290,3 +291,10 @@ def test_package_default_takes_an_ensemble(tmp_path):
         with safe_open(str(out / name / "model.safetensors"), "pt") as f:
             assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float16"}
     assert OnnxModel(out).predict_proba(_prepared(3)).shape == (24, 8)
+
+
+def test_cli_refuses_half_weights_with_int8(tmp_path):
+    run = cli("export", str(tiny_model()), "-o", str(tmp_path / "q.onnx"), "--quantize", "dynamic", "--half-weights")
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert "--half-weights stores float32 weights as float16; an int8 graph (--quantize dynamic)" in run.stderr
+    assert not (tmp_path / "q.onnx").exists()

@@ -70,6 +70,9 @@ def run(args) -> int:
         return 0
     from ..export import export_onnx
 
+    if args.half_weights and args.quantize != "none":
+        raise ConfigError(f"--half-weights stores float32 weights as float16; an int8 graph (--quantize {args.quantize}) "
+                          "has none to store. Use one or the other.")
     calibration = None
     if args.quantize == "static":
         if not args.calibration_data:

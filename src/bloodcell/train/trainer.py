@@ -304,6 +304,9 @@ def fit(cfg: TrainConfig, data: TrainData, run_dir: str | Path, *, pre: Preproce
         model = create_model(cfg.model, num_classes=len(data.class_names),
                              pretrained=cfg.pretrained if ckpt is None else False)
         init_summary = apply_init(model, init, tuple(data.class_names)) if (init is not None and ckpt is None) else None
+        if init_summary is not None:
+            new = f"; new classes {', '.join(init_summary['new_classes'])}" if init_summary["new_classes"] else ""
+            say(f"Starting from {init_summary['from']} ({init_summary['architecture']}){new}.")
         cfg, rt = _resolve(cfg, pre, model, info)
         if ckpt is not None:
             cfg = _check_resume(ckpt, cfg, data, run_dir)
