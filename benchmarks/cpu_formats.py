@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from bloodcell.models import create_model
-from bloodcell.train.runtime import cpu_has_native_bf16, has_grouped_convs
+from bloodcell.networks import create_model
+from bloodcell.training.device import cpu_has_native_bf16, has_grouped_convs
 
 
 def step_ms_per_image(name: str, size: int, channels_last: bool, bf16: bool, batch: int, steps: int) -> float:

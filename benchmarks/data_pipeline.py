@@ -40,7 +40,7 @@ def timed(fn):
 
 
 def main(argv=None) -> int:
-    from bloodcell import settings
+    from bloodcell.core import settings
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=str(settings.data_root()), help="dataset (default BLOODCELL_DATA)")
@@ -52,10 +52,10 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bloodcell-bench-"))
     os.environ["BLOODCELL_CACHE"] = str(tmp / "cache")
     try:
+        from bloodcell.core.preprocess import PreprocessConfig
         from bloodcell.data import load_arrays, open_dataset
-        from bloodcell.data.audit import audit_dataset
-        from bloodcell.data.audit_plots import write_plots
-        from bloodcell.preprocess import PreprocessConfig
+        from bloodcell.data.audit.checks import audit_dataset
+        from bloodcell.data.audit.plots import write_plots
 
         workers = args.workers or settings.default_workers()
         load_before = os.getloadavg()

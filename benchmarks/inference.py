@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 
 def images_for(preprocess, n: int, seed: int = 0) -> tuple[np.ndarray, str]:
-    from bloodcell.preprocess import load_prepared
-    from bloodcell.settings import data_root
+    from bloodcell.core.preprocess import load_prepared
+    from bloodcell.core.settings import data_root
 
     root = data_root()
     if not root.is_absolute():
@@ -74,11 +74,11 @@ def main(argv=None) -> int:
 
     import torch
 
-    from bloodcell.bundled import resolve_model
-    from bloodcell.export import export_onnx
-    from bloodcell.models import load_model
-    from bloodcell.preprocess import normalize
-    from bloodcell.runtime import OnnxModel, default_threads
+    from bloodcell.core.model_choice import resolve_model
+    from bloodcell.core.preprocess import normalize
+    from bloodcell.networks import load_model
+    from bloodcell.packaging.onnx import export_onnx
+    from bloodcell.prediction.onnx_backend import OnnxModel, default_threads
 
     threads = args.threads or default_threads()
     torch.set_num_threads(threads)

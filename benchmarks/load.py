@@ -33,7 +33,7 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 def payloads(n: int = 32) -> list[tuple[str, bytes]]:
     sys.path.insert(0, str(ROOT / "src"))
-    from bloodcell.settings import data_root
+    from bloodcell.core.settings import data_root
 
     root = data_root()
     if not root.is_absolute():

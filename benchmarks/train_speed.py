@@ -79,7 +79,7 @@ def child(cfg: dict) -> dict:
     from torch import nn
 
     sys.path.insert(0, str(SRC))
-    from bloodcell.models import create_model
+    from bloodcell.networks import create_model
 
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     sys.path.insert(0, str(SRC))
-    from bloodcell.models import list_models
+    from bloodcell.networks import list_models
 
     known = list_models()
     models = args.models or known

@@ -35,7 +35,7 @@ def odd_mode_images(folder: Path) -> dict[str, Path]:
         "rgba": save(rgb.convert("RGBA"), folder / "rgba.png"),
         "palette": save(rgb.convert("P"), folder / "palette.png"),
         "cmyk": save(rgb.convert("CMYK"), folder / "cmyk.jpg", "JPEG"),
-        "sixteen": save(Image.fromarray((np.asarray(rgb.convert("L")).astype(np.uint16) * 257)), folder / "sixteen.png"),
+        "sixteen": save(Image.fromarray(np.asarray(rgb.convert("L")).astype(np.uint16) * 257), folder / "sixteen.png"),
     }
     return out
 

@@ -10,10 +10,9 @@ import numpy as np
 import torch
 
 from bloodcell import PreprocessConfig
-from bloodcell.classes import CLASSES
-from bloodcell.models import create_model, save_model
-from bloodcell.preprocess import normalize
-
+from bloodcell.core.classes import CLASSES
+from bloodcell.core.preprocess import normalize
+from bloodcell.networks import create_model, save_model
 from conftest import synthetic_cell
 
 SIZE = 32

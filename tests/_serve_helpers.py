@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from conftest import REAL_DATA as REAL_DATA_DIR
+from conftest import REAL_DATA as REAL_DATA_DIR  # noqa: F401  (re-exported to the browser test)
 from conftest import synthetic_cell
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,11 +48,13 @@ def _prepared(images: np.ndarray, size: int = SIZE) -> np.ndarray:
 def _build(folder: Path) -> Path:
     import torch
 
-    from bloodcell import PreprocessConfig, ood
-    from bloodcell.export import export_onnx
-    from bloodcell.models import create_model, load_model, save_model
-    from bloodcell.models.checkpoint import atomic_write_json, read_meta
-    from bloodcell.preprocess import normalize
+    from bloodcell import PreprocessConfig
+    from bloodcell.core.files import atomic_write_json
+    from bloodcell.core.model_folder import read_meta
+    from bloodcell.core.preprocess import normalize
+    from bloodcell.networks import create_model, load_model, save_model
+    from bloodcell.ood import score as ood
+    from bloodcell.packaging.onnx import export_onnx
 
     torch.manual_seed(0)
     pre = PreprocessConfig(image_size=SIZE, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))

@@ -29,7 +29,7 @@ def blobs(n_per_class: int, classes: tuple[str, ...], size: int = 16, seed: int 
 
 
 def tiny_data(classes=("basophil", "lymphocyte", "platelet"), n_train=24, n_val=8, size=16, seed=0):
-    from bloodcell.train import TrainData
+    from bloodcell.training import TrainData
 
     tr_x, tr_y = blobs(n_train, classes, size, seed)
     va_x, va_y = blobs(n_val, classes, size, seed + 1000)
@@ -37,7 +37,7 @@ def tiny_data(classes=("basophil", "lymphocyte", "platelet"), n_train=24, n_val=
 
 
 def tiny_config(**overrides):
-    from bloodcell.train import load_config
+    from bloodcell.training import load_config
 
     base = {"model": "basic_cnn", "image_size": 16, "epochs": 3, "batch_size": 8, "eval_batch_size": 32,
             "lr": 0.003, "threads": 1, "patience": 0, "precision": "fp32"}
@@ -48,7 +48,7 @@ def tiny_config(**overrides):
 def main(argv: list[str]) -> int:
     """``python _train_helpers.py RUN_DIR CONFIG_JSON [--resume]``: train on tiny data (used via subprocess)."""
     sys.path.insert(0, str(SRC))
-    from bloodcell.train import TrainingInterrupted, fit
+    from bloodcell.training import TrainingInterrupted, fit
 
     run_dir, cfg_json = argv[0], argv[1]
     overrides = json.loads(cfg_json)
@@ -70,7 +70,7 @@ def ddp_worker(rank: int, world: int, port: int, out_root: str, overrides: dict)
     sys.path.insert(0, str(SRC))
     import torch
 
-    from bloodcell.train import distributed, fit
+    from bloodcell.training import distributed, fit
 
     info = distributed.setup("cpu")
     assert info.world == world and info.rank == rank
@@ -78,7 +78,7 @@ def ddp_worker(rank: int, world: int, port: int, out_root: str, overrides: dict)
         result = fit(tiny_config(**overrides), tiny_data(), Path(out_root) / f"rank{rank}", progress=False)
         module_sum = None
         if rank == 0:
-            from bloodcell.models import load_model
+            from bloodcell.networks import load_model
 
             module_sum = float(sum(p.double().sum() for p in load_model(result.run_dir).module.state_dict().values()
                                    if p.is_floating_point()))

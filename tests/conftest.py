@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bloodcell.classes import CLASSES
+from bloodcell.core.classes import CLASSES
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("BLOODCELL_DATA", REPO.parent / "shared" / "data" / "pbc"))

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from bloodcell import CLASSES, ConfigError, DataError, PreprocessConfig, canonical_class, decode_image, prepare
-from bloodcell.cli import main
+from bloodcell.cli.main import main
 
 
 @pytest.mark.parametrize(
@@ -38,7 +38,7 @@ def _png(img: Image.Image, fmt="PNG") -> bytes:
 def test_decode_converts_every_mode_to_rgb(mode):
     rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8))
     if mode == "I;16":
-        img = Image.fromarray((np.arange(600, dtype=np.uint16).reshape(20, 30) * 100))
+        img = Image.fromarray(np.arange(600, dtype=np.uint16).reshape(20, 30) * 100)
     else:
         img = rgb.convert(mode)
     fmt = "TIFF" if mode in ("CMYK", "I", "F", "I;16") else "PNG"
@@ -64,7 +64,7 @@ def test_decode_rejects_truncated_jpeg(tmp_path):
 
 
 def test_decode_rejects_decompression_bomb(monkeypatch):
-    monkeypatch.setattr("bloodcell.preprocess.MAX_PIXELS", 1000)
+    monkeypatch.setattr("bloodcell.core.preprocess.MAX_PIXELS", 1000)
     with pytest.raises(DataError, match=r"big\.png: image is 40x40 = 1,600 pixels, over the 1,000-pixel"):
         decode_image(_png(Image.new("RGB", (40, 40))), "big.png")
 
@@ -97,7 +97,7 @@ def test_preprocess_config_validates_and_round_trips():
 def test_normalize_numpy_and_torch_agree():
     import torch
 
-    from bloodcell.preprocess import normalize
+    from bloodcell.core.preprocess import normalize
 
     cfg = PreprocessConfig(image_size=8)
     batch = np.random.default_rng(1).integers(0, 255, (2, 8, 8, 3), dtype=np.uint8)

@@ -12,13 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from _data_helpers import flawed_dataset, smear
 from bloodcell import ConfigError
 from bloodcell.data import open_dataset
-from bloodcell.data.audit import AuditSettings, audit_dataset, summary_text
-from bloodcell.data.features import FEATURE_NAMES, image_features
-from bloodcell.data.outliers import outlier_scores
-
-from _data_helpers import flawed_dataset, smear
+from bloodcell.data.audit.checks import AuditSettings, audit_dataset, summary_text
+from bloodcell.data.audit.features import FEATURE_NAMES, image_features
+from bloodcell.data.audit.outliers import outlier_scores
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -93,7 +92,7 @@ def test_near_threshold_is_configurable(flawed):
 def test_second_audit_reuses_measurements(flawed, monkeypatch):
     ds = open_dataset(flawed)
     first = audit_dataset(ds, workers=1, progress=False)
-    monkeypatch.setattr("bloodcell.data.facts._facts_chunk", lambda t: (_ for _ in ()).throw(AssertionError("re-measured")))
+    monkeypatch.setattr("bloodcell.data.audit.facts._facts_chunk", lambda t: (_ for _ in ()).throw(AssertionError("re-measured")))
     again = audit_dataset(ds, workers=1, progress=False)
     assert again.group_ids == first.group_ids and np.allclose(again.scores, first.scores, equal_nan=True)
 

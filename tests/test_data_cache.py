@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from _data_helpers import cell, jpeg_bytes, odd_mode_images, save
 from bloodcell import DataError, PreprocessConfig
+from bloodcell.core.preprocess import load_prepared, normalize
 from bloodcell.data import PixelCache, load_arrays, open_dataset
 from bloodcell.data import cache as cache_mod
-from bloodcell.preprocess import load_prepared, normalize
-
-from _data_helpers import cell, jpeg_bytes, odd_mode_images, save
 
 
 @pytest.fixture(autouse=True)
@@ -113,7 +112,7 @@ def test_odd_image_modes_are_converted_not_rejected(tmp_path):
 
 
 def test_decompression_bomb_is_skipped_with_message(tmp_path, monkeypatch):
-    monkeypatch.setattr("bloodcell.preprocess.MAX_PIXELS", 5000)
+    monkeypatch.setattr("bloodcell.core.preprocess.MAX_PIXELS", 5000)
     save(Image.fromarray(cell(1, size=48)), tmp_path / "d" / "ig" / "ok.png")
     save(Image.new("RGB", (100, 100)), tmp_path / "d" / "ig" / "huge.png")
     a = load_arrays(tmp_path / "d", PreprocessConfig(image_size=16), progress=False, workers=1)
@@ -173,7 +172,7 @@ def test_npz_source_goes_through_the_cache(tmp_path):
     cfg = PreprocessConfig(image_size=8)
     ds = open_dataset(tmp_path / "a.npz")
     a = load_arrays(ds, cfg, progress=False, workers=1)
-    from bloodcell.preprocess import prepare
+    from bloodcell.core.preprocess import prepare
 
     np.testing.assert_array_equal(a.images[2], prepare(imgs[2], cfg))
     assert a.ids == ["a.npz:0", "a.npz:1", "a.npz:2", "a.npz:3"]

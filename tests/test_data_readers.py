@@ -6,12 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from _data_helpers import cell, save
 from bloodcell import CLASSES, DataError
 from bloodcell.data import open_dataset
-from bloodcell.data.manifest import write_manifest
-
-from _data_helpers import cell, save
-
+from bloodcell.data.readers.manifest import write_manifest
 
 # ---------------------------------------------------------------- class folders
 

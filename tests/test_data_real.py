@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from bloodcell import CLASSES, PreprocessConfig
-from bloodcell.preprocess import load_prepared
+from bloodcell.core.preprocess import load_prepared
 
 pytestmark = pytest.mark.integration
 

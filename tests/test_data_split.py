@@ -12,11 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _data_helpers import flawed_dataset, jpeg_bytes, smear
 from bloodcell import ConfigError, DataError, PreprocessConfig
 from bloodcell.data import load_arrays, open_dataset
 from bloodcell.data.split import assign_groups, split_dataset, write_split
-
-from _data_helpers import flawed_dataset, jpeg_bytes, smear
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 

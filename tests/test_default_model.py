@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from bloodcell import bundled
-from bloodcell.classes import CLASSES
-from bloodcell.packaging import MAX_MB, REQUIRED_CARD
+from bloodcell.core import model_choice as bundled
+from bloodcell.core.classes import CLASSES
+from bloodcell.packaging.package import MAX_MB, REQUIRED_CARD
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from bloodcell import ConfigError, ModelError, PreprocessConfig
-from bloodcell.models import create_model, load_model, make_ensemble, read_meta, save_model
-from bloodcell.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize
+from bloodcell.core.model_folder import read_meta
+from bloodcell.core.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize
+from bloodcell.networks import create_model, load_model, make_ensemble, save_model
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 CLASSES4 = ("basophil", "eosinophil", "lymphocyte", "neutrophil")
@@ -231,8 +232,8 @@ def test_cli(tmp_path):
 
 
 def test_training_cost_sums_an_ensembles_members(tmp_path):
-    from bloodcell.evaluate.compare import training_cost
-    from bloodcell.models.checkpoint import atomic_write_json
+    from bloodcell.core.files import atomic_write_json
+    from bloodcell.evaluation.compare import training_cost
 
     a, b = tiny_model(tmp_path / "a"), tiny_model(tmp_path / "b", seed=1)
     for folder, seconds in ((a, [30.5, 29.5]), (b, [100.0])):

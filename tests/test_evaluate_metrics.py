@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
-from bloodcell.classes import CLASSES
-from bloodcell.errors import DataError, ModelError
-from bloodcell.evaluate.calibration import (
+from bloodcell.core.classes import CLASSES
+from bloodcell.core.errors import DataError, ModelError
+from bloodcell.evaluation.calibration import (
     accuracy_coverage,
     apply_temperature,
     apply_threshold,
@@ -22,7 +22,7 @@ from bloodcell.evaluate.calibration import (
     softmax,
     view_probs,
 )
-from bloodcell.evaluate.metrics import align_classes, bootstrap_ci, compute_metrics, format_table
+from bloodcell.evaluation.metrics import align_classes, bootstrap_ci, compute_metrics, format_table
 
 
 def _peaked(pred, n_classes, top=0.8):

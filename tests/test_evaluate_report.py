@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bloodcell.classes import CLASSES
-from bloodcell.errors import ConfigError, DataError, ModelError
-from bloodcell.evaluate import plots
-from bloodcell.evaluate.evaluation import evaluate_arrays
-from bloodcell.evaluate.fit_calibration import fit_calibration, store_calibration
-from bloodcell.evaluate.report import SECTIONS, check_writable, most_confident_mistakes, write_report
-from bloodcell.evaluate.calibration import view_probs
-from bloodcell.inference import predict_logits, predict_proba, predict_view_logits
-from bloodcell.models import load_model, read_meta
-
 from _evaluate_helpers import cells, one_thread, tiny_model
+from bloodcell.core.classes import CLASSES
+from bloodcell.core.errors import ConfigError, DataError, ModelError
+from bloodcell.core.model_folder import read_meta
+from bloodcell.evaluation import plots
+from bloodcell.evaluation.calibration import view_probs
+from bloodcell.evaluation.evaluate import evaluate_arrays
+from bloodcell.evaluation.fit_calibration import fit_calibration, store_calibration
+from bloodcell.evaluation.report import SECTIONS, check_writable, most_confident_mistakes, write_report
+from bloodcell.networks import load_model
+from bloodcell.prediction.torch_backend import predict_logits, predict_proba, predict_view_logits
 
 FIVE = ("basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil")
 
@@ -208,7 +208,7 @@ def test_figures_handle_edge_cases():
 
 
 def test_compare_rows_named_by_folder_with_parent_where_folders_share_a_name():
-    from bloodcell.evaluate.compare import _unique_names
+    from bloodcell.evaluation.compare import _unique_names
 
     rows = [{"path": "runs/zoo/ensemble_3arch/ensemble", "tta": False},
             {"path": "runs/default/ensemble", "tta": False},

@@ -12,10 +12,10 @@ import torch
 
 from _serve_helpers import CARD, SIZE, SRC, cells, cli, copy_model, tiny_model
 from bloodcell import ConfigError, ModelError
-from bloodcell.export import export_onnx, read_onnx_metadata
-from bloodcell.inference import predict_proba
-from bloodcell.models import load_model
-from bloodcell.runtime import OnnxModel
+from bloodcell.networks import load_model
+from bloodcell.packaging.onnx import export_onnx, read_onnx_metadata
+from bloodcell.prediction.onnx_backend import OnnxModel
+from bloodcell.prediction.torch_backend import predict_proba
 
 
 def _prepared(n=4, seed=3):
@@ -31,7 +31,7 @@ def test_fp32_round_trip_and_metadata():
     onnx_model = OnnxModel(tiny_model())
     logits, scores = onnx_model.run(x, batch_size=7)  # uneven batches exercise the dynamic axis
     with torch.inference_mode():
-        from bloodcell.preprocess import normalize
+        from bloodcell.core.preprocess import normalize
 
         ref = loaded.module(normalize(torch.from_numpy(x), loaded.preprocess)).numpy()
     np.testing.assert_allclose(logits, ref, atol=1e-4, rtol=1e-4)
@@ -60,7 +60,7 @@ def test_int8_agrees_on_argmax(tmp_path, mode):
 @pytest.mark.parametrize("size", [40, 64])
 def test_custom_cnn_exports_at_sizes_its_pool_does_not_divide(tmp_path, size):
     from bloodcell import PreprocessConfig
-    from bloodcell.models import create_model, save_model
+    from bloodcell.networks import create_model, save_model
 
     torch.manual_seed(0)
     module = create_model("enhanced_cnn", num_classes=8).eval()
@@ -82,7 +82,7 @@ def test_runtime_needs_no_torch():
 import sys
 sys.modules["torch"] = None  # any import of torch now fails
 import numpy as np
-from bloodcell.classify import Classifier
+from bloodcell.prediction.classifier import Classifier
 clf = Classifier({str(tiny_model())!r}, backend="onnx")
 x = np.random.default_rng(0).integers(0, 255, (3, 50, 60, 3), dtype=np.uint8)
 preds = clf.predict_arrays(list(x))
@@ -101,7 +101,7 @@ def test_cli_predict_needs_no_torch(tmp_path):
     code = f"""
 import sys
 sys.modules["torch"] = None
-from bloodcell.cli import main
+from bloodcell.cli.main import main
 raise SystemExit(main(["predict", "-m", {str(tiny_model())!r}, {str(img)!r}, "-f", "json"]))
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"})
@@ -113,7 +113,7 @@ def test_onnx_file_alone_is_a_model(tmp_path):
     import shutil
 
     shutil.copy(tiny_model() / "model.onnx", tmp_path / "alone.onnx")
-    from bloodcell.classify import Classifier
+    from bloodcell.prediction.classifier import Classifier
 
     clf = Classifier(tmp_path / "alone.onnx")
     assert clf.backend == "onnx" and clf.meta["model_card"]["name"] == "tiny test model"
@@ -129,7 +129,7 @@ def test_not_an_onnx_model(tmp_path):
 
 
 def test_ood_statistics_round_trip(tmp_path):
-    from bloodcell import ood
+    from bloodcell.ood import score as ood
 
     rng = np.random.default_rng(0)
     feats = rng.normal(size=(200, 20)) + np.repeat(np.eye(4, 20) * 5, 50, axis=0)
@@ -144,7 +144,7 @@ def test_ood_statistics_round_trip(tmp_path):
 
 
 def test_choose_threshold_separates():
-    from bloodcell.ood import choose_threshold, evaluate_threshold
+    from bloodcell.ood.score import choose_threshold, evaluate_threshold
 
     cells_s = np.linspace(1.0, 2.0, 100)
     other = np.linspace(4.0, 9.0, 50)
@@ -158,7 +158,7 @@ def test_choose_threshold_separates():
 
 
 def test_package_default(tmp_path):
-    from bloodcell.packaging import package_default
+    from bloodcell.packaging.package import package_default
 
     src = copy_model(tmp_path / "trained")
     for extra in ("model.onnx", "ood.safetensors"):
@@ -182,9 +182,9 @@ def test_package_default(tmp_path):
 
 
 def test_package_default_fills_card_metrics_from_the_evaluation(tmp_path):
-    from bloodcell.evaluate.evaluation import evaluate_dataset
-    from bloodcell.models import load_model
-    from bloodcell.packaging import package_default
+    from bloodcell.evaluation.evaluate import evaluate_dataset
+    from bloodcell.networks import load_model
+    from bloodcell.packaging.package import package_default
 
     src = copy_model(tmp_path / "trained")
     x, y = cells(8, seed=7)
@@ -217,7 +217,7 @@ def test_package_default_fills_card_metrics_from_the_evaluation(tmp_path):
 
 
 def test_an_ensembles_evaluation_matches_it_and_no_other():
-    from bloodcell.model_card import check_evaluation_matches
+    from bloodcell.packaging.card import check_evaluation_matches
 
     meta = {"architecture": "ensemble", "ensemble": {"members": ["member_0", "member_1"]},
             "preprocess": {"image_size": 112}, "metrics": {}}
@@ -239,8 +239,8 @@ def test_half_storage_halves_the_file_and_computes_the_same(tmp_path):
     import onnx
 
     from bloodcell import PreprocessConfig
-    from bloodcell.models import create_model, save_model
-    from bloodcell.packaging import _half_weights
+    from bloodcell.networks import create_model, save_model
+    from bloodcell.packaging.package import _half_weights
 
     torch.manual_seed(1)
     model = create_model("enhanced_cnn", num_classes=8).eval()
@@ -266,8 +266,8 @@ def test_half_storage_halves_the_file_and_computes_the_same(tmp_path):
 def test_package_default_takes_an_ensemble(tmp_path):
     from safetensors import safe_open
 
-    from bloodcell.models.ensemble import make_ensemble
-    from bloodcell.packaging import package_default
+    from bloodcell.networks.ensemble import make_ensemble
+    from bloodcell.packaging.package import package_default
 
     members = []
     for i in range(2):

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from bloodcell import DataError, PreprocessConfig
-from bloodcell.explain import gradcam, overlay
-from bloodcell.inference import predict_logits, predict_proba
-from bloodcell.models import create_model, load_model, save_model
+from bloodcell.networks import create_model, load_model, save_model
+from bloodcell.prediction.explain import gradcam, overlay
+from bloodcell.prediction.torch_backend import predict_logits, predict_proba
 
 
 @pytest.fixture
@@ -63,8 +63,8 @@ def test_wrong_size_is_a_clear_error(tiny_model):
 def test_gradcam_layer_is_the_last_wide_enough_convolution():
     from torch import nn
 
-    from bloodcell.explain import target_layer
-    from bloodcell.models import create_model
+    from bloodcell.networks import create_model
+    from bloodcell.prediction.explain import target_layer
 
     net = create_model("efficientnet_lite0", num_classes=8).eval()
     convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from bloodcell import ModelError, PreprocessConfig
-from bloodcell.models import create_model, list_models, load_model, save_model
-from bloodcell.models.pretrained import map_state_dict
+from bloodcell.networks import create_model, list_models, load_model, save_model
+from bloodcell.networks.pretrained import map_state_dict
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -30,7 +30,7 @@ def test_forward_backward(name):
 def test_adaptive_pool_equals_torchs(side):
     import torch.nn.functional as F
 
-    from bloodcell.models.custom_cnn import AdaptiveAvgPool
+    from bloodcell.networks.custom_cnn import AdaptiveAvgPool
 
     x = torch.randn(2, 5, side, side + 2)
     torch.testing.assert_close(AdaptiveAvgPool(4)(x), F.adaptive_avg_pool2d(x, 4), atol=1e-6, rtol=1e-5)

@@ -12,10 +12,10 @@ import pytest
 
 from _serve_helpers import cells, cli, copy_model, tiny_model, write_png
 from bloodcell import ModelError
-from bloodcell import bundled
-from bloodcell.classify import Classifier, Prediction, differential
-from bloodcell.inputs import collect
-from bloodcell.outputs import differential_table, predictions_csv, table
+from bloodcell.core import model_choice as bundled
+from bloodcell.prediction.classifier import Classifier, Prediction, differential
+from bloodcell.prediction.inputs import collect
+from bloodcell.prediction.outputs import differential_table, predictions_csv, table
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ def test_classifier_skips_unreadable_and_flags(image_tree):
 
 
 def test_not_a_blood_cell_flag_on_non_cells():
-    from bloodcell.noncell import non_cell_images
+    from bloodcell.ood.noncell import non_cell_images
 
     clf = Classifier(tiny_model())
     others, _ = non_cell_images(per_kind=3, size=64, seed=11)
@@ -92,7 +92,7 @@ def test_torch_and_onnx_backends_agree(image_tree):
 
 
 def test_uncalibrated_model_falls_back(tmp_path):
-    from bloodcell.models.checkpoint import atomic_write_json
+    from bloodcell.core.files import atomic_write_json
 
     folder = copy_model(tmp_path / "m")
     meta = json.loads((folder / "model.json").read_text())
@@ -103,7 +103,7 @@ def test_uncalibrated_model_falls_back(tmp_path):
 
 
 def test_tta_uses_the_calibration_fitted_for_tta(tmp_path):
-    from bloodcell.models.checkpoint import atomic_write_json
+    from bloodcell.core.files import atomic_write_json
 
     folder = copy_model(tmp_path / "m")
     meta = json.loads((folder / "model.json").read_text())
@@ -220,7 +220,7 @@ def test_info_shows_card():
 
 
 def test_hidden_image_named_files_in_a_plain_folder_are_reported(tmp_path):
-    from bloodcell.inputs import collect
+    from bloodcell.prediction.inputs import collect
 
     (tmp_path / "cell.png").write_bytes(b"")
     (tmp_path / "._cell.png").write_bytes(b"\x00\x05\x16\x07")

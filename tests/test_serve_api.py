@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from _serve_helpers import cells, tiny_model
-from bloodcell.serve import create_app
-from bloodcell.serve.batching import Batcher
+from bloodcell.server import create_app
+from bloodcell.server.batching import Batcher
 
 
 def png(image: np.ndarray) -> bytes:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from bloodcell.train.augment import BatchAugment, batch_generator
-from bloodcell.train.config import AugmentConfig
+from bloodcell.training.augment import BatchAugment, batch_generator
+from bloodcell.training.config import AugmentConfig
 
 
 def _batch(n=12, size=16, seed=0):

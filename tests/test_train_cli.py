@@ -8,9 +8,9 @@ import shutil
 
 import pytest
 
-from bloodcell.classes import CLASSES
-from bloodcell.cli import main
-from bloodcell.models import load_model
+from bloodcell.cli.main import main
+from bloodcell.core.classes import CLASSES
+from bloodcell.networks import load_model
 
 TINY = ["--model", "basic_cnn", "--image-size", "16", "--batch-size", "8", "--threads", "1", "--precision", "fp32",
         "--no-progress"]
@@ -114,7 +114,7 @@ def test_train_on_a_slice_of_the_real_dataset(real_data, tmp_path):
 
 
 def test_ensemble_recipe_trains_each_member_then_combines(make_folder_dataset, tmp_path, capsys):
-    from bloodcell.train.config import load_config
+    from bloodcell.training.config import load_config
 
     assert load_config(recipe="efficientnet_b3").pretrained is True  # the shipped recipe's members exist
     root = make_folder_dataset(per_class=8, classes=("basophil", "lymphocyte", "platelet"), size=24)

@@ -6,9 +6,9 @@ import pytest
 import yaml
 
 from bloodcell import ConfigError
-from bloodcell.cli import main
-from bloodcell.models import list_models
-from bloodcell.train.config import TrainConfig, config_keys, load_config, parse_set, recipe_names
+from bloodcell.cli.main import main
+from bloodcell.networks import list_models
+from bloodcell.training.config import TrainConfig, config_keys, load_config, parse_set, recipe_names
 
 
 @pytest.mark.parametrize("name", [n for n in recipe_names() if not n.startswith("ensemble")])
@@ -19,7 +19,7 @@ def test_every_recipe_loads_and_names_a_registered_model(name):
 
 
 def test_the_ensemble_recipe_lists_three_architectures():
-    from bloodcell.train.config import read_yaml, recipe_path
+    from bloodcell.training.config import read_yaml, recipe_path
 
     recipe = read_yaml(recipe_path("ensemble_3arch"))
     members = [load_config(recipe=m).model for m in recipe["members"]]

@@ -6,6 +6,7 @@ import json
 import socket
 
 import torch.multiprocessing as mp
+
 from _train_helpers import ddp_worker
 
 

@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from _train_helpers import tiny_config, tiny_data
 
+from _train_helpers import tiny_config, tiny_data
 from bloodcell import ConfigError, DataError
-from bloodcell.models import load_model
-from bloodcell.preprocess import normalize
-from bloodcell.train import fit
-from bloodcell.train.trainer import TrainData
+from bloodcell.core.preprocess import normalize
+from bloodcell.networks import load_model
+from bloodcell.training import fit
+from bloodcell.training.trainer import TrainData
 
 HISTORY_KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "lr", "seconds"}
 
@@ -112,7 +112,7 @@ class _NaNAfter(torch.nn.Module):
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_epoch(tmp_path, monkeypatch):
-    import bloodcell.train.trainer as fit_module
+    import bloodcell.training.trainer as fit_module
 
     steps_per_epoch = 9  # 72 images, batch 8
     monkeypatch.setattr(fit_module, "make_criterion", lambda *a, **k: _NaNAfter(steps_per_epoch + 3))

@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
-from _train_helpers import tiny_config, tiny_data
 
+from _train_helpers import tiny_config, tiny_data
 from bloodcell import ModelError
-from bloodcell.models import load_model
-from bloodcell.train import fit, make_preprocess
-from bloodcell.train.warmstart import apply_init, classifier_name, open_init, resolve_init_dir
+from bloodcell.networks import load_model
+from bloodcell.training import fit, make_preprocess
+from bloodcell.training.warmstart import apply_init, classifier_name, open_init, resolve_init_dir
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def parent(tmp_path_factory):
 
 
 def test_init_maps_classifier_rows_by_class_name(parent):
-    from bloodcell.models import create_model
+    from bloodcell.networks import create_model
 
     source = open_init(str(parent))
     new_classes = ("basophil", "eosinophil", "platelet", "lymphocyte")
@@ -58,7 +58,7 @@ def test_training_runs_from_an_init_model_with_another_class_set(parent, tmp_pat
 
 
 def test_default_model_resolves_through_the_package_default(parent, monkeypatch):
-    import bloodcell.bundled as bundled
+    import bloodcell.core.model_choice as bundled
 
     monkeypatch.setattr(bundled, "packaged_model_dir", lambda: parent)
     assert resolve_init_dir("default") == parent
@@ -82,8 +82,8 @@ def test_init_refuses_non_models_and_ensembles(tmp_path, parent):
 def test_default_ensemble_starts_from_its_best_member(tmp_path, parent, monkeypatch):
     import shutil
 
-    import bloodcell.bundled as bundled
-    from bloodcell.models.ensemble import make_ensemble
+    import bloodcell.core.model_choice as bundled
+    from bloodcell.networks.ensemble import make_ensemble
 
     members = []
     for name, acc in (("a", 0.91), ("b", 0.97), ("c", 0.95)):

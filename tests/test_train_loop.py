@@ -7,8 +7,8 @@ import pytest
 import torch
 from sklearn.metrics import f1_score
 
-from bloodcell.train.config import load_config
-from bloodcell.train.loop import balanced_class_weights, epoch_batches, macro_f1, make_scheduler, warmup_cosine
+from bloodcell.training.config import load_config
+from bloodcell.training.loop import balanced_class_weights, epoch_batches, macro_f1, make_scheduler, warmup_cosine
 
 
 def _lrs(cfg, steps_per_epoch):

@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from _train_helpers import SRC, tiny_config, tiny_data
 
+from _train_helpers import SRC, tiny_config, tiny_data
 from bloodcell import ConfigError, DataError, ModelError
-from bloodcell.train import fit
-from bloodcell.train.state import read_checkpoint
+from bloodcell.training import fit
+from bloodcell.training.state import read_checkpoint
 
 HELPER = Path(__file__).with_name("_train_helpers.py")
 CFG = {"epochs": 6, "augment": {"hflip": True, "rotate": 10}, "schedule": "cosine", "_n_train": 60}

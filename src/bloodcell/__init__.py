@@ -1,29 +1,57 @@
 """bloodcell: classify microscope images of single peripheral blood cells.
 
-The command line (``bloodcell --help``) and this Python API call the same code.
+Every ``bloodcell VERB`` of the command line is a Python function of the same name here,
+and both run the same code::
+
+    import bloodcell
+    bloodcell.audit("cells/")
+    bloodcell.split("cells/", out="split.csv")
+    bloodcell.train(recipe="default", data="split.csv", out="runs/mine")
+    bloodcell.evaluate("runs/mine", "split.csv", split="test")
+    bloodcell.Classifier("runs/mine").predict(["smear/"])
+
+The verbs load on first use, so ``import bloodcell`` stays light (no PyTorch).
 """
 
-from .classes import CLASSES, canonical_class
-from .errors import BloodcellError, ConfigError, DataError, ModelError
-from .preprocess import PreprocessConfig, decode_image, prepare
+from importlib import import_module
+
+from bloodcell.core.classes import CLASSES, canonical_class
+from bloodcell.core.errors import BloodcellError, ConfigError, DataError, ModelError
+from bloodcell.core.preprocess import PreprocessConfig, decode_image, prepare
 
 __version__ = "0.1.0"
 
+# name -> module that defines it (loaded on first use)
+_LAZY = {
+    "Classifier": "bloodcell.prediction.classifier",
+    "Prediction": "bloodcell.prediction.classifier",
+    "differential": "bloodcell.prediction.classifier",
+    "predict": "bloodcell.prediction.classifier",
+    "audit": "bloodcell.data.audit",
+    "split": "bloodcell.data.split",
+    "cache": "bloodcell.data.cache",
+    "models": "bloodcell.networks.registry",
+    "train": "bloodcell.training",
+    "ensemble": "bloodcell.networks.ensemble",
+    "evaluate": "bloodcell.evaluation",
+    "calibrate": "bloodcell.evaluation",
+    "compare": "bloodcell.evaluation",
+    "report": "bloodcell.evaluation",
+    "export": "bloodcell.packaging",
+    "info": "bloodcell.packaging",
+    "serve": "bloodcell.server",
+    "pipeline": "bloodcell.pipelines",
+}
 
 
 def __getattr__(name: str):
-    # The classifier API loads lazily so `import bloodcell` stays light.
-    if name in ("Classifier", "Prediction", "differential"):
-        from . import classify
-
-        return getattr(classify, name)
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'bloodcell' has no attribute {name!r}")
 
 
 __all__ = [
     "CLASSES",
-    "Classifier",
-    "Prediction",
     "BloodcellError",
     "ConfigError",
     "DataError",
@@ -32,6 +60,6 @@ __all__ = [
     "__version__",
     "canonical_class",
     "decode_image",
-    "differential",
     "prepare",
+    *_LAZY,
 ]

@@ -6,8 +6,8 @@
   arrays through the on-disk preprocessing cache (:mod:`bloodcell.data.cache`).
 """
 
-from .cache import ArraySet, PixelCache, load_arrays
-from .dataset import IMAGE_EXTENSIONS, SPLITS, Dataset, Problem, Sample, open_dataset
+from bloodcell.data.cache import ArraySet, PixelCache, load_arrays
+from bloodcell.data.readers.dataset import IMAGE_EXTENSIONS, SPLITS, Dataset, Problem, Sample, open_dataset
 
 __all__ = [
     "IMAGE_EXTENSIONS",

@@ -9,7 +9,7 @@ files are decoded once. Entries live in shards of up to :data:`SHARD_SIZE`
 images (``shard-*.npy`` + ``shard-*.json`` listing the keys and the files that
 could not be decoded); a shard is written atomically as soon as it is full, so
 an interrupted build resumes where it stopped. Decoding runs in a process pool
-and goes through :func:`bloodcell.preprocess.load_prepared`, the same path
+and goes through :func:`bloodcell.core.preprocess.load_prepared`, the same path
 evaluation and serving use.
 
 Normalization is not cached: :meth:`ArraySet.normalized` applies the mean/std
@@ -29,12 +29,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .. import settings
-from ..classes import canonical_class
-from ..errors import DataError
-from ..preprocess import PreprocessConfig, load_prepared, normalize, prepare
-from ._io import atomic_save_npy, atomic_write_json
-from .dataset import Dataset, Problem, open_dataset
+from bloodcell.core import settings
+from bloodcell.core.classes import canonical_class
+from bloodcell.core.errors import DataError
+from bloodcell.core.files import atomic_save_npy, atomic_write_json
+from bloodcell.core.preprocess import PreprocessConfig, load_prepared, normalize, prepare
+from bloodcell.data.readers.dataset import Dataset, Problem, open_dataset
 
 log = logging.getLogger("bloodcell.data")
 
@@ -114,7 +114,7 @@ class PixelCache:
     preprocess : PreprocessConfig
         Only ``image_size`` and ``crop_fraction`` matter here.
     root : Path, optional
-        Cache root; default :func:`bloodcell.settings.cache_root`.
+        Cache root; default :func:`bloodcell.core.settings.cache_root`.
     """
 
     def __init__(self, preprocess: PreprocessConfig, root: Path | None = None):
@@ -260,7 +260,7 @@ def load_arrays(
         Index space of the labels (e.g. a model's classes). Default: the classes
         present in the whole dataset (all splits), in :data:`bloodcell.CLASSES` order.
     workers : int, optional
-        Decoding processes; default :func:`bloodcell.settings.default_workers`.
+        Decoding processes; default :func:`bloodcell.core.settings.default_workers`.
     progress : bool
         Show progress bars on stderr.
     require_labels : bool

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .. import settings
-from ._io import atomic_write_json
+from bloodcell.core import settings
+from bloodcell.core.files import atomic_write_json
 
 MEMO_NAME = "file-sha256.json"
 
@@ -48,10 +48,10 @@ def file_sha256(paths, progress: bool = False, cache_root: Path | None = None) -
 
     Raises
     ------
-    bloodcell.errors.DataError
+    bloodcell.core.errors.DataError
         If a file is missing or unreadable.
     """
-    from ..errors import DataError
+    from bloodcell.core.errors import DataError
 
     root = Path(cache_root) if cache_root is not None else settings.cache_root()
     memo_path = root / MEMO_NAME

@@ -1,7 +1,7 @@
 """Stratified, group-aware train/val/test splits written as a CSV manifest.
 
 Every duplicate group the audit finds (exact copies and near-duplicates,
-:mod:`bloodcell.data.audit`) goes to one split as a whole, so no image has a
+:mod:`bloodcell.data.audit.checks`) goes to one split as a whole, so no image has a
 copy, or a second photograph of the same field, on the other side. Groups are
 assigned class by class, largest first, each to the split furthest below its
 target size, which hits the requested fractions per class to within one group.
@@ -12,18 +12,17 @@ conflict, outliers above the threshold) are left out unless ``keep_flagged``.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..classes import CLASSES
-from ..errors import ConfigError, DataError
-from .audit import AuditResult, AuditSettings, audit_dataset
-from .dataset import SPLITS, Dataset
-from .manifest import manifest_path_for, write_manifest
+from bloodcell.core.classes import CLASSES
+from bloodcell.core.errors import ConfigError, DataError
+from bloodcell.data.audit.checks import AuditResult, AuditSettings, audit_dataset
+from bloodcell.data.readers.dataset import SPLITS, Dataset
+from bloodcell.data.readers.manifest import manifest_path_for, write_manifest
 
 COLUMNS = ["path", "label", "split", "source_id", "sha256", "group", "flags"]
 
@@ -168,7 +167,7 @@ def write_split(result: SplitResult, manifest: Path) -> dict[str, Path]:
         written["excluded"] = write_manifest(ex_path, excluded, ["path", "label", "source_id", "reason", "message"])
     elif ex_path.exists():
         ex_path.unlink()
-    from ._io import atomic_write_json
+    from bloodcell.core.files import atomic_write_json
 
     a = result.audit
     info = {

@@ -1,0 +1,1 @@
+"""The ``bloodcell`` command line: :mod:`bloodcell.cli.main` and one module per verb."""

@@ -1,0 +1,107 @@
+"""Atomic file writes and folder swaps: a reader sees the old file (or folder) or the new one,
+never half of one. Every file bloodcell writes goes through here."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+
+def fsync_path(path: str | Path) -> None:
+    """Flush a written file, or a folder's entries, to disk (best effort where the system refuses)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _temporary_beside(path: Path) -> Iterator[tuple[int, str]]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        yield fd, tmp
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a synced temporary file beside it."""
+    with _temporary_beside(Path(path)) as (fd, _):
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | Path, obj, indent: int | None = 1) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=indent) + "\n").encode())
+
+
+def atomic_save_npy(path: str | Path, parts: list[np.ndarray]) -> None:
+    """Save the concatenation of ``parts`` (same dtype and trailing shape) as one ``.npy``, without
+    building the concatenated array in memory."""
+    first = parts[0]
+    shape = (sum(len(p) for p in parts), *first.shape[1:])
+    header = {"descr": np.lib.format.dtype_to_descr(first.dtype), "fortran_order": False, "shape": shape}
+    with _temporary_beside(Path(path)) as (fd, _):
+        with os.fdopen(fd, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            for p in parts:
+                f.write(np.ascontiguousarray(p).data)
+
+
+def atomic_write_with(path: str | Path, write) -> None:
+    """Atomically write ``path`` with ``write(tmp_path)`` (a library call that writes a file by name)."""
+    with _temporary_beside(Path(path)) as (fd, tmp):
+        os.close(fd)
+        write(tmp)
+        fsync_path(tmp)
+
+
+def swap_folder(staging: Path, out: Path) -> None:
+    """Put the finished folder ``staging`` at ``out``, replacing what was there: readers of ``out``
+    see the old folder or the new one. Both must be on one file system (``staging`` beside ``out``)."""
+    staging, out = Path(staging), Path(out)
+    if out.exists():
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
+        os.replace(out, old / out.name)
+        os.replace(staging, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, out)
+    fsync_path(out.parent)
+
+
+@contextmanager
+def staged_folder(out: str | Path) -> Iterator[Path]:
+    """A new empty folder beside ``out``; when the block ends without an error it replaces ``out``
+    (:func:`swap_folder`), otherwise it is removed and ``out`` is left as it was."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        yield staging
+        swap_folder(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)

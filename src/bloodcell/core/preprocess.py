@@ -1,0 +1,209 @@
+"""Image decoding and the preprocessing every stage shares.
+
+One :class:`PreprocessConfig` travels with each cache, checkpoint and exported
+model, so training, evaluation and serving turn an image into the same tensor:
+
+1. :func:`decode_image` reads any common format into RGB ``uint8`` (grayscale,
+   palette, RGBA, CMYK and 16-bit images are converted, not rejected);
+2. :func:`prepare` takes a centred square crop (the PBC cell of interest sits
+   at the centre) and resizes it to ``image_size``;
+3. :func:`normalize` scales to ``[0, 1]`` and applies the mean/std, channels
+   first, on the fly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from bloodcell.core.classes import CLASSES
+from bloodcell.core.errors import ConfigError, DataError
+
+#: Images with more pixels than this are refused as possible decompression bombs.
+MAX_PIXELS = 50_000_000
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How an image becomes a model input.
+
+    Parameters
+    ----------
+    image_size : int
+        Side of the square model input, in pixels.
+    crop_fraction : float
+        Side of the centred square crop as a fraction of the image's shorter
+        side, taken before resizing (1.0 keeps the whole short side).
+    mean, std : tuple of float
+        Per-channel normalization on the ``[0, 1]`` scale.
+    class_names : tuple of str
+        Output classes, in the order of the model's logits.
+    """
+
+    image_size: int = 128
+    crop_fraction: float = 1.0
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    class_names: tuple[str, ...] = field(default=CLASSES)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.image_size, int) or not 8 <= self.image_size <= 2048:
+            raise ConfigError(
+                f"image_size must be an integer from 8 to 2048, got {self.image_size!r}. "
+                "Example: image_size=128."
+            )
+        if not 0.1 <= float(self.crop_fraction) <= 1.0:
+            raise ConfigError(
+                f"crop_fraction must be between 0.1 and 1.0, got {self.crop_fraction!r}. "
+                "Example: crop_fraction=0.9 keeps the central 90% of the shorter side."
+            )
+        if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
+            raise ConfigError(
+                f"mean and std need three values each (std > 0), got mean={self.mean!r}, "
+                f"std={self.std!r}."
+            )
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        object.__setattr__(self, "class_names", tuple(self.class_names))
+        object.__setattr__(self, "crop_fraction", float(self.crop_fraction))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["mean"], d["std"], d["class_names"] = list(self.mean), list(self.std), list(self.class_names)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PreprocessConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(
+                f"Unknown preprocessing keys {sorted(unknown)}; expected some of {sorted(known)}."
+            )
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    def pixel_key(self) -> str:
+        """Hash of the settings that change cached pixels (size and crop only)."""
+        blob = json.dumps({"image_size": self.image_size, "crop_fraction": round(self.crop_fraction, 6)})
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _open(source: str | Path | bytes, name: str) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+    except FileNotFoundError:
+        raise DataError(f"{name}: file not found. Check the path.") from None
+    except IsADirectoryError:
+        raise DataError(f"{name}: is a folder, not an image file.") from None
+    except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        if isinstance(e, UnidentifiedImageError):
+            raise DataError(
+                f"{name}: not a readable image (unknown or corrupt format). "
+                "Remove the file or replace it with a PNG/JPEG/TIFF/BMP image."
+            ) from None
+        raise DataError(f"{name}: image is too large to decode safely ({e}).") from None
+    w, h = img.size
+    if w * h > MAX_PIXELS:
+        raise DataError(
+            f"{name}: image is {w}x{h} = {w * h:,} pixels, over the {MAX_PIXELS:,}-pixel "
+            "decompression-bomb limit. Downscale it before classifying a single cell."
+        )
+    return img
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        scale = 255.0 / (hi - lo) if hi > lo else 0.0
+        arr = ((arr - lo) * scale).round().astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def decode_image(source: str | Path | bytes, name: str | None = None) -> np.ndarray:
+    """Decode an image file (path or bytes) to an RGB ``uint8`` array ``(H, W, 3)``.
+
+    Raises
+    ------
+    DataError
+        Naming the file, when it is missing, not an image, truncated, or over
+        the decompression-bomb limit.
+    """
+    name = name or (str(source) if not isinstance(source, bytes) else "<uploaded bytes>")
+    img = _open(source, name)
+    try:
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        img = _to_rgb(img)
+        arr = np.asarray(img, dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError) as e:
+        msg = str(e) or type(e).__name__
+        hint = "The file is truncated or corrupt" if "truncated" in msg or "broken" in msg else "The file cannot be decoded"
+        raise DataError(f"{name}: {hint} ({msg}). Re-export or remove it.") from None
+    if arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape[:2]) < 1:
+        raise DataError(f"{name}: decoded to an unexpected shape {arr.shape}; expected (H, W, 3).")
+    return arr
+
+
+def center_crop_box(width: int, height: int, crop_fraction: float) -> tuple[int, int, int, int]:
+    """The centred square crop box (left, top, right, bottom) for an image size."""
+    side = max(1, int(round(min(width, height) * crop_fraction)))
+    left = (width - side) // 2
+    top = (height - side) // 2
+    return left, top, left + side, top + side
+
+
+def prepare(image: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """Centre-crop and resize an RGB ``uint8`` image to ``(size, size, 3)``."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise DataError(
+            f"prepare expects an RGB uint8 array (H, W, 3), got dtype {image.dtype} and shape {image.shape}."
+        )
+    h, w = image.shape[:2]
+    box = center_crop_box(w, h, cfg.crop_fraction)
+    size = (cfg.image_size, cfg.image_size)
+    pil = Image.fromarray(image)
+    if box != (0, 0, w, h):
+        pil = pil.crop(box)
+    if pil.size != size:
+        pil = pil.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return np.asarray(pil, dtype=np.uint8)
+
+
+def load_prepared(source: str | Path | bytes, cfg: PreprocessConfig, name: str | None = None) -> np.ndarray:
+    """Decode and prepare in one step: the path every stage shares."""
+    return prepare(decode_image(source, name), cfg)
+
+
+def normalize(batch, cfg: PreprocessConfig):
+    """``uint8`` NHWC batch (NumPy or torch) to normalized float32 NCHW of the same kind."""
+    if isinstance(batch, np.ndarray):
+        x = batch.astype(np.float32).transpose(0, 3, 1, 2) / 255.0
+        mean = np.asarray(cfg.mean, np.float32).reshape(1, 3, 1, 1)
+        std = np.asarray(cfg.std, np.float32).reshape(1, 3, 1, 1)
+        return np.ascontiguousarray((x - mean) / std)
+    import torch
+
+    x = batch.permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(cfg.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std

@@ -1,0 +1,260 @@
+"""Turn a trained model folder into the default model that ships inside the package.
+
+``bloodcell export --format default MODEL --data SPLIT.csv --card CARD.yaml``
+runs :func:`package_default`:
+
+1. copies the model folder (an ensemble with its members) to a staging folder,
+   optionally storing the weights (PyTorch and ONNX) as float16 to halve their size;
+2. fits the out-of-distribution score (:mod:`bloodcell.ood.score`) on training
+   images of ``data`` (at most ``per_class`` per class) and measures its
+   threshold against held-out validation images and generated non-cell images;
+3. merges the model card (intended use, data, metrics, limitations, citation,
+   licence) into ``model.json`` and checks that every required section is there;
+4. exports ``model.onnx`` (with the ``ood_score`` output) and checks that
+   onnxruntime agrees with PyTorch on held-out images;
+5. checks the size budget, makes the files world-readable and swaps the
+   folder into place (``bloodcell/default_model/`` by default).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from bloodcell.core.errors import ConfigError, DataError, ModelError
+
+#: Sections the default model's card must have.
+REQUIRED_CARD = ("intended_use", "data", "metrics", "limitations", "citation", "licence")
+MAX_MB = 40.0  # a two-member ensemble with float16 weights, both PyTorch and ONNX
+
+
+def read_card(path: str | Path) -> dict:
+    """A model card from a JSON or YAML file (a mapping of section to text, list or mapping)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: model card file not found.")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as e:  # noqa: BLE001 - any parse error is the file's fault
+        raise ConfigError(f"{path}: cannot parse the model card ({str(e).splitlines()[0]}).") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a model card is a mapping of sections (intended_use, data, ...), got {type(data).__name__}.")
+    return data
+
+
+def _stratified(labels: list, per_class: int, seed: int) -> list[int]:
+    rng = np.random.default_rng(seed)
+    chosen: list[int] = []
+    for label in sorted({x for x in labels if x is not None}):
+        idx = [i for i, x in enumerate(labels) if x == label]
+        chosen += sorted(rng.permutation(idx)[:per_class].tolist())
+    return sorted(chosen)
+
+
+def fitting_arrays(data, preprocess, class_names, per_class: int = 300, heldout_per_class: int = 150, seed: int = 0):
+    """Training images (for fitting) and held-out images (for the threshold) from a dataset.
+
+    Uses the ``train`` and ``val`` splits when the source has them (a
+    ``bloodcell split`` manifest), otherwise a seeded stratified half/half
+    division of the images.
+    """
+    from bloodcell.data import load_arrays, open_dataset
+
+    ds = open_dataset(data)
+    if ds.has_splits:
+        train_idx = ds.split_indices("train")
+        held_idx = ds.split_indices("val")
+        if not held_idx:
+            raise DataError(f"{data}: the manifest has no 'val' rows; held-out images are needed for the threshold.")
+    else:
+        rng = np.random.default_rng(seed)
+        perm = rng.permutation(len(ds))
+        train_idx, held_idx = sorted(perm[: len(ds) // 2].tolist()), sorted(perm[len(ds) // 2 :].tolist())
+    labels = [s.label for s in ds.samples]
+    pick_train = [train_idx[i] for i in _stratified([labels[i] for i in train_idx], per_class, seed)]
+    pick_held = [held_idx[i] for i in _stratified([labels[i] for i in held_idx], heldout_per_class, seed + 1)]
+    train = load_arrays(ds.select(pick_train), preprocess, class_names=class_names)
+    held = load_arrays(ds.select(pick_held), preprocess, class_names=class_names)
+    return train, held
+
+
+def _copy_model(src: Path, dst: Path) -> None:
+    """Copy a model's metadata and weights only (no checkpoints, plots or exports); members too."""
+    from bloodcell.core.model_folder import read_meta
+
+    meta = read_meta(src)
+    dst.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src / "model.json", dst / "model.json")
+    ensemble = meta.get("ensemble") or {}
+    for member in ensemble.get("members", []):
+        _copy_model(src / member, dst / member)
+    if not ensemble:
+        if not (src / "model.safetensors").is_file():
+            raise ModelError(f"{src / 'model.safetensors'}: weight file missing beside model.json.")
+        shutil.copy2(src / "model.safetensors", dst / "model.safetensors")
+
+
+def _half_weights(folder: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from bloodcell.core.model_folder import weight_files
+
+    for path in weight_files(folder):
+        state = load_file(str(path))
+        save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}, str(path))
+
+
+def _agreement(folder: Path, images: np.ndarray) -> dict:
+    from bloodcell.networks import load_model
+    from bloodcell.prediction.onnx_backend import OnnxModel
+    from bloodcell.prediction.torch_backend import predict_proba
+
+    loaded = load_model(folder, "cpu")
+    p_torch = predict_proba(loaded, images)
+    onnx = OnnxModel(folder / "model.onnx")
+    p_onnx = onnx.predict_proba(images)
+    return {
+        "images": int(len(images)),
+        "argmax_agreement": round(float((p_torch.argmax(1) == p_onnx.argmax(1)).mean()), 4),
+        "max_abs_prob_diff": float(np.abs(p_torch - p_onnx).max()),
+    }
+
+
+def package_default(
+    model: str | Path,
+    data: str | Path,
+    out: str | Path | None = None,
+    *,
+    card: dict | None = None,
+    evaluation: dict | None = None,
+    quantize: str = "none",
+    half_weights: bool = False,
+    per_class: int = 300,
+    heldout_per_class: int = 150,
+    max_false_flag: float = 0.01,
+    non_cells_per_kind: int = 60,
+    max_mb: float = MAX_MB,
+    seed: int = 0,
+    say=print,
+) -> Path:
+    """Package ``model`` as a self-contained default model folder at ``out``.
+
+    Parameters
+    ----------
+    model : str or Path
+        A trained model folder (single or ensemble).
+    data : str or Path
+        The dataset it was trained on (best: its ``bloodcell split`` manifest).
+    out : str or Path, optional
+        Destination folder (default: ``bloodcell/default_model`` in the package).
+    card : dict, optional
+        Model-card sections merged over ``model.json["model_card"]``.
+    evaluation : dict, optional
+        The model's test evaluation (``bloodcell evaluate -o``): fills the
+        card's ``metrics`` section, so the card states what was measured.
+    quantize : {"none", "dynamic", "static"}
+        Quantization of ``model.onnx`` (static uses the fitting images for calibration).
+    half_weights : bool
+        Store the PyTorch and ONNX weights as float16 (halves their size; ONNX
+        is exported from the rounded weights and computes in float32, so both
+        backends agree).
+    per_class, heldout_per_class : int
+        Training and held-out images per class for the out-of-distribution statistics.
+    max_false_flag : float
+        Largest share of held-out real cells the out-of-distribution threshold may flag.
+    non_cells_per_kind : int
+        Generated non-cell images per kind for the threshold.
+    max_mb : float
+        Size budget of the whole folder.
+    """
+    from bloodcell.core.files import atomic_write_json
+    from bloodcell.core.model_choice import packaged_model_dir
+    from bloodcell.core.model_folder import read_meta, weights_digest
+    from bloodcell.networks import load_model
+    from bloodcell.ood import score as ood
+    from bloodcell.packaging.card import card_metrics, check_evaluation_matches, training_record
+    from bloodcell.packaging.onnx import export_onnx
+
+    src = Path(model)
+    read_meta(src)
+    digest = weights_digest(src)
+    out = Path(out) if out is not None else packaged_model_dir()
+    if out.resolve() == src.resolve():
+        raise ConfigError(f"{out}: the destination is the model folder itself; choose another --output.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+    try:
+        _copy_model(src, staging)
+        if half_weights:
+            _half_weights(staging)
+        loaded = load_model(staging, "cpu")
+        meta = read_meta(staging)
+        card = {**(meta.get("model_card") or {}), **(card or {})}
+        if evaluation is not None:
+            check_evaluation_matches(evaluation, meta, "the evaluation", weights_sha256=digest)
+            card["metrics"] = card_metrics(evaluation)
+        members = (meta.get("ensemble") or {}).get("members") or []
+        if members:
+            runs = {m: training_record(read_meta(staging / m)) for m in members}
+            if any(runs.values()):
+                card["training_run"] = runs
+        elif meta.get("history"):
+            card["training_run"] = training_record(meta)
+        missing = [k for k in REQUIRED_CARD if not card.get(k) and not (k == "licence" and card.get("license"))]
+        if missing:
+            raise ConfigError(
+                f"The default model's card lacks {missing}. Pass --card CARD.yaml with sections "
+                f"{', '.join(REQUIRED_CARD)} (text, lists or mappings)."
+            )
+        say(f"Reading fitting images from {data} ...")
+        train, held = fitting_arrays(data, loaded.preprocess, loaded.class_names, per_class, heldout_per_class, seed)
+        say(f"Fitting the out-of-distribution score on {len(train)} training images; threshold from {len(held)} held-out cells ...")
+        head, info = ood.fit_ood(loaded, train.images, train.labels, held.images, per_kind=non_cells_per_kind, seed=seed,
+                                 max_false_flag=max_false_flag)
+        ood.save_head(staging, head)
+        meta["ood"] = info
+        meta["model_card"] = card
+        atomic_write_json(staging / "model.json", meta)
+        say(f"Exporting model.onnx ({'float32' if quantize == 'none' else quantize + ' int8'}) ...")
+        export_onnx(staging, staging / "model.onnx", quantize=quantize, calibration=train.images if quantize == "static" else None,
+                    half_storage=half_weights)
+        check = _agreement(staging, held.images)
+        meta["onnx"] = {"quantization": quantize, **check}
+        atomic_write_json(staging / "model.json", meta)
+        if quantize == "none" and (check["argmax_agreement"] < 1.0 or check["max_abs_prob_diff"] > 1e-3):
+            raise ModelError(f"onnxruntime and PyTorch disagree on held-out images ({check}); the export is wrong.")
+        size = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file()) / 1e6
+        if size > max_mb:
+            raise ModelError(
+                f"The packaged model is {size:.1f} MB, over the {max_mb:g} MB budget. Use --half-weights "
+                "and/or --quantize static, or a smaller architecture."
+            )
+        umask = os.umask(0)
+        os.umask(umask)
+        for p in [staging, *staging.rglob("*")]:
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}-old-{os.getpid()}"
+            os.replace(out, old)
+        os.replace(staging, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        say(f"Default model written to {out} ({size:.1f} MB): OOD threshold {info['threshold']:.3g}, "
+            f"false flags on held-out cells {info['evaluation']['false_flag_rate']}, non-cells detected "
+            f"{info['evaluation']['detection_rate']}; ONNX vs PyTorch argmax agreement {check['argmax_agreement']}.")
+        return out
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)

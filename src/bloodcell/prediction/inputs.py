@@ -1,0 +1,153 @@
+"""Turn command-line inputs (files, folders, globs, datasets) into images to classify.
+
+* an image file is one item;
+* a folder is searched recursively for image files; a class-folder dataset
+  (sub-folders named after the classes, as in PBC) keeps each image's class
+  as its true label;
+* a glob (``"cells/*.png"``, ``"smear/**/*.jpg"``) is expanded;
+* an ``.npz`` array file or a CSV manifest is read with
+  :func:`bloodcell.data.open_dataset`.
+
+Nothing is dropped silently: missing paths, empty globs, non-image files and
+repeated files become :class:`~bloodcell.data.Problem` entries that the caller
+reports.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bloodcell.core.classes import canonical_class
+from bloodcell.core.errors import DataError
+from bloodcell.core.preprocess import decode_image
+from bloodcell.data import IMAGE_EXTENSIONS, Dataset, Problem, open_dataset
+
+_GLOB_CHARS = set("*?[")
+DATASET_SUFFIXES = (".npz", ".csv", ".tsv")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image to classify: a file, or a row of a dataset."""
+
+    source: str
+    path: Path | None = None
+    dataset: Dataset | None = None
+    index: int | None = None
+    label: str | None = None
+
+    def read(self) -> np.ndarray:
+        """Decode to RGB ``uint8`` ``(H, W, 3)``; raises :class:`DataError` naming the source."""
+        if self.dataset is not None:
+            return self.dataset.read(self.index)
+        return decode_image(self.path, self.source)
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".") or name.lower() in ("thumbs.db", "desktop.ini", "__macosx")
+
+
+def _is_class_tree(folder: Path) -> bool:
+    for entry in os.scandir(folder):
+        if entry.is_dir() and not _hidden(entry.name):
+            try:
+                canonical_class(entry.name)
+                return True
+            except DataError:
+                continue
+    return False
+
+
+def _walk(folder: Path, problems: list[Problem]) -> list[Item]:
+    items = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not _hidden(d))
+        for name in sorted(files):
+            path = Path(root) / name
+            if _hidden(name):
+                if path.suffix.lower() in IMAGE_EXTENSIONS:
+                    problems.append(Problem(str(path), "hidden", f"{path}: skipped, a hidden or system file (e.g. macOS metadata), not an image to classify."))
+                continue
+            if path.suffix.lower() in IMAGE_EXTENSIONS:
+                items.append(Item(str(path), path))
+            else:
+                problems.append(Problem(str(path), "not-image", f"{path}: skipped, {path.suffix or 'no'} extension is not an image type."))
+    return items
+
+
+def _dataset_items(ds: Dataset, problems: list[Problem]) -> list[Item]:
+    for p in ds.problems:
+        problems.append(Problem(f"{ds.source}/{p.item}" if ds.kind == "folder" else p.item, p.kind, p.message))
+    items = []
+    for i, s in enumerate(ds.samples):
+        if s.path is not None:
+            items.append(Item(str(s.path), s.path, label=s.label))
+        else:
+            items.append(Item(s.source_id, None, ds, i, s.label))
+    return items
+
+
+def _expand(arg: str, problems: list[Problem]) -> list[Item]:
+    path = Path(arg).expanduser()
+    if not path.exists() and _GLOB_CHARS & set(arg):
+        matches = sorted(glob.glob(str(path), recursive=True))
+        if not matches:
+            problems.append(Problem(arg, "no-match", f"{arg}: no files match this pattern."))
+        items = []
+        for m in matches:
+            items.extend(_expand(m, problems) if Path(m).is_dir() else _expand_file(Path(m), problems))
+        return items
+    if not path.exists():
+        problems.append(Problem(arg, "missing", f"{arg}: no such file or folder."))
+        return []
+    if path.is_dir():
+        if _is_class_tree(path):
+            try:
+                return _dataset_items(open_dataset(path, skip_unknown=True), problems)
+            except DataError as e:
+                problems.append(Problem(arg, "unreadable", str(e)))
+                return []
+        found = _walk(path, problems)
+        if not found:
+            problems.append(Problem(arg, "empty", f"{arg}: folder holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})."))
+        return found
+    return _expand_file(path, problems)
+
+
+def _expand_file(path: Path, problems: list[Problem]) -> list[Item]:
+    if path.suffix.lower() in DATASET_SUFFIXES:
+        try:
+            return _dataset_items(open_dataset(path), problems)
+        except DataError as e:
+            problems.append(Problem(str(path), "unreadable", str(e)))
+            return []
+    return [Item(str(path), path)]
+
+
+def collect(inputs: list[str | Path]) -> tuple[list[Item], list[Problem]]:
+    """Expand inputs into items, in the order given; a file listed twice is kept once and reported.
+
+    Returns
+    -------
+    items : list of Item
+    problems : list of Problem
+        Paths that do not exist, globs without matches, non-image files in
+        folders, unreadable dataset files and repeats.
+    """
+    problems: list[Problem] = []
+    items: list[Item] = []
+    seen: set = set()
+    for arg in inputs:
+        for item in _expand(str(arg), problems):
+            key = (item.path.resolve() if item.path is not None else (item.source, id(item.dataset)))
+            if key in seen:
+                problems.append(Problem(item.source, "repeated", f"{item.source}: listed more than once; classified once."))
+                continue
+            seen.add(key)
+            items.append(item)
+    return items, problems

@@ -1,0 +1,121 @@
+"""Inference with onnxruntime, without PyTorch.
+
+:class:`OnnxModel` opens a file written by ``bloodcell export`` and reads its
+preprocessing, class names, calibration and out-of-distribution threshold from
+the file's metadata, so the ``.onnx`` file alone is a complete model. This
+module imports NumPy, Pillow and onnxruntime only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from bloodcell.core.errors import DataError, ModelError
+from bloodcell.core.model_folder import ONNX as ONNX_FILE
+from bloodcell.core.model_folder import ONNX_FORMAT as FORMAT
+from bloodcell.core.preprocess import PreprocessConfig, normalize
+
+
+def default_threads() -> int:
+    """onnxruntime intra-op threads: the CPUs this process may use (at most 8)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        n = os.cpu_count() or 1
+    return max(1, min(8, n))
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of ``logits / temperature`` in float32."""
+    z = logits.astype(np.float64) / temperature
+    z -= z.max(1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(1, keepdims=True)).astype(np.float32)
+
+
+class OnnxModel:
+    """An exported bloodcell model running on onnxruntime's CPU provider.
+
+    Parameters
+    ----------
+    path : str or Path
+        An ``.onnx`` file, or a model folder holding ``model.onnx``.
+    threads : int, optional
+        Intra-op threads (default :func:`default_threads`); one inter-op
+        thread, sequential execution.
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        path = Path(path)
+        file = path / ONNX_FILE if path.is_dir() else path
+        if not file.is_file():
+            raise ModelError(
+                f"{file}: no exported model here. Create it with `bloodcell export --format onnx {path}`."
+            )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or default_threads()
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise ModelError(f"{file}: not a loadable ONNX model ({str(e)[:300]}).") from None
+        props = self.session.get_modelmeta().custom_metadata_map
+        if props.get("bloodcell.format") != FORMAT:
+            raise ModelError(
+                f"{file}: not a bloodcell export (metadata bloodcell.format={props.get('bloodcell.format')!r}, "
+                f"expected {FORMAT!r}). Export it with `bloodcell export --format onnx MODEL`."
+            )
+        self.path = file
+        self.properties = dict(props)
+        self.preprocess = PreprocessConfig.from_dict(json.loads(props["bloodcell.preprocess"]))
+        self.calibration: dict = json.loads(props.get("bloodcell.calibration") or "{}")
+        self.ood: dict = json.loads(props.get("bloodcell.ood") or "{}")
+        self.meta: dict = json.loads(props.get("bloodcell.model") or "{}")
+        self.meta.update(preprocess=self.preprocess.to_dict(), calibration=self.calibration or None, ood=self.ood or None)
+        self.quantization = props.get("bloodcell.quantization", "none")
+        self.weights_sha256 = props.get("bloodcell.weights_sha256")
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.has_ood = "ood_score" in self.output_names
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.preprocess.class_names
+
+    @property
+    def temperature(self) -> float:
+        return float(self.calibration.get("temperature", 1.0))
+
+    def run(self, images: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits ``(N, C)`` and out-of-distribution scores ``(N,)`` (``None`` if the model has none).
+
+        ``images`` are prepared ``uint8`` ``(N, S, S, 3)`` (see :func:`bloodcell.prepare`).
+        """
+        size = self.preprocess.image_size
+        if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (size, size, 3):
+            got = f"{getattr(images, 'dtype', type(images).__name__)} {getattr(images, 'shape', '')}"
+            raise DataError(f"Expected prepared images as uint8 (N, {size}, {size}, 3), got {got}. Use bloodcell.prepare first.")
+        logits, scores = [], []
+        for start in range(0, len(images), batch_size):
+            out = self.session.run(None, {self.input_name: normalize(images[start : start + batch_size], self.preprocess)})
+            named = dict(zip(self.output_names, out))
+            logits.append(named["logits"])
+            if self.has_ood:
+                scores.append(named["ood_score"])
+        n_classes = len(self.class_names)
+        if not logits:
+            return np.zeros((0, n_classes), np.float32), (np.zeros(0, np.float32) if self.has_ood else None)
+        return np.concatenate(logits), (np.concatenate(scores) if self.has_ood else None)
+
+    def predict_proba(self, images: np.ndarray, batch_size: int = 64, calibrated: bool = True) -> np.ndarray:
+        """Class probabilities ``(N, C)``, the model's temperature applied when ``calibrated``."""
+        logits, _ = self.run(images, batch_size)
+        return softmax(logits, self.temperature if calibrated else 1.0)

@@ -1,0 +1,128 @@
+"""Prediction output as a text table, CSV or JSON, and the differential count.
+
+Column names for the class probabilities are ``p_<class>``; short headers
+in the table use :data:`SHORT`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from bloodcell.prediction.classifier import Differential, Prediction
+
+SHORT = {
+    "basophil": "baso",
+    "eosinophil": "eos",
+    "erythroblast": "ery",
+    "ig": "ig",
+    "lymphocyte": "lym",
+    "monocyte": "mono",
+    "neutrophil": "neut",
+    "platelet": "plt",
+}
+FORMATS = ("table", "csv", "json")
+
+
+def flags(p: Prediction) -> str:
+    out = []
+    if p.not_a_blood_cell:
+        out.append("not-a-cell")
+    if p.uncertain:
+        out.append("uncertain")
+    return ",".join(out)
+
+
+def _short(name: str) -> str:
+    return SHORT.get(name, name[:5])
+
+
+def table(predictions: list[Prediction], class_names) -> str:
+    """Fixed-width table: image, class, top probability, flags, then every class probability."""
+    with_truth = any(p.true_label is not None for p in predictions)
+    width = min(60, max([5] + [len(p.source) for p in predictions]))
+    head = f"{'image':<{width}}  {'class':<12} {'prob':>5}  {'flags':<20}"
+    if with_truth:
+        head += f" {'true':<12}"
+    head += " " + " ".join(f"{_short(c):>5}" for c in class_names)
+    lines = [head]
+    for p in predictions:
+        src = p.source if len(p.source) <= width else "..." + p.source[-(width - 3):]
+        line = f"{src:<{width}}  {p.label:<12} {p.probability:>5.3f}  {flags(p):<20}"
+        if with_truth:
+            line += f" {p.true_label or '-':<12}"
+        line += " " + " ".join(f"{p.probabilities[c]:>5.3f}" for c in class_names)
+        lines.append(line)
+    if with_truth:
+        known = [p for p in predictions if p.true_label is not None]
+        right = sum(p.label == p.true_label for p in known)
+        lines.append(f"accuracy against the given labels: {right}/{len(known)} = {100.0 * right / len(known):.1f}%")
+    return "\n".join(lines)
+
+
+def differential_table(d: Differential) -> str:
+    """The differential as a lab-style table."""
+    head = f"Differential: {d.counted} cells"
+    if d.excluded:
+        head += f" ({d.excluded} image(s) flagged not a blood cell and left out)"
+    lines = [head, f"{'class':<14} {'count':>6} {'%':>7}   {'95% CI':<15} {'uncertain':>9}"]
+    for r in d.rows:
+        ci = f"{r['ci95'][0]:.1f}-{r['ci95'][1]:.1f}"
+        lines.append(f"{r['class']:<14} {r['count']:>6} {r['percent']:>7.1f}   {ci:<15} {r['uncertain']:>9}")
+    lines.append(f"{'total':<14} {d.counted:>6} {100.0 if d.counted else 0.0:>7.1f}")
+    return "\n".join(lines)
+
+
+def predictions_csv(predictions: list[Prediction], class_names) -> str:
+    """One row per image: source, class, probability, flags, OOD score, every class probability."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    with_truth = any(p.true_label is not None for p in predictions)
+    w.writerow(["source", "label", "probability", "uncertain", "not_a_blood_cell", "ood_score"]
+               + (["true_label"] if with_truth else []) + [f"p_{c}" for c in class_names])
+    for p in predictions:
+        w.writerow([p.source, p.label, f"{p.probability:.6f}", int(p.uncertain),
+                    "" if p.not_a_blood_cell is None else int(p.not_a_blood_cell),
+                    "" if p.ood_score is None else f"{p.ood_score:.4f}"]
+                   + ([p.true_label or ""] if with_truth else []) + [f"{p.probabilities[c]:.6f}" for c in class_names])
+    return buf.getvalue()
+
+
+def differential_csv(d: Differential) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["class", "count", "percent", "ci95_low", "ci95_high", "uncertain"])
+    for r in d.rows:
+        w.writerow([r["class"], r["count"], f"{r['percent']:.2f}", f"{r['ci95'][0]:.2f}", f"{r['ci95'][1]:.2f}", r["uncertain"]])
+    return buf.getvalue()
+
+
+def as_json(model: dict, predictions: list[Prediction], problems, d: Differential | None) -> str:
+    """The whole run as one JSON document (``differential`` is ``null`` for a single image)."""
+    return json.dumps({
+        "model": model,
+        "predictions": [p.to_dict() for p in predictions],
+        "skipped": [{"source": q.item, "reason": q.message} for q in problems],
+        "differential": d.to_dict() if d is not None else None,
+    }, indent=2)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` atomically, with the permissions a plain new file would get."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,5 +1,0 @@
-"""The REST service and web page: ``bloodcell serve`` or :func:`create_app`."""
-
-from .app import create_app
-
-__all__ = ["create_app"]

@@ -1,0 +1,147 @@
+"""Training and validation arrays from a dataset: its own split, or a seeded stratified one.
+
+``data`` may be a split manifest (rows with ``split`` = train/val/test), a
+class-folder tree, an ``.npz`` file (plain or MedMNIST), or a CSV without a
+split column. When it carries train and val rows those are used as they
+are; otherwise a stratified validation share (``val_fraction``) is drawn
+from the training rows with the run's seed and recorded in ``split.csv`` in
+the run folder. Test rows are never used for training or model selection.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from pathlib import Path
+
+import numpy as np
+
+from bloodcell.core.classes import CLASSES
+from bloodcell.core.errors import ConfigError, DataError
+from bloodcell.core.files import atomic_write_bytes
+from bloodcell.core.preprocess import PreprocessConfig
+from bloodcell.training.config import TrainConfig
+from bloodcell.training.trainer import TrainData
+
+
+def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded stratified subset of ``size`` items (every class kept)."""
+    from sklearn.model_selection import train_test_split
+
+    labels = np.asarray(labels)
+    if size >= len(labels):
+        return np.arange(len(labels))
+    n_classes = len(np.unique(labels))
+    if size < n_classes:
+        raise ConfigError(f"A subset of {size} images cannot hold all {n_classes} classes; use at least {n_classes}.")
+    idx, _ = train_test_split(np.arange(len(labels)), train_size=size, stratify=labels, random_state=seed)
+    return np.sort(idx)
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, seed: int, class_names) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded stratified (train, val) index arrays; each class needs at least 2 images."""
+    from sklearn.model_selection import train_test_split
+
+    labels = np.asarray(labels)
+    counts = np.bincount(labels, minlength=len(class_names))
+    few = [f"{class_names[i]} ({counts[i]})" for i in range(len(class_names)) if 0 < counts[i] < 2]
+    if few:
+        raise DataError(
+            f"Cannot split off a validation set: {', '.join(few)} has fewer than 2 images. "
+            "Add images, or give a split manifest with train and val rows."
+        )
+    n_val = max(int(round(len(labels) * val_fraction)), int((counts > 0).sum()))
+    if n_val >= len(labels):
+        raise DataError(f"{len(labels)} images are too few to split off a validation set with every class.")
+    train, val = train_test_split(np.arange(len(labels)), test_size=n_val, stratify=labels, random_state=seed)
+    return np.sort(train), np.sort(val)
+
+
+def manifest_sha256(train_ids, train_labels, val_ids, val_labels, class_names) -> str:
+    """Hash of which images (by source id) and labels are in which split."""
+    lines = sorted(
+        [f"train\t{i}\t{class_names[int(y)]}" for i, y in zip(train_ids, train_labels)]
+        + [f"val\t{i}\t{class_names[int(y)]}" for i, y in zip(val_ids, val_labels)]
+    )
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def write_split_csv(path: Path, train_ids, train_labels, val_ids, val_labels, class_names) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["source_id", "label", "split"])
+    for split, ids, labels in (("train", train_ids, train_labels), ("val", val_ids, val_labels)):
+        for i, y in zip(ids, labels):
+            w.writerow([i, class_names[int(y)], split])
+    atomic_write_bytes(Path(path), buf.getvalue().encode())
+
+
+def load_training_data(cfg: TrainConfig, pre: PreprocessConfig, progress: bool = True) -> tuple[TrainData, dict]:
+    """Load ``cfg.data`` as training and validation arrays for ``pre``.
+
+    Returns the :class:`TrainData` and the ids per split (for ``split.csv``).
+
+    Raises
+    ------
+    DataError
+        When the data cannot be read, has no labelled training rows, or a
+        split lacks a class.
+    """
+    from bloodcell.data import load_arrays, open_dataset
+
+    if not cfg.data:
+        raise ConfigError("No training data: pass --data PATH (a dataset folder, .npz, or a split manifest CSV).")
+    ds = open_dataset(cfg.data)
+    labelled = [s for s in ds.samples if s.label is not None]
+    if not labelled:
+        raise DataError(f"{cfg.data}: no labelled images found; training needs class labels.")
+    splits = {s.split for s in labelled}
+    n_test = sum(s.split == "test" for s in labelled)
+    problems = list(getattr(ds, "problems", []))
+    info = {"source": str(cfg.data), "excluded_test_images": n_test, "problems": len(problems),
+            "problem_examples": [p.message for p in problems[:3]]}
+    if "val" in splits:
+        if "train" not in splits:
+            raise DataError(f"{cfg.data}: has val rows but no train rows; mark the training rows split=train.")
+        present = {s.label for s in labelled if s.split in ("train", "val")}
+        class_names = tuple(c for c in CLASSES if c in present)
+        train = load_arrays(ds, pre, split="train", class_names=class_names, progress=progress)
+        val = load_arrays(ds, pre, split="val", class_names=class_names, progress=progress)
+        tr_img, tr_lab, tr_ids = train.images, np.asarray(train.labels), list(train.ids)
+        va_img, va_lab, va_ids = val.images, np.asarray(val.labels), list(val.ids)
+        info["split"] = "given"
+    else:
+        pool = "train" if "train" in splits else None
+        if pool is None and n_test:
+            raise DataError(f"{cfg.data}: rows are marked test or unmarked only; mark training rows split=train.")
+        # Exact copies (same file content) would leak between training and validation: keep one of each.
+        indices = [i for i, s in enumerate(ds.samples) if s.label is not None and s.split == pool]
+        seen: set[str] = set()
+        unique = []
+        for i, key in zip(indices, ds.content_keys(indices, progress=progress)):
+            if key not in seen:
+                seen.add(key)
+                unique.append(i)
+        info["exact_duplicates_dropped"] = len(indices) - len(unique)
+        present = {ds.samples[i].label for i in unique}
+        class_names = tuple(c for c in CLASSES if c in present)
+        arrays = load_arrays(ds.select(unique), pre, class_names=class_names, progress=progress)
+        labels = np.asarray(arrays.labels)
+        tr, va = stratified_split(labels, cfg.val_fraction, cfg.seed, class_names)
+        tr_img, tr_lab, tr_ids = arrays.images[tr], labels[tr], [arrays.ids[i] for i in tr]
+        va_img, va_lab, va_ids = arrays.images[va], labels[va], [arrays.ids[i] for i in va]
+        info.update(split="stratified", val_fraction=cfg.val_fraction, seed=cfg.seed)
+    if cfg.max_train_samples:
+        keep = stratified_subset(tr_lab, cfg.max_train_samples, cfg.seed)
+        tr_img, tr_lab, tr_ids = tr_img[keep], tr_lab[keep], [tr_ids[i] for i in keep]
+    if cfg.max_val_samples:
+        keep = stratified_subset(va_lab, cfg.max_val_samples, cfg.seed)
+        va_img, va_lab, va_ids = va_img[keep], va_lab[keep], [va_ids[i] for i in keep]
+    info.update(train_images=len(tr_lab), val_images=len(va_lab),
+                train_counts=dict(zip(class_names, np.bincount(tr_lab, minlength=len(class_names)).tolist())),
+                val_counts=dict(zip(class_names, np.bincount(va_lab, minlength=len(class_names)).tolist())))
+    data = TrainData(np.ascontiguousarray(tr_img), tr_lab.astype(np.int64), np.ascontiguousarray(va_img),
+                     va_lab.astype(np.int64), class_names, info,
+                     manifest_sha256(tr_ids, tr_lab, va_ids, va_lab, class_names))
+    return data, {"train": tr_ids, "val": va_ids}

@@ -1,0 +1,155 @@
+"""``bloodcell train`` end to end: data, starting point, distributed setup, then :func:`fit`."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+from bloodcell.core.classes import CLASSES
+from bloodcell.core.errors import ConfigError
+from bloodcell.core.preprocess import PreprocessConfig
+from bloodcell.training import distributed
+from bloodcell.training.config import TrainConfig
+from bloodcell.training.data import load_training_data, write_split_csv
+from bloodcell.training.state import latest_meta
+from bloodcell.training.trainer import FitResult, _existing_run, fit, make_preprocess
+from bloodcell.training.warmstart import open_init
+
+
+def run_training(cfg: TrainConfig, out: str | Path, *, resume: bool = False, explicit: tuple[str, ...] = (),
+                 progress: bool = True) -> FitResult:
+    """Train as ``cfg`` says into the run folder ``out``.
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+        The configuration (recipe plus overrides).
+    out : path
+        Run folder; it becomes the model folder (best epoch) and holds the checkpoint.
+    resume : bool
+        Continue the run in ``out`` from its last complete epoch.
+    explicit : tuple of str
+        Keys the user set on the command line; with ``init``, an explicit
+        ``model`` must match the init model and an explicit ``image_size``
+        replaces the init model's.
+    progress : bool
+        Show progress bars.
+    """
+    out = Path(out)
+    owns_group = not distributed.current().active
+    info = distributed.setup(cfg.device)
+    try:
+        saved = latest_meta(out) if resume else None
+        if not resume and _existing_run(out):
+            raise ConfigError(f"{out} already holds a training run. Continue it with --resume, "
+                              "or choose a new --out folder.")
+        init = None
+        if saved is not None:
+            pre0 = PreprocessConfig.from_dict(saved["preprocess"])
+        else:
+            if cfg.init:
+                init = open_init(cfg.init)
+                if "model" in explicit and cfg.model != init.architecture:
+                    raise ConfigError(f"--model {cfg.model} contradicts --init {cfg.init}, a {init.architecture!r} "
+                                      "model. Drop --model (the init model's architecture is used).")
+                init_spec = cfg.init if cfg.init == "default" else str(Path(cfg.init).resolve())
+                cfg = dataclasses.replace(cfg, model=init.architecture, init=init_spec)
+            pre0 = make_preprocess(cfg, CLASSES, init, image_size_explicit="image_size" in explicit)
+        if not info.is_main:
+            distributed.barrier()  # rank 0 fills the decoded-image cache first
+        data, ids = load_training_data(cfg, pre0, progress=progress and info.is_main)
+        if info.is_main:
+            distributed.barrier()
+        pre = dataclasses.replace(pre0, class_names=data.class_names)
+        if info.is_main and progress:
+            _report_data(data.info)
+        if info.is_main and data.info.get("split") == "stratified":
+            out.mkdir(parents=True, exist_ok=True)
+            write_split_csv(out / "split.csv", ids["train"], data.train_labels, ids["val"], data.val_labels,
+                            data.class_names)
+        return fit(cfg, data, out, pre=pre, init=init, resume=resume, progress=progress)
+    finally:
+        if owns_group:
+            distributed.teardown()
+
+
+ENSEMBLE_KEYS = ("members", "weights")
+
+
+def is_ensemble_recipe(recipe: dict) -> bool:
+    return "members" in recipe
+
+
+def run_ensemble_recipe(recipe: dict, out: str | Path, *, overrides: dict | None = None, resume: bool = False,
+                        explicit: tuple[str, ...] = (), progress: bool = True, source: str = "recipe") -> Path:
+    """Train every member recipe of an ensemble recipe into ``out/<member>``, then combine them.
+
+    Parameters
+    ----------
+    recipe : dict
+        ``{"members": [recipe names], "weights": [floats] or null}``.
+    out : path
+        Parent folder: members go to ``out/<member>``, the ensemble to ``out/ensemble``.
+    overrides : dict
+        Config overrides applied to every member (e.g. a smaller image size).
+
+    Returns
+    -------
+    Path
+        The ensemble folder.
+    """
+    import json
+
+    from bloodcell.training.config import load_config
+
+    unknown = set(recipe) - set(ENSEMBLE_KEYS)
+    if unknown:
+        raise ConfigError(f"Ensemble recipe ({source}) has unknown keys {sorted(unknown)}; it takes "
+                          f"{', '.join(ENSEMBLE_KEYS)} (member settings belong in the member recipes).")
+    members = recipe.get("members")
+    if not isinstance(members, list) or len(members) < 2 or not all(isinstance(m, str) for m in members):
+        raise ConfigError(f"Ensemble recipe ({source}): members must list two or more recipe names, got {members!r}.")
+    configs = [load_config(recipe=m, overrides=overrides) for m in members]  # every member checked before training
+    out = Path(out)
+    owns_group = not distributed.current().active
+    info = distributed.setup(configs[0].device)
+    try:
+        folders = []
+        for name, cfg in zip(members, configs):
+            folder = out / name
+            folders.append(folder)
+            done = None
+            if resume and (folder / "model.json").is_file():
+                done = json.loads((folder / "model.json").read_text()).get("training", {}).get("stopped")
+            if done in ("completed", "early_stopping"):
+                if info.is_main:
+                    print(f"Member {name}: already trained ({done.replace('_', ' ')}), kept.", file=sys.stderr)
+                continue
+            if info.is_main:
+                print(f"Member {name} ({members.index(name) + 1}/{len(members)}) -> {folder}", file=sys.stderr)
+            run_training(cfg, folder, resume=resume, explicit=explicit, progress=progress)
+        target = out / "ensemble"
+        if info.is_main:
+            from bloodcell.networks.ensemble import make_ensemble
+
+            make_ensemble(folders, target, weights=recipe.get("weights"), overwrite=True)
+        distributed.barrier()
+        return target
+    finally:
+        if owns_group:
+            distributed.teardown()
+
+
+def _report_data(info: dict) -> None:
+    notes = []
+    if info.get("exact_duplicates_dropped"):
+        notes.append(f"{info['exact_duplicates_dropped']} exact duplicate file(s) kept once")
+    if info.get("problems"):
+        notes.append(f"{info['problems']} item(s) skipped while reading, e.g. {info['problem_examples'][0]}")
+    if info.get("excluded_test_images"):
+        notes.append(f"{info['excluded_test_images']} test image(s) left out")
+    split = ("the data's own train/val split" if info.get("split") == "given"
+             else f"a stratified {info.get('val_fraction', 0):.0%} validation split (seed {info.get('seed')}, split.csv)")
+    print(f"Data {info.get('source')}: {info.get('train_images')} training / {info.get('val_images')} validation "
+          f"images from {split}" + (f"; {'; '.join(notes)}" if notes else "") + ".", file=sys.stderr)

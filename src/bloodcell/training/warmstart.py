@@ -1,0 +1,146 @@
+"""Start training from an existing bloodcell model (``--init FOLDER`` or ``--init default``).
+
+The new model takes the old one's architecture, preprocessing (input size,
+crop, mean/std) and weights. When the class sets differ, the classifier's
+rows are matched by class name: classes both models know keep their trained
+row, new classes get freshly initialised rows, and classes the new data lacks
+are dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from bloodcell.core.errors import ModelError
+from bloodcell.core.model_folder import read_meta
+from bloodcell.networks.loading import load_model
+
+
+@dataclass
+class InitSource:
+    folder: Path
+    meta: dict
+
+    @property
+    def architecture(self) -> str:
+        return self.meta["architecture"]
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.meta["preprocess"]["class_names"])
+
+
+#: The ``--init`` value that stands for the model shipped in the package.
+DEFAULT_MODEL = "default"
+
+
+def resolve_init_dir(spec: str | Path) -> Path:
+    """The model folder ``--init`` names: ``default`` (the packaged model) or a folder (or its ``model.json``)."""
+    if str(spec) == DEFAULT_MODEL:
+        from bloodcell.core.model_choice import default_model_dir
+
+        return default_model_dir()
+    folder = Path(spec).expanduser()
+    if folder.is_file() and folder.name == "model.json":
+        folder = folder.parent
+    if not (folder / "model.json").is_file():
+        raise ModelError(
+            f"{folder}: no model here (expected a folder with model.json and model.safetensors, as written by "
+            f"`bloodcell train`, or {DEFAULT_MODEL!r} for the packaged model; exported .onnx files cannot be trained)."
+        )
+    return folder
+
+
+def _best_member(folder: Path, members: list[str]) -> Path:
+    """The member with the best validation accuracy (the first on a tie or when none is recorded)."""
+    def val_acc(member: str) -> float:
+        value = (read_meta(folder / member).get("metrics") or {}).get("val_acc")
+        return float(value) if isinstance(value, (int, float)) else float("-inf")
+
+    return folder / max(members, key=lambda m: (val_acc(m), -members.index(m)))
+
+
+def open_init(spec: str) -> InitSource:
+    """Find and check the model to start from.
+
+    An ensemble is refused (pick one member), except the packaged default
+    model: ``--init default`` starts from its member with the best
+    validation accuracy, so the documented command works whatever the
+    default model is.
+    """
+    folder = resolve_init_dir(spec)
+    meta = read_meta(folder)
+    if meta.get("ensemble") and str(spec) == DEFAULT_MODEL and meta["ensemble"].get("members"):
+        folder = _best_member(folder, list(meta["ensemble"]["members"]))
+        meta = read_meta(folder)
+    if meta.get("ensemble"):
+        members = meta["ensemble"].get("members", [])
+        hint = f" Use one member folder, e.g. --init {folder / members[0]}." if members else ""
+        raise ModelError(f"{folder} is an ensemble; training starts from a single model.{hint}")
+    for key in ("architecture", "preprocess"):
+        if key not in meta:
+            raise ModelError(f"{folder / 'model.json'}: missing {key!r}; not a model written by `bloodcell train`.")
+    return InitSource(folder, meta)
+
+
+def classifier_name(model: nn.Module, num_classes: int) -> str:
+    """Dotted name of the final layer producing ``num_classes`` logits."""
+    get = getattr(model, "get_classifier", None)
+    if callable(get):
+        head = get()
+        for name, module in model.named_modules():
+            if module is head and isinstance(head, nn.Linear):
+                return name
+    found = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and module.out_features == num_classes:
+            found = name
+    if found is None:
+        raise ModelError(f"Cannot find the classifier layer of {type(model).__name__} ({num_classes} outputs).")
+    return found
+
+
+def apply_init(model: nn.Module, source: InitSource, class_names: tuple[str, ...]) -> dict:
+    """Copy ``source``'s weights into ``model`` (built for ``class_names``); returns a summary.
+
+    Raises
+    ------
+    ModelError
+        When the weights are damaged or do not fit the architecture.
+    """
+    old = load_model(source.folder).module.state_dict()
+    old_names = source.class_names
+    head = classifier_name(model, len(class_names))
+    new_state = model.state_dict()
+    mapped = {}
+    for key, value in new_state.items():
+        if key.startswith(head + "."):
+            continue
+        if key not in old or old[key].shape != value.shape:
+            raise ModelError(
+                f"{source.folder}: weight {key!r} does not fit {source.architecture!r} as built now "
+                f"({tuple(old[key].shape) if key in old else 'missing'} vs {tuple(value.shape)})."
+            )
+        mapped[key] = old[key]
+    kept = [c for c in class_names if c in old_names]
+    for suffix in ("weight", "bias"):
+        key = f"{head}.{suffix}"
+        if key not in new_state:
+            continue
+        fresh = new_state[key].clone()
+        src = old[key]
+        for i, c in enumerate(class_names):
+            if c in old_names:
+                fresh[i] = src[old_names.index(c)]
+        mapped[key] = fresh
+    model.load_state_dict(mapped)
+    return {
+        "from": str(source.folder),
+        "architecture": source.architecture,
+        "kept_classes": kept,
+        "new_classes": [c for c in class_names if c not in old_names],
+        "dropped_classes": [c for c in old_names if c not in class_names],
+    }

@@ -1,0 +1,48 @@
+"""The command line's own surface: help for every verb, no verb, unknown verbs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bloodcell.cli.main import _verbs, main
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def test_help_lists_every_verb(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for verb in _verbs():
+        assert f"    {verb}" in out
+    assert "95% CIs" in out  # a verb's help with a literal percent sign
+
+
+def test_no_arguments_prints_help(capsys):
+    assert main([]) == 0
+    assert "COMMAND" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("verb", sorted(_verbs()))
+def test_every_verb_has_help(verb, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([verb, "--help"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: bloodcell " + verb)
+
+
+def test_help_from_a_fresh_process():
+    run = subprocess.run([sys.executable, "-m", "bloodcell", "--help"], capture_output=True, text=True,
+                         env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_unknown_verb_suggests_the_closest(capsys):
+    assert main(["predcit"]) == 2
+    assert "Did you mean 'predict'" in capsys.readouterr().err
