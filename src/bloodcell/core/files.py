@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bloodcell.core.errors import ConfigError
+
 
 def fsync_path(path: str | Path) -> None:
     """Flush a written file, or a folder's entries, to disk (best effort where the system refuses)."""
@@ -105,3 +107,58 @@ def staged_folder(out: str | Path) -> Iterator[Path]:
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _probe(folder: Path) -> None:
+    fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test-")
+    os.close(fd)
+    os.unlink(probe)
+
+
+def check_writable_folder(folder: str | Path, what: str = "output folder", flag: str = "-o") -> Path:
+    """Create ``folder`` if needed and prove a file can be written there, before any work starts.
+
+    Raises
+    ------
+    ConfigError
+        Naming the folder, the reason and the option to change, when it cannot be created or written.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"The {what} {folder} is an existing file, not a folder. Pass another {flag} path.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _probe(folder)
+    except OSError as e:
+        raise ConfigError(
+            f"Cannot write the {what} {folder} ({e.strerror or e}). Pass a folder you can write to with {flag}."
+        ) from None
+    return folder
+
+
+def check_writable_file(path: str | Path, what: str = "output file", flag: str = "-o") -> Path:
+    """Prove ``path`` can be written (its folder is created if needed), before any work starts.
+
+    Raises
+    ------
+    ConfigError
+        When ``path`` is a folder, its parent is a file, or the folder cannot be written.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"The {what} {path} is a folder. Pass a file name with {flag}, e.g. {path / 'out'}.")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"Cannot write the {what} {path}: {parent} is a file, not a folder. Pass another {flag} path.")
+        if parent.exists():
+            break
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _probe(path.parent)
+    except OSError as e:
+        raise ConfigError(
+            f"Cannot write the {what} {path} ({e.strerror or e}). Pass a path you can write to with {flag}."
+        ) from None
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ConfigError(f"Cannot write the {what} {path} (permission denied). Pass a path you can write to with {flag}.")
+    return path
