@@ -15,7 +15,25 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "bloodcell"
-LIMITS = {"top_level_modules": 6, "files_over_400_lines": 0, "functions_over_60_lines": 0, "import_cycles": 0}
+STAGES = ("core", "data", "networks", "training", "evaluation", "ood", "prediction", "packaging",
+          "pipelines", "cli", "server")
+# What each stage may import: data flows one way, sources -> audit/split -> cache -> train ->
+# evaluate -> export -> predict/serve; cli and pipelines sit on top of everything.
+ALLOWED = {
+    "core": set(),
+    "data": {"core"},
+    "networks": {"core"},
+    "ood": {"core", "networks", "data"},
+    "prediction": {"core", "data", "networks", "ood"},
+    "training": {"core", "data", "networks", "evaluation", "prediction"},
+    "evaluation": {"core", "data", "networks", "ood", "prediction"},
+    "packaging": {"core", "data", "networks", "ood", "evaluation", "prediction"},
+    "server": {"core", "data", "networks", "ood", "prediction", "packaging"},
+    "pipelines": {"core", "data", "networks", "ood", "prediction", "training", "evaluation", "packaging"},
+    "cli": set(STAGES) - {"cli"},
+}
+LIMITS = {"top_level_modules": 6, "files_over_400_lines": 0, "functions_over_60_lines": 0, "import_cycles": 0,
+          "layering_breaks": 0}
 
 
 def module_name(path: Path) -> str:
@@ -96,6 +114,26 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
+def stage(module: str) -> str:
+    """The stage package a module belongs to (``bloodcell.data.readers.folder`` -> ``data``)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in STAGES) else "(top)"
+
+
+def stage_imports(graph: dict[str, set[str]]) -> dict[str, list[str]]:
+    """Which stage packages each stage package imports."""
+    out: dict[str, set[str]] = {}
+    for mod, targets in graph.items():
+        out.setdefault(stage(mod), set()).update(stage(t) for t in targets if stage(t) != stage(mod))
+    return {k: sorted(v) for k, v in sorted(out.items())}
+
+
+def layering_breaks(uses: dict[str, list[str]]) -> list[str]:
+    """Imports of a stage package that the allowed layering does not list."""
+    return [f"{a} -> {b}" for a, targets in uses.items() for b in targets
+            if a in ALLOWED and b not in ALLOWED[a] and b != "(top)"]
+
+
 def measure() -> dict:
     files = sorted(PACKAGE.rglob("*.py"))
     trees = {module_name(f): (f, ast.parse(f.read_text(), str(f))) for f in files}
@@ -116,7 +154,10 @@ def measure() -> dict:
             deferred[rel] = lines
     top = [f.name for f in PACKAGE.glob("*.py") if f.name not in ("__init__.py", "__main__.py")]
     found_cycles = cycles(graph)
+    uses = stage_imports(graph)
+    breaks = layering_breaks(uses)
     return {
+        "stage_imports": uses, "layering_breaks": len(breaks), "breaks": breaks,
         "top_level_modules": len(top), "top_level": sorted(top),
         "files_over_400_lines": len(long_files), "long_files": long_files,
         "functions_over_60_lines": len(long_functions), "long_functions": long_functions,
@@ -141,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  long file      {item['file']} ({item['lines']})")
     for item in figures["long_functions"]:
         print(f"  long function  {item['function']} ({item['lines']})")
+    for name, targets in figures["stage_imports"].items():
+        print(f"  {name:<12} imports {', '.join(targets) or '-'}")
+    for item in figures["breaks"]:
+        print(f"  layering break {item}")
     for comp in figures["cycles"]:
         print(f"  cycle          {' <-> '.join(comp)}")
     out = Path(args.out)
