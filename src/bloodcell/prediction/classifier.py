@@ -26,12 +26,9 @@ augmentation and Grad-CAM).
 
 from __future__ import annotations
 
-import math
-import sys
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,30 +44,13 @@ from bloodcell.prediction import outputs
 from bloodcell.prediction.differential import Differential, differential
 from bloodcell.prediction.inputs import Item, collect
 from bloodcell.prediction.onnx_backend import OnnxModel, softmax
-from bloodcell.prediction.results import Prediction, PredictionRun
+from bloodcell.prediction.results import Prediction, PredictionRun, PredictResult
+from bloodcell.prediction.thresholds import BACKENDS, DEFAULT_ABSTAIN, check_options, resolve_thresholds
 
 __all__ = ["BACKENDS", "DEFAULT_ABSTAIN", "Classifier", "Differential", "PredictResult", "Prediction",
            "PredictionRun", "differential", "predict"]
 
-#: Abstention threshold on the top probability for models without a calibrated one.
-DEFAULT_ABSTAIN = 0.5
-BACKENDS = ("auto", "onnx", "torch")
 DIFFERENTIAL_MODES = ("auto", "only", "no")
-
-
-def _check_options(backend: str, batch_size: int, abstain_threshold: float | None, ood_threshold: float | None) -> None:
-    if backend not in BACKENDS:
-        raise ConfigError(f"backend must be one of {list(BACKENDS)}, got {backend!r}.")
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
-    if abstain_threshold is not None and not 0.0 <= abstain_threshold <= 1.0:
-        raise ConfigError(f"abstain_threshold is a probability from 0 to 1, got {abstain_threshold}.")
-    if ood_threshold is not None and not (math.isfinite(ood_threshold) and ood_threshold >= 0.0):
-        raise ConfigError(
-            f"ood_threshold must be a finite score of 0 or more (scores are about 2 for a typical cell), got "
-            f"{ood_threshold}; it would turn the not-a-blood-cell check off or flag every image. "
-            "Leave it out to use the model's threshold."
-        )
 
 
 class Classifier:
@@ -110,7 +90,7 @@ class Classifier:
         abstain_threshold: float | None = None,
         ood_threshold: float | None = None,
     ):
-        _check_options(backend, batch_size, abstain_threshold, ood_threshold)
+        check_options(backend, batch_size, abstain_threshold, ood_threshold)
         self.path = resolve_model(model)
         self.batch_size = batch_size
         self.tta = tta
@@ -175,21 +155,9 @@ class Classifier:
         return False
 
     def _set_thresholds(self, abstain_threshold: float | None, ood_threshold: float | None) -> None:
-        """Temperature and thresholds: the ones given, else the model's calibration (for TTA when asked)."""
-        cal = self.meta.get("calibration") or {}
-        ood = self.meta.get("ood") or {}
-        tta_cal = (cal.get("tta") or {}) if self.tta else {}
-        self.temperature = float(tta_cal.get("temperature", cal.get("temperature", 1.0)))
-        if abstain_threshold is not None:
-            self.abstain_threshold, self.abstain_source = float(abstain_threshold), "given"
-        elif tta_cal.get("abstain_threshold") is not None:
-            self.abstain_threshold, self.abstain_source = float(tta_cal["abstain_threshold"]), "calibrated for TTA"
-        elif cal.get("abstain_threshold") is not None:
-            self.abstain_threshold, self.abstain_source = float(cal["abstain_threshold"]), "calibrated"
-        else:
-            self.abstain_threshold, self.abstain_source = DEFAULT_ABSTAIN, "default"
-        self.ood_threshold = float(ood_threshold) if ood_threshold is not None else (
-            float(ood["threshold"]) if ood.get("threshold") is not None else None)
+        found = resolve_thresholds(self.meta, self.tta, abstain_threshold, ood_threshold)
+        self.temperature, self.ood_threshold = found.temperature, found.ood_threshold
+        self.abstain_threshold, self.abstain_source = found.abstain_threshold, found.abstain_source
 
     def _load_torch(self):
         if self._loaded is None:
@@ -338,43 +306,20 @@ class Classifier:
         return differential(predictions, self.class_names)
 
 
-@dataclass
-class PredictResult:
-    """What :func:`predict` did: the predictions, the skipped inputs, the differential and the output."""
-
-    predictions: list[Prediction]
-    problems: list
-    differential: Differential | None
-    text: str
-    output: Path | None
+def _check_choices(format: str, differential: str) -> None:
+    if format not in outputs.FORMATS:
+        raise ConfigError(f"format must be one of {list(outputs.FORMATS)}, got {format!r}.")
+    if differential not in DIFFERENTIAL_MODES:
+        raise ConfigError(f"differential must be one of {list(DIFFERENTIAL_MODES)}, got {differential!r}.")
 
 
-def _notes(clf: Classifier) -> list[str]:
-    notes = []
-    if clf.abstain_source == "default":
-        notes.append("note: the model has no calibrated abstention threshold; "
-                     f"'uncertain' means top probability < {clf.abstain_threshold}.")
-    if not clf.has_ood:
-        notes.append("note: the model carries no out-of-distribution statistics, "
-                     "so no image is checked for being a blood cell.")
-    return notes
-
-
-def _classify(clf: Classifier, paths, partial: outputs.PartialResults | None, progress: bool) -> PredictionRun:
-    """Classify ``paths``, appending each finished chunk to ``partial``; kept there if the run stops early."""
-    run = PredictionRun([], [])
-    try:
-        for predictions, problems in clf.iter_predict(paths, progress=progress):
-            run.predictions += predictions
-            run.problems += problems
-            if partial is not None:
-                partial.add(predictions)
-    except BaseException:
-        kept = partial.close(keep=True) if partial is not None else None
-        if kept is not None:
-            print(f"bloodcell predict: stopped; the {partial.rows} image(s) classified so far are in {kept}.", file=sys.stderr)
-        raise
-    return run
+def _nothing_classified(run: PredictionRun) -> DataError:
+    error = DataError(
+        f"no image could be classified ({len(run.problems)} input(s) skipped, reasons above). "
+        "Pass image files, folders of images, globs or .npz files."
+    )
+    error.problems = run.problems
+    return error
 
 
 def predict(
@@ -399,16 +344,12 @@ def predict(
     paths : str, Path or list of them
         Image files, folders (searched recursively), globs, ``.npz`` arrays or CSV manifests.
     model : str or Path, optional
-        Model folder or exported ``.onnx`` file (default: the bundled model, or ``$BLOODCELL_MODEL``).
+        Model folder or ``.onnx`` file (default: the bundled model, or ``$BLOODCELL_MODEL``).
     format : {"table", "csv", "json"}
-        Output format.
     output : str or Path, optional
-        File to write; checked for being writable before any work starts. While
-        the run goes on, finished rows are kept in ``<output>.partial``, removed
-        once the output is written. Without it the text is only returned.
+        File to write, checked before any work starts; finished rows wait in ``<output>.partial`` until it is written.
     differential : {"auto", "only", "no"}
-        ``auto``: the differential after the table (or inside the JSON) for two
-        or more images; ``only``: just the differential; ``no``: never.
+        ``auto``: after the table (inside the JSON) for two or more images; ``only``: just the differential.
     backend, batch_size, tta, abstain_threshold, ood_threshold, threads
         As for :class:`Classifier`.
     progress : bool
@@ -417,8 +358,7 @@ def predict(
     Returns
     -------
     PredictResult
-        The predictions, the skipped inputs, the differential (or ``None``),
-        the output text and the file written (or ``None``).
+        Predictions, skipped inputs, differential, output text and the file written.
 
     Raises
     ------
@@ -427,31 +367,18 @@ def predict(
     DataError
         When no image could be classified; its ``problems`` attribute lists why each input was skipped.
     """
-    if format not in outputs.FORMATS:
-        raise ConfigError(f"format must be one of {list(outputs.FORMATS)}, got {format!r}.")
-    if differential not in DIFFERENTIAL_MODES:
-        raise ConfigError(f"differential must be one of {list(DIFFERENTIAL_MODES)}, got {differential!r}.")
+    _check_choices(format, differential)
     output = check_writable_file(output) if output is not None else None
     clf = Classifier(model, backend=backend, batch_size=batch_size, tta=tta, threads=threads,
                      abstain_threshold=abstain_threshold, ood_threshold=ood_threshold)
     partial = outputs.PartialResults(output, clf.class_names) if output is not None else None
-    run = _classify(clf, paths, partial, progress)
-    preds = run.predictions
-    if not preds:
-        error = DataError(
-            f"no image could be classified ({len(run.problems)} input(s) skipped, reasons above). "
-            "Pass image files, folders of images, globs or .npz files."
-        )
-        error.problems = run.problems
-        raise error
-    only = differential == "only"
-    diff = clf.differential(preds) if only or (differential == "auto" and len(preds) >= 2) else None
-    text = outputs.render(format, clf.describe(), preds, run.problems, diff, clf.class_names, only, _notes(clf))
-    if output is not None:
-        try:
-            outputs.write_text(output, text)
-        except BaseException:
-            partial.close(keep=True)
-            raise
-        partial.close(keep=False)
-    return PredictResult(preds, run.problems, diff, text, output)
+    run = outputs.gather(clf.iter_predict(paths, progress=progress), partial)
+    if not run.predictions:
+        raise _nothing_classified(run)
+    only, many = differential == "only", differential == "auto" and len(run.predictions) >= 2
+    diff = clf.differential(run.predictions) if only or many else None
+    text = outputs.render(format, clf.describe(), run.predictions, run.problems, diff, clf.class_names, only,
+                          outputs.notes(clf.abstain_source, clf.abstain_threshold, clf.has_ood))
+    if partial is not None:
+        partial.finish(text)
+    return PredictResult(run.predictions, run.problems, diff, text, output)

@@ -12,11 +12,12 @@ import csv
 import io
 import json
 import os
+import sys
 from pathlib import Path
 
 from bloodcell.core.files import atomic_write_with
 from bloodcell.prediction.differential import Differential
-from bloodcell.prediction.results import Prediction
+from bloodcell.prediction.results import Prediction, PredictionRun
 
 SHORT = {
     "basophil": "baso",
@@ -122,6 +123,18 @@ def as_json(model: dict, predictions: list[Prediction], problems, d: Differentia
     }, indent=2)
 
 
+def notes(abstain_source: str, abstain_threshold: float, has_ood: bool) -> list[str]:
+    """The remarks printed under the table about what the model lacks."""
+    out = []
+    if abstain_source == "default":
+        out.append("note: the model has no calibrated abstention threshold; "
+                   f"'uncertain' means top probability < {abstain_threshold}.")
+    if not has_ood:
+        out.append("note: the model carries no out-of-distribution statistics, "
+                   "so no image is checked for being a blood cell.")
+    return out
+
+
 def render(fmt: str, model: dict, predictions: list[Prediction], problems, d: Differential | None, class_names,
            only_differential: bool = False, notes: list[str] | tuple = ()) -> str:
     """The whole output of ``bloodcell predict`` in one format (``table``, ``csv`` or ``json``).
@@ -163,8 +176,8 @@ class PartialResults:
     """
 
     def __init__(self, output: str | Path, class_names):
-        output = Path(output)
-        self.path = output.with_name(output.name + ".partial")
+        self.output = Path(output)
+        self.path = self.output.with_name(self.output.name + ".partial")
         self.class_names = tuple(class_names)
         self.rows = 0
         self._file = None
@@ -182,6 +195,15 @@ class PartialResults:
         self._file.flush()
         self.rows += len(predictions)
 
+    def finish(self, text: str) -> None:
+        """Write the finished output (the partial file stays if that fails) and remove the partial file."""
+        try:
+            write_text(self.output, text)
+        except BaseException:
+            self.close(keep=True)
+            raise
+        self.close(keep=False)
+
     def close(self, keep: bool) -> Path | None:
         """Close the file; remove it unless ``keep``. Returns its path when it is kept with rows in it."""
         if self._file is not None:
@@ -191,3 +213,21 @@ class PartialResults:
             return self.path
         self.path.unlink(missing_ok=True)
         return None
+
+
+def gather(chunks, partial: PartialResults | None = None) -> PredictionRun:
+    """Collect ``(predictions, problems)`` pairs as they come, appending each to ``partial``;
+    if the run stops early the rows so far stay in the partial file, and the user is told where."""
+    run = PredictionRun([], [])
+    try:
+        for predictions, problems in chunks:
+            run.predictions += predictions
+            run.problems += problems
+            if partial is not None:
+                partial.add(predictions)
+    except BaseException:
+        kept = partial.close(keep=True) if partial is not None else None
+        if kept is not None:
+            print(f"bloodcell predict: stopped; the {partial.rows} image(s) classified so far are in {kept}.", file=sys.stderr)
+        raise
+    return run

@@ -4,6 +4,7 @@ with the images that were skipped."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass
@@ -40,3 +41,16 @@ class PredictionRun:
 
     predictions: list[Prediction]
     problems: list = field(default_factory=list)
+
+
+@dataclass
+class PredictResult:
+    """What :func:`bloodcell.predict` did: the predictions, the skipped inputs, the differential
+    (a :class:`~bloodcell.prediction.differential.Differential` or ``None``), the output text and
+    the file written (``None`` when the text was only returned)."""
+
+    predictions: list[Prediction]
+    problems: list
+    differential: object
+    text: str
+    output: Path | None
