@@ -37,7 +37,7 @@ from tqdm import tqdm
 from bloodcell.core.errors import ConfigError, DataError, ModelError
 from bloodcell.core.files import check_writable_file
 from bloodcell.core.model_choice import resolve_model
-from bloodcell.core.model_folder import ONNX, is_model_folder, read_meta, weights_digest
+from bloodcell.core.model_folder import META, ONNX, is_model_folder, read_meta, weights_digest
 from bloodcell.core.preprocess import prepare
 from bloodcell.data import Problem
 from bloodcell.prediction import outputs
@@ -127,12 +127,12 @@ class Classifier:
         if backend == "torch":
             if self.folder is None:
                 raise ModelError(
-                    f"{self.path}: the PyTorch backend needs a model folder (model.json + weights), not an .onnx file."
+                    f"{self.path}: the PyTorch backend needs a model folder ({META} + weights), not an .onnx file."
                 )
             return backend
         if not has_onnx:
             raise ModelError(
-                f"{self.path}: no model.onnx for the onnxruntime backend. Create it with "
+                f"{self.path}: no {ONNX} for the onnxruntime backend. Create it with "
                 f"`bloodcell export --format onnx {self.path}` or use --backend torch."
             )
         if self.tta:

@@ -50,7 +50,7 @@ class OnnxModel:
     """
 
     def __init__(self, path: str | Path, threads: int | None = None):
-        import onnxruntime as ort
+        import onnxruntime as ort  # deferred: heavy; every command's start-up imports this module
 
         path = Path(path)
         file = path / ONNX_FILE if path.is_dir() else path
