@@ -155,3 +155,18 @@ def test_python_verb_is_the_cli(tmp_path, two_cells):
     assert r.stdout == result.text and len(result.predictions) == 2 and result.differential.counted == 2
     with pytest.raises(BloodcellError, match="format must be one of"):
         bloodcell.predict(two_cells, tiny_model(), format="xml")
+
+
+def test_folder_that_cannot_be_listed_is_reported(two_cells, monkeypatch):
+    real = os.scandir
+
+    def denied(path="."):
+        if os.path.basename(str(path)) == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    (two_cells / "locked").mkdir()
+    monkeypatch.setattr(os, "scandir", denied)
+    items, problems = collect([two_cells])
+    assert len(items) == 2
+    assert any("locked" in p.message and "cannot be read" in p.message for p in problems)

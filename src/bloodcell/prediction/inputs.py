@@ -80,7 +80,11 @@ def _not_a_file(path: Path) -> Problem | None:
 
 
 def _is_class_tree(folder: Path) -> bool:
-    for entry in os.scandir(folder):
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:  # reported when the folder is walked
+        return False
+    for entry in entries:
         if _is_dir(entry) and not _hidden(entry.name):
             try:
                 canonical_class(entry.name)
@@ -92,7 +96,11 @@ def _is_class_tree(folder: Path) -> bool:
 
 def _walk(folder: Path, problems: list[Problem]) -> list[Item]:
     items = []
-    for root, dirs, files in os.walk(folder):
+    def unreadable(e: OSError) -> None:
+        problems.append(Problem(str(e.filename), "unreadable",
+                                f"{e.filename}: skipped, the folder cannot be read ({e.strerror or e}). Check its permissions."))
+
+    for root, dirs, files in os.walk(folder, onerror=unreadable):
         linked = [d for d in dirs if (Path(root) / d).is_symlink()]
         for name in sorted(linked):
             path = Path(root) / name
