@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+from bloodcell.core.model_choice import resolve_model
+from bloodcell.core.model_folder import is_model_folder, read_meta
+from bloodcell.packaging.card import card, render
+from bloodcell.prediction.onnx_backend import OnnxModel
+
 HELP = "Show a model's card: data, intended use, metrics, limitations, calibration, licence (default: the bundled model)."
 
 
@@ -13,31 +21,16 @@ def add_arguments(parser) -> None:
 
 def model_meta(path):
     """``(metadata, files)`` of a model folder or ``.onnx`` file, without loading weights."""
-    import json
-    from pathlib import Path
-
-    from bloodcell.core.errors import ModelError
-
     path = Path(path)
-    if path.is_dir() and (path / "model.json").is_file():
-        try:
-            meta = json.loads((path / "model.json").read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ModelError(f"{path / 'model.json'}: corrupt model metadata ({e}).") from None
-        files = {p.relative_to(path).as_posix(): p.stat().st_size for p in sorted(path.rglob("*")) if p.is_file() and not p.name.startswith(".")}
-        return meta, files
-    from bloodcell.prediction.onnx_backend import OnnxModel
-
+    if is_model_folder(path):
+        files = {p.relative_to(path).as_posix(): p.stat().st_size
+                 for p in sorted(path.rglob("*")) if p.is_file() and not p.name.startswith(".")}
+        return read_meta(path), files
     model = OnnxModel(path, threads=1)
     return model.meta, {model.path.name: model.path.stat().st_size}
 
 
 def run(args) -> int:
-    import json
-
-    from bloodcell.core.model_choice import resolve_model
-    from bloodcell.packaging.card import card, render
-
     path = resolve_model(args.model)
     meta, files = model_meta(path)
     if args.json:

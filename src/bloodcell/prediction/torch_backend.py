@@ -125,3 +125,22 @@ def predict_proba(
     if not out:
         return np.zeros((0, len(loaded.class_names)), np.float32)
     return torch.cat(out).numpy().astype(np.float32)
+
+
+def probabilities_and_ood(loaded: LoadedModel, scored, images: np.ndarray, batch_size: int = 64, tta: bool = False,
+                          device=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Calibrated probabilities ``(N, C)`` and out-of-distribution scores ``(N,)`` of prepared images.
+
+    ``scored`` is the model with its fitted scoring head
+    (:class:`bloodcell.ood.score.ScoredModel`), or ``None`` when the model has
+    none (the scores are then ``None``).
+    """
+    probs = predict_proba(loaded, images, batch_size, tta=tta, calibrated=True, device=device)
+    if scored is None:
+        return probs, None
+    where = next(loaded.module.parameters()).device
+    out = []
+    with torch.inference_mode():
+        for x in tensor_batches(images, loaded.preprocess, batch_size, where):
+            out.append(scored(x)[1].float().cpu().numpy())
+    return probs, (np.concatenate(out) if out else np.zeros(0, np.float32))
