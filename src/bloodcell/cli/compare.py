@@ -20,12 +20,11 @@ def run(args) -> int:
     from pathlib import Path
 
     from bloodcell.cli.evaluate import device_of
-    from bloodcell.core.files import atomic_write_bytes, atomic_write_json
+    from bloodcell.core.files import atomic_write_bytes, atomic_write_json, check_writable_folder
     from bloodcell.evaluation import plots
     from bloodcell.evaluation.compare import compare, markdown_table
-    from bloodcell.evaluation.report import check_writable
 
-    folder = check_writable(args.output) if args.output else None
+    folder = check_writable_folder(args.output) if args.output else None
     rows = compare(args.runs, args.data, args.split, tta=args.tta, batch_size=args.batch_size,
                    device=device_of(args), n_boot=args.bootstrap, progress=not args.quiet)
     table = markdown_table(rows)

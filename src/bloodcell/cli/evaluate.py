@@ -94,13 +94,12 @@ def print_summary(summary: dict) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from bloodcell.core.files import atomic_write_json
+    from bloodcell.core.files import atomic_write_json, check_writable_file
     from bloodcell.evaluation.evaluate import evaluate_dataset
-    from bloodcell.evaluation.report import check_writable
     from bloodcell.networks.loading import load_model
 
     if args.output:
-        check_writable(Path(args.output).parent)
+        check_writable_file(args.output, "results file")
     device = device_of(args)
     loaded = load_model(args.model, device)
     ev = evaluate_dataset(loaded, args.data, args.split, tta=args.tta, batch_size=args.batch_size, device=device,

@@ -19,10 +19,11 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from bloodcell.evaluation.evaluate import evaluate_dataset
-    from bloodcell.evaluation.report import check_writable, write_report
+    from bloodcell.core.files import check_writable_folder
+    from bloodcell.evaluation.report import write_report
     from bloodcell.networks.loading import load_model
 
-    folder = check_writable(args.output)
+    folder = check_writable_folder(args.output, "report folder")
     device = device_of(args)
     loaded = load_model(args.model, device)
     ev = evaluate_dataset(loaded, args.data, args.split, tta=args.tta, batch_size=args.batch_size, device=device,
