@@ -18,7 +18,7 @@ from bloodcell.evaluation import plots
 from bloodcell.evaluation.calibration import view_probs
 from bloodcell.evaluation.evaluate import evaluate_arrays
 from bloodcell.evaluation.fit_calibration import fit_calibration, store_calibration
-from bloodcell.evaluation.report import SECTIONS, most_confident_mistakes, write_report
+from bloodcell.evaluation.html_report import SECTIONS, most_confident_mistakes, write_report
 from bloodcell.networks import load_model
 from bloodcell.prediction.torch_backend import predict_logits, predict_proba, predict_view_logits
 
