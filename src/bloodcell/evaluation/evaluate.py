@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import datetime as _dt
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from bloodcell import __version__
-from bloodcell.core.classes import CLASSES, canonical_class
-from bloodcell.core.errors import DataError, ModelError
-from bloodcell.core.model_folder import read_meta
+from bloodcell.core.classes import canonical_class
+from bloodcell.core.errors import DataError
 from bloodcell.evaluation.calibration import (
     accuracy_coverage,
     apply_threshold,
@@ -33,129 +33,70 @@ from bloodcell.evaluation.calibration import (
     softmax,
     view_probs,
 )
-from bloodcell.evaluation.metrics import ClassAlignment, align_classes, compute_metrics
+from bloodcell.evaluation.labelled import load_labelled, map_labels
+from bloodcell.evaluation.metrics import align_classes, compute_metrics
+from bloodcell.evaluation.results import Evaluation, model_info
 from bloodcell.networks.loading import LoadedModel, load_model
 from bloodcell.prediction.torch_backend import predict_logits, predict_view_logits, tta_temperature
+
+__all__ = ["COVERAGE_TARGETS", "Evaluation", "evaluate_arrays", "evaluate_dataset", "in_chunks", "model_info"]
 
 #: Accuracy targets whose coverage every evaluation reports.
 COVERAGE_TARGETS = (0.995, 0.998)
 
 
 @dataclass
-class Evaluation:
-    """One model on one dataset: inputs, probabilities and every computed figure.
+class _Predictions:
+    """The probabilities of one evaluation, with and without calibration and augmentation."""
 
-    Attributes
-    ----------
-    loaded : LoadedModel
-        The model evaluated.
-    images : ndarray uint8 (N, S, S, 3)
-        The prepared images (kept for the report's image grids).
-    y_true : ndarray int (N,)
-        True classes as indices into ``loaded.class_names``.
-    ids : list of str
-        Source ids (file paths or ``npz`` positions) of the images.
-    probs : ndarray float32 (N, C)
-        The probabilities the metrics describe: temperature-scaled, and with
-        test-time augmentation when it was asked for.
-    probs_uncalibrated : ndarray float32 (N, C)
-        Without temperature scaling or test-time augmentation.
-    summary : dict
-        JSON-ready results (see :meth:`to_json`).
-    """
-
-    loaded: LoadedModel
-    images: np.ndarray
-    y_true: np.ndarray
-    ids: list[str]
-    probs: np.ndarray
-    probs_uncalibrated: np.ndarray
-    alignment: ClassAlignment
-    summary: dict = field(default_factory=dict)
+    uncalibrated: np.ndarray
+    plain: np.ndarray
+    seconds: float
+    tta: np.ndarray | None = None
+    tta_uncalibrated: np.ndarray | None = None
+    tta_seconds: float = 0.0
+    tta_temperature: float | None = None
 
     @property
-    def class_names(self) -> tuple[str, ...]:
-        return tuple(self.loaded.class_names)
-
-    @property
-    def metrics(self) -> dict:
-        return self.summary["metrics"]
-
-    def to_json(self) -> dict:
-        """Everything but the arrays, for ``metrics.json``."""
-        return self.summary
+    def reported(self) -> np.ndarray:
+        """The probabilities the metrics describe."""
+        return self.plain if self.tta is None else self.tta
 
 
-def model_info(loaded: LoadedModel) -> dict:
-    """What identifies a model in a report: path, architecture, size, calibration."""
-    meta = loaded.meta
-    ens = meta.get("ensemble")
-    params = sum(p.numel() for p in loaded.module.parameters())
-    cal = meta.get("calibration") or {}
-    return {
-        "path": str(loaded.path),
-        "name": loaded.path.name,
-        "architecture": _ensemble_name(loaded.path, ens) if ens else meta.get("architecture"),
-        "ensemble": bool(ens),
-        "parameters": int(params),
-        "image_size": loaded.preprocess.image_size,
-        "class_names": list(loaded.class_names),
-        "temperature": loaded.temperature,
-        "abstain_threshold": cal.get("abstain_threshold"),
-        "tta_temperature": (cal.get("tta") or {}).get("temperature"),
-        "tta_abstain_threshold": (cal.get("tta") or {}).get("abstain_threshold"),
-        "calibration": cal or None,
-        "data_manifest_sha256": meta.get("data_manifest_sha256"),
-        "training_metrics": meta.get("metrics"),
-        "epochs_trained": len(meta.get("history") or []),
-        "weights_sha256": _digest(loaded.path),
-    }
-
-
-def _digest(folder: Path) -> str | None:
-    from bloodcell.core.model_folder import weights_digest
-
-    try:
-        return weights_digest(folder)
-    except OSError:
-        return None
-
-
-def _ensemble_name(folder: Path, ens: dict) -> str:
-    archs = []
-    for member in ens.get("members", []):
-        try:
-            archs.append(str(read_meta(Path(folder) / member).get("architecture")))
-        except ModelError:
-            archs.append(str(member))
-    return f"ensemble of {len(archs)}: " + ", ".join(archs)
-
-
-def _map_labels(labels, label_names, model_classes) -> tuple[np.ndarray, dict[str, int]]:
-    """Dataset label indices to model class indices (-1 where the model lacks the class)."""
-    model_idx = {canonical_class(c): i for i, c in enumerate(model_classes)}
-    names = [canonical_class(n) for n in label_names]
-    lut = np.array([model_idx.get(n, -1) for n in names], dtype=np.int64)
-    labels = np.asarray(labels, dtype=np.int64)
-    if len(labels) and (labels.min() < 0 or labels.max() >= len(names)):
-        raise DataError(f"Labels must index the {len(names)} dataset classes; got {labels.min()}..{labels.max()}.")
-    y = lut[labels] if len(labels) else labels
-    left_out = {names[k]: int((labels == k).sum()) for k in range(len(names)) if lut[k] < 0 and (labels == k).any()}
-    return y, left_out
-
-
-def _in_chunks(fn, images: np.ndarray, progress: bool, desc: str, chunk: int = 256) -> np.ndarray:
+def in_chunks(fn, images: np.ndarray, progress: bool, desc: str, chunk: int = 256) -> np.ndarray:
     """Apply ``fn`` to ``images`` in chunks, with a progress bar on stderr."""
     if not progress or len(images) <= chunk:
         return fn(images)
-    from tqdm import tqdm
-
     out = []
     with tqdm(total=len(images), desc=desc, unit="img", leave=False) as bar:
         for start in range(0, len(images), chunk):
             out.append(fn(images[start : start + chunk]))
             bar.update(len(out[-1]))
     return np.concatenate(out)
+
+
+def predict_views(loaded: LoadedModel, images: np.ndarray, batch_size: int, device, progress: bool) -> np.ndarray:
+    """Logits of the eight test-time-augmentation views, ``(V, N, C)``, in chunks."""
+    return in_chunks(
+        lambda x: predict_view_logits(loaded, x, batch_size=batch_size, device=device).transpose(1, 0, 2),
+        images, progress, "predicting with TTA").transpose(1, 0, 2)
+
+
+def _predict(loaded: LoadedModel, images: np.ndarray, tta: bool, batch_size: int, device, progress: bool):
+    t0 = time.perf_counter()
+    logits = in_chunks(lambda x: predict_logits(loaded, x, batch_size=batch_size, device=device), images,
+                       progress, "predicting").astype(np.float64)
+    seconds = time.perf_counter() - t0
+    out = _Predictions(uncalibrated=softmax(logits).astype(np.float32),
+                       plain=softmax(logits / loaded.temperature).astype(np.float32), seconds=seconds)
+    if tta:
+        t0 = time.perf_counter()
+        views = predict_views(loaded, images, batch_size, device, progress)
+        out.tta_seconds = time.perf_counter() - t0
+        out.tta_temperature = tta_temperature(loaded)
+        out.tta = view_probs(views, out.tta_temperature)
+        out.tta_uncalibrated = view_probs(views, 1.0)
+    return out
 
 
 def _headline(y: np.ndarray, probs: np.ndarray, class_names, evaluated, n_bins: int = 15) -> dict:
@@ -167,6 +108,98 @@ def _headline(y: np.ndarray, probs: np.ndarray, class_names, evaluated, n_bins: 
         "ece": m["ece"],
         "log_loss": m["log_loss"],
     }
+
+
+def _tta_comparison(y: np.ndarray, p: _Predictions, model_classes, evaluated, n_bins: int) -> dict:
+    """Test-time augmentation against single-view prediction: gain, cost, predictions fixed and broken."""
+    plain = _headline(y, p.plain, model_classes, evaluated, n_bins)
+    aug = _headline(y, p.tta, model_classes, evaluated, n_bins)
+    right_plain = p.plain.argmax(1) == y
+    right_tta = p.tta.argmax(1) == y
+    n = len(y)
+    return {
+        "views": 8,
+        "plain": {**plain, "seconds": p.seconds, "images_per_second": n / max(p.seconds, 1e-9)},
+        "tta": {**aug, "seconds": p.tta_seconds, "images_per_second": n / max(p.tta_seconds, 1e-9)},
+        "gain": {k: aug[k] - plain[k] for k in plain},
+        "slowdown": p.tta_seconds / max(p.seconds, 1e-9),
+        "fixed": int((right_tta & ~right_plain).sum()),
+        "broken": int((~right_tta & right_plain).sum()),
+        "changed": int((p.tta.argmax(1) != p.plain.argmax(1)).sum()),
+    }
+
+
+def _calibration(y: np.ndarray, p: _Predictions, temperature: float, tta_fitted: bool, n_bins: int) -> dict:
+    """ECE, log loss and reliability bins before and after temperature scaling (and with augmentation)."""
+    out = {
+        "temperature": temperature,
+        "ece_uncalibrated": expected_calibration_error(p.uncalibrated, y, n_bins),
+        "ece_calibrated": expected_calibration_error(p.plain, y, n_bins),
+        "log_loss_uncalibrated": nll(p.uncalibrated, y),
+        "log_loss_calibrated": nll(p.plain, y),
+        "reliability_uncalibrated": reliability_bins(p.uncalibrated, y, n_bins),
+        "reliability_calibrated": reliability_bins(p.plain, y, n_bins),
+        "reliability": reliability_bins(p.reported, y, n_bins),
+    }
+    if p.tta is not None:
+        out.update({
+            "tta_temperature": p.tta_temperature,
+            "tta_temperature_fitted": tta_fitted,
+            "ece_tta_uncalibrated": expected_calibration_error(p.tta_uncalibrated, y, n_bins),
+            "ece_tta_calibrated": expected_calibration_error(p.tta, y, n_bins),
+            "log_loss_tta_uncalibrated": nll(p.tta_uncalibrated, y),
+            "log_loss_tta_calibrated": nll(p.tta, y),
+            "reliability_tta_uncalibrated": reliability_bins(p.tta_uncalibrated, y, n_bins),
+        })
+    return out
+
+
+def _abstention(probs: np.ndarray, y: np.ndarray, stored: float | None, tta_own: bool) -> dict:
+    return {
+        "coverage_at": [coverage_at_accuracy(probs, y, t) for t in COVERAGE_TARGETS],
+        "model_threshold": apply_threshold(probs, y, stored) if stored is not None else None,
+        "model_threshold_kind": ("tta" if tta_own else "plain") if stored is not None else None,
+        "curve": accuracy_coverage(probs, y).to_dict(),
+    }
+
+
+def _notes(loaded: LoadedModel, alignment, notes, tta: bool, stored, tta_own: bool) -> list[str]:
+    out = [alignment.message()] if alignment.message() else []
+    out += list(notes)
+    if tta and stored is not None and not tta_own:
+        out.append(
+            "The temperature and abstention threshold were fitted on predictions without test-time augmentation; "
+            "`bloodcell calibrate --tta` fits them for augmented predictions too."
+        )
+    if loaded.temperature == 1.0 and not (loaded.meta.get("calibration") or {}).get("temperature"):
+        out.append("The model is not calibrated: run `bloodcell calibrate MODEL DATA --split val` first.")
+    return out
+
+
+def _speed(loaded: LoadedModel, n: int, seconds: float, batch_size: int) -> dict:
+    return {
+        "images": n,
+        "seconds": seconds,
+        "images_per_second": n / max(seconds, 1e-9),
+        "batch_size": batch_size,
+        "device": str(next(loaded.module.parameters()).device),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _evaluable(loaded: LoadedModel, labels, label_names, ids, left_out, source, split):
+    """The classes to evaluate and the labels, ids and mask of the images the model can be judged on."""
+    model_classes = tuple(canonical_class(c) for c in loaded.class_names)
+    label_names = [canonical_class(n) for n in label_names]
+    labels = np.asarray(labels, dtype=np.int64)
+    present = [label_names[k] for k in sorted(set(labels.tolist()))] if len(labels) else []
+    if not present:
+        raise DataError(f"{source}: no labelled images to evaluate" + (f" in split {split!r}" if split else "") + ".")
+    alignment = align_classes(present + list(left_out or {}), model_classes)
+    y, dropped = map_labels(labels, label_names, model_classes)
+    keep = y >= 0
+    ids = [str(i) for i in (ids if ids is not None else range(len(labels)))]
+    return alignment, y[keep], [i for i, k in zip(ids, keep) if k], keep, {**(left_out or {}), **dropped}
 
 
 def evaluate_arrays(
@@ -220,193 +253,43 @@ def evaluate_arrays(
     DataError
         When no image is left to evaluate.
     """
-    model_classes = tuple(canonical_class(c) for c in loaded.class_names)
-    label_names = [canonical_class(n) for n in label_names]
-    labels = np.asarray(labels, dtype=np.int64)
-    present = [label_names[k] for k in sorted(set(labels.tolist()))] if len(labels) else []
-    if not present:
-        raise DataError(f"{source}: no labelled images to evaluate" + (f" in split {split!r}" if split else "") + ".")
-    alignment = align_classes(present + list(left_out or {}), model_classes)
-    y, dropped = _map_labels(labels, label_names, model_classes)
-    left_out = {**(left_out or {}), **dropped}
-    keep = y >= 0
-    ids = [str(i) for i in (ids if ids is not None else range(len(labels)))]
-    images, y = images[keep], y[keep]
-    ids = [i for i, k in zip(ids, keep) if k]
+    alignment, y, ids, keep, left_out = _evaluable(loaded, labels, label_names, ids, left_out, source, split)
+    images = images[keep]
+    p = _predict(loaded, images, tta, batch_size, device, progress)
+    data = {"source": str(source), "split": split, "problems": [str(q) for q in problems], "left_out": left_out}
+    summary = _summary(loaded, alignment, y, p, data, notes, tta=tta, n_boot=n_boot, n_bins=n_bins,
+                       batch_size=batch_size)
+    return Evaluation(loaded, images, y, ids, p.reported, p.uncalibrated, alignment, summary)
 
-    t0 = time.perf_counter()
-    logits = _in_chunks(lambda x: predict_logits(loaded, x, batch_size=batch_size, device=device), images,
-                        progress, "predicting")
-    plain_seconds = time.perf_counter() - t0
-    probs_uncal = softmax(logits.astype(np.float64)).astype(np.float32)
-    temperature = loaded.temperature
-    probs_plain = softmax(logits.astype(np.float64) / temperature).astype(np.float32)
-    probs = probs_plain
-    tta_block = None
-    evaluated = alignment.evaluated
-    if tta:
-        t0 = time.perf_counter()
-        view_logits = _in_chunks(
-            lambda x: predict_view_logits(loaded, x, batch_size=batch_size, device=device).transpose(1, 0, 2),
-            images, progress, "predicting with TTA").transpose(1, 0, 2)
-        tta_seconds = time.perf_counter() - t0
-        tta_t = tta_temperature(loaded)
-        probs_tta = view_probs(view_logits, tta_t)
-        probs_tta_uncal = view_probs(view_logits, 1.0)
-        plain = _headline(y, probs_plain, model_classes, evaluated, n_bins)
-        aug = _headline(y, probs_tta, model_classes, evaluated, n_bins)
-        right_plain = probs_plain.argmax(1) == y
-        right_tta = probs_tta.argmax(1) == y
-        n = len(y)
-        tta_block = {
-            "views": 8,
-            "plain": {**plain, "seconds": plain_seconds, "images_per_second": n / max(plain_seconds, 1e-9)},
-            "tta": {**aug, "seconds": tta_seconds, "images_per_second": n / max(tta_seconds, 1e-9)},
-            "gain": {k: aug[k] - plain[k] for k in plain},
-            "slowdown": tta_seconds / max(plain_seconds, 1e-9),
-            "fixed": int((right_tta & ~right_plain).sum()),
-            "broken": int((~right_tta & right_plain).sum()),
-            "changed": int((probs_tta.argmax(1) != probs_plain.argmax(1)).sum()),
-        }
-        probs = probs_tta
 
-    metrics = compute_metrics(y, probs, model_classes, evaluated, n_bins=n_bins, n_boot=n_boot)
+def _summary(loaded: LoadedModel, alignment, y: np.ndarray, p: _Predictions, data: dict, notes, *, tta: bool,
+             n_boot: int, n_bins: int, batch_size: int) -> dict:
+    """The JSON-ready results of one evaluation (see :class:`Evaluation`)."""
+    model_classes = alignment.model_classes
     info = model_info(loaded)
-    stored = info["abstain_threshold"]
     tta_own = tta and info["tta_abstain_threshold"] is not None
-    if tta_own:
-        stored = info["tta_abstain_threshold"]
-    curve = accuracy_coverage(probs, y)
-    counts = {c: int((y == model_classes.index(c)).sum()) for c in evaluated}
-    all_notes = [alignment.message()] if alignment.message() else []
-    all_notes += list(notes)
-    if tta and stored is not None and not tta_own:
-        all_notes.append(
-            "The temperature and abstention threshold were fitted on predictions without test-time augmentation; "
-            "`bloodcell calibrate --tta` fits them for augmented predictions too."
-        )
-    if temperature == 1.0 and not (loaded.meta.get("calibration") or {}).get("temperature"):
-        all_notes.append("The model is not calibrated: run `bloodcell calibrate MODEL DATA --split val` first.")
-    summary = {
+    stored = info["tta_abstain_threshold"] if tta_own else info["abstain_threshold"]
+    return {
         "bloodcell_version": __version__,
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "model": info,
         "data": {
-            "source": str(source),
-            "split": split,
+            "source": data["source"],
+            "split": data["split"],
             "n_images": int(len(y)),
-            "class_counts": counts,
-            "left_out": left_out,
-            "problems": [str(p) for p in problems],
+            "class_counts": {c: int((y == model_classes.index(c)).sum()) for c in alignment.evaluated},
+            "left_out": data["left_out"],
+            "problems": data["problems"],
         },
-        "notes": all_notes,
+        "notes": _notes(loaded, alignment, notes, tta, stored, tta_own),
         "tta": bool(tta),
-        "metrics": metrics,
-        "calibration": {
-            "temperature": temperature,
-            "ece_uncalibrated": expected_calibration_error(probs_uncal, y, n_bins),
-            "ece_calibrated": expected_calibration_error(probs_plain, y, n_bins),
-            "log_loss_uncalibrated": nll(probs_uncal, y),
-            "log_loss_calibrated": nll(probs_plain, y),
-            "reliability_uncalibrated": reliability_bins(probs_uncal, y, n_bins),
-            "reliability_calibrated": reliability_bins(probs_plain, y, n_bins),
-            "reliability": reliability_bins(probs, y, n_bins),
-            **({
-                "tta_temperature": tta_t,
-                "tta_temperature_fitted": tta_own or info["tta_temperature"] is not None,
-                "ece_tta_uncalibrated": expected_calibration_error(probs_tta_uncal, y, n_bins),
-                "ece_tta_calibrated": expected_calibration_error(probs_tta, y, n_bins),
-                "log_loss_tta_uncalibrated": nll(probs_tta_uncal, y),
-                "log_loss_tta_calibrated": nll(probs_tta, y),
-                "reliability_tta_uncalibrated": reliability_bins(probs_tta_uncal, y, n_bins),
-            } if tta else {}),
-        },
-        "abstention": {
-            "coverage_at": [coverage_at_accuracy(probs, y, t) for t in COVERAGE_TARGETS],
-            "model_threshold": apply_threshold(probs, y, stored) if stored is not None else None,
-            "model_threshold_kind": ("tta" if tta_own else "plain") if stored is not None else None,
-            "curve": curve.to_dict(),
-        },
-        "speed": {
-            "images": int(len(y)),
-            "seconds": plain_seconds,
-            "images_per_second": len(y) / max(plain_seconds, 1e-9),
-            "batch_size": batch_size,
-            "device": str(next(loaded.module.parameters()).device),
-            "torch_threads": torch.get_num_threads(),
-        },
-        "tta_comparison": tta_block,
+        "metrics": compute_metrics(y, p.reported, model_classes, alignment.evaluated, n_bins=n_bins, n_boot=n_boot),
+        "calibration": _calibration(y, p, loaded.temperature, tta_own or info["tta_temperature"] is not None,
+                                    n_bins),
+        "abstention": _abstention(p.reported, y, stored, tta_own),
+        "speed": _speed(loaded, int(len(y)), p.seconds, batch_size),
+        "tta_comparison": _tta_comparison(y, p, model_classes, alignment.evaluated, n_bins) if tta else None,
     }
-    return Evaluation(loaded, images, y, ids, probs, probs_uncal, alignment, summary)
-
-
-def _problem_text(p) -> str:
-    msg = getattr(p, "message", None)
-    return str(msg) if msg else str(p)
-
-
-def load_labelled(data, preprocess, split: str | None = "test", progress: bool = True):
-    """Read a labelled dataset's images, prepared for a model, keeping the model's classes.
-
-    Parameters
-    ----------
-    data : str or Path
-        Anything :func:`bloodcell.data.open_dataset` reads (a class-folder
-        tree, an ``.npz``, a CSV manifest such as ``bloodcell split`` writes).
-    preprocess : PreprocessConfig
-        The model's preprocessing (its ``class_names`` are the model's classes).
-    split : str or None
-        Split to read from a manifest or MedMNIST file; a dataset without
-        splits (a folder, a plain ``.npz``) is read whole, with a note.
-
-    Returns
-    -------
-    tuple
-        ``(arrays, split_used, problems, notes, left_out)``: the
-        :class:`~bloodcell.data.ArraySet`, the split read, the files skipped
-        (messages), notes for the user, and the image count per dataset
-        class the model cannot predict (those images are not decoded).
-
-    Raises
-    ------
-    ModelError
-        When the dataset and the model share no class.
-    DataError
-        When the dataset, or the split, is empty, unlabelled or unreadable.
-    """
-    from bloodcell.data import load_arrays, open_dataset
-
-    ds = open_dataset(data, skip_unknown=True)
-    notes: list[str] = []
-    use = split
-    if split and not ds.has_splits:
-        use = None
-        notes.append(f"{data} has no train/val/test split, so all its images were evaluated.")
-    indices = ds.split_indices(use) if use else list(range(len(ds)))
-    if not indices:
-        splits = sorted({s.split for s in ds.samples if s.split})
-        raise DataError(
-            f"{data}: no images in split {use!r}; the dataset has splits {', '.join(splits) or 'none'}. "
-            "Pass --split with one of them."
-        )
-    unlabelled = [ds.samples[i].source_id for i in indices if ds.samples[i].label is None]
-    if len(unlabelled) == len(indices):
-        raise DataError(
-            f"{data}: the images carry no class labels, so accuracy cannot be measured. Use a class-folder tree "
-            "or a manifest with a label column (`bloodcell predict` classifies unlabelled images)."
-        )
-    if unlabelled:
-        raise DataError(
-            f"{data}: {len(unlabelled)} image(s) have no label (e.g. {unlabelled[0]}). "
-            "Fill in their labels or leave them out of the evaluation data."
-        )
-    present = [c for c in CLASSES if any(ds.samples[i].label == c for i in indices)]
-    alignment = align_classes(present, preprocess.class_names)
-    left_out = {c: sum(ds.samples[i].label == c for i in indices) for c in alignment.unknown}
-    keep = [i for i in indices if ds.samples[i].label not in left_out]
-    arrays = load_arrays(ds.select(keep), preprocess, class_names=preprocess.class_names, progress=progress)
-    problems = [_problem_text(p) for p in list(ds.problems) + list(getattr(arrays, "skipped", []) or [])]
-    return arrays, use, problems, notes, left_out
 
 
 def evaluate_dataset(
