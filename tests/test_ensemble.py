@@ -233,7 +233,7 @@ def test_cli(tmp_path):
 
 def test_training_cost_sums_an_ensembles_members(tmp_path):
     from bloodcell.core.files import atomic_write_json
-    from bloodcell.evaluation.compare import training_cost
+    from bloodcell.evaluation.comparison import training_cost
 
     a, b = tiny_model(tmp_path / "a"), tiny_model(tmp_path / "b", seed=1)
     for folder, seconds in ((a, [30.5, 29.5]), (b, [100.0])):

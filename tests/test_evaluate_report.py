@@ -16,9 +16,9 @@ from bloodcell.core.errors import ConfigError, DataError, ModelError
 from bloodcell.core.model_folder import read_meta
 from bloodcell.evaluation import plots
 from bloodcell.evaluation.calibration import view_probs
-from bloodcell.evaluation.evaluate import evaluate_arrays
 from bloodcell.evaluation.fit_calibration import fit_calibration, store_calibration
 from bloodcell.evaluation.html_report import SECTIONS, most_confident_mistakes, write_report
+from bloodcell.evaluation.scoring import evaluate_arrays
 from bloodcell.networks import load_model
 from bloodcell.prediction.torch_backend import predict_logits, predict_proba, predict_view_logits
 
@@ -211,7 +211,7 @@ def test_figures_handle_edge_cases():
 
 
 def test_compare_rows_named_by_folder_with_parent_where_folders_share_a_name():
-    from bloodcell.evaluation.compare import _unique_names
+    from bloodcell.evaluation.comparison import _unique_names
 
     rows = [{"path": "runs/zoo/ensemble_3arch/ensemble", "tta": False},
             {"path": "runs/default/ensemble", "tta": False},

@@ -182,7 +182,7 @@ def test_package_default(tmp_path):
 
 
 def test_package_default_fills_card_metrics_from_the_evaluation(tmp_path):
-    from bloodcell.evaluation.evaluate import evaluate_dataset
+    from bloodcell.evaluation.scoring import evaluate_dataset
     from bloodcell.networks import load_model
     from bloodcell.packaging.package import package_default
 

@@ -61,7 +61,7 @@ def run(args) -> int:
         card = read_card(args.card) if args.card else None
         evaluation = None
         if args.metrics:
-            from bloodcell.evaluation.compare import read_evaluation
+            from bloodcell.evaluation.comparison import read_evaluation
 
             evaluation = read_evaluation(args.metrics)
         package_default(args.model, args.data, args.output, card=card, evaluation=evaluation, quantize=args.quantize,

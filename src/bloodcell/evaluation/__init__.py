@@ -1,23 +1,20 @@
 """Evaluation: how far to trust a model, in numbers and figures.
 
 The verbs, each the code its ``bloodcell`` command runs (:mod:`~bloodcell.evaluation.verbs`):
-:func:`evaluate`, :func:`calibrate`, :func:`compare` and :func:`report`. Here these
-names are the functions; the modules :mod:`~bloodcell.evaluation.evaluate` and
-:mod:`~bloodcell.evaluation.compare` stay importable with
-``from bloodcell.evaluation.compare import ...``.
+:func:`evaluate`, :func:`calibrate`, :func:`compare` and :func:`report`.
 
 * :mod:`~bloodcell.evaluation.metrics` - accuracy, per-class metrics, confusion
   matrix, ROC-AUC, log loss, bootstrap intervals, partial label sets;
 * :mod:`~bloodcell.evaluation.calibration` - ECE, temperature scaling,
   abstention thresholds and accuracy-coverage curves;
 * :mod:`~bloodcell.evaluation.labelled` - read a labelled dataset for a model;
-* :mod:`~bloodcell.evaluation.evaluate` - run a model over a dataset, giving an
+* :mod:`~bloodcell.evaluation.scoring` - run a model over a dataset, giving an
   :class:`~bloodcell.evaluation.results.Evaluation`;
 * :mod:`~bloodcell.evaluation.fit_calibration` - fit and store a model's calibration;
 * :mod:`~bloodcell.evaluation.plots` (style in :mod:`~bloodcell.evaluation.figure_style`,
   grids in :mod:`~bloodcell.evaluation.image_grids`) and
   :mod:`~bloodcell.evaluation.html_report` - figures and the HTML report;
-* :mod:`~bloodcell.evaluation.compare` and :mod:`~bloodcell.evaluation.compare_plot` -
+* :mod:`~bloodcell.evaluation.comparison` and :mod:`~bloodcell.evaluation.compare_plot` -
   one table and one bar plot over several models;
 * :mod:`~bloodcell.evaluation.summary_text` - the summaries printed on the terminal.
 """

@@ -24,8 +24,8 @@ from bloodcell.evaluation.calibration import (
     softmax,
     view_probs,
 )
-from bloodcell.evaluation.evaluate import COVERAGE_TARGETS, in_chunks, predict_views
 from bloodcell.evaluation.labelled import load_labelled
+from bloodcell.evaluation.scoring import COVERAGE_TARGETS, in_chunks, predict_views
 from bloodcell.networks.loading import load_model
 from bloodcell.prediction.torch_backend import TTA_VIEWS, predict_logits
 

@@ -15,11 +15,11 @@ import torch
 
 from bloodcell.core.errors import ConfigError
 from bloodcell.core.files import atomic_write_bytes, atomic_write_json, check_writable_file, check_writable_folder
-from bloodcell.evaluation.compare import compare as compare_runs
-from bloodcell.evaluation.compare import markdown_table
-from bloodcell.evaluation.evaluate import evaluate_dataset
+from bloodcell.evaluation.comparison import compare as compare_runs
+from bloodcell.evaluation.comparison import markdown_table
 from bloodcell.evaluation.fit_calibration import calibrate_model
 from bloodcell.evaluation.results import Evaluation
+from bloodcell.evaluation.scoring import evaluate_dataset
 from bloodcell.networks.loading import load_model
 from bloodcell.prediction.torch_backend import default_device
 

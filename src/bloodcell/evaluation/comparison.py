@@ -10,7 +10,7 @@ import numpy as np
 
 from bloodcell.core.errors import ConfigError, DataError, ModelError
 from bloodcell.core.model_folder import is_model_folder, read_meta
-from bloodcell.evaluation.evaluate import evaluate_dataset
+from bloodcell.evaluation.scoring import evaluate_dataset
 from bloodcell.networks.loading import LoadedModel, load_model
 from bloodcell.prediction.torch_backend import predict_proba
 
