@@ -8,9 +8,10 @@ crop), so a changed file or a changed setting is decoded again while identical
 files are decoded once. Entries live in shards of up to :data:`SHARD_SIZE`
 images (``shard-*.npy`` + ``shard-*.json`` listing the keys and the files that
 could not be decoded); a shard is written atomically as soon as it is full, so
-an interrupted build resumes where it stopped. Decoding runs in a process pool
-and goes through :func:`bloodcell.core.preprocess.load_prepared`, the same path
-evaluation and serving use.
+an interrupted build resumes where it stopped. Decoding runs on a few threads
+(:mod:`bloodcell.data.workers`) and goes through
+:func:`bloodcell.core.preprocess.load_prepared`, the same path evaluation and
+serving use.
 
 Normalization is not cached: :meth:`ArraySet.normalized` applies the mean/std
 of the :class:`PreprocessConfig` stored with the arrays, on the fly.
@@ -19,7 +20,6 @@ of the :class:`PreprocessConfig` stored with the arrays, on the fly.
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 import os
 import sys
 import time
@@ -35,6 +35,7 @@ from bloodcell.core.errors import DataError
 from bloodcell.core.files import atomic_save_npy, atomic_write_json
 from bloodcell.core.preprocess import PreprocessConfig, load_prepared, normalize, prepare
 from bloodcell.data.readers.dataset import Dataset, Problem, open_dataset
+from bloodcell.data.workers import for_each_result
 
 log = logging.getLogger("bloodcell.data")
 
@@ -100,10 +101,6 @@ def _prepare_chunk(task):
         out[len(keys)] = arr
         keys.append(key)
     return keys, out[: len(keys)], failed
-
-
-def _pool_context():
-    return mp.get_context("fork") if sys.platform.startswith("linux") else mp.get_context()
 
 
 class PixelCache:
@@ -200,13 +197,7 @@ class PixelCache:
                 flush()
 
         try:
-            if workers == 1 or len(tasks) == 1:
-                for t in tasks:
-                    consume(_prepare_chunk(t))
-            else:
-                with _pool_context().Pool(min(workers, len(tasks))) as pool:
-                    for result in pool.imap_unordered(_prepare_chunk, tasks):
-                        consume(result)
+            for_each_result(_prepare_chunk, tasks, workers, consume)
         finally:
             flush()
             bar.close()
@@ -260,7 +251,7 @@ def load_arrays(
         Index space of the labels (e.g. a model's classes). Default: the classes
         present in the whole dataset (all splits), in :data:`bloodcell.CLASSES` order.
     workers : int, optional
-        Decoding processes; default :func:`bloodcell.core.settings.default_workers`.
+        Decoding threads; default :func:`bloodcell.core.settings.default_workers`.
     progress : bool
         Show progress bars on stderr.
     require_labels : bool
