@@ -25,6 +25,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+#: The development copy of the PBC release, used when BLOODCELL_DATA is unset.
+DEV_DATA = REPO.parent / "shared" / "data" / "pbc"
 
 
 def cpu_seconds() -> float:
@@ -43,7 +45,8 @@ def main(argv=None) -> int:
     from bloodcell.core import settings
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default=str(settings.data_root()), help="dataset (default BLOODCELL_DATA)")
+    p.add_argument("--data", default=str(settings.data_root() or DEV_DATA),
+                   help=f"dataset (default BLOODCELL_DATA, else {DEV_DATA})")
     p.add_argument("--size", type=int, default=128, help="cache image size (default 128)")
     p.add_argument("--workers", type=int, default=None, help="processes (default BLOODCELL_WORKERS or CPUs)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "data_pipeline.json"))
