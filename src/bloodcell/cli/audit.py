@@ -44,7 +44,7 @@ def run(args) -> int:
 
     settings = AuditSettings(hash_size=args.hash_size, near_threshold=args.near_threshold,
                              outlier_threshold=args.outlier_threshold, outlier_neighbors=args.outlier_neighbors)
-    ds = open_dataset(args.data, skip_unknown=args.skip_unknown)
+    ds = open_dataset(args.data, skip_unknown=args.skip_unknown, skip_unknown_hint=True)
     result = audit_dataset(ds, settings, workers=args.workers, progress=not args.quiet)
     out = Path(args.out) if args.out else default_out(args.data)
     out.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ def run(args) -> int:
 
     check_fractions(args.val, args.test)
     settings = AuditSettings(near_threshold=args.near_threshold, outlier_threshold=args.outlier_threshold)
-    ds = open_dataset(args.data, skip_unknown=args.skip_unknown)
+    ds = open_dataset(args.data, skip_unknown=args.skip_unknown, skip_unknown_hint=True)
     result = split_dataset(ds, val=args.val, test=args.test, seed=args.seed, keep_flagged=args.keep_flagged,
                            settings=settings, workers=args.workers, progress=not args.quiet)
     written = write_split(result, args.out)

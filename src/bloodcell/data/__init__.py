@@ -7,7 +7,8 @@
 """
 
 from bloodcell.data.cache import ArraySet, PixelCache, load_arrays
-from bloodcell.data.readers.dataset import IMAGE_EXTENSIONS, SPLITS, Dataset, Problem, Sample, open_dataset
+from bloodcell.data.readers.dataset import IMAGE_EXTENSIONS, SPLITS, Dataset, Problem, Sample
+from bloodcell.data.readers.open import open_dataset
 
 __all__ = [
     "IMAGE_EXTENSIONS",

@@ -34,7 +34,8 @@ from bloodcell.core.classes import canonical_class
 from bloodcell.core.errors import DataError
 from bloodcell.core.files import atomic_save_npy, atomic_write_json
 from bloodcell.core.preprocess import PreprocessConfig, load_prepared, normalize, prepare
-from bloodcell.data.readers.dataset import Dataset, Problem, open_dataset
+from bloodcell.data.readers.dataset import Dataset, Problem
+from bloodcell.data.readers.open import open_dataset
 from bloodcell.data.workers import for_each_result
 
 log = logging.getLogger("bloodcell.data")

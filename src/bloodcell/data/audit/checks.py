@@ -46,6 +46,9 @@ FLAG_UNREADABLE = "unreadable"
 FLAG_CONFLICT = "label-conflict"
 FLAG_OUTLIER = "outlier"
 
+#: Kinds of reader problems that stand for files on disk left out of the dataset.
+SKIPPED_FILE_KINDS = ("hidden", "stray", "not-image", "unknown-class")
+
 OUTLIER_METHOD = (
     "k-nearest-neighbour distance in robustly standardized appearance features "
     f"({', '.join(FEATURE_NAMES)}; each minus its median over 1.4826 x MAD), averaged over the k nearest "
@@ -224,8 +227,9 @@ class AuditResult:
         return len(self.dataset) + self.skipped_files() == self.files_on_disk
 
     def skipped_files(self) -> int:
-        """Files the reader left out (hidden, stray, not images), counting files inside hidden folders."""
-        return sum(p.files for p in self.dataset.problems if p.kind in ("hidden", "stray", "not-image"))
+        """Files the reader left out (hidden, stray, not images, in unknown class folders), counting the files
+        inside left-out folders."""
+        return sum(p.files for p in self.dataset.problems if p.kind in SKIPPED_FILE_KINDS)
 
 
 def audit_dataset(ds: Dataset, settings: AuditSettings | None = None, workers: int | None = None,

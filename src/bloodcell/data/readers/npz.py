@@ -2,7 +2,9 @@
 
 Two layouts are read:
 
-* ``images`` ``(N, H, W)`` or ``(N, H, W, C)`` with ``C`` in 1, 3, 4 and
+* ``images`` ``(N, H, W)`` or ``(N, H, W, C)`` with ``C`` in 1, 3, 4 (a
+  single image without the ``N`` axis, ``(H, W, C)``, is refused with a message
+  rather than read as ``H`` images ``C`` pixels wide) and
   ``labels`` ``(N,)`` (or ``(N, 1)``), integers or class-name strings (without
   ``labels`` the images are unlabelled, e.g. for prediction); an
   optional ``class_names`` string array names the integer labels, otherwise
@@ -32,7 +34,8 @@ def read_npz(path: Path) -> Dataset:
     try:
         npz = np.load(path, allow_pickle=False)
     except (zipfile.BadZipFile, OSError, ValueError) as e:
-        raise DataError(f"{path}: not a readable .npz file ({e}). Write it with numpy.savez(path, images=..., labels=...).") from None
+        raise DataError(f"{path}: not a readable .npz file ({e}). "
+                        "Write it with numpy.savez(path, images=..., labels=...).") from None
     with npz:
         keys = set(npz.files)
         names = _class_names(path, npz) if "class_names" in keys else None
@@ -109,6 +112,13 @@ def _to_rgb_uint8(path: Path, images: np.ndarray, key: str) -> np.ndarray:
         raise DataError(
             f"{path}: {key!r} has {images.ndim} dimensions (shape {images.shape}); expected (N, H, W) or "
             "(N, H, W, C) with channels last."
+        )
+    if images.ndim == 3 and images.shape[-1] in (1, 3, 4):
+        h, w, c = images.shape
+        raise DataError(
+            f"{path}: {key!r} has shape {images.shape}, which is one {h}x{w} image with {c} channel"
+            f"{'s' * (c != 1)} and no image axis, not {h} images of {w} px wide; nothing was read. "
+            f"Save a single image as images[None] (shape (1, {h}, {w}, {c}))."
         )
     if images.ndim == 4 and images.shape[-1] not in (1, 3, 4):
         hint = " It looks channels-first; use images.transpose(0, 2, 3, 1)." if images.shape[1] in (1, 3, 4) else ""
