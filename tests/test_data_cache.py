@@ -10,7 +10,7 @@ from _data_helpers import cell, jpeg_bytes, odd_mode_images, save
 from bloodcell import DataError, PreprocessConfig
 from bloodcell.core.preprocess import load_prepared, normalize
 from bloodcell.data import PixelCache, load_arrays, open_dataset
-from bloodcell.data import cache as cache_mod
+from bloodcell.data import pixels as cache_mod
 
 
 @pytest.fixture(autouse=True)

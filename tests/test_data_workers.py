@@ -25,7 +25,7 @@ _AFTER_TORCH = textwrap.dedent("""
     os.register_at_fork(before=lambda: forks.append(1))
     import torch
     from bloodcell.core.preprocess import PreprocessConfig
-    from bloodcell.data import cache, load_arrays, open_dataset
+    from bloodcell.data import load_arrays, open_dataset, pixels
     from bloodcell.data.audit.checks import audit_dataset
     from bloodcell.data.audit import facts
 
@@ -42,7 +42,7 @@ _AFTER_TORCH = textwrap.dedent("""
 
     runner = threading.Thread(target=keep_running, daemon=True)
     runner.start()
-    cache.CHUNK = facts.CHUNK = 2
+    pixels.CHUNK = facts.CHUNK = 2
     root, out = sys.argv[1], sys.argv[2]
     for rep in range(int(sys.argv[3])):
         os.environ["BLOODCELL_CACHE"] = os.path.join(out, f"cache{rep}")

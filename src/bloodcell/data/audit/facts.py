@@ -23,7 +23,7 @@ from bloodcell.core.errors import DataError
 from bloodcell.core.files import atomic_write_json
 from bloodcell.core.preprocess import decode_image
 from bloodcell.data.audit.features import measure
-from bloodcell.data.cache import _NAME
+from bloodcell.data.pixels import _NAME
 from bloodcell.data.workers import for_each_result
 
 FACTS_VERSION = 1
@@ -71,7 +71,7 @@ def collect_facts(items: list[tuple[str, object]], hash_size: int = 16, workers:
     """Facts for each ``(key, path or RGB array)`` item, as ``{key: facts}``.
 
     Facts are dictionaries with ``width``, ``height``, ``mode``, ``format`` and
-    either ``error`` (a message whose file name is :data:`bloodcell.data.cache._NAME`,
+    either ``error`` (a message whose file name is :data:`bloodcell.data.pixels._NAME`,
     to be replaced by the caller) or ``phash`` (hex) and ``features``.
     """
     root = Path(cache_root) if cache_root is not None else settings.cache_root()
