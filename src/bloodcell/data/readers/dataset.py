@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from bloodcell.core.classes import CLASSES
-from bloodcell.core.errors import DataError
+from bloodcell.core.errors import BloodcellError, DataError
 from bloodcell.core.preprocess import decode_image
 from bloodcell.data.hashing import file_sha256
 
@@ -120,9 +120,14 @@ class Dataset:
             Naming the file when it cannot be decoded.
         """
         s = self.samples[i]
-        if s.path is not None:
+        if s.path is None:
+            return np.ascontiguousarray(self.arrays[s.row])
+        try:
             return decode_image(s.path)
-        return np.ascontiguousarray(self.arrays[s.row])
+        except BloodcellError:
+            raise
+        except Exception as e:  # noqa: BLE001 - Pillow raises many kinds for a damaged file; one line names it
+            raise DataError(f"{s.path}: cannot be decoded ({type(e).__name__}: {e}). Re-export or remove it.") from None
 
     def content_key(self, i: int) -> str:
         """A key that changes exactly when the pixels of sample ``i`` can change."""

@@ -18,7 +18,6 @@ Images are ``uint8``, or floating point in ``[0, 1]`` (scaled by 255) or
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +32,12 @@ def read_npz(path: Path) -> Dataset:
     path = Path(path)
     try:
         npz = np.load(path, allow_pickle=False)
-    except (zipfile.BadZipFile, OSError, ValueError) as e:
-        raise DataError(f"{path}: not a readable .npz file ({e}). "
+    except Exception as e:  # noqa: BLE001 - numpy and zipfile raise many kinds for a damaged file; one line names it
+        raise DataError(f"{path}: not a readable .npz file ({type(e).__name__}: {e}). "
                         "Write it with numpy.savez(path, images=..., labels=...).") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: holds a single .npy array, not an .npz archive of named arrays. "
+                        "Write it with numpy.savez(path, images=..., labels=...).")
     with npz:
         keys = set(npz.files)
         names = _class_names(path, npz) if "class_names" in keys else None
@@ -96,8 +98,8 @@ def _load(path: Path, npz, key: str) -> np.ndarray:
                 "Store strings as a fixed-width array, e.g. numpy.array(labels, dtype=str)."
             ) from None
         raise DataError(f"{path}: array {key!r} cannot be read ({e}).") from None
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise DataError(f"{path}: array {key!r} is corrupt ({e}). Re-create the file.") from None
+    except Exception as e:  # noqa: BLE001 - a damaged member raises zlib, zipfile or numpy errors alike
+        raise DataError(f"{path}: array {key!r} is corrupt ({type(e).__name__}: {e}). Re-create the file.") from None
 
 
 def _class_names(path: Path, npz) -> list[str]:
