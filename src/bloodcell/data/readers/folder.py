@@ -69,8 +69,10 @@ class Walk:
                     kept.append(d)
             dirnames[:] = kept
             names = []
+            real_dir = os.path.realpath(dirpath)
             for name in sorted(filenames):
-                real = os.path.realpath(os.path.join(dirpath, name))
+                path = os.path.join(dirpath, name)
+                real = os.path.realpath(path) if os.path.islink(path) else os.path.join(real_dir, name)
                 if real in self.seen_files:
                     self._repeat(problems, Path(dirpath, name), is_dir=False)
                 else:
