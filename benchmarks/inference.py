@@ -36,7 +36,7 @@ def images_for(preprocess, n: int, seed: int = 0) -> tuple[np.ndarray, str]:
     from bloodcell.core.preprocess import load_prepared
     from bloodcell.core.settings import data_root
 
-    root = data_root()
+    root = data_root() or Path("../shared/data/pbc")
     if not root.is_absolute():
         root = ROOT / root
     files = sorted(root.glob("*/*.jpg"))
