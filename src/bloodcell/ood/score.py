@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from bloodcell.core.errors import ModelError
 from bloodcell.core.model_folder import OOD as FILE
-from bloodcell.prediction.torch_backend import tensor_batches
+from bloodcell.networks.batches import tensor_batches
 
 METHOD = "mahalanobis-penultimate"
 

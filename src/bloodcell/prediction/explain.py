@@ -19,8 +19,9 @@ from PIL import Image
 from torch import nn
 
 from bloodcell.core.errors import ModelError
+from bloodcell.networks.batches import tensor_batches
 from bloodcell.networks.loading import LoadedModel
-from bloodcell.prediction.torch_backend import _check_images, tensor_batches
+from bloodcell.prediction.torch_backend import _check_images
 
 #: Smallest feature-map side Grad-CAM explains from, when the network has a layer that wide.
 MIN_SIDE = 7

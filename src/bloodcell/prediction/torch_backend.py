@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from bloodcell.core.errors import DataError
-from bloodcell.core.preprocess import normalize
+from bloodcell.networks.batches import tensor_batches
 from bloodcell.networks.loading import LoadedModel
 
 #: The eight symmetries of the square: (number of 90° rotations, horizontal flip).
@@ -41,13 +41,6 @@ def _views(x: torch.Tensor, tta: bool):
     for k, flip in TTA_VIEWS:
         v = torch.flip(x, dims=(3,)) if flip else x
         yield torch.rot90(v, k, dims=(2, 3)) if k else v
-
-
-def tensor_batches(images: np.ndarray, preprocess, batch_size: int, device):
-    """Normalized float32 NCHW batches of prepared uint8 images, on ``device``."""
-    for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device)
-        yield normalize(batch, preprocess)
 
 
 @torch.inference_mode()
