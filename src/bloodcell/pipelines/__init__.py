@@ -35,75 +35,50 @@ def _check_data(data: Path) -> Path:
     return data
 
 
-def pipeline(
-    name: str,
-    *,
-    data: str | Path = "runs/pbc_split.csv",
-    default_run: str | Path = specs.DEFAULT_RUN,
-    zoo_run: str | Path = specs.ZOO_RUN,
-    package: str | Path | None = None,
-    card: str | Path | None = "cards/default.yaml",
-    report: str | Path = "reports/zoo",
-    seeds=specs.DEFAULT_SEEDS,
-    recipe: str = specs.DEFAULT_RECIPE,
-    study=specs.ZOO_STUDY,
-    ensemble_epochs: int = specs.ZOO_ENSEMBLE_EPOCHS,
-    zoo_args=specs.ZOO_CPU,
-    train_args=(),
-    jobs: int | None = None,
-    timeout: float | None = None,
-    say=print,
-) -> dict:
-    """Run a pipeline (resumable: rerun it after a stop).
+def pipeline(name: str, *, data: str | Path = "runs/pbc_split.csv", default_run: str | Path = specs.DEFAULT_RUN,
+             zoo_run: str | Path = specs.ZOO_RUN, package: str | Path | None = None,
+             card: str | Path | None = "cards/default.yaml", report: str | Path = "reports/zoo",
+             seeds=specs.DEFAULT_SEEDS, recipe: str = specs.DEFAULT_RECIPE, study=specs.ZOO_STUDY,
+             ensemble_epochs: int = specs.ZOO_ENSEMBLE_EPOCHS, zoo_args=specs.ZOO_CPU, train_args=(),
+             jobs: int | None = None, timeout: float | None = None, say=print) -> dict:
+    """Run a pipeline (resumable: rerun it after a stop); ``bloodcell pipeline NAME``.
 
     Parameters
     ----------
     name : {"default", "zoo", "zoo-table"}
         Which pipeline (see the module documentation).
     data : str or Path
-        The split manifest (``bloodcell split``) every member trains, calibrates and is tested on.
+        The split manifest (``bloodcell split``) members train, calibrate and are tested on.
     default_run, zoo_run : str or Path
-        Run folders of the default model and of the zoo (members, logs, ensemble, test metrics).
-    package : str or Path, optional
-        Where ``default`` packages the model (default: the package's ``bloodcell/default_model``).
-    card : str or Path, optional
-        The default model's card sections (YAML or JSON).
-    report : str or Path
-        Output folder of ``zoo-table`` (``compare.md``, ``compare.json``, ``compare.png``).
-    seeds : sequence of int
-        One default-model member per seed.
-    recipe : str
-        The default members' training recipe.
-    study : sequence of str
-        The zoo's study CNNs as ``RECIPE:EPOCHS``.
-    ensemble_epochs : int
-        Epochs of the zoo's three-architecture ensemble (0 leaves it out).
-    zoo_args : sequence of str
-        ``bloodcell train`` arguments of every fresh zoo member (the CPU-feasible size).
+        Run folders of the default model and of the zoo (members, logs, ensembles, test metrics).
+    package, card, report : str or Path
+        Where ``default`` packages the model (default: the package's ``bloodcell/default_model``)
+        and its model card; ``zoo-table``'s output folder.
+    seeds, recipe : sequence of int, str
+        The default model: one member per seed, each trained from ``recipe``.
+    study, ensemble_epochs, zoo_args
+        The zoo: study CNNs as ``RECIPE:EPOCHS``; epochs of the three-architecture ensemble
+        (0 leaves it out); ``bloodcell train`` arguments of every zoo member.
     train_args : sequence of str
-        Further ``bloodcell train`` arguments of every fresh member, e.g.
-        ``["--max-train-samples", "64", "--epochs", "1", "--image-size", "32"]``.
-    jobs : int, optional
-        Members trained at once, one thread each (default: as many as CPU cores allow).
-    timeout : float, optional
-        Seconds a member may train before it is stopped (default: no limit).
+        Further ``bloodcell train`` arguments of every fresh member, e.g. ``["--epochs", "1"]``.
+    jobs, timeout : int, float, optional
+        Members trained at once, one thread each (default: CPU cores); seconds a member may
+        train before it is stopped (default: no limit).
     say : callable
         Receives progress lines.
 
     Returns
     -------
     dict
-        ``pipeline``, ``trained`` (members trained by this call) and the outputs of the
-        later steps (``calibrated``, ``ensemble``, ``test_metrics``, ``package``, ``report``...).
+        ``pipeline``, ``trained`` (members trained by this call), ``calibrated`` and the
+        later steps' outputs (``ensemble``, ``test_metrics``, ``package``; ``compared``, ``report``).
 
     Raises
     ------
     ConfigError
-        For an unknown pipeline, missing data or a malformed member list.
-    MemberFailed
-        When a member's training fails (the end of its log is printed).
-    StepFailed
-        When a later step fails (its message is printed).
+        Unknown pipeline, missing data or a malformed member list.
+    MemberFailed, StepFailed
+        A member's training failed (the end of its log is printed), or a later step did.
     """
     if name not in PIPELINES:
         raise ConfigError(f"Unknown pipeline {name!r}; choose one of {', '.join(PIPELINES)}.")
@@ -114,10 +89,8 @@ def pipeline(
     if name == "zoo-table":
         return {"pipeline": name, **compare_models(specs.compare_list(zoo, default), data, Path(report), say=say)}
     chosen = default if name == "default" else zoo
-    trained = train_members(chosen, jobs=jobs, timeout=timeout, say=say)
-    result = {"pipeline": name, "trained": trained,
-              "calibrated": [str(p) for p in calibrate_models(chosen.all_models(), data, say=say)]}
+    result = {"pipeline": name, "trained": train_members(chosen, jobs=jobs, timeout=timeout, say=say)}
+    result["calibrated"] = [str(p) for p in calibrate_models(chosen.all_models(), data, say=say)]
     if name == "default":
-        result.update(package_default_model(default, None if package is None else Path(package),
-                                            None if card is None else Path(card), say=say))
+        result.update(package_default_model(default, package and Path(package), card and Path(card), say=say))
     return result
