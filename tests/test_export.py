@@ -298,3 +298,47 @@ def test_cli_refuses_half_weights_with_int8(tmp_path):
     assert run.returncode != 0 and "Traceback" not in run.stderr
     assert "--half-weights stores float32 weights as float16; an int8 graph (--quantize dynamic)" in run.stderr
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_export_verbs_are_importable_from_bloodcell(tmp_path):
+    import bloodcell
+
+    out = bloodcell.export(tiny_model(), output=tmp_path / "m.onnx", say=lambda m: None)
+    assert OnnxModel(out).predict_proba(_prepared(1)).shape == (8, 8)
+    with pytest.raises(ConfigError, match="an int8 graph"):
+        bloodcell.export(tiny_model(), output=tmp_path / "q.onnx", quantize="dynamic", half_weights=True)
+    with pytest.raises(ConfigError, match="needs --calibration-data"):
+        bloodcell.export(tiny_model(), output=tmp_path / "s.onnx", quantize="static")
+    with pytest.raises(ConfigError, match="needs --data"):
+        bloodcell.export(tiny_model(), format="default", output=tmp_path / "pkg")
+    card = bloodcell.info(tiny_model())
+    assert card["name"] == "tiny test model" and card["files"]["model.onnx"] > 0
+    assert bloodcell.info(tiny_model(), text=True).startswith("tiny test model\n")
+
+
+def test_static_calibration_sample_is_seeded_and_prepared(tmp_path):
+    from bloodcell.packaging.exporter import calibration_sample
+
+    data = tmp_path / "cells.npz"
+    x, y = cells(12, seed=2)
+    np.savez(data, images=x, labels=y)
+    a, b = calibration_sample(data, tiny_model(), 5), calibration_sample(data, tiny_model(), 5)
+    assert a.shape == (5, SIZE, SIZE, 3) and a.dtype == np.uint8 and np.array_equal(a, b)
+
+
+def test_export_output_that_cannot_be_written_is_refused_before_work(tmp_path):
+    import bloodcell
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(ConfigError, match="afile is a file, not a folder"):
+        bloodcell.export(tiny_model(), output=afile / "m.onnx")
+    (tmp_path / "folder.onnx").mkdir()
+    with pytest.raises(ConfigError, match="is a folder"):
+        bloodcell.export(tiny_model(), output=tmp_path / "folder.onnx")
+    with pytest.raises(ConfigError, match="existing file, not a folder"):
+        bloodcell.export(tiny_model(), format="default", output=afile, data=afile)
+    with pytest.raises(ConfigError, match="afile is an existing file"):
+        bloodcell.export(tiny_model(), format="default", output=afile / "pkg", data=afile)
+    run = cli("export", str(tiny_model()), "-o", str(afile / "m.onnx"))
+    assert run.returncode == 2 and "Traceback" not in run.stderr and "afile is a file" in run.stderr

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from bloodcell.core.model_folder import read_meta
-from bloodcell.networks.ensemble import ensemble
 
 HELP = "Combine trained models into one soft-voting ensemble that every command accepts as a model."
 
@@ -22,6 +21,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    # deferred: the parser imports every verb module, and the onnxruntime predict path must not load PyTorch
+    from bloodcell.networks.ensemble import ensemble
+
     out = ensemble(args.members, args.output, weights=args.weights, force=args.force)
     meta = read_meta(out)
     pre = meta["preprocess"]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-from bloodcell.networks.registry import models
-
 HELP = "List the model architectures that `bloodcell train` can build."
 
 
@@ -14,6 +12,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    # deferred: the parser imports every verb module, and the onnxruntime predict path must not load PyTorch
+    from bloodcell.networks.registry import models
+
     rows = models()
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -7,9 +7,6 @@ import json
 import shlex
 import sys
 
-from bloodcell.pipelines import PIPELINES, pipeline
-from bloodcell.pipelines import spec as specs
-
 HELP = "Package the default model (default), train the model zoo (zoo) or tabulate it (zoo-table), resumably."
 
 EPILOG = """examples:
@@ -21,6 +18,11 @@ Rerun after a stop: finished members are kept and interrupted ones resume (logs:
 
 
 def add_arguments(parser) -> None:
+    # deferred (here and in run): the parser imports every verb module, and the onnxruntime predict
+    # path must not load PyTorch, which the pipelines' training recipes need
+    from bloodcell.pipelines import PIPELINES
+    from bloodcell.pipelines import spec as specs
+
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
     parser.add_argument("name", choices=PIPELINES, help="which pipeline")
@@ -52,6 +54,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from bloodcell.pipelines import pipeline
+
     result = pipeline(args.name, data=args.data, default_run=args.default_run, zoo_run=args.zoo_run,
                       package=args.package, card=args.card or None, report=args.report, seeds=args.seeds,
                       recipe=args.recipe, study=args.study, ensemble_epochs=args.ensemble_epochs,
