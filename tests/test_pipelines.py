@@ -11,7 +11,7 @@ from PIL import Image
 
 import bloodcell
 from bloodcell.core.classes import CLASSES
-from bloodcell.core.model_folder import WEIGHTS, is_trained, read_meta, write_meta
+from bloodcell.core.model_folder import ONNX, WEIGHTS, is_trained, read_meta, write_meta
 from bloodcell.pipelines import members as runner
 from bloodcell.pipelines.spec import Member, Spec, compare_list, default_spec, zoo_spec
 from conftest import synthetic_cell
@@ -121,4 +121,4 @@ def test_default_pipeline_end_to_end_resuming_after_a_member_finished(split_mani
     assert (run / "lite0_seed1.log").is_file() and (run / "test_metrics.json").is_file()
     meta = read_meta(package)
     assert meta["ensemble"]["members"] == ["member_0", "member_1"] and meta["model_card"]["metrics"]
-    assert "ood" in meta and (package / "model.onnx").is_file()
+    assert "ood" in meta and (package / ONNX).is_file()

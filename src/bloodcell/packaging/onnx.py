@@ -6,7 +6,7 @@ the model folder holds out-of-distribution statistics (:mod:`bloodcell.ood.score
 ``ood_score`` ``(N,)``. Everything else a runtime needs travels in the file's
 ``metadata_props``:
 
-``bloodcell.format``        ``bloodcell-onnx/1``
+``bloodcell.format``        the format tag (:data:`bloodcell.core.model_folder.ONNX_FORMAT`)
 ``bloodcell.preprocess``    :meth:`PreprocessConfig.to_dict` as JSON (crop, size, mean/std, class names)
 ``bloodcell.class_names``   the output classes, as a JSON list
 ``bloodcell.calibration``   temperature and abstention threshold (``{}`` if never calibrated)
