@@ -247,3 +247,16 @@ def test_training_cost_sums_an_ensembles_members(tmp_path):
     assert training_cost(b) is None
     assert training_cost(make_ensemble([a, b], tmp_path / "ens2")) is None
     assert training_cost(tmp_path / "not_a_model") is None
+
+
+def test_ensemble_verb_and_a_failed_member_leaves_the_old_folder(tmp_path):
+    import bloodcell
+
+    a, b = tiny_model(tmp_path / "a"), tiny_model(tmp_path / "b", seed=1)
+    out = bloodcell.ensemble([a, b], tmp_path / "ens", weights=[1, 3])
+    assert read_meta(out)["ensemble"]["weights"] == [0.25, 0.75]
+    (b / WEIGHTS).unlink()
+    with pytest.raises(ModelError, match="weight file missing"):
+        bloodcell.ensemble([a, b], out, force=True)
+    assert read_meta(out)["ensemble"]["weights"] == [0.25, 0.75] and (out / "member_1" / WEIGHTS).is_file()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -78,3 +78,12 @@ def test_load_refuses_non_model(tmp_path):
     (tmp_path / META).write_text(json.dumps({"format": "other"}))
     with pytest.raises(ModelError, match="not a bloodcell model file"):
         load_model(tmp_path)
+
+
+def test_models_verb_lists_every_architecture():
+    import bloodcell
+
+    rows = bloodcell.models()
+    assert [r["name"] for r in rows] == list_models()
+    lite0 = next(r for r in rows if r["name"] == "efficientnet_lite0")
+    assert lite0["pretrained"].startswith("package:") and lite0["default_size"] == 224 and lite0["family"] == "timm"
