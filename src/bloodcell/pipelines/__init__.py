@@ -92,5 +92,6 @@ def pipeline(name: str, *, data: str | Path = "runs/pbc_split.csv", default_run:
     result = {"pipeline": name, "trained": train_members(chosen, jobs=jobs, timeout=timeout, say=say)}
     result["calibrated"] = [str(p) for p in calibrate_models(chosen.all_models(), data, say=say)]
     if name == "default":
-        result.update(package_default_model(default, package and Path(package), card and Path(card), say=say))
+        result.update(package_default_model(default, Path(package) if package else None, Path(card) if card else None,
+                                            say=say))
     return result
