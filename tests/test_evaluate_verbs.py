@@ -33,7 +33,7 @@ def _quiet_env(monkeypatch, tmp_path):
 
 
 def test_python_verbs_are_the_cli_code(model, data, tmp_path, capsys):
-    assert bloodcell.evaluate is bloodcell.evaluation.scoring
+    assert bloodcell.evaluate is bloodcell.evaluation.evaluate
     ev = bloodcell.evaluate(model, data, bootstrap=0, device="cpu", output=tmp_path / "ev" / "m.json", quiet=True)
     saved = json.loads((tmp_path / "ev" / "m.json").read_text())
     assert saved["metrics"]["accuracy"] == pytest.approx(ev.metrics["accuracy"])
