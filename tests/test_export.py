@@ -133,22 +133,23 @@ def test_not_an_onnx_model(tmp_path):
 
 
 def test_ood_statistics_round_trip(tmp_path):
-    from bloodcell.ood import score as ood
+    from bloodcell.ood.fit import fit_head, save_head
+    from bloodcell.ood.score import head_scores, load_head
 
     rng = np.random.default_rng(0)
     feats = rng.normal(size=(200, 20)) + np.repeat(np.eye(4, 20) * 5, 50, axis=0)
     labels = np.repeat(np.arange(4), 50)
-    head = ood.fit_head(feats, labels, dims=8)
-    ood.save_head(tmp_path, head)
-    again = ood.load_head(tmp_path)
-    np.testing.assert_allclose(ood.head_scores(again, feats), ood.head_scores(head, feats), rtol=1e-6)
-    assert 1.0 < np.median(ood.head_scores(head, feats)) < 3.0
+    head = fit_head(feats, labels, dims=8)
+    save_head(tmp_path, head)
+    again = load_head(tmp_path)
+    np.testing.assert_allclose(head_scores(again, feats), head_scores(head, feats), rtol=1e-6)
+    assert 1.0 < np.median(head_scores(head, feats)) < 3.0
     far = rng.normal(size=(20, 20)) * 10
-    assert ood.head_scores(head, far).min() > np.percentile(ood.head_scores(head, feats), 99)
+    assert head_scores(head, far).min() > np.percentile(head_scores(head, feats), 99)
 
 
 def test_choose_threshold_separates():
-    from bloodcell.ood.score import choose_threshold, evaluate_threshold
+    from bloodcell.ood.fit import choose_threshold, evaluate_threshold
 
     cells_s = np.linspace(1.0, 2.0, 100)
     other = np.linspace(4.0, 9.0, 50)

@@ -171,15 +171,3 @@ def load_head(folder: str | Path) -> MahalanobisHead | None:
         raise ModelError(
             f"{path}: corrupt out-of-distribution statistics ({e}). Re-run `bloodcell export --format default`."
         ) from None
-
-
-#: Fitting moved to :mod:`bloodcell.ood.fit`; these names stay importable from here until every caller imports them there.
-MOVED_TO_FIT = ("default_dims", "fit_head", "choose_threshold", "evaluate_threshold", "save_head", "fit_ood")
-
-
-def __getattr__(name: str):
-    if name in MOVED_TO_FIT:
-        from bloodcell.ood import fit  # deferred: fit imports this module
-
-        return getattr(fit, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

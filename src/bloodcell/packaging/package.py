@@ -32,7 +32,7 @@ from bloodcell.core.model_choice import packaged_model_dir
 from bloodcell.core.model_folder import ONNX, read_meta, weight_files, weights_digest, write_meta
 from bloodcell.data import load_arrays, open_dataset
 from bloodcell.networks.loading import copy_model, load_model
-from bloodcell.ood import score as ood
+from bloodcell.ood.fit import fit_ood, save_head
 from bloodcell.packaging.card import card_metrics, check_evaluation_matches, training_record
 from bloodcell.packaging.onnx import export_onnx
 from bloodcell.prediction.onnx_backend import OnnxModel
@@ -140,9 +140,9 @@ def _fit_ood(staging: Path, loaded, train, held, per_kind: int, max_false_flag: 
     """Fit the out-of-distribution score, store its head in ``staging`` and return its record."""
     say(f"Fitting the out-of-distribution score on {len(train)} training images; threshold from "
         f"{len(held)} held-out cells ...")
-    head, info = ood.fit_ood(loaded, train.images, train.labels, held.images, per_kind=per_kind, seed=seed,
+    head, info = fit_ood(loaded, train.images, train.labels, held.images, per_kind=per_kind, seed=seed,
                              max_false_flag=max_false_flag)
-    ood.save_head(staging, head)
+    save_head(staging, head)
     return info
 
 

@@ -21,11 +21,11 @@ from pathlib import Path
 from bloodcell.core.errors import ConfigError
 from bloodcell.pipelines import spec as specs
 from bloodcell.pipelines.members import MemberFailed, train_members
-from bloodcell.pipelines.steps import StepFailed, calibrate_models, compare_models, package_default_model
+from bloodcell.pipelines.steps import calibrate_models, compare_models, package_default_model
 
 PIPELINES = ("default", "zoo", "zoo-table")
 
-__all__ = ["PIPELINES", "MemberFailed", "StepFailed", "pipeline"]
+__all__ = ["PIPELINES", "MemberFailed", "pipeline"]
 
 
 def _check_data(data: Path) -> Path:
@@ -77,8 +77,10 @@ def pipeline(name: str, *, data: str | Path = "runs/pbc_split.csv", default_run:
     ------
     ConfigError
         Unknown pipeline, missing data or a malformed member list.
-    MemberFailed, StepFailed
-        A member's training failed (the end of its log is printed), or a later step did.
+    MemberFailed
+        A member's training failed (the end of its log is printed).
+    BloodcellError
+        A later step refused its input (the message names the file and the fix).
     """
     if name not in PIPELINES:
         raise ConfigError(f"Unknown pipeline {name!r}; choose one of {', '.join(PIPELINES)}.")
