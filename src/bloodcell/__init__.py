@@ -15,11 +15,10 @@ The verbs load on first use, so ``import bloodcell`` stays light (no PyTorch).
 
 from importlib import import_module
 
+from bloodcell.core import __version__
 from bloodcell.core.classes import CLASSES, canonical_class
 from bloodcell.core.errors import BloodcellError, ConfigError, DataError, ModelError
 from bloodcell.core.preprocess import PreprocessConfig, decode_image, prepare
-
-__version__ = "0.1.0"
 
 # name -> module that defines it (loaded on first use)
 _LAZY = {

@@ -15,7 +15,7 @@ import pkgutil
 import sys
 
 import bloodcell.cli as commands
-from bloodcell import __version__
+from bloodcell.core import __version__
 from bloodcell.core.errors import BloodcellError
 
 

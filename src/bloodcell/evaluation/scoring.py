@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bloodcell import __version__
+from bloodcell.core import __version__
 from bloodcell.core.classes import canonical_class
 from bloodcell.core.errors import DataError
 from bloodcell.evaluation.calibration import (

@@ -43,7 +43,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from bloodcell import __version__
+from bloodcell.core import __version__
 from bloodcell.core.errors import ConfigError, DataError, ModelError
 from bloodcell.core.files import atomic_write_with, check_writable_file
 from bloodcell.core.model_folder import ONNX as ONNX_FILE

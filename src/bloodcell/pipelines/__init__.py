@@ -77,10 +77,8 @@ def pipeline(name: str, *, data: str | Path = "runs/pbc_split.csv", default_run:
     ------
     ConfigError
         Unknown pipeline, missing data or a malformed member list.
-    MemberFailed
-        A member's training failed (the end of its log is printed).
-    BloodcellError
-        A later step refused its input (the message names the file and the fix).
+    MemberFailed, BloodcellError
+        A member's training failed (the end of its log is printed), or a later step refused its input.
     """
     if name not in PIPELINES:
         raise ConfigError(f"Unknown pipeline {name!r}; choose one of {', '.join(PIPELINES)}.")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bloodcell import __version__
+from bloodcell.core import __version__
 from bloodcell.core.errors import ConfigError
 from bloodcell.data.audit.duplicates import components, hashes_to_words, near_pairs
 from bloodcell.data.audit.facts import collect_facts
