@@ -25,7 +25,7 @@ def png(image: np.ndarray) -> bytes:
 
 @pytest.fixture(scope="module")
 def client():
-    app = create_app(tiny_model(), max_upload_mb=0.5, max_files=4)
+    app = create_app(tiny_model(), max_upload_mb=0.5, max_files=4, allowed_hosts=["testserver"])
     with TestClient(app) as c:
         yield c
 
@@ -51,7 +51,7 @@ def test_model_card(client):
     body = r.json()
     assert r.status_code == 200
     assert body["name"] == "tiny test model" and body["licence"] == "Apache-2.0"
-    assert len(body["classes"]) == 8 and body["limits"] == {"max_upload_mb": 0.5, "max_files": 4}
+    assert len(body["classes"]) == 8 and body["limits"] == {"max_upload_mb": 0.5, "max_files": 4, "max_megapixels": 4.0}
     assert body["out_of_distribution"]["threshold"] > 0
 
 
@@ -144,7 +144,7 @@ def test_too_large_without_content_length(client):
 
 def test_too_many_files(client, images):
     r = client.post("/v1/predict", files=upload([(f"c{i}.png", images[0]) for i in range(5)]))
-    assert r.status_code == 413 and "Too many files: 5; at most 4" in r.json()["detail"]
+    assert r.status_code == 413 and "Too many files: more than 4; at most 4" in r.json()["detail"]
 
 
 def test_not_multipart(client):
@@ -154,7 +154,7 @@ def test_not_multipart(client):
 
 def test_concurrent_requests_share_batches(images):
     calls = []
-    app = create_app(tiny_model(), max_files=4)
+    app = create_app(tiny_model(), max_files=4, allowed_hosts=["testserver"])
     clf = app.state.classifier
     original = clf.scores
 
