@@ -194,3 +194,14 @@ def test_error_bodies_documented_and_real(client):
               client.post("/v1/predict", content=b"\x00", headers={"content-type": "multipart/form-data"}),
               client.post("/v1/predict", content=b"x" * 3_000_000)):
         assert set(r.json()) == {"detail", "skipped"} and isinstance(r.json()["detail"], str), r.status_code
+
+
+def test_gradcam_runs_in_small_chunks(cell_png):
+    app = create_app(tiny_model(), max_files=8, allowed_hosts=["testserver"])
+    clf = app.state.classifier
+    sizes = []
+    app.state.classifier.explain = lambda images: sizes.append(len(images)) or np.zeros(images.shape[:3], np.float32)
+    with TestClient(app) as c:
+        r = c.post("/v1/predict?explain=true", files=upload([(f"c{i}.png", cell_png) for i in range(7)]))
+    assert r.status_code == 200 and all(p["gradcam_png"] for p in r.json()["predictions"])
+    assert sizes == [4, 3] and clf.batch_size == server_app.BATCH_SIZE

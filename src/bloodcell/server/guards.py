@@ -5,7 +5,8 @@
 * :class:`SecurityHeaders` adds a Content-Security-Policy and friends to every response;
 * :class:`Gate` bounds concurrent heavy work (decoding, inference, Grad-CAM) and
   turns the overflow into 503 with Retry-After instead of a growing process;
-* :func:`release_memory` gives freed heap pages back to the system after heavy work.
+* :func:`limit_malloc_arenas` and :func:`release_memory` keep freed heap memory
+  from staying with the process after heavy work.
 """
 
 from __future__ import annotations
@@ -141,6 +142,17 @@ def _libc():
 
 
 LIBC = _libc()
+
+
+#: glibc's mallopt parameter for the number of malloc arenas.
+M_ARENA_MAX = -8
+
+
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """Few malloc arenas for the whole process: glibc's default of eight per core lets every
+    worker thread keep its own fragmented heap, which under load held hundreds of MB for good."""
+    if LIBC is not None and hasattr(LIBC, "mallopt"):
+        LIBC.mallopt(M_ARENA_MAX, arenas)
 
 
 def release_memory() -> None:

@@ -23,7 +23,8 @@ async def _classify(request: Request, files: list[UploadFile]):
     if len(files) > state.limits["max_files"]:
         return None, too_many_files(state.limits["max_files"], len(files))
     clf = state.classifier
-    upload: Upload = await run_in_threadpool(decode_uploads, clf, files, state.max_pixels)
+    async with state.decode_gate.enter():
+        upload: Upload = await run_in_threadpool(decode_uploads, clf, files, state.max_pixels)
     if upload.images is None:
         reasons = " ".join(s["detail"] for s in upload.skipped)
         return None, error(422, f"No readable image in the upload. {reasons}".strip(), upload.skipped)
@@ -31,10 +32,18 @@ async def _classify(request: Request, files: list[UploadFile]):
     return upload, clf.make_predictions(probs, scores, upload.names)
 
 
+#: Images per Grad-CAM pass: the backward pass's memory grows with it (about 120 MB per 4 images).
+GRADCAM_CHUNK = 4
+
+
 def _gradcam(clf, images):
     from bloodcell.prediction.explain import overlay  # deferred: loads PyTorch, which only Grad-CAM needs
 
-    return [png_base64(overlay(img, m)) for img, m in zip(images, clf.explain(images))]
+    out = []
+    for start in range(0, len(images), GRADCAM_CHUNK):
+        part = images[start:start + GRADCAM_CHUNK]
+        out += [png_base64(overlay(img, m)) for img, m in zip(part, clf.explain(part))]
+    return out
 
 
 @router.get("/", include_in_schema=False)

@@ -12,6 +12,7 @@ import uvicorn
 from bloodcell.core.errors import ConfigError
 from bloodcell.core.model_choice import resolve_model
 from bloodcell.server.app import DEFAULT_MAX_FILES, DEFAULT_MAX_UPLOAD_MB, check_limits, create_app
+from bloodcell.server.guards import limit_malloc_arenas
 from bloodcell.server.uploads import DEFAULT_MAX_MEGAPIXELS
 
 OPTIONS_ENV = "BLOODCELL_SERVE_OPTIONS"
@@ -32,6 +33,7 @@ def bound_hosts(host: str) -> list[str]:
 
 def make_app():
     """Application factory for uvicorn worker processes (settings from the environment)."""
+    limit_malloc_arenas()
     return create_app(**json.loads(os.environ[OPTIONS_ENV]))
 
 
@@ -86,6 +88,7 @@ def serve(
     print(f"bloodcell serve: web page and API at http://{host}:{port}/ (API docs at /docs); Ctrl+C stops.",
           file=sys.stderr)
     if workers == 1:
+        limit_malloc_arenas()
         uvicorn.run(create_app(model, threads=threads, **options), host=host, port=port, log_level=log_level)
     else:
         os.environ[OPTIONS_ENV] = json.dumps({"model": str(resolve_model(model)), "threads": threads or 1, **options})
