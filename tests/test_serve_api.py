@@ -6,6 +6,7 @@ import base64
 import io
 import re
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -153,16 +154,18 @@ def test_not_multipart(client):
 
 
 def test_concurrent_requests_share_batches(images):
-    calls = []
     app = create_app(tiny_model(), max_files=4, allowed_hosts=["testserver"])
-    clf = app.state.classifier
-    original = clf.scores
+    batcher = app.state.batcher
+    original = app.state.classifier.scores
+    first = threading.Event()
 
-    def counting(batch):
-        calls.append(len(batch))
+    def slow_first(batch):
+        if not first.is_set():  # hold the first batch so the other requests queue up behind it
+            first.set()
+            time.sleep(0.5)
         return original(batch)
 
-    app.state.batcher._fn = counting
+    batcher._fn = slow_first
     results = []
     with TestClient(app) as c:
         def one(i):
@@ -173,7 +176,10 @@ def test_concurrent_requests_share_batches(images):
             t.start()
         for t in threads:
             t.join()
-    assert results == [200] * 12 and sum(calls) == 12
+    assert results == [200] * 12
+    assert sum(n for _, n in batcher.batches) == 12
+    assert max(requests for requests, _ in batcher.batches) >= 2, list(batcher.batches)
+    assert len(batcher.batches) < 12
 
 
 def test_batcher_splits_results_and_errors():
@@ -181,6 +187,7 @@ def test_batcher_splits_results_and_errors():
     futures = [b.submit(np.full((n, 2, 2, 3), i, np.uint8)) for i, n in enumerate([1, 3, 2])]
     outs = [f.result(timeout=10) for f in futures]
     assert [len(o[0]) for o in outs] == [1, 3, 2] and outs[2][0][0, 0] == 2
+    assert sum(n for _, n in b.batches) == 6 and sum(r for r, _ in b.batches) == 3
     b.close()
 
     def boom(x):
