@@ -205,3 +205,21 @@ def test_gradcam_runs_in_small_chunks(cell_png):
         r = c.post("/v1/predict?explain=true", files=upload([(f"c{i}.png", cell_png) for i in range(7)]))
     assert r.status_code == 200 and all(p["gradcam_png"] for p in r.json()["predictions"])
     assert sizes == [4, 3] and clf.batch_size == server_app.BATCH_SIZE
+
+
+def test_gate_trims_memory_once_idle_at_a_bounded_rate(monkeypatch):
+    import bloodcell.server.guards as guards
+
+    trims = []
+    monkeypatch.setattr(guards, "release_memory", lambda: trims.append(1))
+
+    async def scenario():
+        gate = Gate("requests", slots=2, queue=0, trim=True, trim_every=0.2)
+        for _ in range(20):  # twenty short requests in a row: one trim now, one deferred
+            async with gate.enter():
+                await asyncio.sleep(0)
+        first = len(trims)
+        await asyncio.sleep(0.4)
+        return first, len(trims)
+
+    assert asyncio.run(scenario()) == (1, 2)

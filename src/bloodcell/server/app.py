@@ -114,9 +114,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.work_gate = Gate("requests", WORK_SLOTS, WORK_QUEUE)
+        app.state.work_gate = Gate("requests", WORK_SLOTS, WORK_QUEUE, trim=True)
         app.state.decode_gate = Gate("uploads", DECODE_SLOTS, WORK_SLOTS)
-        app.state.gradcam_gate = Gate("Grad-CAM requests", GRADCAM_SLOTS, GRADCAM_QUEUE, retry_after=5)
+        app.state.gradcam_gate = Gate("Grad-CAM requests", GRADCAM_SLOTS, GRADCAM_QUEUE, retry_after=5, trim=True)
         yield
         batcher.close()
 
@@ -126,7 +126,7 @@ def create_app(
         form_limits={"max_files": max_files},  # the multipart parser stops at the limit, not at 1,000
     )
     app.add_middleware(BodyLimit, max_bytes=int(max_upload_mb * 1e6))
-    app.add_middleware(HostCheck, allowed_hosts=[*LOCAL_HOSTS, *(allowed_hosts or [])])
+    app.add_middleware(HostCheck, allowed_hosts=list(dict.fromkeys([*LOCAL_HOSTS, *(allowed_hosts or [])])))
     app.add_middleware(SecurityHeaders)
     app.state.classifier = clf
     app.state.batcher = batcher

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import time
 from contextlib import asynccontextmanager
 
 from starlette.middleware.trustedhost import TrustedHostMiddleware, parse_host_header
@@ -164,15 +165,20 @@ def release_memory() -> None:
 class Gate:
     """At most ``slots`` jobs at once and ``queue`` more waiting; past that, :class:`Busy`.
 
-    Runs in the event loop only, so the counter needs no lock. When the last job
-    leaves, freed memory is returned to the system.
+    Runs in the event loop only, so the counter needs no lock. With ``trim``, freed
+    memory is returned to the system when the last job leaves (at most every
+    ``trim_every`` seconds: a trim walks the whole heap).
     """
 
-    def __init__(self, what: str, slots: int, queue: int, retry_after: int = 2):
+    def __init__(self, what: str, slots: int, queue: int, retry_after: int = 2, trim: bool = False,
+                 trim_every: float = 1.0):
         self.what = what
         self.limit = slots + queue
         self.retry_after = retry_after
         self.count = 0
+        self.trim_every = trim_every if trim else None
+        self._trimmed = 0.0
+        self._pending = False
         self._slots = asyncio.Semaphore(slots)
 
     @asynccontextmanager
@@ -185,5 +191,18 @@ class Gate:
                 yield
         finally:
             self.count -= 1
-            if self.count == 0:
-                release_memory()
+            if self.count == 0 and self.trim_every is not None:
+                self._trim_when_idle()
+
+    def _trim_when_idle(self, scheduled: bool = False) -> None:
+        if scheduled:
+            self._pending = False
+        if self.count or self._pending:
+            return
+        wait = self._trimmed + self.trim_every - time.monotonic()
+        if wait <= 0:
+            release_memory()
+            self._trimmed = time.monotonic()
+        else:
+            self._pending = True
+            asyncio.get_running_loop().call_later(wait, self._trim_when_idle, True)
