@@ -214,12 +214,12 @@ def test_gate_trims_memory_once_idle_at_a_bounded_rate(monkeypatch):
     monkeypatch.setattr(guards, "release_memory", lambda: trims.append(1))
 
     async def scenario():
-        gate = Gate("requests", slots=2, queue=0, trim=True, trim_every=0.2)
+        gate = Gate("requests", slots=2, queue=0, trim=True, trim_every=1.5)
         for _ in range(20):  # twenty short requests in a row: one trim now, one deferred
             async with gate.enter():
                 await asyncio.sleep(0)
         first = len(trims)
-        await asyncio.sleep(0.4)
+        await asyncio.sleep(2.0)
         return first, len(trims)
 
     assert asyncio.run(scenario()) == (1, 2)
