@@ -72,6 +72,16 @@ def _describe(max_upload_mb: float, max_files: int, max_megapixels: float) -> st
             f"{max_megapixels:g} megapixels per image. Every error is JSON with `detail` and `skipped`.")
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI):
+    """Gates are made in the serving event loop (their semaphores belong to it); the batcher stops last."""
+    app.state.work_gate = Gate("requests", WORK_SLOTS, WORK_QUEUE, trim=True)
+    app.state.decode_gate = Gate("uploads", DECODE_SLOTS, WORK_SLOTS)
+    app.state.gradcam_gate = Gate("Grad-CAM requests", GRADCAM_SLOTS, GRADCAM_QUEUE, retry_after=5, trim=True)
+    yield
+    app.state.batcher.close()
+
+
 def check_limits(max_upload_mb: float, max_files: int, max_megapixels: float) -> None:
     if max_files < 1 or max_upload_mb <= 0 or max_megapixels <= 0:
         raise ConfigError("--max-files must be at least 1, --max-upload-mb and --max-megapixels positive.")
@@ -112,16 +122,8 @@ def create_app(
     clf = classifier or Classifier(model, threads=threads, batch_size=BATCH_SIZE)
     batcher = Batcher(clf.scores, max_batch=max(clf.batch_size, 1))
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        app.state.work_gate = Gate("requests", WORK_SLOTS, WORK_QUEUE, trim=True)
-        app.state.decode_gate = Gate("uploads", DECODE_SLOTS, WORK_SLOTS)
-        app.state.gradcam_gate = Gate("Grad-CAM requests", GRADCAM_SLOTS, GRADCAM_QUEUE, retry_after=5, trim=True)
-        yield
-        batcher.close()
-
     app = FastAPIOffline(  # /docs and /redoc with bundled Swagger UI and ReDoc: they work offline
-        lifespan=lifespan, title="bloodcell", version=__version__,
+        lifespan=_lifespan, title="bloodcell", version=__version__,
         description=_describe(max_upload_mb, max_files, max_megapixels),
         form_limits={"max_files": max_files},  # the multipart parser stops at the limit, not at 1,000
     )
