@@ -37,7 +37,7 @@ def server():
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "bloodcell", "serve", "--model", str(tiny_model()), "--port", str(port),
-         "--max-files", "8", "--log-level", "warning"],
+         "--max-files", "8", "--max-upload-mb", "2", "--log-level", "warning"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     import httpx
@@ -129,3 +129,26 @@ def test_bad_upload_shows_message(page, server, tmp_path):
     too_many = [write_png(tmp_path / f"m{i}.png", np.full((20, 20, 3), i * 20, np.uint8)) for i in range(9)]
     page.set_input_files("#file-input", [str(p) for p in too_many])
     page.wait_for_selector("#error:has-text('Too many files')")
+
+
+def test_refused_uploads_show_the_server_message(page, server, tmp_path):
+    noisy = np.random.default_rng(0).integers(0, 255, (1000, 1000, 3), dtype=np.uint8)
+    shown = {}
+    for name, image in [("noisy.png", noisy), ("huge.png", np.zeros((2500, 2000, 3), np.uint8))]:
+        page.goto(server + "/")
+        page.set_input_files("#file-input", str(write_png(tmp_path / name, image)))
+        shown[name] = page.wait_for_selector("#error:not([hidden])").inner_text()
+    assert "Upload too large" in shown["noisy.png"] and "2 MB per request" in shown["noisy.png"]
+    assert "huge.png: image is 2000x2500 = 5,000,000 pixels, over the limit" in shown["huge.png"]
+    page.goto(server + "/")
+    busy = {"detail": "The service is busy with other requests; retry in 2 s.", "skipped": []}
+    page.route("**/v1/predict*", lambda route: route.fulfill(status=503, json=busy, headers={"Retry-After": "2"}))
+    page.set_input_files("#file-input", str(write_png(tmp_path / "cell.png", cells(1, seed=3)[0][0])))
+    assert page.wait_for_selector("#error:not([hidden])").inner_text() == busy["detail"]
+    page.route("**/v1/predict*", lambda route: route.fulfill(status=503, body="<html>proxy</html>",
+                                                            headers={"Retry-After": "7"}))
+    page.set_input_files("#file-input", str(write_png(tmp_path / "cell2.png", cells(1, seed=4)[0][0])))
+    page.wait_for_selector("#error:has-text('Retry in 7 s')")
+    shot = Path(os.environ.get("BLOODCELL_SCREENSHOT_DIR", tmp_path)) / "page_refused.png"
+    page.screenshot(path=str(shot), full_page=True)
+    page.unroute("**/v1/predict*")

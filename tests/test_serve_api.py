@@ -6,6 +6,7 @@ import base64
 import io
 import re
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -25,7 +26,7 @@ def png(image: np.ndarray) -> bytes:
 
 @pytest.fixture(scope="module")
 def client():
-    app = create_app(tiny_model(), max_upload_mb=0.5, max_files=4)
+    app = create_app(tiny_model(), max_upload_mb=0.5, max_files=4, allowed_hosts=["testserver"])
     with TestClient(app) as c:
         yield c
 
@@ -51,7 +52,7 @@ def test_model_card(client):
     body = r.json()
     assert r.status_code == 200
     assert body["name"] == "tiny test model" and body["licence"] == "Apache-2.0"
-    assert len(body["classes"]) == 8 and body["limits"] == {"max_upload_mb": 0.5, "max_files": 4}
+    assert len(body["classes"]) == 8 and body["limits"] == {"max_upload_mb": 0.5, "max_files": 4, "max_megapixels": 4.0}
     assert body["out_of_distribution"]["threshold"] > 0
 
 
@@ -144,7 +145,7 @@ def test_too_large_without_content_length(client):
 
 def test_too_many_files(client, images):
     r = client.post("/v1/predict", files=upload([(f"c{i}.png", images[0]) for i in range(5)]))
-    assert r.status_code == 413 and "Too many files: 5; at most 4" in r.json()["detail"]
+    assert r.status_code == 413 and "Too many files: more than 4; at most 4" in r.json()["detail"]
 
 
 def test_not_multipart(client):
@@ -153,16 +154,18 @@ def test_not_multipart(client):
 
 
 def test_concurrent_requests_share_batches(images):
-    calls = []
-    app = create_app(tiny_model(), max_files=4)
-    clf = app.state.classifier
-    original = clf.scores
+    app = create_app(tiny_model(), max_files=4, allowed_hosts=["testserver"])
+    batcher = app.state.batcher
+    original = app.state.classifier.scores
+    first = threading.Event()
 
-    def counting(batch):
-        calls.append(len(batch))
+    def slow_first(batch):
+        if not first.is_set():  # hold the first batch so the other requests queue up behind it
+            first.set()
+            time.sleep(0.5)
         return original(batch)
 
-    app.state.batcher._fn = counting
+    batcher._fn = slow_first
     results = []
     with TestClient(app) as c:
         def one(i):
@@ -173,7 +176,10 @@ def test_concurrent_requests_share_batches(images):
             t.start()
         for t in threads:
             t.join()
-    assert results == [200] * 12 and sum(calls) == 12
+    assert results == [200] * 12
+    assert sum(n for _, n in batcher.batches) == 12
+    assert max(requests for requests, _ in batcher.batches) >= 2, list(batcher.batches)
+    assert len(batcher.batches) < 12
 
 
 def test_batcher_splits_results_and_errors():
@@ -181,6 +187,7 @@ def test_batcher_splits_results_and_errors():
     futures = [b.submit(np.full((n, 2, 2, 3), i, np.uint8)) for i, n in enumerate([1, 3, 2])]
     outs = [f.result(timeout=10) for f in futures]
     assert [len(o[0]) for o in outs] == [1, 3, 2] and outs[2][0][0, 0] == 2
+    assert sum(n for _, n in b.batches) == 6 and sum(r for r, _ in b.batches) == 3
     b.close()
 
     def boom(x):

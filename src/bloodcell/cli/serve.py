@@ -16,44 +16,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads per worker (default: the usable CPUs)")
     parser.add_argument("--max-upload-mb", type=float, default=32.0, help="largest request body in MB (default: 32)")
     parser.add_argument("--max-files", type=int, default=64, help="most images per request (default: 64)")
+    parser.add_argument("--max-megapixels", type=float, default=4.0,
+                        help="most pixels per image, in millions, checked before decoding (default: 4; a cell "
+                             "image is about 0.13)")
+    parser.add_argument("--allowed-hosts", nargs="+", default=None, metavar="NAME",
+                        help="Host header names to answer besides localhost and the --host address "
+                             "(e.g. the server's DNS name behind a proxy; '*' answers any)")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
 
-def make_app():
-    """Application factory for uvicorn worker processes (settings from the environment)."""
-    import json
-    import os
-
-    from bloodcell.server import create_app
-
-    opts = json.loads(os.environ["BLOODCELL_SERVE_OPTIONS"])
-    return create_app(opts["model"], max_upload_mb=opts["max_upload_mb"], max_files=opts["max_files"], threads=opts["threads"])
-
-
 def run(args) -> int:
-    import json
-    import os
-    import sys
+    from bloodcell.server import serve  # deferred: `bloodcell --help` must not load the service stack
 
-    import uvicorn
-
-    from bloodcell.core.errors import ConfigError
-    from bloodcell.server import create_app
-
-    if args.workers < 1 or args.max_files < 1 or args.max_upload_mb <= 0:
-        raise ConfigError("--workers and --max-files must be at least 1 and --max-upload-mb positive.")
-    print(f"bloodcell serve: web page and API at http://{args.host}:{args.port}/ (API docs at /docs); Ctrl+C stops.",
-          file=sys.stderr)
-    if args.workers == 1:
-        app = create_app(args.model, max_upload_mb=args.max_upload_mb, max_files=args.max_files, threads=args.threads)
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
-        return 0
-    from bloodcell.core.model_choice import resolve_model
-
-    os.environ["BLOODCELL_SERVE_OPTIONS"] = json.dumps({
-        "model": str(resolve_model(args.model)), "max_upload_mb": args.max_upload_mb,
-        "max_files": args.max_files, "threads": args.threads or 1,
-    })
-    uvicorn.run("bloodcell.cli.serve:make_app", factory=True, host=args.host, port=args.port,
-                workers=args.workers, log_level=args.log_level)
-    return 0
+    return serve(args.model, host=args.host, port=args.port, workers=args.workers, threads=args.threads,
+                 max_upload_mb=args.max_upload_mb, max_files=args.max_files, max_megapixels=args.max_megapixels,
+                 allowed_hosts=args.allowed_hosts, log_level=args.log_level)

@@ -29,6 +29,10 @@ from bloodcell.core.errors import ConfigError, DataError
 #: Images with more pixels than this are refused as possible decompression bombs.
 MAX_PIXELS = 50_000_000
 
+#: JPEGs with more pixels than this may be decoded at 1/2, 1/4 or 1/8 scale (a real
+#: cell image is about 130,000 pixels, so cell images always decode at full scale).
+DRAFT_ABOVE = 1_000_000
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -114,13 +118,29 @@ def _open(source: str | Path | bytes, name: str) -> Image.Image:
                 "Remove the file or replace it with a PNG/JPEG/TIFF/BMP image."
             ) from None
         raise DataError(f"{name}: image is too large to decode safely ({e}).") from None
-    w, h = img.size
-    if w * h > MAX_PIXELS:
-        raise DataError(
-            f"{name}: image is {w}x{h} = {w * h:,} pixels, over the {MAX_PIXELS:,}-pixel "
-            "decompression-bomb limit. Downscale it before classifying a single cell."
-        )
+    _check_pixels(img, name, MAX_PIXELS)
     return img
+
+
+def _check_pixels(img: Image.Image, name: str, limit: int) -> None:
+    w, h = img.size
+    if w * h > limit:
+        if limit >= MAX_PIXELS:
+            raise DataError(
+                f"{name}: image is {w}x{h} = {w * h:,} pixels, over the {MAX_PIXELS:,}-pixel "
+                "decompression-bomb limit. Downscale it before classifying a single cell."
+            )
+        raise DataError(
+            f"{name}: image is {w}x{h} = {w * h:,} pixels, over the limit of {limit:,} pixels per image "
+            "(a single-cell image is about 130,000). Crop or downscale it to the cell."
+        )
+
+
+def _draft(img: Image.Image, need: int | None) -> None:
+    """Let a large JPEG decode at 1/2, 1/4 or 1/8 scale, keeping its shorter side at least ``need``."""
+    w, h = img.size
+    if need and img.format == "JPEG" and w * h > DRAFT_ABOVE and min(w, h) >= 2 * need:
+        img.draft(None, (need, need))
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -139,17 +159,36 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_image(source: str | Path | bytes, name: str | None = None) -> np.ndarray:
+def decode_image(
+    source: str | Path | bytes, name: str | None = None, *, max_pixels: int | None = None, need: int | None = None
+) -> np.ndarray:
     """Decode an image file (path or bytes) to an RGB ``uint8`` array ``(H, W, 3)``.
+
+    Parameters
+    ----------
+    source : str, Path or bytes
+        The image file or its bytes.
+    name : str, optional
+        How the file is named in error messages.
+    max_pixels : int, optional
+        Largest image accepted, in pixels (default :data:`MAX_PIXELS`), checked
+        from the file header before the pixels are decoded (for a large JPEG,
+        at the reduced scale it decodes at).
+    need : int, optional
+        Shortest side the caller needs: a JPEG over :data:`DRAFT_ABOVE` pixels
+        is decoded at the smallest 1/2, 1/4 or 1/8 scale keeping it.
 
     Raises
     ------
     DataError
         Naming the file, when it is missing, not an image, truncated, or over
-        the decompression-bomb limit.
+        the pixel limit.
     """
     name = name or (str(source) if not isinstance(source, bytes) else "<uploaded bytes>")
     img = _open(source, name)
+    _draft(img, need)
+    if max_pixels is not None:
+        _check_pixels(img, name, max_pixels)
     try:
         img.load()
         img = ImageOps.exif_transpose(img)
@@ -187,6 +226,11 @@ def prepare(image: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     if pil.size != size:
         pil = pil.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
     return np.asarray(pil, dtype=np.uint8)
+
+
+def input_need(cfg: PreprocessConfig) -> int:
+    """Shortest image side :func:`prepare` can use: twice the model input over the crop fraction."""
+    return int(np.ceil(2 * cfg.image_size / cfg.crop_fraction))
 
 
 def load_prepared(source: str | Path | bytes, cfg: PreprocessConfig, name: str | None = None) -> np.ndarray:

@@ -11,17 +11,23 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections import deque
 from concurrent.futures import Future
 
 import numpy as np
 
 
 class Batcher:
-    """Run ``fn(images) -> (probs, ood_scores | None)`` on merged batches in one thread."""
+    """Run ``fn(images) -> (probs, ood_scores | None)`` on merged batches in one thread.
 
-    def __init__(self, fn, max_batch: int = 64):
+    :attr:`batches` keeps ``(requests, images)`` of the latest batches run, to show
+    how much requests were merged.
+    """
+
+    def __init__(self, fn, max_batch: int = 64, history: int = 256):
         self._fn = fn
         self._max = max_batch
+        self.batches: deque[tuple[int, int]] = deque(maxlen=history)
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -72,6 +78,7 @@ class Batcher:
     def _run(self, jobs) -> None:
         try:
             batch = jobs[0][0] if len(jobs) == 1 else np.concatenate([j[0] for j in jobs])
+            self.batches.append((len(jobs), len(batch)))
             probs, scores = self._fn(batch)
         except BaseException as e:  # noqa: BLE001 - handed to every waiting request
             for _, future in jobs:

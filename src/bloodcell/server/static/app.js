@@ -27,6 +27,14 @@ function showError(message) {
   errorEl.hidden = false;
 }
 
+function failureMessage(response, body) {
+  let message = (body && typeof body.detail === "string" && body.detail)
+    || `Request failed (${response.status} ${response.statusText}).`;
+  const retry = response.headers.get("Retry-After");
+  if (response.status === 503 && retry && !/retry/i.test(message)) message += ` Retry in ${retry} s.`;
+  return message;
+}
+
 function clearOutput() {
   errorEl.hidden = true;
   errorEl.textContent = "";
@@ -46,7 +54,8 @@ async function loadModel() {
     document.getElementById("model-line").textContent =
       `Model: ${card.name || rt.name || card.architecture} (${rt.backend || "?"}, ${rt.image_size} px)`;
     document.getElementById("limits").textContent =
-      `Up to ${limits.max_files} images and ${limits.max_upload_mb} MB per upload.`;
+      `Up to ${limits.max_files} images and ${limits.max_upload_mb} MB per upload` +
+      (limits.max_megapixels ? `, ${limits.max_megapixels} megapixels per image.` : ".");
   } catch (e) {
     document.getElementById("model-line").textContent = "Model card unavailable: " + e.message;
   }
@@ -133,7 +142,7 @@ async function upload(fileList) {
   let response, body;
   try {
     response = await fetch(url, { method: "POST", body: form });
-    body = await response.json().catch(() => ({ detail: response.statusText }));
+    body = await response.json().catch(() => ({}));
   } catch (e) {
     statusEl.textContent = "";
     showError("The server could not be reached: " + e.message);
@@ -141,7 +150,7 @@ async function upload(fileList) {
   }
   statusEl.textContent = "";
   if (!response.ok) {
-    showError(body.detail || `Request failed (${response.status}).`);
+    showError(failureMessage(response, body));
     return;
   }
   const byName = new Map(files.map(f => [f.name, f]));

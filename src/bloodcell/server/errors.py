@@ -1,0 +1,90 @@
+"""One error body for every failed request, documented in the OpenAPI schema.
+
+Every error is JSON ``{"detail": "...", "skipped": [...]}``: ``detail`` is one
+line naming the problem and the fix, ``skipped`` lists the uploaded files that
+could not be read (empty when the error is not about files).
+"""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class SkippedFile(BaseModel):
+    """An uploaded file that was not classified, and why."""
+
+    filename: str = Field(description="the file's name as uploaded")
+    detail: str = Field(description="why it was skipped")
+
+
+class ErrorBody(BaseModel):
+    """The body of every error response."""
+
+    detail: str = Field(description="what went wrong and how to fix it, in one line")
+    skipped: list[SkippedFile] = Field(default_factory=list, description="uploaded files that could not be read")
+
+
+class Busy(Exception):
+    """The service is at its limit of concurrent heavy work: answer 503 with Retry-After."""
+
+    def __init__(self, what: str, retry_after: int):
+        super().__init__(what)
+        self.what = what
+        self.retry_after = retry_after
+
+
+#: The error responses of the upload endpoints, for the OpenAPI schema.
+UPLOAD_ERRORS = {
+    400: {"model": ErrorBody, "description": "The upload is not multipart/form-data with images in the field 'files'."},
+    413: {"model": ErrorBody, "description": "The request is over the upload size or carries too many files."},
+    422: {"model": ErrorBody, "description": "No images were sent, or no uploaded file is a readable image."},
+    503: {"model": ErrorBody, "description": "The service is busy; retry after the seconds in the Retry-After header."},
+}
+
+
+def error(status: int, detail: str, skipped: list[dict] | None = None, headers: dict | None = None) -> JSONResponse:
+    """An error response with the one error body."""
+    return JSONResponse({"detail": detail, "skipped": skipped or []}, status_code=status, headers=headers)
+
+
+def error_bytes(detail: str) -> bytes:
+    """The error body as bytes, for the ASGI middlewares that answer before FastAPI."""
+    return json.dumps({"detail": detail, "skipped": []}).encode()
+
+
+def too_many_files(max_files: int, count: int | None = None) -> JSONResponse:
+    got = f"{count}" if count is not None else f"more than {max_files}"
+    return error(413, f"Too many files: {got}; at most {max_files} images per request. Split the batch.")
+
+
+def install_handlers(app: FastAPI, max_files: int) -> None:
+    """Answer validation errors, HTTP errors and :class:`Busy` with the one error body."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        fields = {str(e.get("loc", ["", ""])[-1]) for e in exc.errors()}
+        if "files" in fields:
+            msg = "No images received: send one or more image files as multipart/form-data in the field 'files'."
+        else:
+            msg = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', []))}: {e.get('msg')}" for e in exc.errors())
+        return error(422, msg)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        if exc.status_code == 400 and "Too many files" in detail:
+            return too_many_files(max_files)
+        if exc.status_code == 400 and ("parsing the body" in detail or "multipart" in detail.lower()):
+            detail = "The upload could not be read as multipart/form-data. Send images in the field 'files'."
+        return error(exc.status_code, detail, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Busy)
+    async def _busy(request: Request, exc: Busy):
+        return error(503, f"The service is busy with other {exc.what}; retry in {exc.retry_after} s.",
+                     headers={"Retry-After": str(exc.retry_after)})
