@@ -63,6 +63,16 @@ def test_decode_rejects_truncated_jpeg(tmp_path):
         decode_image(bad)
 
 
+@pytest.mark.parametrize("cut", [20, 30])
+def test_decode_names_a_bmp_with_a_damaged_header(tmp_path, cut):
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(buf, "BMP")
+    path = tmp_path / "cell.bmp"
+    path.write_bytes(buf.getvalue()[:cut])
+    with pytest.raises(DataError, match=r"cell\.bmp: not a readable image"):
+        decode_image(path)
+
+
 def test_decode_rejects_decompression_bomb(monkeypatch):
     monkeypatch.setattr("bloodcell.core.preprocess.MAX_PIXELS", 1000)
     with pytest.raises(DataError, match=r"big\.png: image is 40x40 = 1,600 pixels, over the 1,000-pixel"):

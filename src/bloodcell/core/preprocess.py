@@ -118,6 +118,10 @@ def _open(source: str | Path | bytes, name: str) -> Image.Image:
                 "Remove the file or replace it with a PNG/JPEG/TIFF/BMP image."
             ) from None
         raise DataError(f"{name}: image is too large to decode safely ({e}).") from None
+    except PermissionError:
+        raise DataError(f"{name}: permission denied. Make the file readable or leave it out.") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:  # Pillow's plugins raise these on damaged headers
+        raise DataError(f"{name}: not a readable image ({e}). Remove the file or replace it with an intact copy.") from None
     _check_pixels(img, name, MAX_PIXELS)
     return img
 

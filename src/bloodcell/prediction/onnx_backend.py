@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,15 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return (e / e.sum(1, keepdims=True)).astype(np.float32)
 
 
+@lru_cache(maxsize=1)
+def no_telemetry() -> None:
+    """Switch off onnxruntime's telemetry event store, once, before any session is created."""
+    import onnxruntime  # deferred: heavy; every command's start-up imports this module
+
+    if hasattr(onnxruntime, "disable_telemetry_events"):
+        onnxruntime.disable_telemetry_events()
+
+
 class OnnxModel:
     """An exported bloodcell model running on onnxruntime's CPU provider.
 
@@ -51,6 +61,8 @@ class OnnxModel:
 
     def __init__(self, path: str | Path, threads: int | None = None):
         import onnxruntime as ort  # deferred: heavy; every command's start-up imports this module
+
+        no_telemetry()
 
         path = Path(path)
         file = path / ONNX_FILE if path.is_dir() else path

@@ -21,18 +21,17 @@ are skipped and listed in ``skipped``.
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
-from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-import onnxruntime
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
-from bloodcell import __version__
+from bloodcell.core import __version__
 from bloodcell.core.errors import ConfigError
 from bloodcell.prediction.classifier import Classifier
+from bloodcell.prediction.onnx_backend import no_telemetry
 from bloodcell.server.batching import Batcher
 from bloodcell.server.errors import install_handlers
 from bloodcell.server.guards import LOCAL_HOSTS, BodyLimit, Gate, HostCheck, SecurityHeaders
@@ -55,13 +54,6 @@ GRADCAM_SLOTS, GRADCAM_QUEUE = 1, 2
 
 def static_dir() -> Path:
     return Path(str(resources.files("bloodcell") / "server" / "static"))
-
-
-@lru_cache(maxsize=1)
-def no_telemetry() -> None:
-    """Switch off onnxruntime's telemetry event store, once, before any session is created."""
-    if hasattr(onnxruntime, "disable_telemetry_events"):
-        onnxruntime.disable_telemetry_events()
 
 
 def _describe(max_upload_mb: float, max_files: int, max_megapixels: float) -> str:

@@ -9,7 +9,7 @@ from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
-from bloodcell import __version__
+from bloodcell.core import __version__
 from bloodcell.packaging.card import card
 from bloodcell.server.errors import UPLOAD_ERRORS, error, too_many_files
 from bloodcell.server.uploads import Upload, decode_uploads, png_base64
