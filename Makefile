@@ -9,10 +9,13 @@ DEFAULT_RUN ?= runs/default
 DEFAULT_SEEDS ?=
 DEFAULT_PACKAGE ?= src/bloodcell/default_model
 
-.PHONY: install test test-fast bench train-default zoo zoo-table clean
+.PHONY: install lint test test-fast bench train-default zoo zoo-table clean
 
 install:
 	$(PYTHON) -m pip install -e ".[dev]"
+
+lint:
+	$(PYTHON) -m ruff check .
 
 test:
 	$(PYTHON) -m pytest -q -p no:cacheprovider
