@@ -320,3 +320,13 @@ def config_from_dict(d: dict, source: str) -> TrainConfig:
 
 def save_config(cfg: TrainConfig, folder: Path) -> None:
     atomic_write_bytes(Path(folder) / "config.yaml", cfg.to_yaml().encode())
+
+
+def recipe_description(name: str) -> str:
+    """The first line of a shipped recipe's ``description`` ("" when it has none or cannot be read)."""
+    try:
+        data = yaml.safe_load(recipe_path(name).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return ""
+    text = str(data.get("description", "")).strip() if isinstance(data, dict) else ""
+    return text.splitlines()[0] if text else ""
