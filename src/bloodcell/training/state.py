@@ -156,8 +156,8 @@ def read_checkpoint(run_dir: Path) -> Checkpoint:
         return ckpt
     detail = "; ".join(problems) if problems else "no checkpoint folders"
     raise ModelError(
-        f"{root}: no usable checkpoint ({detail}). Start the run again without --resume "
-        f"(delete {root} first) or restore the files."
+        f"{root}: no usable checkpoint ({detail}). Restore the files, or start the run again: "
+        f"delete {Path(run_dir)} (or choose a new --out folder) and train without --resume."
     )
 
 
