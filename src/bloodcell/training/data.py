@@ -5,7 +5,9 @@ class-folder tree, an ``.npz`` file (plain or MedMNIST), or a CSV without a
 split column. When it carries train and val rows those are used as they
 are; otherwise a stratified validation share (``val_fraction``) is drawn
 from the training rows with the run's seed and recorded in ``split.csv`` in
-the run folder. Test rows are never used for training or model selection.
+the run folder: exact copies are kept once, and near-duplicate groups (as
+``bloodcell split`` finds them) stay on one side. Test rows are never used
+for training or model selection.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +26,7 @@ from bloodcell.core.errors import ConfigError, DataError
 from bloodcell.core.files import atomic_write_bytes
 from bloodcell.core.preprocess import PreprocessConfig
 from bloodcell.data import load_arrays, open_dataset
+from bloodcell.data.audit.checks import audit_dataset
 from bloodcell.training.config import TrainConfig
 from bloodcell.training.prepare import TrainData
 
@@ -54,6 +58,24 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int, class_n
         raise DataError(f"{len(labels)} images are too few to split off a validation set with every class.")
     train, val = train_test_split(np.arange(len(labels)), test_size=n_val, stratify=labels, random_state=seed)
     return np.sort(train), np.sort(val)
+
+
+def grouped_stratified_split(labels: np.ndarray, groups: list[str], val_fraction: float, seed: int,
+                             class_names) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`stratified_split` over groups: every member of a group lands on the same side.
+
+    Groups are taken in order of their first member and labelled by it, so
+    when every image is its own group the split is the plain stratified one.
+    """
+    labels = np.asarray(labels)
+    _, first, group_of = np.unique(np.asarray(groups, dtype=object).astype(str), return_index=True,
+                                   return_inverse=True)
+    order = np.argsort(first)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    tr, va = stratified_split(labels[first[order]], val_fraction, seed, class_names)
+    in_val = np.isin(rank[group_of], va)
+    return np.flatnonzero(~in_val), np.flatnonzero(in_val)
 
 
 def manifest_sha256(train_ids, train_labels, val_ids, val_labels, class_names) -> str:
@@ -108,12 +130,18 @@ def _drawn_split(ds, cfg: TrainConfig, pre: PreprocessConfig, pool: str | None, 
     unique = _unique_indices(ds, indices, progress)
     present = {ds.samples[i].label for i in unique}
     class_names = tuple(c for c in CLASSES if c in present)
-    arrays = load_arrays(ds.select(unique), pre, class_names=class_names, progress=progress)
+    pool_ds = ds.select(unique)
+    arrays = load_arrays(pool_ds, pre, class_names=class_names, progress=progress)
     labels = np.asarray(arrays.labels)
-    tr, va = stratified_split(labels, cfg.val_fraction, cfg.seed, class_names)
+    # Near-duplicates (a second photograph of the same cell) are grouped as `bloodcell split` groups them.
+    audit = audit_dataset(pool_ds, progress=progress)
+    group_of = {s.source_id: g for s, g in zip(pool_ds.samples, audit.group_ids)}
+    groups = [group_of[i] for i in arrays.ids]
+    tr, va = grouped_stratified_split(labels, groups, cfg.val_fraction, cfg.seed, class_names)
     train = (arrays.images[tr], labels[tr], [arrays.ids[i] for i in tr])
     val = (arrays.images[va], labels[va], [arrays.ids[i] for i in va])
-    info = {"exact_duplicates_dropped": len(indices) - len(unique), "split": "stratified",
+    info = {"exact_duplicates_dropped": len(indices) - len(unique),
+            "near_duplicate_groups": sum(1 for n in Counter(groups).values() if n > 1), "split": "stratified",
             "val_fraction": cfg.val_fraction, "seed": cfg.seed}
     return class_names, train, val, info
 
