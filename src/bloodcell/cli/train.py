@@ -83,9 +83,8 @@ def _overrides(args) -> dict:
 
 
 def run(args) -> int:
-    # deferred: bloodcell.training loads PyTorch, which the other verbs' start-up should not pay for
-    from bloodcell.training import EnsembleResult, TrainingInterrupted, show_config, train
-    from bloodcell.training.config import recipe_description, recipe_names
+    from bloodcell.training import EnsembleResult, TrainingInterrupted, show_config, train  # deferred: loads PyTorch
+    from bloodcell.training.config import recipe_description, recipe_names  # deferred: loads PyTorch
 
     if args.list_recipes:
         for name in recipe_names():

@@ -217,7 +217,7 @@ def train_one_epoch(ctx: EpochContext, images: torch.Tensor, labels: torch.Tenso
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, normalizer: Normalizer, runtime: Runtime,
+def eval_logits(model: nn.Module, images: torch.Tensor, normalizer: Normalizer, runtime: Runtime,
                    batch_size: int) -> torch.Tensor:
     """Logits (float32, CPU) for a ``uint8`` NHWC tensor, in eval mode."""
     model.eval()
@@ -238,7 +238,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norma
     confusion matrix are all-reduced, so all processes see identical numbers.
     """
     sel = torch.arange(rank, len(labels), world)
-    logits = predict_logits(model, images[sel], normalizer, runtime, batch_size)
+    logits = eval_logits(model, images[sel], normalizer, runtime, batch_size)
     target = labels[sel]
     loss_sum = float(nn.functional.cross_entropy(logits, target, reduction="sum")) if len(sel) else 0.0
     pred = logits.argmax(1) if len(sel) else target

@@ -15,6 +15,7 @@ from pathlib import Path
 from torch import nn
 
 from bloodcell.core.errors import ModelError
+from bloodcell.core.model_choice import default_model_dir
 from bloodcell.core.model_folder import read_meta
 from bloodcell.networks.loading import load_model
 
@@ -40,8 +41,6 @@ DEFAULT_MODEL = "default"
 def resolve_init_dir(spec: str | Path) -> Path:
     """The model folder ``--init`` names: ``default`` (the packaged model) or a folder (or its ``model.json``)."""
     if str(spec) == DEFAULT_MODEL:
-        from bloodcell.core.model_choice import default_model_dir
-
         return default_model_dir()
     folder = Path(spec).expanduser()
     if folder.is_file() and folder.name == "model.json":
