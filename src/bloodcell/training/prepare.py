@@ -56,9 +56,16 @@ def make_preprocess(cfg: TrainConfig, class_names, init: InitSource | None = Non
 
 @functools.lru_cache(maxsize=64)
 def _accepts(architecture: str, size: int) -> bool:
-    """Whether ``architecture`` runs on a ``size`` px input: a forward pass on the meta device (shapes only)."""
-    with torch.device("meta"):
-        model = create_model(architecture, num_classes=2, pretrained=False)
+    """Whether ``architecture`` runs on a ``size`` px input: a forward pass on the meta device (shapes only).
+
+    An architecture that cannot be built on the meta device is not judged here
+    (``True``): building it for real reports its own problems.
+    """
+    try:
+        with torch.device("meta"):
+            model = create_model(architecture, num_classes=2, pretrained=False)
+    except Exception:  # noqa: BLE001 - any builder failure means "cannot tell", not "too small"
+        return True
     model.eval()
     try:
         with torch.no_grad():
