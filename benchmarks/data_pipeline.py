@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/data_pipeline.py --data ../shared/data/pbc [--size 128] [--workers N]
+    python benchmarks/data_pipeline.py --data ../shared/data/pbc [--size 128] [--workers N] [--limit N]
 
 Runs in a temporary cache folder so every "cold" figure starts from nothing
 (file hashes, audit measurements and decoded images), then repeats each step
@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import resource
 import shutil
 import sys
@@ -25,6 +26,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+#: The development copy of the PBC release, used when BLOODCELL_DATA is unset.
+DEV_DATA = REPO.parent / "shared" / "data" / "pbc"
 
 
 def cpu_seconds() -> float:
@@ -43,9 +46,12 @@ def main(argv=None) -> int:
     from bloodcell.core import settings
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default=str(settings.data_root()), help="dataset (default BLOODCELL_DATA)")
+    p.add_argument("--data", default=str(settings.data_root() or DEV_DATA),
+                   help=f"dataset (default BLOODCELL_DATA, else {DEV_DATA})")
     p.add_argument("--size", type=int, default=128, help="cache image size (default 128)")
     p.add_argument("--workers", type=int, default=None, help="processes (default BLOODCELL_WORKERS or CPUs)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="measure a seeded random slice of this many images (default: the whole dataset)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "data_pipeline.json"))
     args = p.parse_args(argv)
 
@@ -59,12 +65,17 @@ def main(argv=None) -> int:
 
         workers = args.workers or settings.default_workers()
         load_before = os.getloadavg()
-        ds, t_open, _ = timed(lambda: open_dataset(args.data))
+        def opened():
+            d = open_dataset(args.data)
+            if args.limit and args.limit < len(d):
+                d = d.select(sorted(random.Random(0).sample(range(len(d)), args.limit)))
+            return d
+
+        ds, t_open, _ = timed(opened)
         n = len(ds)
 
         def full_audit():
-            d = open_dataset(args.data)
-            r = audit_dataset(d, workers=workers, progress=False)
+            r = audit_dataset(opened(), workers=workers, progress=False)
             r.to_dict()
             write_plots(r, tmp / "audit")
             return r
@@ -74,7 +85,7 @@ def main(argv=None) -> int:
         cfg = PreprocessConfig(image_size=args.size)
         arrays, t_cache_cold, c_cache_cold = timed(lambda: load_arrays(ds, cfg, workers=workers, progress=False))
         _, t_cache_warm, c_cache_warm = timed(lambda: load_arrays(ds, cfg, workers=workers, progress=False))
-        _, t_cache_reopen, _ = timed(lambda: load_arrays(args.data, cfg, workers=workers, progress=False))
+        _, t_cache_reopen, _ = timed(lambda: load_arrays(opened(), cfg, workers=workers, progress=False))
         load_after = os.getloadavg()
         d = audit.to_dict()
         res = {

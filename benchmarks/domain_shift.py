@@ -259,14 +259,18 @@ def plot(rows: list[dict], baseline: dict | None, out: Path) -> None:
     if baseline:
         before = [100 * baseline[n]["balanced_accuracy"]["value"] if n in baseline else np.nan for n in names]
         ax.barh(ypos + 0.2, before, height=0.4, color="#bbbbbb", label="before")
-        ax.barh(ypos - 0.2, now, height=0.4, color="#2b6cb0", label="after")
-        ax.legend(loc="lower right")
+        bars = ax.barh(ypos - 0.2, now, height=0.4, color="#2b6cb0", label="after")
     else:
         colours = {"PBC": "#2b6cb0", "synthetic shift of PBC test": "#6b9bd1", "other labs": "#c05621"}
-        ax.barh(ypos, now, color=[colours[r["group"]] for r in rows])
+        bars = ax.barh(ypos, now, color=[colours[r["group"]] for r in rows])
+        for group, colour in colours.items():
+            ax.barh([np.nan], [np.nan], color=colour, label=group)
+    ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=2)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.5 / (0.32 * len(rows) + 1.5)), ncol=3, fontsize=7, frameon=False)
     ax.set_yticks(ypos, names, fontsize=8)
-    ax.set_xlim(0, 100)
+    ax.set_xlim(0, 105)
     ax.axvline(85, color="#888888", lw=0.8, ls="--")
+    ax.text(85, len(rows) - 0.4, " 85%", fontsize=7, color="#666666")
     ax.set_xlabel("balanced accuracy (%) over the classes each source has")
     ax.set_title("Domain shift: PBC test, synthetic shifts, other labs")
     fig.tight_layout()

@@ -36,7 +36,7 @@ def images_for(preprocess, n: int, seed: int = 0) -> tuple[np.ndarray, str]:
     from bloodcell.core.preprocess import load_prepared
     from bloodcell.core.settings import data_root
 
-    root = data_root()
+    root = data_root() or Path("../shared/data/pbc")
     if not root.is_absolute():
         root = ROOT / root
     files = sorted(root.glob("*/*.jpg"))
@@ -75,6 +75,7 @@ def main(argv=None) -> int:
     import torch
 
     from bloodcell.core.model_choice import resolve_model
+    from bloodcell.core.model_folder import ONNX
     from bloodcell.core.preprocess import normalize
     from bloodcell.networks import load_model
     from bloodcell.packaging.onnx import export_onnx
@@ -95,10 +96,12 @@ def main(argv=None) -> int:
     engines = {"pytorch-eager": eager}
     agreement = {}
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = folder / "model.onnx" if (folder / "model.onnx").is_file() else export_onnx(folder, Path(tmp) / "fp32.onnx")
+        fp32 = folder / ONNX if (folder / ONNX).is_file() else export_onnx(folder, Path(tmp) / "fp32.onnx")
         sessions = {"onnxruntime-fp32": OnnxModel(fp32, threads)}
-        sessions["onnxruntime-int8-static"] = OnnxModel(export_onnx(folder, Path(tmp) / "static.onnx", quantize="static", calibration=x[:64]), threads)
-        sessions["onnxruntime-int8-dynamic"] = OnnxModel(export_onnx(folder, Path(tmp) / "dynamic.onnx", quantize="dynamic"), threads)
+        static = export_onnx(folder, Path(tmp) / "static.onnx", quantize="static", calibration=x[:64])
+        sessions["onnxruntime-int8-static"] = OnnxModel(static, threads)
+        dynamic = export_onnx(folder, Path(tmp) / "dynamic.onnx", quantize="dynamic")
+        sessions["onnxruntime-int8-dynamic"] = OnnxModel(dynamic, threads)
         members = (loaded.meta.get("ensemble") or {}).get("members") or []
         if members:
             one = export_onnx(folder / members[0], Path(tmp) / "member.onnx")

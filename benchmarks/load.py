@@ -35,7 +35,7 @@ def payloads(n: int = 32) -> list[tuple[str, bytes]]:
     sys.path.insert(0, str(ROOT / "src"))
     from bloodcell.core.settings import data_root
 
-    root = data_root()
+    root = data_root() or Path("../shared/data/pbc")
     if not root.is_absolute():
         root = ROOT / root
     files = sorted(root.glob("*/*.jpg"))

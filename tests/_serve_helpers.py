@@ -53,7 +53,7 @@ def _build(folder: Path) -> Path:
     from bloodcell.core.model_folder import read_meta
     from bloodcell.core.preprocess import normalize
     from bloodcell.networks import create_model, load_model, save_model
-    from bloodcell.ood import score as ood
+    from bloodcell.ood.fit import fit_ood, save_head
     from bloodcell.packaging.onnx import export_onnx
 
     torch.manual_seed(0)
@@ -85,8 +85,8 @@ def _build(folder: Path) -> Path:
     save_model(folder, model, meta)
     loaded = load_model(folder)
     held, _ = cells(6, seed=2)
-    head, info = ood.fit_ood(loaded, x, y, _prepared(held), per_kind=8, progress=False)
-    ood.save_head(folder, head)
+    head, info = fit_ood(loaded, x, y, _prepared(held), per_kind=8, progress=False)
+    save_head(folder, head)
     meta = read_meta(folder)
     meta["ood"] = info
     atomic_write_json(folder / "model.json", meta)

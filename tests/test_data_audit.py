@@ -15,9 +15,10 @@ from PIL import Image
 from _data_helpers import flawed_dataset, smear
 from bloodcell import ConfigError
 from bloodcell.data import open_dataset
-from bloodcell.data.audit.checks import AuditSettings, audit_dataset, summary_text
+from bloodcell.data.audit.checks import AuditSettings, audit_dataset
 from bloodcell.data.audit.features import FEATURE_NAMES, image_features
 from bloodcell.data.audit.outliers import outlier_scores
+from bloodcell.data.audit.summary import summary_text
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 

@@ -10,7 +10,7 @@ from _data_helpers import cell, jpeg_bytes, odd_mode_images, save
 from bloodcell import DataError, PreprocessConfig
 from bloodcell.core.preprocess import load_prepared, normalize
 from bloodcell.data import PixelCache, load_arrays, open_dataset
-from bloodcell.data import cache as cache_mod
+from bloodcell.data import pixels as cache_mod
 
 
 @pytest.fixture(autouse=True)
@@ -141,7 +141,7 @@ def test_exact_duplicates_are_decoded_once(tmp_path):
 
 
 def test_manifest_split_selection_and_forced_class_names(tmp_path):
-    for i, (label, split) in enumerate([("ig", "train"), ("ig", "test"), ("platelet", "train"), ("basophil", "val")]):
+    for i, _ in enumerate([("ig", "train"), ("ig", "test"), ("platelet", "train"), ("basophil", "val")]):
         save(Image.fromarray(cell(i, 2 * i)), tmp_path / f"{i}.png")
     (tmp_path / "m.csv").write_text("path,label,split\n0.png,ig,train\n1.png,ig,test\n2.png,platelet,train\n"
                                     "3.png,basophil,val\n")

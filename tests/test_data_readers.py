@@ -90,7 +90,7 @@ def test_unknown_class_names_listed_with_known_ones(make_folder_dataset):
     with pytest.raises(DataError, match=r"unknown class folder\(s\) 'neutrofils' \(did you mean 'neutrophil'\?\), "
                                         r"'smudge'\. Known classes: basophil, eosinophil, erythroblast, ig, "
                                         r"lymphocyte, monocyte, neutrophil, platelet.*--skip-unknown"):
-        open_dataset(root)
+        open_dataset(root, skip_unknown_hint=True)
     ds = open_dataset(root, skip_unknown=True)
     assert len(ds) == 1 and {p.item for p in ds.problems if p.kind == "unknown-class"} == {"neutrofils", "smudge"}
 

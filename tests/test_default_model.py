@@ -12,6 +12,7 @@ import pytest
 
 from bloodcell.core import model_choice as bundled
 from bloodcell.core.classes import CLASSES
+from bloodcell.core.model_folder import ONNX, read_meta
 from bloodcell.packaging.package import MAX_MB, REQUIRED_CARD
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -19,7 +20,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 def test_packaged_model_is_complete_and_small():
     folder = bundled.packaged_model_dir()
-    meta = json.loads((folder / "model.json").read_text())
+    meta = read_meta(folder)
     assert tuple(meta["preprocess"]["class_names"]) == CLASSES
     assert all(meta["model_card"].get(k) for k in REQUIRED_CARD)
     assert "test split" in meta["model_card"]["metrics"]["evaluated_on"]  # measured, not hand-written
@@ -27,7 +28,7 @@ def test_packaged_model_is_complete_and_small():
     assert "temperature" in meta["calibration"] and meta["calibration"]["abstain_threshold"] is not None
     total = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
     assert total <= MAX_MB * 1e6, f"default model is {total / 1e6:.1f} MB"
-    assert (folder / "model.onnx").is_file()
+    assert (folder / ONNX).is_file()
 
 
 @pytest.mark.integration
@@ -66,11 +67,11 @@ def test_a_lab_fine_tunes_the_default_model_on_a_few_real_cells(real_data, tmp_p
                           "--out", str(out), "--epochs", "1", "--batch-size", "8", "--lr", "1e-4", "--val-fraction",
                           "0.3", "--threads", "1", "--no-progress"], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr
-    meta = json.loads((out / "model.json").read_text())
+    meta = read_meta(out)
     assert f"Starting from {meta['init']['from']} (" in run.stderr  # the user is told which weights it starts from
     start = Path(meta["init"]["from"])  # the default model itself, or its best member when it is an ensemble
     assert start.resolve().is_relative_to(bundled.packaged_model_dir().resolve())
-    packaged = json.loads((start / "model.json").read_text())
+    packaged = read_meta(start)
     assert meta["architecture"] == packaged["architecture"] != "ensemble"
     assert tuple(meta["preprocess"]["class_names"]) == kept
     for key in ("image_size", "crop_fraction", "mean", "std"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -16,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from bloodcell import ConfigError, ModelError, PreprocessConfig
-from bloodcell.core.model_folder import read_meta
+from bloodcell.core.model_folder import META, WEIGHTS, read_meta, write_meta
 from bloodcell.core.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize
 from bloodcell.networks import create_model, load_model, make_ensemble, save_model
 
@@ -66,7 +65,7 @@ def test_probabilities_are_weighted_mean_of_members(tmp_path):
     assert meta["architecture"] == "ensemble"
     assert meta["ensemble"] == {"members": ["member_0", "member_1", "member_2"], "weights": [0.25, 0.25, 0.5]}
     assert meta["data_manifest_sha256"] == "abc"
-    assert sorted(p.name for p in (out / "member_1").iterdir()) == ["model.json", "model.safetensors"]
+    assert sorted(p.name for p in (out / "member_1").iterdir()) == [META, WEIGHTS]
     assert loaded.class_names == CLASSES4 and loaded.preprocess.image_size == 32 and loaded.temperature == 1.0
     assert not loaded.module.training and not any(m.training for m in loaded.module.modules())
 
@@ -133,7 +132,7 @@ def test_member_names_cannot_escape_the_folder(tmp_path):
     out = make_ensemble([tiny_model(tmp_path / "a"), tiny_model(tmp_path / "b", seed=1)], tmp_path / "ens")
     meta = read_meta(out)
     meta["ensemble"]["members"][1] = "../b"
-    (out / "model.json").write_text(json.dumps(meta))
+    write_meta(out, meta)
     with pytest.raises(ModelError, match=r"ensemble member '\.\./b' is not a sub-folder name"):
         load_model(out)
 
@@ -148,7 +147,7 @@ def test_ensemble_folder_is_movable(tmp_path):
     shutil.move(str(out), str(moved))
     shutil.rmtree(tmp_path / "m")
     shutil.rmtree(tmp_path / "here")
-    after = ensemble_proba(load_model(moved / "model.json"), x)
+    after = ensemble_proba(load_model(moved / META), x)
     torch.testing.assert_close(after, before)
 
 
@@ -232,20 +231,32 @@ def test_cli(tmp_path):
 
 
 def test_training_cost_sums_an_ensembles_members(tmp_path):
-    from bloodcell.core.files import atomic_write_json
-    from bloodcell.evaluation.compare import training_cost
+    from bloodcell.evaluation.comparison import training_cost
 
     a, b = tiny_model(tmp_path / "a"), tiny_model(tmp_path / "b", seed=1)
     for folder, seconds in ((a, [30.5, 29.5]), (b, [100.0])):
         meta = read_meta(folder)
         meta["history"] = [{"epoch": i + 1, "seconds": s} for i, s in enumerate(seconds)]
         meta["training"] = {"threads": 1}
-        atomic_write_json(folder / "model.json", meta)
+        write_meta(folder, meta)
     assert training_cost(a) == {"seconds": 60.0, "epochs": "2", "threads": 1}
     assert training_cost(make_ensemble([a, b], tmp_path / "ens")) == {"seconds": 160.0, "epochs": "2+1", "threads": 1}
     meta = read_meta(b)
     meta["history"] = []
-    atomic_write_json(b / "model.json", meta)
+    write_meta(b, meta)
     assert training_cost(b) is None
     assert training_cost(make_ensemble([a, b], tmp_path / "ens2")) is None
     assert training_cost(tmp_path / "not_a_model") is None
+
+
+def test_ensemble_verb_and_a_failed_member_leaves_the_old_folder(tmp_path):
+    import bloodcell
+
+    a, b = tiny_model(tmp_path / "a"), tiny_model(tmp_path / "b", seed=1)
+    out = bloodcell.ensemble([a, b], tmp_path / "ens", weights=[1, 3])
+    assert read_meta(out)["ensemble"]["weights"] == [0.25, 0.75]
+    (b / WEIGHTS).unlink()
+    with pytest.raises(ModelError, match="weight file missing"):
+        bloodcell.ensemble([a, b], out, force=True)
+    assert read_meta(out)["ensemble"]["weights"] == [0.25, 0.75] and (out / "member_1" / WEIGHTS).is_file()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -11,11 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("bloodcell.data")
-
-from _evaluate_helpers import one_thread, tiny_model, write_manifest  # noqa: E402
-from bloodcell.cli.main import main  # noqa: E402
-from bloodcell.core.model_folder import read_meta  # noqa: E402
+from _evaluate_helpers import one_thread, tiny_model, write_manifest
+from bloodcell.cli.main import main
+from bloodcell.core.model_folder import read_meta
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 FIVE = ("basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil")

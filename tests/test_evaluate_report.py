@@ -16,9 +16,9 @@ from bloodcell.core.errors import ConfigError, DataError, ModelError
 from bloodcell.core.model_folder import read_meta
 from bloodcell.evaluation import plots
 from bloodcell.evaluation.calibration import view_probs
-from bloodcell.evaluation.evaluate import evaluate_arrays
 from bloodcell.evaluation.fit_calibration import fit_calibration, store_calibration
-from bloodcell.evaluation.report import SECTIONS, check_writable, most_confident_mistakes, write_report
+from bloodcell.evaluation.html_report import SECTIONS, most_confident_mistakes, write_report
+from bloodcell.evaluation.scoring import evaluate_arrays
 from bloodcell.networks import load_model
 from bloodcell.prediction.torch_backend import predict_logits, predict_proba, predict_view_logits
 
@@ -126,7 +126,8 @@ def test_report_is_self_contained_with_every_section(model8, tmp_path):
     path = write_report(ev, tmp_path / "rep", n_mistakes=6, gradcam_per_class=2)
     page = path.read_text()
     for sid, title in SECTIONS:
-        assert f"<section id='{sid}'>" in page, sid
+        assert f"<section id='{sid}'><h2>{title}</h2>" in page, sid
+        assert f"<a href='#{sid}'>{title}</a>" in page, sid
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
     assert "<script" not in page and "<link" not in page and "@import" not in page
     assert page.count("data:image/png;base64,") == 8
@@ -161,13 +162,15 @@ def test_most_confident_mistakes_order(model8):
     assert conf[idx[0]] == pytest.approx(conf[wrong].max())
 
 
-def test_unwritable_report_folder(tmp_path):
+def test_unwritable_report_folder(model8, tmp_path):
+    x, y = cells(12, seed=7)
+    ev = evaluate_arrays(model8, x, y, CLASSES, n_boot=0)
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
-    with pytest.raises(ConfigError, match="is an existing file"):
-        check_writable(blocker)
+    with pytest.raises(ConfigError, match="report folder .*file.txt is an existing file"):
+        write_report(ev, blocker)
     with pytest.raises(ConfigError, match="Cannot write the report folder .*file.txt/sub"):
-        check_writable(blocker / "sub")
+        write_report(ev, blocker / "sub")
 
 
 def test_fit_and_store_calibration_keeps_other_fields(model8, tmp_path):
@@ -208,7 +211,7 @@ def test_figures_handle_edge_cases():
 
 
 def test_compare_rows_named_by_folder_with_parent_where_folders_share_a_name():
-    from bloodcell.evaluation.compare import _unique_names
+    from bloodcell.evaluation.comparison import _unique_names
 
     rows = [{"path": "runs/zoo/ensemble_3arch/ensemble", "tta": False},
             {"path": "runs/default/ensemble", "tta": False},

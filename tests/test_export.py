@@ -12,6 +12,7 @@ import torch
 
 from _serve_helpers import CARD, SIZE, SRC, cells, cli, copy_model, tiny_model
 from bloodcell import ConfigError, ModelError
+from bloodcell.core.model_folder import META, ONNX, OOD, WEIGHTS, read_meta, write_meta
 from bloodcell.networks import load_model
 from bloodcell.packaging.onnx import export_onnx, read_onnx_metadata
 from bloodcell.prediction.onnx_backend import OnnxModel
@@ -37,7 +38,7 @@ def test_fp32_round_trip_and_metadata():
     np.testing.assert_allclose(logits, ref, atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(onnx_model.predict_proba(x), predict_proba(loaded, x), atol=1e-5)
     assert scores.shape == (len(x),) and np.isfinite(scores).all()
-    props = read_onnx_metadata(tiny_model() / "model.onnx")
+    props = read_onnx_metadata(tiny_model() / ONNX)
     assert json.loads(props["bloodcell.class_names"])[0] == "basophil"
     assert json.loads(props["bloodcell.preprocess"])["image_size"] == SIZE
     assert json.loads(props["bloodcell.calibration"])["temperature"] == 1.5
@@ -48,7 +49,8 @@ def test_fp32_round_trip_and_metadata():
 @pytest.mark.parametrize("mode", ["dynamic", "static"])
 def test_int8_agrees_on_argmax(tmp_path, mode):
     x = _prepared(10, seed=4)
-    out = export_onnx(tiny_model(), tmp_path / f"{mode}.onnx", quantize=mode, calibration=_prepared(8, seed=5) if mode == "static" else None)
+    calibration = _prepared(8, seed=5) if mode == "static" else None
+    out = export_onnx(tiny_model(), tmp_path / f"{mode}.onnx", quantize=mode, calibration=calibration)
     q = OnnxModel(out)
     ref = OnnxModel(tiny_model()).predict_proba(x)
     agree = (q.predict_proba(x).argmax(1) == ref.argmax(1)).mean()
@@ -88,7 +90,8 @@ x = np.random.default_rng(0).integers(0, 255, (3, 50, 60, 3), dtype=np.uint8)
 preds = clf.predict_arrays(list(x))
 print(len(preds), preds[0].label in clf.class_names, preds[0].ood_score is not None)
 """
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"})
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["3", "True", "True"]
 
@@ -104,7 +107,8 @@ sys.modules["torch"] = None
 from bloodcell.cli.main import main
 raise SystemExit(main(["predict", "-m", {str(tiny_model())!r}, {str(img)!r}, "-f", "json"]))
 """
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"})
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["predictions"][0]["source"].endswith("c.png")
 
@@ -112,7 +116,7 @@ raise SystemExit(main(["predict", "-m", {str(tiny_model())!r}, {str(img)!r}, "-f
 def test_onnx_file_alone_is_a_model(tmp_path):
     import shutil
 
-    shutil.copy(tiny_model() / "model.onnx", tmp_path / "alone.onnx")
+    shutil.copy(tiny_model() / ONNX, tmp_path / "alone.onnx")
     from bloodcell.prediction.classifier import Classifier
 
     clf = Classifier(tmp_path / "alone.onnx")
@@ -129,22 +133,23 @@ def test_not_an_onnx_model(tmp_path):
 
 
 def test_ood_statistics_round_trip(tmp_path):
-    from bloodcell.ood import score as ood
+    from bloodcell.ood.fit import fit_head, save_head
+    from bloodcell.ood.score import head_scores, load_head
 
     rng = np.random.default_rng(0)
     feats = rng.normal(size=(200, 20)) + np.repeat(np.eye(4, 20) * 5, 50, axis=0)
     labels = np.repeat(np.arange(4), 50)
-    head = ood.fit_head(feats, labels, dims=8)
-    ood.save_head(tmp_path, head)
-    again = ood.load_head(tmp_path)
-    np.testing.assert_allclose(ood.head_scores(again, feats), ood.head_scores(head, feats), rtol=1e-6)
-    assert 1.0 < np.median(ood.head_scores(head, feats)) < 3.0
+    head = fit_head(feats, labels, dims=8)
+    save_head(tmp_path, head)
+    again = load_head(tmp_path)
+    np.testing.assert_allclose(head_scores(again, feats), head_scores(head, feats), rtol=1e-6)
+    assert 1.0 < np.median(head_scores(head, feats)) < 3.0
     far = rng.normal(size=(20, 20)) * 10
-    assert ood.head_scores(head, far).min() > np.percentile(ood.head_scores(head, feats), 99)
+    assert head_scores(head, far).min() > np.percentile(head_scores(head, feats), 99)
 
 
 def test_choose_threshold_separates():
-    from bloodcell.ood.score import choose_threshold, evaluate_threshold
+    from bloodcell.ood.fit import choose_threshold, evaluate_threshold
 
     cells_s = np.linspace(1.0, 2.0, 100)
     other = np.linspace(4.0, 9.0, 50)
@@ -161,28 +166,28 @@ def test_package_default(tmp_path):
     from bloodcell.packaging.package import package_default
 
     src = copy_model(tmp_path / "trained")
-    for extra in ("model.onnx", "ood.safetensors"):
+    for extra in (ONNX, OOD):
         (src / extra).unlink()
     x, y = cells(8, seed=7)
     np.savez(tmp_path / "data.npz", images=x, labels=y)
     out = package_default(src, tmp_path / "data.npz", tmp_path / "default_model", card={"name": "packaged"},
                           per_class=6, heldout_per_class=3, non_cells_per_kind=4, say=lambda m: None)
-    assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.onnx", "model.safetensors", "ood.safetensors"]
-    meta = json.loads((out / "model.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == [META, ONNX, WEIGHTS, OOD]
+    meta = read_meta(out)
     assert meta["model_card"]["name"] == "packaged" and meta["model_card"]["licence"] == CARD["licence"]
     assert meta["ood"]["threshold"] > 0 and meta["onnx"]["argmax_agreement"] == 1.0
-    assert (out / "model.json").stat().st_mode & 0o044  # readable by others once installed
+    assert (out / META).stat().st_mode & 0o044  # readable by others once installed
 
-    meta_src = json.loads((src / "model.json").read_text())
+    meta_src = read_meta(src)
     meta_src.pop("model_card")
-    (src / "model.json").write_text(json.dumps(meta_src))
+    write_meta(src, meta_src)
     with pytest.raises(ConfigError, match="card lacks"):
         package_default(src, tmp_path / "data.npz", tmp_path / "d2", say=lambda m: None)
     assert not (tmp_path / "d2").exists()
 
 
 def test_package_default_fills_card_metrics_from_the_evaluation(tmp_path):
-    from bloodcell.evaluation.evaluate import evaluate_dataset
+    from bloodcell.evaluation.scoring import evaluate_dataset
     from bloodcell.networks import load_model
     from bloodcell.packaging.package import package_default
 
@@ -194,7 +199,7 @@ def test_package_default_fills_card_metrics_from_the_evaluation(tmp_path):
     summary = json.loads(json.dumps(summary))
     out = package_default(src, tmp_path / "data.npz", tmp_path / "default_model", evaluation=summary,
                           per_class=6, heldout_per_class=3, non_cells_per_kind=4, say=lambda m: None)
-    metrics = json.loads((out / "model.json").read_text())["model_card"]["metrics"]
+    metrics = read_meta(out)["model_card"]["metrics"]
     acc = summary["metrics"]["accuracy"]
     assert metrics["accuracy"].startswith(f"{100 * acc:.2f}% (95% CI ")
     assert set(metrics["per_class"]) == set(summary["metrics"]["per_class"]) - {"ig"} | (
@@ -272,23 +277,23 @@ def test_package_default_takes_an_ensemble(tmp_path):
     members = []
     for i in range(2):
         folder = copy_model(tmp_path / f"m{i}")
-        meta = json.loads((folder / "model.json").read_text())
+        meta = read_meta(folder)
         meta["history"] = [{"epoch": 1, "seconds": 60.0 * (i + 1)}]
         meta["training"] = {"epochs_run": 1, "best_epoch": 1, "stopped": "completed", "threads": 1}
-        (folder / "model.json").write_text(json.dumps(meta))
+        write_meta(folder, meta)
         members.append(folder)
     ens = make_ensemble(members, tmp_path / "ens")
     x, y = cells(8, seed=7)
     np.savez(tmp_path / "data.npz", images=x, labels=y)
     out = package_default(ens, tmp_path / "data.npz", tmp_path / "pkg", card=CARD, per_class=6, heldout_per_class=3,
                           non_cells_per_kind=4, half_weights=True, say=lambda m: None)
-    meta = json.loads((out / "model.json").read_text())
+    meta = read_meta(out)
     names = meta["ensemble"]["members"]
     runs = meta["model_card"]["training_run"]
     assert set(runs) == set(names) and sorted(r["wall_time_minutes"] for r in runs.values()) == [1.0, 2.0]
     assert meta["onnx"]["argmax_agreement"] == 1.0 and meta["onnx"]["max_abs_prob_diff"] < 1e-4
     for name in names:
-        with safe_open(str(out / name / "model.safetensors"), "pt") as f:
+        with safe_open(str(out / name / WEIGHTS), "pt") as f:
             assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float16"}
     assert OnnxModel(out).predict_proba(_prepared(3)).shape == (24, 8)
 
@@ -298,3 +303,47 @@ def test_cli_refuses_half_weights_with_int8(tmp_path):
     assert run.returncode != 0 and "Traceback" not in run.stderr
     assert "--half-weights stores float32 weights as float16; an int8 graph (--quantize dynamic)" in run.stderr
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_export_verbs_are_importable_from_bloodcell(tmp_path):
+    import bloodcell
+
+    out = bloodcell.export(tiny_model(), output=tmp_path / "m.onnx", say=lambda m: None)
+    assert OnnxModel(out).predict_proba(_prepared(1)).shape == (8, 8)
+    with pytest.raises(ConfigError, match="an int8 graph"):
+        bloodcell.export(tiny_model(), output=tmp_path / "q.onnx", quantize="dynamic", half_weights=True)
+    with pytest.raises(ConfigError, match="needs --calibration-data"):
+        bloodcell.export(tiny_model(), output=tmp_path / "s.onnx", quantize="static")
+    with pytest.raises(ConfigError, match="needs --data"):
+        bloodcell.export(tiny_model(), format="default", output=tmp_path / "pkg")
+    card = bloodcell.info(tiny_model())
+    assert card["name"] == "tiny test model" and card["files"][ONNX] > 0
+    assert bloodcell.info(tiny_model(), text=True).startswith("tiny test model\n")
+
+
+def test_static_calibration_sample_is_seeded_and_prepared(tmp_path):
+    from bloodcell.packaging.exporter import calibration_sample
+
+    data = tmp_path / "cells.npz"
+    x, y = cells(12, seed=2)
+    np.savez(data, images=x, labels=y)
+    a, b = calibration_sample(data, tiny_model(), 5), calibration_sample(data, tiny_model(), 5)
+    assert a.shape == (5, SIZE, SIZE, 3) and a.dtype == np.uint8 and np.array_equal(a, b)
+
+
+def test_export_output_that_cannot_be_written_is_refused_before_work(tmp_path):
+    import bloodcell
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(ConfigError, match="afile is a file, not a folder"):
+        bloodcell.export(tiny_model(), output=afile / "m.onnx")
+    (tmp_path / "folder.onnx").mkdir()
+    with pytest.raises(ConfigError, match="is a folder"):
+        bloodcell.export(tiny_model(), output=tmp_path / "folder.onnx")
+    with pytest.raises(ConfigError, match="existing file, not a folder"):
+        bloodcell.export(tiny_model(), format="default", output=afile, data=afile)
+    with pytest.raises(ConfigError, match="afile is an existing file"):
+        bloodcell.export(tiny_model(), format="default", output=afile / "pkg", data=afile)
+    run = cli("export", str(tiny_model()), "-o", str(afile / "m.onnx"))
+    assert run.returncode == 2 and "Traceback" not in run.stderr and "afile is a file" in run.stderr

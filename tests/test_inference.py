@@ -86,3 +86,13 @@ def test_gradcam_shape_range_and_overlay(tiny_model):
     assert over.shape == (32, 32, 3) and over.dtype == np.uint8
     assert not np.array_equal(over, x[0])
     assert all(p.grad is None for p in tiny_model.module.parameters())
+
+
+def test_gradcam_of_a_network_without_convolutions_is_a_clear_error():
+    from torch import nn
+
+    from bloodcell import BloodcellError
+    from bloodcell.prediction.explain import target_layer
+
+    with pytest.raises(BloodcellError, match="no convolution layer"):
+        target_layer(nn.Sequential(nn.Flatten(), nn.Linear(12, 4)))

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from bloodcell import ModelError, PreprocessConfig
+from bloodcell.core.model_folder import META
 from bloodcell.networks import create_model, list_models, load_model, save_model
 from bloodcell.networks.pretrained import map_state_dict
 
@@ -66,7 +67,7 @@ def test_save_load_round_trip(tmp_path):
     x = torch.randn(1, 3, 32, 32)
     torch.testing.assert_close(loaded.module(x), model(x))
     assert loaded.class_names == ("basophil", "ig", "platelet")
-    (tmp_path / "m" / "model.json").write_text("{broken")
+    (tmp_path / "m" / META).write_text("{broken")
     with pytest.raises(ModelError, match="corrupt model metadata"):
         load_model(tmp_path / "m")
 
@@ -74,6 +75,15 @@ def test_save_load_round_trip(tmp_path):
 def test_load_refuses_non_model(tmp_path):
     with pytest.raises(ModelError, match="no model here"):
         load_model(tmp_path)
-    (tmp_path / "model.json").write_text(json.dumps({"format": "other"}))
+    (tmp_path / META).write_text(json.dumps({"format": "other"}))
     with pytest.raises(ModelError, match="not a bloodcell model file"):
         load_model(tmp_path)
+
+
+def test_models_verb_lists_every_architecture():
+    import bloodcell
+
+    rows = bloodcell.models()
+    assert [r["name"] for r in rows] == list_models()
+    lite0 = next(r for r in rows if r["name"] == "efficientnet_lite0")
+    assert lite0["pretrained"].startswith("package:") and lite0["default_size"] == 224 and lite0["family"] == "timm"

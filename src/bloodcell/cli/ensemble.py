@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from bloodcell.core.model_folder import read_meta
+
 HELP = "Combine trained models into one soft-voting ensemble that every command accepts as a model."
 
 
@@ -19,16 +21,17 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from bloodcell.core.model_folder import read_meta
-    from bloodcell.networks import make_ensemble
+    # deferred: the parser imports every verb module, and the onnxruntime predict path must not load PyTorch
+    from bloodcell.networks.ensemble import ensemble
 
-    out = make_ensemble(args.members, args.output, weights=args.weights, overwrite=args.force)
+    out = ensemble(args.members, args.output, weights=args.weights, force=args.force)
     meta = read_meta(out)
     pre = meta["preprocess"]
     rows = meta["config"]["members"]
     print(f"{'member':<8}  {'weight':>6}  {'size':>4}  {'T':>5}  {'architecture':<18}  source")
     for r, w in zip(rows, meta["ensemble"]["weights"]):
-        print(f"{r['name']:<8}  {w:>6.3f}  {r['image_size']:>4}  {r['temperature']:>5.2f}  {str(r['architecture']):<18}  {r['source']}")
+        print(f"{r['name']:<8}  {w:>6.3f}  {r['image_size']:>4}  {r['temperature']:>5.2f}  "
+              f"{str(r['architecture']):<18}  {r['source']}")
     print(
         f"Wrote ensemble {out} ({len(rows)} members, input {pre['image_size']} px, "
         f"{len(pre['class_names'])} classes). Use it wherever a model folder is accepted."

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
+from bloodcell.packaging.card import info
+
 HELP = "Show a model's card: data, intended use, metrics, limitations, calibration, licence (default: the bundled model)."
 
 
@@ -11,40 +15,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print the card as JSON")
 
 
-def model_meta(path):
-    """``(metadata, files)`` of a model folder or ``.onnx`` file, without loading weights."""
-    import json
-    from pathlib import Path
-
-    from bloodcell.core.errors import ModelError
-
-    path = Path(path)
-    if path.is_dir() and (path / "model.json").is_file():
-        try:
-            meta = json.loads((path / "model.json").read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ModelError(f"{path / 'model.json'}: corrupt model metadata ({e}).") from None
-        files = {p.relative_to(path).as_posix(): p.stat().st_size for p in sorted(path.rglob("*")) if p.is_file() and not p.name.startswith(".")}
-        return meta, files
-    from bloodcell.prediction.onnx_backend import OnnxModel
-
-    model = OnnxModel(path, threads=1)
-    return model.meta, {model.path.name: model.path.stat().st_size}
-
-
 def run(args) -> int:
-    import json
-
-    from bloodcell.core.model_choice import resolve_model
-    from bloodcell.packaging.card import card, render
-
-    path = resolve_model(args.model)
-    meta, files = model_meta(path)
-    if args.json:
-        print(json.dumps({**card(meta, path), "files": files}, indent=2))
-        return 0
-    print(render(meta, path))
-    print("files:")
-    for name, size in files.items():
-        print(f"  {name}: {size / 1e6:.2f} MB")
+    print(json.dumps(info(args.model), indent=2) if args.json else info(args.model, text=True))
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 HELP = "List the model architectures that `bloodcell train` can build."
 
 
@@ -10,18 +12,17 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    import json
+    # deferred: the parser imports every verb module, and the onnxruntime predict path must not load PyTorch
+    from bloodcell.networks.registry import models
 
-    from bloodcell.networks import get_entry, list_models
-
-    rows = [get_entry(n) for n in list_models()]
+    rows = models()
     if args.json:
-        print(json.dumps([{"name": e.name, "family": e.family, "default_size": e.default_size,
-                           "pretrained": e.pretrained, "description": e.description} for e in rows], indent=2))
+        print(json.dumps(rows, indent=2))
         return 0
-    width = max(len(e.name) for e in rows)
+    width = max(len(r["name"]) for r in rows)
     print(f"{'name':<{width}}  {'family':<6}  {'size':>4}  {'imagenet':<8}  description")
-    for e in rows:
-        weights = "offline" if (e.pretrained or "").startswith("package:") else ("hub" if e.pretrained else "-")
-        print(f"{e.name:<{width}}  {e.family:<6}  {e.default_size:>4}  {weights:<8}  {e.description}")
+    for r in rows:
+        source = r["pretrained"] or ""
+        weights = "offline" if source.startswith("package:") else ("hub" if source else "-")
+        print(f"{r['name']:<{width}}  {r['family']:<6}  {r['default_size']:>4}  {weights:<8}  {r['description']}")
     return 0

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
+from bloodcell.core.errors import DataError
+from bloodcell.prediction.classifier import predict
+
 HELP = "Classify images (files, folders, globs, .npz): class, probabilities, flags and a differential count."
 
 
@@ -30,49 +35,26 @@ def add_arguments(parser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: the usable CPUs)")
 
 
-def run(args) -> int:
-    import sys
-    from pathlib import Path
-
-    from bloodcell.core.errors import DataError
-    from bloodcell.prediction import outputs
-    from bloodcell.prediction.classifier import Classifier
-
-    clf = Classifier(args.model, backend=args.backend, batch_size=args.batch_size, tta=args.tta,
-                     threads=args.threads, abstain_threshold=args.abstain_threshold, ood_threshold=args.ood_threshold)
-    result = clf.predict(args.paths, progress=True)
-    for q in result.problems:
+def _print_problems(problems) -> None:
+    for q in problems:
         print(f"bloodcell predict: skipped {q.message}", file=sys.stderr)
-    preds = result.predictions
-    if not preds:
-        raise DataError(
-            f"no image could be classified ({len(result.problems)} input(s) skipped, reasons above). "
-            "Pass image files, folders of images, globs or .npz files."
-        )
-    show_diff = args.differential == "only" or (args.differential == "auto" and len(preds) >= 2)
-    diff = clf.differential(preds) if show_diff else None
-    names = clf.class_names
-    if args.format == "json":
-        text = outputs.as_json(clf.describe(), [] if args.differential == "only" else preds, result.problems, diff)
-    elif args.format == "csv":
-        text = outputs.differential_csv(diff) if args.differential == "only" else outputs.predictions_csv(preds, names)
-    else:
-        parts = [] if args.differential == "only" else [outputs.table(preds, names)]
-        if diff is not None:
-            parts.append(outputs.differential_table(diff))
-        if clf.abstain_source == "default" and args.differential != "only":
-            parts.append(f"note: the model has no calibrated abstention threshold; 'uncertain' means top probability < {clf.abstain_threshold}.")
-        if not clf.has_ood and args.differential != "only":
-            parts.append("note: the model carries no out-of-distribution statistics, so no image is checked for being a blood cell.")
-        text = "\n\n".join(parts)
-    if not text.endswith("\n"):
-        text += "\n"
-    if args.output:
-        outputs.write_text(Path(args.output), text)
-        summary = f"{len(preds)} image(s) classified"
-        if result.problems:
-            summary += f", {len(result.problems)} skipped"
-        print(f"bloodcell predict: {summary} -> {args.output}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
+
+
+def run(args) -> int:
+    try:
+        result = predict(args.paths, args.model, format=args.format, output=args.output, differential=args.differential,
+                         backend=args.backend, batch_size=args.batch_size, tta=args.tta,
+                         abstain_threshold=args.abstain_threshold, ood_threshold=args.ood_threshold,
+                         threads=args.threads, progress=True)
+    except DataError as e:
+        _print_problems(getattr(e, "problems", ()))
+        raise
+    _print_problems(result.problems)
+    if result.output is None:
+        sys.stdout.write(result.text)
+        return 0
+    summary = f"{len(result.predictions)} image(s) classified"
+    if result.problems:
+        summary += f", {len(result.problems)} skipped"
+    print(f"bloodcell predict: {summary} -> {args.output}", file=sys.stderr)
     return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bloodcell.cli.evaluate import add_common, device_of, print_summary
+from bloodcell.cli.evaluate import add_common
 
 HELP = "Write a self-contained HTML report (figures, calibration, abstention, mistakes, Grad-CAM) of a model on a dataset."
 
@@ -18,16 +18,13 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from bloodcell.evaluation.evaluate import evaluate_dataset
-    from bloodcell.evaluation.report import check_writable, write_report
-    from bloodcell.networks.loading import load_model
+    # Deferred: the parser imports every verb's module, and only this verb should load PyTorch.
+    from bloodcell.evaluation import report
+    from bloodcell.evaluation.summary_text import summary_text
 
-    folder = check_writable(args.output)
-    device = device_of(args)
-    loaded = load_model(args.model, device)
-    ev = evaluate_dataset(loaded, args.data, args.split, tta=args.tta, batch_size=args.batch_size, device=device,
-                          n_boot=args.bootstrap, progress=not args.quiet)
-    print_summary(ev.summary)
-    path = write_report(ev, folder, n_mistakes=args.mistakes, gradcam_per_class=args.gradcam_per_class)
-    print(f"Report written to {path} (figures and metrics.json beside it)")
+    result = report(args.model, args.data, output=args.output, split=args.split, tta=args.tta,
+                    batch_size=args.batch_size, device=args.device, bootstrap=args.bootstrap,
+                    mistakes=args.mistakes, gradcam_per_class=args.gradcam_per_class, quiet=args.quiet)
+    print(summary_text(result.evaluation.summary))
+    print(f"Report written to {result.html} (figures and metrics.json beside it)")
     return 0

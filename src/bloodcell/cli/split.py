@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from bloodcell.data.audit.checks import AuditSettings
+from bloodcell.data.split import counts_table, split
+
 HELP = "Split a dataset into train/val/test (stratified, duplicate groups kept together) and write a CSV manifest."
 
 
 def add_arguments(parser) -> None:
-    from bloodcell.data.audit.checks import AuditSettings
-
     d = AuditSettings()
     parser.add_argument("data", help="class-folder dataset or CSV manifest")
     parser.add_argument("-o", "--out", default="split.csv", help="manifest to write (default split.csv)")
@@ -21,30 +22,22 @@ def add_arguments(parser) -> None:
     parser.add_argument("--outlier-threshold", type=float, default=d.outlier_threshold,
                         help=f"outlier score above which images are left out (default {d.outlier_threshold:g})")
     parser.add_argument("--skip-unknown", action="store_true", help="leave out folders that are not class names")
-    parser.add_argument("--workers", type=int, default=None, help="decoding processes")
+    parser.add_argument("--workers", type=int, default=None, help="decoding threads")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run(args) -> int:
-    from collections import Counter
-
-    from bloodcell.data import open_dataset
-    from bloodcell.data.audit.checks import AuditSettings
-    from bloodcell.data.split import check_fractions, counts_table, split_dataset, write_split
-
-    check_fractions(args.val, args.test)
-    settings = AuditSettings(near_threshold=args.near_threshold, outlier_threshold=args.outlier_threshold)
-    ds = open_dataset(args.data, skip_unknown=args.skip_unknown)
-    result = split_dataset(ds, val=args.val, test=args.test, seed=args.seed, keep_flagged=args.keep_flagged,
-                           settings=settings, workers=args.workers, progress=not args.quiet)
-    written = write_split(result, args.out)
-    a = result.audit
+    result = split(args.data, out=args.out, val=args.val, test=args.test, seed=args.seed,
+                   keep_flagged=args.keep_flagged, near_threshold=args.near_threshold,
+                   outlier_threshold=args.outlier_threshold, skip_unknown=args.skip_unknown, workers=args.workers,
+                   quiet=args.quiet)
+    a, written, ds = result.audit, result.written, result.audit.dataset
     tr, va, te = result.fractions
     print(f"Split of {ds.source}: train/val/test = {tr:.0%}/{va:.0%}/{te:.0%} per class, seed {args.seed}; "
           f"{len(set(a.group_ids))} groups ({len(a.exact_groups)} exact-duplicate, {len(a.near_groups)} "
           "near-duplicate), none split across train/val/test")
     print(counts_table(result))
-    reasons = Counter(f for i, sp in enumerate(result.splits) if sp is None for f in a.flags[i])
+    reasons = result.excluded_reasons()
     if reasons:
         print("Excluded: " + ", ".join(f"{reasons[r]} {r}" for r in ("unreadable", "label-conflict", "outlier")
                                        if reasons[r])

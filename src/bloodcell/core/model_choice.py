@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from bloodcell.core.errors import ModelError
+from bloodcell.core.model_folder import META, ONNX, WEIGHTS, is_model_folder
 
 PACKAGE_DIR = "default_model"
 ENV = "BLOODCELL_MODEL"
@@ -33,9 +34,9 @@ def default_model_dir() -> Path:
         When this installation carries no default model.
     """
     folder = packaged_model_dir()
-    if not (folder / "model.json").is_file():
+    if not is_model_folder(folder):
         raise ModelError(
-            f"No default model is installed (expected {folder}/model.json). Name a model with "
+            f"No default model is installed (expected {folder / META}). Name a model with "
             f"--model PATH (a folder from `bloodcell train` or an exported .onnx file), set {ENV}, "
             "or install a bloodcell release that ships the default model."
         )
@@ -57,11 +58,11 @@ def resolve_model(model: str | Path | None = None) -> Path:
     path = Path(model).expanduser()
     if not path.exists():
         raise ModelError(
-            f"{path}{origin}: no such model. Expected a model folder (model.json + model.safetensors, "
+            f"{path}{origin}: no such model. Expected a model folder ({META} + {WEIGHTS}, "
             "as written by `bloodcell train`) or an .onnx file from `bloodcell export`."
         )
-    if path.is_dir() and not (path / "model.json").is_file() and not (path / "model.onnx").is_file():
-        raise ModelError(f"{path}{origin}: folder holds no model.json or model.onnx; it is not a bloodcell model.")
+    if path.is_dir() and not is_model_folder(path) and not (path / ONNX).is_file():
+        raise ModelError(f"{path}{origin}: folder holds no {META} or {ONNX}; it is not a bloodcell model.")
     if path.is_file() and path.suffix not in (".onnx", ".json"):
         raise ModelError(f"{path}{origin}: expected a model folder or an .onnx file, got a {path.suffix or 'plain'} file.")
-    return path.parent if path.name == "model.json" else path
+    return path.parent if path.name == META else path

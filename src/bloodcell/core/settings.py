@@ -1,8 +1,8 @@
-"""Locations bloodcell reads from the environment, each with one default.
+"""Locations and worker counts bloodcell reads from the environment.
 
-``BLOODCELL_DATA``   the PBC dataset folder (default ``../shared/data/pbc``).
+``BLOODCELL_DATA``   a default dataset for tools that need one (no default: unset means none).
 ``BLOODCELL_CACHE``  where decoded image arrays are cached (default ``.cache/bloodcell``).
-``BLOODCELL_WORKERS`` worker processes for decoding (default: the CPU count, at most 8).
+``BLOODCELL_WORKERS`` decoding threads (default: the CPU count, at most 8).
 """
 
 from __future__ import annotations
@@ -10,12 +10,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-DEFAULT_DATA = "../shared/data/pbc"
+from bloodcell.core.errors import ConfigError
+
 DEFAULT_CACHE = ".cache/bloodcell"
 
 
-def data_root() -> Path:
-    return Path(os.environ.get("BLOODCELL_DATA", DEFAULT_DATA))
+def data_root() -> Path | None:
+    """The dataset named by ``BLOODCELL_DATA``, or ``None`` when it is unset."""
+    env = os.environ.get("BLOODCELL_DATA", "").strip()
+    return Path(env) if env else None
 
 
 def cache_root() -> Path:
@@ -23,7 +26,19 @@ def cache_root() -> Path:
 
 
 def default_workers() -> int:
-    env = os.environ.get("BLOODCELL_WORKERS")
+    """``BLOODCELL_WORKERS`` if set, else the CPU count (at most 8).
+
+    Raises
+    ------
+    ConfigError
+        When ``BLOODCELL_WORKERS`` is not a whole number.
+    """
+    env = os.environ.get("BLOODCELL_WORKERS", "").strip()
     if env:
-        return max(1, int(env))
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise ConfigError(
+                f"BLOODCELL_WORKERS={env!r} is not a whole number. Set it to a worker count such as 2, or unset it."
+            ) from None
     return max(1, min(8, os.cpu_count() or 1))

@@ -1,239 +1,34 @@
-"""The preprocessing cache: every image decoded once per size and crop.
+"""Prepared arrays of a dataset through the preprocessing cache, and the ``cache`` verb.
 
-Decoded, centre-cropped and resized images are stored as ``uint8`` arrays under
-``<cache root>/pixels/<pixel key>/`` (``BLOODCELL_CACHE``, default
-``.cache/bloodcell``, ignored by git). Each entry is keyed by the SHA-256 of the
-image's bytes, and the folder by :meth:`PreprocessConfig.pixel_key` (size and
-crop), so a changed file or a changed setting is decoded again while identical
-files are decoded once. Entries live in shards of up to :data:`SHARD_SIZE`
-images (``shard-*.npy`` + ``shard-*.json`` listing the keys and the files that
-could not be decoded); a shard is written atomically as soon as it is full, so
-an interrupted build resumes where it stopped. Decoding runs in a process pool
-and goes through :func:`bloodcell.core.preprocess.load_prepared`, the same path
-evaluation and serving use.
-
-Normalization is not cached: :meth:`ArraySet.normalized` applies the mean/std
-of the :class:`PreprocessConfig` stored with the arrays, on the fly.
+:func:`load_arrays` turns a dataset (or one split of it) into ``uint8`` arrays
+with integer labels, decoding only images the cache does not hold yet
+(:mod:`bloodcell.data.pixels`). :func:`cache` is ``bloodcell cache``: decode a
+dataset ahead of training, or show or clear what the cache holds.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import multiprocessing as mp
-import os
-import sys
+import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from bloodcell.core import settings
 from bloodcell.core.classes import canonical_class
-from bloodcell.core.errors import DataError
-from bloodcell.core.files import atomic_save_npy, atomic_write_json
-from bloodcell.core.preprocess import PreprocessConfig, load_prepared, normalize, prepare
-from bloodcell.data.readers.dataset import Dataset, Problem, open_dataset
+from bloodcell.core.errors import ConfigError, DataError
+from bloodcell.core.files import check_writable_folder
+from bloodcell.core.preprocess import PreprocessConfig
+from bloodcell.data.pixels import _NAME, ArraySet, PixelCache
+from bloodcell.data.readers.dataset import Dataset, Problem
+from bloodcell.data.readers.open import open_dataset
 
 log = logging.getLogger("bloodcell.data")
 
-SHARD_SIZE = 1024
-CHUNK = 32
-_NAME = "\x00file\x00"
-
-
-@dataclass
-class ArraySet:
-    """Prepared images with integer labels, ready for training or evaluation.
-
-    Attributes
-    ----------
-    images : numpy.ndarray
-        ``uint8`` ``(N, S, S, 3)``, centre-cropped and resized, not normalized.
-    labels : numpy.ndarray
-        ``int64`` ``(N,)`` indices into ``class_names`` (``-1`` for unlabelled
-        samples when loaded with ``require_labels=False``).
-    class_names : tuple of str
-    ids : list of str
-        Source id of each image.
-    preprocess : PreprocessConfig
-        The settings the images were prepared with, ``class_names`` included;
-        store it with a model so every stage prepares images identically.
-    skipped : list of Problem
-        Samples left out because they could not be decoded.
-    """
-
-    images: np.ndarray
-    labels: np.ndarray
-    class_names: tuple[str, ...]
-    ids: list[str]
-    preprocess: PreprocessConfig
-    skipped: list[Problem] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def normalized(self, index=slice(None)) -> np.ndarray:
-        """Images at ``index`` as normalized ``float32`` NCHW (mean/std of :attr:`preprocess`)."""
-        batch = self.images[index]
-        if batch.ndim == 3:
-            batch = batch[None]
-        return normalize(batch, self.preprocess)
-
-
-def _prepare_chunk(task):
-    size, crop, items = task
-    cfg = PreprocessConfig(image_size=size, crop_fraction=crop)
-    out = np.empty((len(items), size, size, 3), np.uint8)
-    keys: list[str] = []
-    failed: dict[str, str] = {}
-    for key, src in items:
-        try:
-            arr = prepare(src, cfg) if isinstance(src, np.ndarray) else load_prepared(src, cfg, name=_NAME)
-        except DataError as e:
-            failed[key] = str(e)
-            continue
-        except Exception as e:  # noqa: BLE001 - one odd file must not end a long build; it is reported
-            failed[key] = f"{_NAME}: cannot be decoded ({type(e).__name__}: {e}). Re-export or remove it."
-            continue
-        out[len(keys)] = arr
-        keys.append(key)
-    return keys, out[: len(keys)], failed
-
-
-def _pool_context():
-    return mp.get_context("fork") if sys.platform.startswith("linux") else mp.get_context()
-
-
-class PixelCache:
-    """Content-addressed store of prepared images for one size and crop.
-
-    Parameters
-    ----------
-    preprocess : PreprocessConfig
-        Only ``image_size`` and ``crop_fraction`` matter here.
-    root : Path, optional
-        Cache root; default :func:`bloodcell.core.settings.cache_root`.
-    """
-
-    def __init__(self, preprocess: PreprocessConfig, root: Path | None = None):
-        self.preprocess = preprocess
-        self.root = Path(root) if root is not None else settings.cache_root()
-        self.folder = self.root / "pixels" / preprocess.pixel_key()
-        self._counter = 0
-
-    def index(self) -> tuple[dict[str, tuple[str, int]], dict[str, str]]:
-        """``({key: (shard, row)}, {key: failure message})`` over every complete shard."""
-        where: dict[str, tuple[str, int]] = {}
-        failed: dict[str, str] = {}
-        if not self.folder.is_dir():
-            return where, failed
-        import json
-
-        for meta_path in sorted(self.folder.glob("shard-*.json")):
-            try:
-                meta = json.loads(meta_path.read_text())
-                npy = meta_path.with_suffix(".npy")
-                n = len(meta["keys"])
-                if n and np.load(npy, mmap_mode="r").shape[0] != n:
-                    continue
-            except (OSError, ValueError, KeyError):
-                continue
-            stem = meta_path.stem
-            for row, key in enumerate(meta["keys"]):
-                where.setdefault(key, (stem, row))
-            for key, msg in meta.get("failed", {}).items():
-                failed.setdefault(key, msg)
-        return where, failed
-
-    def _write_shard(self, keys: list[str], arrays: list[np.ndarray], failed: dict[str, str]) -> None:
-        self._counter += 1
-        stem = f"shard-{time.time_ns()}-{os.getpid()}-{self._counter}"
-        s = self.preprocess.image_size
-        if len(keys):
-            atomic_save_npy(self.folder / f"{stem}.npy", arrays)
-        atomic_write_json(self.folder / f"{stem}.json", {
-            "format": 1,
-            "pixel": {"image_size": s, "crop_fraction": self.preprocess.crop_fraction},
-            "keys": keys,
-            "failed": failed,
-        }, indent=None)
-
-    def build(self, items: list[tuple[str, object]], workers: int | None = None,
-              progress: bool = True) -> dict[str, np.ndarray]:
-        """Decode and store ``items`` (``(key, path or RGB uint8 array)``) not yet cached.
-
-        Returns the freshly decoded images by key, so the caller need not read them back.
-        """
-        fresh: dict[str, np.ndarray] = {}
-        if not items:
-            return fresh
-        self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.folder / "preprocess.json",
-                          {"image_size": self.preprocess.image_size, "crop_fraction": self.preprocess.crop_fraction})
-        workers = settings.default_workers() if workers is None else max(1, int(workers))
-        size, crop = self.preprocess.image_size, self.preprocess.crop_fraction
-        tasks = [(size, crop, [(k, str(src) if isinstance(src, Path) else src) for k, src in items[i:i + CHUNK]])
-                 for i in range(0, len(items), CHUNK)]
-        buf_keys: list[str] = []
-        buf_arrays: list[np.ndarray] = []
-        buf_failed: dict[str, str] = {}
-        bar = tqdm(total=len(items), desc=f"caching images at {size}px", unit="img", disable=not progress,
-                   file=sys.stderr, mininterval=0.5, smoothing=0.1)
-
-        def flush():
-            if buf_keys or buf_failed:
-                self._write_shard(list(buf_keys), list(buf_arrays), dict(buf_failed))
-            buf_keys.clear(), buf_arrays.clear(), buf_failed.clear()
-
-        def consume(result):
-            keys, arrs, failed = result
-            for j, k in enumerate(keys):
-                fresh[k] = arrs[j]
-            buf_keys.extend(keys)
-            if len(keys):
-                buf_arrays.append(arrs)
-            buf_failed.update(failed)
-            bar.update(len(keys) + len(failed))
-            if len(buf_keys) + len(buf_failed) >= SHARD_SIZE:
-                flush()
-
-        try:
-            if workers == 1 or len(tasks) == 1:
-                for t in tasks:
-                    consume(_prepare_chunk(t))
-            else:
-                with _pool_context().Pool(min(workers, len(tasks))) as pool:
-                    for result in pool.imap_unordered(_prepare_chunk, tasks):
-                        consume(result)
-        finally:
-            flush()
-            bar.close()
-        return fresh
-
-    def gather(self, keys: list[str], where: dict[str, tuple[str, int]],
-               fresh: dict[str, np.ndarray] | None = None) -> np.ndarray:
-        """Stack the images for ``keys``: from ``fresh`` when there, else from the shards in ``where``."""
-        s = self.preprocess.image_size
-        out = np.empty((len(keys), s, s, 3), np.uint8)
-        by_shard: dict[str, list[tuple[int, int]]] = {}
-        fresh = fresh or {}
-        for pos, key in enumerate(keys):
-            if key in fresh:
-                out[pos] = fresh[key]
-                continue
-            stem, row = where[key]
-            by_shard.setdefault(stem, []).append((row, pos))
-        for stem, pairs in by_shard.items():
-            pairs.sort()
-            rows = np.fromiter((r for r, _ in pairs), np.int64, len(pairs))
-            pos = np.fromiter((p for _, p in pairs), np.int64, len(pairs))
-            shard = np.load(self.folder / f"{stem}.npy", mmap_mode="r")
-            if len(rows) * 2 >= shard.shape[0]:
-                shard = np.load(self.folder / f"{stem}.npy")
-            out[pos] = shard[rows]
-        return out
+__all__ = ["ArraySet", "CacheResult", "PixelCache", "cache", "cache_folders", "load_arrays"]
 
 
 def load_arrays(
@@ -260,7 +55,7 @@ def load_arrays(
         Index space of the labels (e.g. a model's classes). Default: the classes
         present in the whole dataset (all splits), in :data:`bloodcell.CLASSES` order.
     workers : int, optional
-        Decoding processes; default :func:`bloodcell.core.settings.default_workers`.
+        Decoding threads; default :func:`bloodcell.core.settings.default_workers`.
     progress : bool
         Show progress bars on stderr.
     require_labels : bool
@@ -277,11 +72,46 @@ def load_arrays(
     DataError
         If the source cannot be read, a label is outside ``class_names``, a
         sample is unlabelled while ``require_labels``, or no image decodes.
+    ConfigError
+        If images must be decoded and the cache folder cannot be written.
     """
     ds = source if isinstance(source, Dataset) else open_dataset(source)
     indices = ds.split_indices(split) if split is not None else list(range(len(ds)))
     if not indices:
         raise DataError(f"{ds.source}: split {split!r} holds no samples.")
+    names, labels = _label_indices(ds, indices, class_names, require_labels)
+    keys = ds.content_keys(indices, progress=progress)
+    pixels = PixelCache(preprocess)
+    where, failed, fresh = _decode_missing(ds, indices, keys, pixels, workers, progress)
+    ok = [j for j, k in enumerate(keys) if k in where]
+    skipped = _skipped(ds, indices, keys, where, failed, pixels.folder)
+    if not ok:
+        raise DataError(f"{ds.source}: none of the {len(keys)} selected images could be decoded; first: {skipped[0].message}")
+    images = pixels.gather([keys[j] for j in ok], where, fresh)
+    return ArraySet(images=images, labels=labels[ok], class_names=names,
+                    ids=[ds.samples[indices[j]].source_id for j in ok],
+                    preprocess=replace(preprocess, class_names=names), skipped=skipped)
+
+
+def _decode_missing(ds: Dataset, indices: list[int], keys: list[str], pixels: PixelCache, workers: int | None,
+                    progress: bool) -> tuple[dict, dict, dict[str, np.ndarray]]:
+    """Decode the selected samples the cache lacks; ``(where, failed, freshly decoded images)``."""
+    where, failed = pixels.index()
+    todo: dict[str, object] = {}
+    for j, i in enumerate(indices):
+        k = keys[j]
+        if k not in where and k not in failed and k not in todo:
+            s = ds.samples[i]
+            todo[k] = s.path if s.path is not None else ds.arrays[s.row]
+    if not todo:
+        return where, failed, {}
+    fresh = pixels.build(list(todo.items()), workers=workers, progress=progress)
+    where, failed = pixels.index()
+    return where, failed, fresh
+
+
+def _label_indices(ds: Dataset, indices: list[int], class_names, require_labels: bool):
+    """``(class names, int64 label per selected sample)``; ``-1`` for unlabelled samples."""
     names = tuple(canonical_class(c) for c in class_names) if class_names is not None else ds.class_names
     if class_names is not None and len(set(names)) != len(names):
         raise DataError(f"class_names {list(class_names)} name the same class twice.")
@@ -308,38 +138,122 @@ def load_arrays(
             f"{ds.source}: {len(unlabelled)} sample(s) have no label (e.g. {unlabelled[0]}). "
             "Fill in the 'label' column or pass require_labels=False."
         )
-    keys = ds.content_keys(indices, progress=progress)
-    cache = PixelCache(preprocess)
-    where, failed = cache.index()
-    todo: dict[str, object] = {}
-    for j, i in enumerate(indices):
-        k = keys[j]
-        if k not in where and k not in failed and k not in todo:
-            s = ds.samples[i]
-            todo[k] = s.path if s.path is not None else ds.arrays[s.row]
-    fresh: dict[str, np.ndarray] = {}
-    if todo:
-        fresh = cache.build(list(todo.items()), workers=workers, progress=progress)
-        where, failed = cache.index()
-    ok = [j for j, k in enumerate(keys) if k in where]
+    return names, labels
+
+
+def _skipped(ds: Dataset, indices: list[int], keys: list[str], where: dict, failed: dict,
+             folder: Path) -> list[Problem]:
     skipped = []
     for j, k in enumerate(keys):
         if k not in where:
             s = ds.samples[indices[j]]
-            msg = failed.get(k, f"{_NAME}: was not decoded into the cache (cache folder {cache.folder} not writable?).")
+            msg = failed.get(k, f"{_NAME}: was not decoded into the cache (cache folder {folder} not writable?).")
             skipped.append(Problem(s.source_id, "unreadable", msg.replace(_NAME, str(s.path or s.source_id))))
-    if not ok:
-        raise DataError(f"{ds.source}: none of the {len(keys)} selected images could be decoded; first: {skipped[0].message}")
     if skipped:
         log.warning("%d image(s) could not be decoded and were left out: %s", len(skipped),
                     "; ".join(p.message for p in skipped[:3]) + (" ..." if len(skipped) > 3 else ""))
-    images = cache.gather([keys[j] for j in ok], where, fresh)
-    fresh.clear()
-    return ArraySet(
-        images=images,
-        labels=labels[ok],
-        class_names=names,
-        ids=[ds.samples[indices[j]].source_id for j in ok],
-        preprocess=replace(preprocess, class_names=names),
-        skipped=skipped,
-    )
+    return skipped
+
+
+@dataclass
+class CacheResult:
+    """What :func:`cache` did.
+
+    Attributes
+    ----------
+    root : Path
+        The cache root (``BLOODCELL_CACHE``).
+    arrays : ArraySet or None
+        The decoded dataset, when one was given.
+    seconds : float
+        Time to make ``arrays`` ready.
+    folders : list of dict
+        With ``info``: one entry per cached size and crop (``folder``, ``images``,
+        ``image_size``, ``crop_fraction``, ``shards``, ``bytes``).
+    cleared : Path or None
+        With ``clear``: the folder of decoded images that was removed.
+    """
+
+    root: Path
+    arrays: ArraySet | None = None
+    seconds: float = 0.0
+    folders: list[dict] = field(default_factory=list)
+    cleared: Path | None = None
+
+
+def cache(data=None, size: int = 128, crop: float = 1.0, split: str | None = None, workers: int | None = None,
+          info: bool = False, clear: bool = False, quiet: bool = False) -> CacheResult:
+    """Decode a dataset into the preprocessing cache, or show or clear the cache (``bloodcell cache``).
+
+    Parameters
+    ----------
+    data : str or Path, optional
+        Class-folder dataset, ``.npz`` file or CSV manifest; needed unless
+        ``info`` or ``clear``.
+    size : int
+        Image side in pixels.
+    crop : float
+        Centred square crop as a fraction of the shorter side, before resizing.
+    split : str, optional
+        Only this split (``"train"``, ``"val"``, ``"test"``) of a manifest.
+    workers : int, optional
+        Decoding threads; default ``BLOODCELL_WORKERS`` or the CPU count.
+    info : bool
+        List what the cache holds instead of decoding.
+    clear : bool
+        Delete the cache's decoded images instead of decoding.
+    quiet : bool
+        No progress bar.
+
+    Returns
+    -------
+    CacheResult
+
+    Raises
+    ------
+    ConfigError
+        Without ``data`` (unless ``info`` or ``clear``), or when the cache folder cannot be written.
+    DataError
+        When the dataset cannot be read or none of its images decodes.
+    """
+    root = settings.cache_root()
+    if clear:
+        target = root / "pixels"
+        if target.is_dir():
+            shutil.rmtree(target)
+        return CacheResult(root, cleared=target)
+    if info:
+        return CacheResult(root, folders=cache_folders(root))
+    if not data:
+        raise ConfigError("bloodcell cache needs DATA (a dataset to decode), or --info / --clear.")
+    check_cache_root(root)
+    cfg = PreprocessConfig(image_size=size, crop_fraction=crop)
+    t = time.perf_counter()
+    arrays = load_arrays(data, cfg, split=split, workers=workers, progress=not quiet, require_labels=False)
+    return CacheResult(root, arrays=arrays, seconds=time.perf_counter() - t)
+
+
+def check_cache_root(root: Path) -> Path:
+    """Prove the cache root can be written, before any decoding; a :class:`ConfigError` names it otherwise."""
+    return check_writable_folder(root, what="cache folder", flag="BLOODCELL_CACHE")
+
+
+def cache_folders(root: Path) -> list[dict]:
+    """One entry per cached size and crop under ``root``: what :func:`cache` with ``info`` lists."""
+    base = Path(root) / "pixels"
+    out = []
+    for folder in sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []:
+        shards = list(folder.glob("shard-*.json"))
+        try:
+            pix = json.loads((folder / "preprocess.json").read_text())
+        except (OSError, ValueError):
+            pix = {}
+        out.append({
+            "folder": folder,
+            "images": sum(len(json.loads(p.read_text()).get("keys", [])) for p in shards),
+            "image_size": pix.get("image_size", "?"),
+            "crop_fraction": pix.get("crop_fraction", "?"),
+            "shards": len(shards),
+            "bytes": sum(p.stat().st_size for p in folder.glob("shard-*.npy")),
+        })
+    return out

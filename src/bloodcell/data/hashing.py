@@ -17,6 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bloodcell.core import settings
+from bloodcell.core.errors import DataError
 from bloodcell.core.files import atomic_write_json
 
 MEMO_NAME = "file-sha256.json"
@@ -51,8 +52,6 @@ def file_sha256(paths, progress: bool = False, cache_root: Path | None = None) -
     bloodcell.core.errors.DataError
         If a file is missing or unreadable.
     """
-    from bloodcell.core.errors import DataError
-
     root = Path(cache_root) if cache_root is not None else settings.cache_root()
     memo_path = root / MEMO_NAME
     memo = _load_memo(memo_path)

@@ -12,17 +12,20 @@ conflict, outliers above the threshold) are left out unless ``keep_flagged``.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from bloodcell.core.classes import CLASSES
 from bloodcell.core.errors import ConfigError, DataError
+from bloodcell.core.files import atomic_write_json, check_writable_file
 from bloodcell.data.audit.checks import AuditResult, AuditSettings, audit_dataset
 from bloodcell.data.readers.dataset import SPLITS, Dataset
 from bloodcell.data.readers.manifest import manifest_path_for, write_manifest
+from bloodcell.data.readers.open import open_dataset
 
 COLUMNS = ["path", "label", "split", "source_id", "sha256", "group", "flags"]
 
@@ -36,6 +39,7 @@ class SplitResult:
     fractions: tuple[float, float, float]
     seed: int
     keep_flagged: bool
+    written: dict[str, Path] = field(default_factory=dict)
 
     def counts(self) -> dict[str, dict[str, int]]:
         """``{class: {"train": n, "val": n, "test": n, "excluded": n}}`` in class order."""
@@ -57,6 +61,10 @@ class SplitResult:
                  "source_id": s.source_id, "sha256": a.keys[i], "group": a.group_ids[i],
                  "flags": ";".join(a.flags[i])}
                 for i, (s, sp) in enumerate(zip(ds.samples, self.splits)) if sp is not None]
+
+    def excluded_reasons(self) -> Counter:
+        """How many excluded images carry each flag."""
+        return Counter(f for i, sp in enumerate(self.splits) if sp is None for f in self.audit.flags[i])
 
     def excluded_rows(self, manifest: Path) -> list[dict]:
         ds, a = self.audit.dataset, self.audit
@@ -138,6 +146,9 @@ def split_dataset(ds: Dataset, val: float = 0.1, test: float = 0.2, seed: int = 
         raise DataError(f"{ds.source}: {len(unlabelled)} image(s) have no label (e.g. {unlabelled[0]}); "
                         "a stratified split needs every image labelled.")
     audit = audit or audit_dataset(ds, settings, workers=workers, progress=progress)
+    if audit.dataset is not ds and [s.source_id for s in audit.dataset.samples] != [s.source_id for s in ds.samples]:
+        raise DataError(f"{ds.source}: the audit given was made for another dataset ({audit.dataset.source}). "
+                        "Pass the audit of this dataset, or none to run it here.")
     use = [i for i in range(len(ds)) if keep_flagged and i not in audit.unreadable or not audit.flags[i]]
     if not use:
         raise DataError(f"{ds.source}: every image is flagged by the audit; nothing to split "
@@ -153,7 +164,9 @@ def split_dataset(ds: Dataset, val: float = 0.1, test: float = 0.2, seed: int = 
         for i in m:
             splits[i] = where[g]
     result = SplitResult(audit, splits, fractions, seed, keep_flagged)
-    assert not result.straddling_groups()
+    straddling = result.straddling_groups()
+    if straddling:
+        raise RuntimeError(f"duplicate groups {straddling[:5]} ended up in more than one split; please report this.")
     return result
 
 
@@ -167,8 +180,6 @@ def write_split(result: SplitResult, manifest: Path) -> dict[str, Path]:
         written["excluded"] = write_manifest(ex_path, excluded, ["path", "label", "source_id", "reason", "message"])
     elif ex_path.exists():
         ex_path.unlink()
-    from bloodcell.core.files import atomic_write_json
-
     a = result.audit
     info = {
         "source": str(a.dataset.source.resolve()),
@@ -200,10 +211,59 @@ def counts_table(result: SplitResult) -> str:
 
 def manifest_digest(path: Path) -> str:
     """SHA-256 of a manifest file (recorded with models trained on it)."""
-    import hashlib
-
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-__all__ = ["COLUMNS", "SplitResult", "assign_groups", "check_fractions", "counts_table", "split_dataset",
+def split(data, out="split.csv", val: float = 0.1, test: float = 0.2, seed: int = 0, keep_flagged: bool = False,
+          near_threshold: int = AuditSettings.near_threshold, outlier_threshold: float = AuditSettings.outlier_threshold,
+          skip_unknown: bool = False, workers: int | None = None, quiet: bool = False) -> SplitResult:
+    """Split a dataset into train/val/test and write the manifest ``out`` (``bloodcell split``).
+
+    Parameters
+    ----------
+    data : str or Path
+        Class-folder dataset or CSV manifest.
+    out : str or Path
+        Manifest to write; ``<stem>.excluded.csv`` and ``<stem>.json`` are written beside it.
+    val, test : float
+        Fractions of each class for validation and test; training gets the rest.
+    seed : int
+        Seed of the assignment.
+    keep_flagged : bool
+        Keep images the audit flags (label conflicts, outliers); unreadable ones are always left out.
+    near_threshold : int
+        Near-duplicate threshold in hash bits.
+    outlier_threshold : float
+        Outlier score above which images are left out.
+    skip_unknown : bool
+        Leave out (and report) folders that are not class names.
+    workers : int, optional
+        Decoding threads; default ``BLOODCELL_WORKERS`` or the CPU count.
+    quiet : bool
+        No progress bars.
+
+    Returns
+    -------
+    SplitResult
+        ``written`` maps ``"manifest"``, ``"info"`` and (when images were left
+        out) ``"excluded"`` to the files written.
+
+    Raises
+    ------
+    ConfigError
+        For fractions out of range or an ``out`` that cannot be written (checked before the work).
+    DataError
+        When the dataset cannot be read or split.
+    """
+    check_fractions(val, test)
+    settings = AuditSettings(near_threshold=near_threshold, outlier_threshold=outlier_threshold)
+    check_writable_file(out, what="split manifest")
+    ds = open_dataset(data, skip_unknown=skip_unknown, skip_unknown_hint=True)
+    result = split_dataset(ds, val=val, test=test, seed=seed, keep_flagged=keep_flagged, settings=settings,
+                           workers=workers, progress=not quiet)
+    result.written = write_split(result, out)
+    return result
+
+
+__all__ = ["COLUMNS", "SplitResult", "assign_groups", "check_fractions", "counts_table", "split", "split_dataset",
            "write_split", "manifest_digest"]

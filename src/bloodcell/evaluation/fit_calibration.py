@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from bloodcell.core.errors import DataError
-from bloodcell.core.files import atomic_write_json
-from bloodcell.core.model_folder import META, read_meta
+from bloodcell.core.model_folder import meta_path, read_meta, write_meta
 from bloodcell.evaluation.calibration import (
     coverage_at_accuracy,
     expected_calibration_error,
@@ -25,9 +24,10 @@ from bloodcell.evaluation.calibration import (
     softmax,
     view_probs,
 )
-from bloodcell.evaluation.evaluate import COVERAGE_TARGETS, _in_chunks, load_labelled
+from bloodcell.evaluation.labelled import load_labelled
+from bloodcell.evaluation.scoring import COVERAGE_TARGETS, in_chunks, predict_views
 from bloodcell.networks.loading import load_model
-from bloodcell.prediction.torch_backend import TTA_VIEWS, predict_logits, predict_view_logits
+from bloodcell.prediction.torch_backend import TTA_VIEWS, predict_logits
 
 ABSTAIN_RULE = "refer the image to a hematologist when its top temperature-scaled probability is below abstain_threshold"
 
@@ -121,13 +121,11 @@ def calibrate_model(
     arrays, used, problems, notes, left_out = load_labelled(data, loaded.preprocess, split, progress)
     views = None
     if tta:
-        views = _in_chunks(
-            lambda x: predict_view_logits(loaded, x, batch_size=batch_size, device=device).transpose(1, 0, 2),
-            arrays.images, progress, "predicting with TTA").transpose(1, 0, 2)
+        views = predict_views(loaded, arrays.images, batch_size, device, progress)
         logits = views[TTA_VIEWS.index((0, False))]  # the identity view is the plain prediction
     else:
-        logits = _in_chunks(lambda x: predict_logits(loaded, x, batch_size=batch_size, device=device),
-                            arrays.images, progress, "predicting")
+        logits = in_chunks(lambda x: predict_logits(loaded, x, batch_size=batch_size, device=device),
+                           arrays.images, progress, "predicting")
     cal = fit_calibration(logits, arrays.labels, target_accuracy, view_logits=views)
     cal["validation"].update({
         "source": str(data),
@@ -137,7 +135,7 @@ def calibrate_model(
         "notes": notes,
     })
     cal["fitted_at"] = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
-    path = store_calibration(loaded.path, cal) if write else Path(loaded.path) / META
+    path = store_calibration(loaded.path, cal) if write else meta_path(loaded.path)
     return {**cal, "model_json": str(path)}
 
 
@@ -149,6 +147,4 @@ def store_calibration(folder: str | Path, calibration: dict) -> Path:
     folder = Path(folder)
     meta = read_meta(folder)
     meta["calibration"] = calibration
-    path = folder / META
-    atomic_write_json(path, meta)
-    return path
+    return write_meta(folder, meta)

@@ -175,9 +175,59 @@ def compute_metrics(
     """
     probs, y_true = _check(probs, y_true)
     class_names = tuple(class_names)
-    C = len(class_names)
-    if probs.shape[1] != C:
-        raise DataError(f"probs has {probs.shape[1]} columns but {C} class names were given.")
+    labels, absent = _evaluated_labels(y_true, probs, class_names, evaluated)
+    y_pred = probs.argmax(axis=1)
+    out = {
+        "n": len(y_true),
+        "class_names": list(class_names),
+        "evaluated_classes": [class_names[k] for k in labels],
+        "absent_classes": [class_names[k] for k in absent],
+        **_class_scores(y_true, y_pred, probs, class_names, labels),
+        **_probability_scores(y_true, probs, n_bins),
+        "confusion_matrix": _confusion(y_true, y_pred, class_names, labels),
+        "absent_predictions": _absent_predictions(y_pred, class_names, absent),
+    }
+    if len(absent):
+        out["restricted"] = _restricted(y_true, probs, labels)
+    if n_boot:
+        out["ci95"] = bootstrap_ci(y_true, y_pred, labels, len(class_names), n_boot=n_boot, seed=seed)
+    return out
+
+
+def _class_scores(y_true, y_pred, probs, class_names, labels) -> dict:
+    """Accuracy, balanced accuracy, macro and weighted averages, per-class scores and the macro ROC-AUC."""
+    prec, rec, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    per_class, aucs = _per_class(y_true, probs, class_names, labels, (prec, rec, f1, support))
+    weights = support / max(support.sum(), 1)
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": float(np.mean(rec)),
+        "macro_avg": {"precision": float(prec.mean()), "recall": float(rec.mean()), "f1": float(f1.mean())},
+        "weighted_avg": {
+            "precision": float(weights @ prec),
+            "recall": float(weights @ rec),
+            "f1": float(weights @ f1),
+        },
+        "per_class": per_class,
+        "roc_auc_ovr_macro": float(np.mean(aucs)) if aucs else None,
+    }
+
+
+def _probability_scores(y_true: np.ndarray, probs: np.ndarray, n_bins: int) -> dict:
+    """Log loss, expected calibration error and mean confidence."""
+    C = probs.shape[1]
+    return {
+        "log_loss": float(log_loss(y_true, probs / probs.sum(axis=1, keepdims=True), labels=np.arange(C))),
+        "ece": expected_calibration_error(probs, y_true, n_bins),
+        "ece_bins": n_bins,
+        "mean_confidence": float(probs.max(axis=1).mean()),
+    }
+
+
+def _evaluated_labels(y_true: np.ndarray, probs: np.ndarray, class_names: tuple, evaluated):
+    """Indices of the evaluated classes and of the absent ones (model classes the dataset lacks)."""
+    if probs.shape[1] != len(class_names):
+        raise DataError(f"probs has {probs.shape[1]} columns but {len(class_names)} class names were given.")
     if evaluated is None:
         labels = np.unique(y_true)
     else:
@@ -187,13 +237,14 @@ def compute_metrics(
         raise DataError(
             f"Labels {[class_names[i] for i in stray]} occur in y_true but are not among the evaluated classes."
         )
-    absent = np.array([i for i in range(C) if i not in set(labels.tolist())], dtype=np.int64)
-    y_pred = probs.argmax(axis=1)
-    n = len(y_true)
+    absent = np.array([i for i in range(len(class_names)) if i not in set(labels.tolist())], dtype=np.int64)
+    return labels, absent
 
-    prec, rec, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0
-    )
+
+def _per_class(y_true, probs, class_names, labels, prfs) -> tuple[dict, list[float]]:
+    """Precision, recall, F1, support and one-vs-rest ROC-AUC of each evaluated class; the AUCs defined."""
+    prec, rec, f1, support = prfs
+    n = len(y_true)
     per_class = {}
     aucs = []
     for j, k in enumerate(labels):
@@ -209,53 +260,38 @@ def compute_metrics(
             "support": int(support[j]),
             "roc_auc": auc,
         }
-    weights = support / max(support.sum(), 1)
-    cm = confusion_matrix(y_true, y_pred, labels=np.arange(C))[labels]
-    row_sum = cm.sum(axis=1, keepdims=True)
-    into_absent = np.isin(y_pred, absent)
-    by_class = {class_names[k]: int((y_pred == k).sum()) for k in absent}
+    return per_class, aucs
 
-    out = {
-        "n": n,
-        "class_names": list(class_names),
-        "evaluated_classes": [class_names[k] for k in labels],
-        "absent_classes": [class_names[k] for k in absent],
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "balanced_accuracy": float(np.mean(rec)),
-        "macro_avg": {"precision": float(prec.mean()), "recall": float(rec.mean()), "f1": float(f1.mean())},
-        "weighted_avg": {
-            "precision": float(weights @ prec),
-            "recall": float(weights @ rec),
-            "f1": float(weights @ f1),
-        },
-        "per_class": per_class,
-        "roc_auc_ovr_macro": float(np.mean(aucs)) if aucs else None,
-        "log_loss": float(log_loss(y_true, probs / probs.sum(axis=1, keepdims=True), labels=np.arange(C))),
-        "ece": expected_calibration_error(probs, y_true, n_bins),
-        "ece_bins": n_bins,
-        "mean_confidence": float(probs.max(axis=1).mean()),
-        "confusion_matrix": {
-            "rows": [class_names[k] for k in labels],
-            "columns": list(class_names),
-            "counts": cm.astype(int).tolist(),
-            "row_normalized": np.where(row_sum > 0, cm / np.maximum(row_sum, 1), 0.0).round(6).tolist(),
-        },
-        "absent_predictions": {
-            "count": int(into_absent.sum()),
-            "rate": float(into_absent.mean()),
-            "by_class": by_class,
-        },
+
+def _confusion(y_true, y_pred, class_names, labels) -> dict:
+    """Rows: evaluated classes; columns: all model classes; counts and row-normalised shares."""
+    cm = confusion_matrix(y_true, y_pred, labels=np.arange(len(class_names)))[labels]
+    row_sum = cm.sum(axis=1, keepdims=True)
+    return {
+        "rows": [class_names[k] for k in labels],
+        "columns": list(class_names),
+        "counts": cm.astype(int).tolist(),
+        "row_normalized": np.where(row_sum > 0, cm / np.maximum(row_sum, 1), 0.0).round(6).tolist(),
     }
-    if len(absent):
-        restricted_pred = labels[probs[:, labels].argmax(axis=1)]
-        _, _, rf1, _ = precision_recall_fscore_support(y_true, restricted_pred, labels=labels, zero_division=0)
-        out["restricted"] = {
-            "accuracy": float((restricted_pred == y_true).mean()),
-            "macro_f1": float(rf1.mean()),
-        }
-    if n_boot:
-        out["ci95"] = bootstrap_ci(y_true, y_pred, labels, C, n_boot=n_boot, seed=seed)
-    return out
+
+
+def _absent_predictions(y_pred, class_names, absent) -> dict:
+    into_absent = np.isin(y_pred, absent)
+    return {
+        "count": int(into_absent.sum()),
+        "rate": float(into_absent.mean()),
+        "by_class": {class_names[k]: int((y_pred == k).sum()) for k in absent},
+    }
+
+
+def _restricted(y_true, probs, labels) -> dict:
+    """Accuracy and macro-F1 with the argmax taken over the evaluated classes only."""
+    restricted_pred = labels[probs[:, labels].argmax(axis=1)]
+    _, _, rf1, _ = precision_recall_fscore_support(y_true, restricted_pred, labels=labels, zero_division=0)
+    return {
+        "accuracy": float((restricted_pred == y_true).mean()),
+        "macro_f1": float(rf1.mean()),
+    }
 
 
 def _pct(v) -> str:

@@ -1,73 +1,45 @@
 """Matplotlib figures of an evaluation, styled for people who read them.
 
 Every function returns a :class:`matplotlib.figure.Figure` (or ``None`` when
-there is nothing to draw); :func:`to_png` renders one. Colours come from the
-Okabe–Ito palette and heatmaps use single-hue sequential colormaps, both
-readable with the common colour-vision deficiencies. Class names are shown
-through :data:`bloodcell.core.classes.DISPLAY_NAMES`.
+there is nothing to draw); :func:`to_png` renders one. The style and palette
+live in :mod:`~bloodcell.evaluation.figure_style`, the image grids in
+:mod:`~bloodcell.evaluation.image_grids` and the comparison bars in
+:mod:`~bloodcell.evaluation.compare_plot`; this module gathers them all. Class
+names are shown through :data:`bloodcell.core.classes.DISPLAY_NAMES`.
 """
 
 from __future__ import annotations
 
-import io
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullFormatter, PercentFormatter
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import FuncFormatter, NullFormatter, PercentFormatter  # noqa: E402
-
-from bloodcell.evaluation.metrics import display  # noqa: E402
-
-#: Okabe & Ito (2008) colour-blind-safe palette.
-BLUE, ORANGE, GREEN, VERMILLION, PURPLE, SKY, YELLOW, BLACK = (
-    "#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000",
+from bloodcell.evaluation.compare_plot import compare_bars
+from bloodcell.evaluation.figure_style import (
+    BLACK,
+    BLUE,
+    GRADCAM_CMAP,
+    GREEN,
+    HEATMAP,
+    ORANGE,
+    PALETTE,
+    PURPLE,
+    SKY,
+    VERMILLION,
+    YELLOW,
+    new_figure,
+    pct_axis,
+    pct_axis_fine,
+    to_png,
 )
-PALETTE = (BLUE, ORANGE, GREEN, VERMILLION, PURPLE, SKY, YELLOW, BLACK)
-HEATMAP = "Blues"
-GRADCAM_CMAP = "inferno"
+from bloodcell.evaluation.image_grids import gradcam_grid, mistakes_grid
+from bloodcell.evaluation.metrics import display
 
-_STYLE = {
-    "font.size": 10.5,
-    "axes.titlesize": 12,
-    "axes.titleweight": "bold",
-    "axes.labelsize": 10.5,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.grid": True,
-    "grid.alpha": 0.3,
-    "grid.linestyle": "-",
-    "legend.frameon": False,
-    "figure.dpi": 110,
-    "savefig.dpi": 110,
-    "figure.facecolor": "white",
-}
-
-
-def _figure(*args, **kwargs):
-    with plt.rc_context(_STYLE):
-        fig, ax = plt.subplots(*args, **kwargs)
-    return fig, ax
-
-
-def to_png(fig: Figure) -> bytes:
-    """Render a figure to PNG bytes and release it."""
-    buf = io.BytesIO()
-    with plt.rc_context(_STYLE):
-        fig.savefig(buf, format="png", bbox_inches="tight", facecolor="white")
-    plt.close(fig)
-    return buf.getvalue()
-
-
-_pct_axis = PercentFormatter(xmax=1.0, decimals=0)
-
-
-def _pct_axis_fine(lo: float):
-    """Percent ticks with as many decimals as the axis range needs (98.5%, not a rounded 98%)."""
-    return PercentFormatter(xmax=1.0, decimals=None)
+__all__ = [
+    "BLACK", "BLUE", "GRADCAM_CMAP", "GREEN", "HEATMAP", "ORANGE", "PALETTE", "PURPLE", "SKY", "VERMILLION", "YELLOW",
+    "accuracy_coverage", "compare_bars", "confidence_histogram", "confusion_matrix", "gradcam_grid",
+    "mistakes_grid", "per_class_bars", "reliability_diagram", "to_png", "training_curves",
+]
 
 
 # --------------------------------------------------------------------------- training history
@@ -85,7 +57,7 @@ def training_curves(history: list[dict]) -> Figure | None:
         return None if all(v is None for v in vals) else [np.nan if v is None else v for v in vals]
 
     has_lr = series("lr") is not None
-    fig, axes = _figure(1, 3 if has_lr else 2, figsize=(14 if has_lr else 10, 3.8))
+    fig, axes = new_figure(1, 3 if has_lr else 2, figsize=(14 if has_lr else 10, 3.8))
     ax = axes[0]
     for key, label, colour, style in (("train_loss", "training", BLUE, "-"), ("val_loss", "validation", ORANGE, "-")):
         s = series(key)
@@ -144,7 +116,7 @@ def confusion_matrix(cm: dict, title: str = "Confusion matrix") -> Figure:
     rows, cols = cm["rows"], cm["columns"]
     absent = [c not in rows for c in cols]
     nr, nc = counts.shape
-    fig, ax = _figure(figsize=(1.05 * nc + 3.2, 0.8 * nr + 2.6))
+    fig, ax = new_figure(figsize=(1.05 * nc + 3.2, 0.8 * nr + 2.6))
     ax.grid(False)
     im = ax.imshow(norm, cmap=HEATMAP, vmin=0, vmax=1, aspect="auto")
     for j, a in enumerate(absent):
@@ -185,7 +157,7 @@ def per_class_bars(metrics: dict) -> Figure:
     rows = metrics["per_class"]
     keys = (("precision", BLUE), ("recall", ORANGE), ("f1", GREEN))
     values = np.array([[rows[n][k] for k, _ in keys] for n in names])
-    fig, ax = _figure(figsize=(9, 0.62 * len(names) + 1.6))
+    fig, ax = new_figure(figsize=(9, 0.62 * len(names) + 1.6))
     h = 0.26
     y = np.arange(len(names))[::-1]
     for j, (k, colour) in enumerate(keys):
@@ -195,7 +167,7 @@ def per_class_bars(metrics: dict) -> Figure:
     lo = float(values.min())
     left = 0.0 if lo < 0.5 else max(0.0, np.floor((lo - 0.03) * 20) / 20)
     ax.set_xlim(left, 1.0 + (1 - left) * 0.07)
-    ax.xaxis.set_major_formatter(_pct_axis_fine(left))
+    ax.xaxis.set_major_formatter(pct_axis_fine(left))
     ax.set_yticks(y, [f"{display(n)}  (n={rows[n]['support']})" for n in names])
     ax.grid(axis="y", visible=False)
     ax.set_title("Per-class precision, recall and F1")
@@ -221,7 +193,7 @@ def _reliability_axis(ax, ax_n, bins: dict, title: str, ece: float, legend: bool
     ax.plot(centre[has], conf[has], "_", color=BLACK, ms=width[0] * 260, mew=2, label="mean confidence in the bin")
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfect calibration")
     ax.set(xlim=(0, 1), ylim=(0, 1.02), ylabel="accuracy")
-    ax.yaxis.set_major_formatter(_pct_axis)
+    ax.yaxis.set_major_formatter(pct_axis)
     ax.tick_params(labelbottom=False)
     ax.set_title(f"{title}\nECE {100 * ece:.2f}%")
     if legend:
@@ -231,7 +203,7 @@ def _reliability_axis(ax, ax_n, bins: dict, title: str, ece: float, legend: bool
     ax_n.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax_n.yaxis.set_minor_formatter(NullFormatter())
     ax_n.set(xlim=(0, 1), ylim=(0.7, max(2.0, count.max() * 1.6)), xlabel="confidence (top probability)", ylabel="images")
-    ax_n.xaxis.set_major_formatter(_pct_axis)
+    ax_n.xaxis.set_major_formatter(pct_axis)
 
 
 def reliability_diagram(panels: list[tuple[str, dict, float]]) -> Figure:
@@ -241,7 +213,7 @@ def reliability_diagram(panels: list[tuple[str, dict, float]]) -> Figure:
     the gap to the bin's mean confidence; the strip below counts the images
     per bin (log scale).
     """
-    fig, axes = _figure(2, len(panels), figsize=(5.6 * len(panels), 6.2), squeeze=False,
+    fig, axes = new_figure(2, len(panels), figsize=(5.6 * len(panels), 6.2), squeeze=False,
                         gridspec_kw={"height_ratios": [3.2, 1]}, sharex="col")
     for j, (title, bins, ece) in enumerate(panels):
         _reliability_axis(axes[0, j], axes[1, j], bins, title, ece, legend=j == 0)
@@ -253,7 +225,7 @@ def confidence_histogram(confidence: np.ndarray, correct: np.ndarray, threshold:
     """Histograms of the top probability for correct and wrong predictions (log count axis)."""
     confidence = np.asarray(confidence)
     correct = np.asarray(correct, bool)
-    fig, ax = _figure(figsize=(9, 4.2))
+    fig, ax = new_figure(figsize=(9, 4.2))
     bins = np.linspace(0, 1, 41)
     ax.hist([confidence[correct], confidence[~correct]], bins=bins, color=[BLUE, VERMILLION], rwidth=0.9,
             label=[f"correct ({correct.sum()})", f"wrong ({(~correct).sum()})"])
@@ -263,7 +235,7 @@ def confidence_histogram(confidence: np.ndarray, correct: np.ndarray, threshold:
         ax.axvline(threshold, color=BLACK, ls="--", lw=1.2)
         ax.text(threshold, ax.get_ylim()[1], f"refer to a hematologist below {100 * threshold:.2f}% ", va="top",
                 ha="right" if threshold > 0.7 else "left", fontsize=9)
-    ax.xaxis.set_major_formatter(_pct_axis)
+    ax.xaxis.set_major_formatter(pct_axis)
     ax.set(xlim=(0, 1.0), xlabel="confidence (top probability)", ylabel="images (log scale)")
     ax.set_title("Confidence of correct and wrong predictions")
     ax.legend(loc="upper left")
@@ -286,7 +258,7 @@ def accuracy_coverage(curve: dict, targets: list[dict], stored: dict | None = No
     """
     cov = np.asarray(curve["coverage"])
     acc = np.asarray(curve["accuracy"])
-    fig, ax = _figure(figsize=(9, 5))
+    fig, ax = new_figure(figsize=(9, 5))
     ax.plot(cov, acc, color=BLUE, lw=2, label="accepted images")
     overall = acc[-1]
     lowest = min([overall] + [t["target"] for t in targets])
@@ -307,140 +279,11 @@ def accuracy_coverage(curve: dict, targets: list[dict], stored: dict | None = No
                 f"{100 * stored['accuracy']:.2f}% accurate")
     ax.plot([1.0], [overall], "s", color=BLUE, ms=7, label=f"no abstention: {100 * overall:.2f}%")
     ax.set(xlim=(0, 1.02), ylim=(bottom, 1.0 + (1 - bottom) * 0.04))
-    ax.xaxis.set_major_formatter(_pct_axis)
-    ax.yaxis.set_major_formatter(_pct_axis_fine(bottom))
+    ax.xaxis.set_major_formatter(pct_axis)
+    ax.yaxis.set_major_formatter(pct_axis_fine(bottom))
     ax.set(xlabel="coverage (share of images the model decides; the rest go to a hematologist)",
            ylabel="accuracy on the accepted images")
     ax.set_title("Accuracy–coverage: refer the least confident images")
     ax.legend(loc="best", framealpha=0.9, frameon=True)
-    fig.tight_layout()
-    return fig
-
-
-# --------------------------------------------------------------------------- image grids
-
-
-def _image_grid(n: int, ncols: int, cell: float = 2.1, title_lines: int = 3):
-    ncols = max(1, min(ncols, n))
-    nrows = int(np.ceil(n / ncols))
-    with plt.rc_context(_STYLE):
-        fig, axes = plt.subplots(nrows, ncols, figsize=(cell * ncols, (cell + 0.17 * title_lines) * nrows + 0.4),
-                                 squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    return fig, axes
-
-
-def mistakes_grid(images: np.ndarray, true: list[str], pred: list[str], confidence: list[float],
-                  ids: list[str] | None = None, ncols: int = 6) -> Figure | None:
-    """The given mistakes as a grid titled with true class, predicted class and confidence."""
-    n = len(images)
-    if n == 0:
-        return None
-    fig, axes = _image_grid(n, ncols, title_lines=4 if ids is not None else 3)
-    for k, ax in enumerate(axes.ravel()[:n]):
-        ax.imshow(images[k])
-        ax.set_title(f"true: {display(true[k])}\npred: {display(pred[k])}\n{100 * confidence[k]:.1f}% sure",
-                     fontsize=8.5, color=BLACK, loc="center")
-        ax.axis("on")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if ids is not None:
-            name = str(ids[k]).replace("\\", "/").rsplit("/", 1)[-1]
-            ax.set_xlabel(name if len(name) <= 26 else "…" + name[-25:], fontsize=7, color="dimgrey")
-        for s in ax.spines.values():
-            s.set_visible(True)
-            s.set_color(VERMILLION)
-            s.set_linewidth(2)
-    fig.suptitle("Most confident mistakes", fontweight="bold", fontsize=12)
-    fig.tight_layout()
-    return fig
-
-
-def gradcam_grid(rows: list[dict], cmap: str = GRADCAM_CMAP) -> Figure | None:
-    """Image and Grad-CAM overlay pairs, one row per class.
-
-    ``rows`` holds per class ``{"class": name, "images": uint8 (k,S,S,3),
-    "overlays": uint8 (k,S,S,3), "pred": [names], "confidence": [floats]}``.
-    """
-    rows = [r for r in rows if len(r["images"])]
-    if not rows:
-        return None
-    k = max(len(r["images"]) for r in rows)
-    with plt.rc_context(_STYLE):
-        fig, axes = plt.subplots(len(rows), 2 * k, figsize=(1.55 * 2 * k + 1.2, 1.75 * len(rows) + 0.5), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for i, r in enumerate(rows):
-        for j in range(len(r["images"])):
-            a, b = axes[i, 2 * j], axes[i, 2 * j + 1]
-            a.imshow(r["images"][j])
-            b.imshow(r["overlays"][j])
-            ok = r["pred"][j] == r["class"]
-            b.set_title(f"{'' if ok else 'pred: ' + display(r['pred'][j]) + ' '}{100 * r['confidence'][j]:.0f}%",
-                        fontsize=7.5, color=BLACK if ok else VERMILLION)
-        axes[i, 0].text(-0.08, 0.5, display(r["class"]), transform=axes[i, 0].transAxes, ha="right", va="center",
-                        fontsize=10, fontweight="bold")
-    fig.suptitle("Grad-CAM: image and the regions that drove the predicted class (bright = more)",
-                 fontweight="bold", fontsize=12)
-    fig.tight_layout()
-    return fig
-
-
-# --------------------------------------------------------------------------- comparison
-
-
-def compare_bars(rows: list[dict]) -> Figure:
-    """Accuracy, macro-F1, ECE and throughput of several models, one horizontal bar each.
-
-    ``rows`` holds ``name``, ``accuracy``, ``macro_f1``, ``ece``, ``images_per_second``,
-    optionally ``accuracy_ci`` / ``macro_f1_ci`` (lo, hi), ``parameters`` and ``tta``.
-    """
-    from matplotlib.ticker import MaxNLocator
-
-    y = np.arange(len(rows))[::-1]
-    fig, axes = _figure(1, 4, figsize=(17, 0.62 * len(rows) + 2.2), sharey=True)
-    panels = (
-        ("accuracy", "Accuracy (95% CI)", BLUE, True),
-        ("macro_f1", "Macro-F1 (95% CI)", GREEN, True),
-        ("ece", "ECE (lower is better)", VERMILLION, True),
-        ("images_per_second", "Images per second (CPU)", PURPLE, False),
-    )
-    for ax, (key, title, colour, pct) in zip(axes, panels):
-        vals = np.array([np.nan if r.get(key) is None else r[key] for r in rows], dtype=float)
-        ax.barh(y, np.nan_to_num(vals), color=colour, height=0.6)
-        finite = vals[np.isfinite(vals)]
-        inside = pct and key != "ece"
-        if inside and len(finite):
-            lows = [min(v, (r.get(f"{key}_ci") or [v])[0]) for v, r in zip(vals, rows) if np.isfinite(v)]
-            left = max(0.0, np.floor((min(lows) - 0.25 * (1.0 - finite.min()) - 0.01) * 100) / 100)
-            ax.set_xlim(left, 1.0)
-            ax.xaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=None))
-        elif len(finite):
-            ax.set_xlim(0, finite.max() * 1.3 or 1)
-            if pct:
-                ax.xaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=None))
-        for yi, v, r in zip(y, vals, rows):
-            if not np.isfinite(v):
-                ax.text(ax.get_xlim()[0], yi, "  not measured", va="center", fontsize=8.5, color="dimgrey")
-                continue
-            ci = r.get(f"{key}_ci")
-            if ci:
-                ax.errorbar([v], [yi], xerr=[[v - ci[0]], [ci[1] - v]], color=BLACK, capsize=3, lw=1)
-            if inside:
-                ax.text(min(v, ci[0] if ci else v), yi, f"{100 * v:.2f}%  ", va="center", ha="right", fontsize=9,
-                        color="white", fontweight="bold")
-            else:
-                ax.text(v, yi, f"  {100 * v:.2f}%" if pct else f"  {v:,.0f}", va="center", fontsize=9)
-        ax.xaxis.set_major_locator(MaxNLocator(5))
-        ax.set_title(title)
-        ax.grid(axis="y", visible=False)
-    labels = []
-    for r in rows:
-        label = r["name"] + (" (TTA)" if r.get("tta") else "")
-        if r.get("parameters"):
-            label += f"\n{r['parameters'] / 1e6:.2f}M params" + (f", {r['image_size']} px" if r.get("image_size") else "")
-        labels.append(label)
-    axes[0].set_yticks(y, labels)
     fig.tight_layout()
     return fig

@@ -103,12 +103,24 @@ class PlainCNN(nn.Module):
         return self.classifier(self.pool(self.features(x)))
 
 
-@register_model(family="custom", description="3 conv/pool blocks (32-64-128) and one dense layer", default_size=128, mean=_MEAN, std=_STD)
+@register_model(
+    family="custom",
+    description="3 conv/pool blocks (32-64-128) and one dense layer",
+    default_size=128,
+    mean=_MEAN,
+    std=_STD,
+)
 def basic_cnn(num_classes: int = 8) -> nn.Module:
     return PlainCNN(num_classes, [(32, 1), (64, 1), (128, 1)], [128])
 
 
-@register_model(family="custom", description="5 conv blocks (32-64-128x2-256x2) and two dense layers", default_size=128, mean=_MEAN, std=_STD)
+@register_model(
+    family="custom",
+    description="5 conv blocks (32-64-128x2-256x2) and two dense layers",
+    default_size=128,
+    mean=_MEAN,
+    std=_STD,
+)
 def complex_cnn(num_classes: int = 8) -> nn.Module:
     return PlainCNN(num_classes, [(32, 1), (64, 1), (128, 2), (128, 2), (256, 2)], [256, 128])
 

@@ -6,237 +6,40 @@ as ``member_0/``, ``member_1/``... Nothing points outside the folder, so it can
 be moved or copied like any other model, and every command that takes a model
 (evaluate, predict, export, serve) accepts it.
 
-How members with different inputs are combined
-----------------------------------------------
-Members must predict the same set of classes (their order may differ; outputs
-are reordered by class name) and use the same crop fraction. Their input size
-and normalization may differ:
-
-* the ensemble's preprocessing uses the **largest** member input size, the
-  shared crop, and the mean/std of the first member with that size, so images
-  are prepared once, at the finest resolution any member needs;
-* inside ``forward`` each member's input is derived from the ensemble's: it is
-  un-normalized with the ensemble's mean/std, re-normalized with the member's,
-  and, if the member is smaller, resized with antialiased bilinear
-  interpolation (exactly ``F.interpolate(..., mode="bilinear",
-  antialias=True)``, written as two matrix products so that it exports to ONNX,
-  where the antialiased resize operator has no TorchScript export).
-
-The output is the log of the weighted mean of the members' softmax
-probabilities, each member's calibration temperature (if it has one) applied
-to its logits first. Softmax of the output is therefore the ensemble
-probability, and the ensemble can be calibrated again as a whole.
+How members with different inputs are combined is :mod:`bloodcell.networks.voting`'s documentation.
 """
 
 from __future__ import annotations
 
-import math
-import os
-import shutil
-import tempfile
-from pathlib import Path, PurePosixPath
-
-import torch
-import torch.nn.functional as F
-from torch import nn
+from pathlib import Path
 
 from bloodcell.core.errors import ConfigError, ModelError
-from bloodcell.core.files import atomic_write_json
-from bloodcell.core.model_folder import FORMAT, META, WEIGHTS, read_meta
+from bloodcell.core.files import staged_folder
+from bloodcell.core.model_folder import FORMAT, META, read_meta, write_meta
 from bloodcell.core.preprocess import PreprocessConfig
-from bloodcell.networks.loading import load_model
+from bloodcell.networks.loading import copy_model, load_model
+from bloodcell.networks.voting import (
+    EnsembleModule,
+    build_ensemble_module,
+    check_compatible,
+    ensemble_preprocess,
+    normalize_weights,
+    resize_matrix,
+)
 
 ARCHITECTURE = "ensemble"
 
-
-def resize_matrix(src: int, dst: int) -> torch.Tensor:
-    """The ``(dst, src)`` matrix ``A`` with ``A @ x @ A.T`` equal to antialiased bilinear resizing.
-
-    PyTorch's antialiased bilinear resize is separable and linear, so resizing
-    a square image ``x`` of side ``src`` to ``dst`` is ``A @ x @ A.T``. The
-    matrix is read off by resizing the unit impulses.
-    """
-    eye = torch.eye(src, dtype=torch.float64).view(src, 1, 1, src)
-    cols = F.interpolate(eye, size=(1, dst), mode="bilinear", antialias=True, align_corners=False)
-    return cols.view(src, dst).t().contiguous().float()
-
-
-class _Member(nn.Module):
-    """One member with the input adaptation and output reordering it needs."""
-
-    def __init__(
-        self,
-        module: nn.Module,
-        member: PreprocessConfig,
-        ensemble: PreprocessConfig,
-        temperature: float,
-        log_weight: float,
-    ):
-        super().__init__()
-        self.model = module
-        self.temperature = float(temperature)
-        self.log_weight = float(log_weight)
-        e_mean, e_std = torch.tensor(ensemble.mean), torch.tensor(ensemble.std)
-        m_mean, m_std = torch.tensor(member.mean), torch.tensor(member.std)
-        # x_member = (x * e_std + e_mean - m_mean) / m_std
-        self.renormalize = not (torch.equal(e_mean, m_mean) and torch.equal(e_std, m_std))
-        self.register_buffer("scale", (e_std / m_std).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("shift", ((e_mean - m_mean) / m_std).view(1, 3, 1, 1), persistent=False)
-        self.resize = member.image_size != ensemble.image_size
-        matrix = resize_matrix(ensemble.image_size, member.image_size) if self.resize else torch.ones(1, 1)
-        self.register_buffer("matrix", matrix, persistent=False)
-        order = [member.class_names.index(name) for name in ensemble.class_names]
-        self.reorder = order != list(range(len(order)))
-        self.register_buffer("order", torch.tensor(order, dtype=torch.long), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.renormalize:
-            x = x * self.scale + self.shift
-        if self.resize:
-            x = torch.matmul(torch.matmul(self.matrix, x), self.matrix.t())
-        logits = self.model(x)
-        if self.reorder:
-            logits = logits.index_select(1, self.order)
-        if self.temperature != 1.0:
-            logits = logits / self.temperature
-        return torch.log_softmax(logits.float(), dim=1) + self.log_weight
-
-
-class EnsembleModule(nn.Module):
-    """Soft voting: ``log(sum_i w_i * softmax(member_i(x) / T_i))``."""
-
-    def __init__(self, members: list[_Member]):
-        super().__init__()
-        self.members = nn.ModuleList(members)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.logsumexp(torch.stack([m(x) for m in self.members]), dim=0)
-
-
-def normalize_weights(weights, n: int) -> list[float]:
-    """Check ensemble weights (one positive finite number per member) and scale them to sum 1.
-
-    Raises
-    ------
-    ConfigError
-        When the count is wrong or a weight is not a positive finite number.
-    """
-    if weights is None:
-        return [1.0 / n] * n
-    fix = f"Fix: pass {n} positive numbers in member order, e.g. --weights {' '.join(['1'] * (n - 1) + ['2'])}; they are scaled to sum 1."
-    try:
-        values = [float(w) for w in weights]
-    except (TypeError, ValueError):
-        raise ConfigError(f"Ensemble weights must be numbers; got {weights!r}. {fix}") from None
-    if len(values) != n:
-        raise ConfigError(f"Ensemble weights: expected {n} (one per member), got {len(values)}: {values}. {fix}")
-    bad = [w for w in values if not (math.isfinite(w) and w > 0)]
-    if bad:
-        raise ConfigError(f"Ensemble weights must be positive finite numbers; got {values} (bad: {bad}). {fix}")
-    total = sum(values)
-    return [w / total for w in values]
-
-
-def check_compatible(name: str, member: PreprocessConfig, reference: PreprocessConfig, reference_name: str) -> None:
-    """Refuse a member whose classes or crop differ from the reference's, naming both and the difference."""
-    mine, theirs = set(member.class_names), set(reference.class_names)
-    if mine != theirs or len(member.class_names) != len(reference.class_names):
-        parts = []
-        if theirs - mine:
-            parts.append(f"lacks {sorted(theirs - mine)}")
-        if mine - theirs:
-            parts.append(f"adds {sorted(mine - theirs)}")
-        if not parts:
-            parts.append(f"lists {list(member.class_names)}")
-        raise ModelError(
-            f"Ensemble member {name} predicts classes {list(member.class_names)}, which "
-            f"{' and '.join(parts)} compared with {reference_name} ({list(reference.class_names)}). "
-            "All members must predict the same classes; ensemble models trained on the same class set."
-        )
-    if not math.isclose(member.crop_fraction, reference.crop_fraction, abs_tol=1e-6):
-        raise ModelError(
-            f"Ensemble member {name} crops {member.crop_fraction:g} of the shorter side, but "
-            f"{reference_name} crops {reference.crop_fraction:g}. All members must use the same "
-            "crop_fraction (the ensemble prepares each image once); retrain one of them with the other's crop."
-        )
-
-
-def ensemble_preprocess(configs: list[PreprocessConfig]) -> PreprocessConfig:
-    """The shared preprocessing: largest input size, the shared crop, first member's class order.
-
-    Mean and std come from the first member with the largest input size, so
-    that member sees its inputs unchanged.
-    """
-    size = max(c.image_size for c in configs)
-    first_large = next(c for c in configs if c.image_size == size)
-    return PreprocessConfig(
-        image_size=size,
-        crop_fraction=configs[0].crop_fraction,
-        mean=first_large.mean,
-        std=first_large.std,
-        class_names=configs[0].class_names,
-    )
-
-
-def _member_dir(folder: Path, name) -> Path:
-    if not isinstance(name, str) or not name or PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts or "\\" in name:
-        raise ModelError(
-            f"{folder / META}: ensemble member {name!r} is not a sub-folder name; an ensemble lists "
-            "its members as sub-folders such as 'member_0'. Rebuild it with `bloodcell ensemble`."
-        )
-    return folder / name
-
-
-def build_ensemble_module(folder: str | Path, meta: dict, device: str | torch.device = "cpu") -> nn.Module:
-    """Build the soft-voting module of the ensemble stored in ``folder`` (its ``model.json`` is ``meta``).
-
-    Parameters
-    ----------
-    folder : str or Path
-        The ensemble folder holding ``model.json`` and the member sub-folders.
-    meta : dict
-        Its parsed ``model.json``.
-    device : str or torch.device
-        Where the members are loaded.
-
-    Returns
-    -------
-    nn.Module
-        Maps an input prepared with the ensemble's preprocessing to the log of
-        the weighted mean of member probabilities.
-
-    Raises
-    ------
-    ModelError
-        When the ensemble metadata is malformed, a member folder is missing or
-        unreadable, or a member's classes or crop differ from the ensemble's.
-    """
-    folder = Path(folder)
-    spec = meta.get("ensemble")
-    members = spec.get("members") if isinstance(spec, dict) else None
-    if not isinstance(members, list) or not members:
-        raise ModelError(
-            f"{folder / META}: the 'ensemble' entry must list member sub-folders, got {spec!r}. "
-            "Rebuild the ensemble with `bloodcell ensemble`."
-        )
-    try:
-        weights = normalize_weights(spec.get("weights"), len(members))
-    except ConfigError as e:
-        raise ModelError(f"{folder / META}: {e}") from None
-    reference = PreprocessConfig.from_dict(meta["preprocess"])
-    parts = []
-    for name, weight in zip(members, weights):
-        path = _member_dir(folder, name)
-        if not path.is_dir() or not (path / META).is_file():
-            raise ModelError(
-                f"{folder}: ensemble member {name!r} is missing (expected the model folder {path} with "
-                f"{META}). An ensemble folder holds a copy of every member: move or copy the whole "
-                "folder, or rebuild it with `bloodcell ensemble`."
-            )
-        loaded = load_model(path, device)
-        check_compatible(f"{name!r} ({path})", loaded.preprocess, reference, f"the ensemble {folder}")
-        parts.append(_Member(loaded.module, loaded.preprocess, reference, loaded.temperature, math.log(weight)))
-    return EnsembleModule(parts).to(device)
+__all__ = [
+    "ARCHITECTURE",
+    "EnsembleModule",
+    "build_ensemble_module",
+    "check_compatible",
+    "ensemble",
+    "ensemble_preprocess",
+    "make_ensemble",
+    "normalize_weights",
+    "resize_matrix",
+]
 
 
 def _model_folder(path: str | Path) -> Path:
@@ -244,22 +47,61 @@ def _model_folder(path: str | Path) -> Path:
     return path.parent if path.is_file() and path.name == META else path
 
 
-def _copy_model(src: Path, dst: Path, meta: dict) -> None:
-    """Copy only what loading a model needs: its metadata and weights (and, for an ensemble, its members)."""
-    dst.mkdir(parents=True)
-    shutil.copy2(src / META, dst / META)
-    if meta.get("ensemble"):
-        for name in meta["ensemble"].get("members", []):
-            sub = _member_dir(src, name)
-            _copy_model(sub, dst / name, read_meta(sub))
-    else:
-        if not (src / WEIGHTS).is_file():
-            raise ModelError(f"{src / WEIGHTS}: weight file missing beside {META}; cannot add {src} to an ensemble.")
-        shutil.copy2(src / WEIGHTS, dst / WEIGHTS)
-
-
 def _inside(a: Path, b: Path) -> bool:
     return a == b or b in a.parents
+
+
+def _check_output(folders: list[Path], out: Path, overwrite: bool) -> None:
+    """Refuse an output that overlaps a member, or that exists without ``overwrite``."""
+    target = out.resolve()
+    for f in folders:
+        if f.exists() and (_inside(target, f.resolve()) or _inside(f.resolve(), target)):
+            raise ConfigError(
+                f"The ensemble output {out} overlaps member folder {f}; choose an output folder outside every member."
+            )
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise ConfigError(f"{out} already exists; choose another output folder or pass --force to replace it.")
+
+
+def _member_configs(folders: list[Path], metas: list[dict]) -> list[PreprocessConfig]:
+    """Each member's preprocessing, checked against member 0's classes and crop."""
+    configs = []
+    for f, meta in zip(folders, metas):
+        try:
+            configs.append(PreprocessConfig.from_dict(meta["preprocess"]))
+        except (KeyError, TypeError, ConfigError) as e:
+            raise ModelError(f"{f / META}: unreadable preprocessing entry ({e}).") from None
+    for i, (f, cfg) in enumerate(zip(folders, configs)):
+        check_compatible(f"{i} ({f})", cfg, configs[0], f"member 0 ({folders[0]})")
+    return configs
+
+
+def _ensemble_meta(folders: list[Path], metas: list[dict], configs: list[PreprocessConfig], weights) -> dict:
+    """The ensemble's ``model.json``: shared preprocessing, one record per member, the weights."""
+    names = [f"member_{i}" for i in range(len(folders))]
+    hashes = {m.get("data_manifest_sha256") for m in metas}
+    members = [
+        {
+            "name": name,
+            "source": str(f.resolve()),
+            "architecture": m.get("architecture"),
+            "image_size": cfg.image_size,
+            "temperature": float((m.get("calibration") or {}).get("temperature", 1.0)),
+            "metrics": m.get("metrics") or {},
+        }
+        for name, f, m, cfg in zip(names, folders, metas, configs)
+    ]
+    return {
+        "format": FORMAT,
+        "architecture": ARCHITECTURE,
+        "model_kwargs": {},
+        "preprocess": ensemble_preprocess(configs).to_dict(),
+        "config": {"members": members, "weights_given": None if weights is None else [float(w) for w in weights]},
+        "history": [],
+        "metrics": {},
+        "data_manifest_sha256": hashes.pop() if len(hashes) == 1 else None,
+        "ensemble": {"members": names, "weights": normalize_weights(weights, len(folders))},
+    }
 
 
 def make_ensemble(
@@ -302,67 +144,42 @@ def make_ensemble(
             f"An ensemble needs at least two member models, got {len(folders)}. "
             "Example: bloodcell ensemble runs/a runs/b -o runs/ensemble"
         )
-    norm = normalize_weights(weights, len(folders))
+    normalize_weights(weights, len(folders))
     out = Path(out)
-    target = out.resolve()
-    for f in folders:
-        if f.exists() and (_inside(target, f.resolve()) or _inside(f.resolve(), target)):
-            raise ConfigError(
-                f"The ensemble output {out} overlaps member folder {f}; choose an output folder outside every member."
-            )
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise ConfigError(f"{out} already exists; choose another output folder or pass --force to replace it.")
+    _check_output(folders, out, overwrite)
     metas = [read_meta(f) for f in folders]
-    configs = []
-    for f, meta in zip(folders, metas):
-        try:
-            configs.append(PreprocessConfig.from_dict(meta["preprocess"]))
-        except (KeyError, TypeError, ConfigError) as e:
-            raise ModelError(f"{f / META}: unreadable preprocessing entry ({e}).") from None
-    for i, (f, cfg) in enumerate(zip(folders, configs)):
-        check_compatible(f"{i} ({f})", cfg, configs[0], f"member 0 ({folders[0]})")
-    pre = ensemble_preprocess(configs)
-    names = [f"member_{i}" for i in range(len(folders))]
-    hashes = {m.get("data_manifest_sha256") for m in metas}
-    meta = {
-        "format": FORMAT,
-        "architecture": ARCHITECTURE,
-        "model_kwargs": {},
-        "preprocess": pre.to_dict(),
-        "config": {
-            "members": [
-                {
-                    "name": name,
-                    "source": str(f.resolve()),
-                    "architecture": m.get("architecture"),
-                    "image_size": cfg.image_size,
-                    "temperature": float((m.get("calibration") or {}).get("temperature", 1.0)),
-                    "metrics": m.get("metrics") or {},
-                }
-                for name, f, m, cfg in zip(names, folders, metas, configs)
-            ],
-            "weights_given": None if weights is None else [float(w) for w in weights],
-        },
-        "history": [],
-        "metrics": {},
-        "data_manifest_sha256": hashes.pop() if len(hashes) == 1 else None,
-        "ensemble": {"members": names, "weights": norm},
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        for name, f, m in zip(names, folders, metas):
-            _copy_model(f, tmp / name, m)
-        atomic_write_json(tmp / META, meta)
-        load_model(tmp)  # every member loads and fits the ensemble, before anything is replaced
-        if out.exists():
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    meta = _ensemble_meta(folders, metas, _member_configs(folders, metas), weights)
+    with staged_folder(out) as staging:
+        for name, f in zip(meta["ensemble"]["members"], folders):
+            copy_model(f, staging / name)
+        write_meta(staging, meta)
+        load_model(staging)  # every member loads and fits the ensemble, before anything is replaced
     return out
+
+
+def ensemble(members: list[str | Path], output: str | Path, *, weights: list[float] | None = None,
+             force: bool = False) -> Path:
+    """Combine trained models into one soft-voting ensemble folder (``bloodcell ensemble``).
+
+    Parameters
+    ----------
+    members : list of str or Path
+        Two or more trained model folders (single models or ensembles).
+    output : str or Path
+        The ensemble folder to write.
+    weights : list of float, optional
+        One positive weight per member, in member order (scaled to sum 1; default: equal).
+    force : bool
+        Replace ``output`` if it exists.
+
+    Returns
+    -------
+    Path
+        The ensemble folder; every command that takes a model accepts it.
+
+    Raises
+    ------
+    ConfigError, ModelError
+        As :func:`make_ensemble`.
+    """
+    return make_ensemble(members, output, weights=weights, overwrite=force)

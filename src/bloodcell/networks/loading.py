@@ -10,6 +10,7 @@ lists member folders instead of holding weights itself.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from bloodcell.core.errors import ModelError
 from bloodcell.core.files import atomic_write_with
 from bloodcell.core.model_folder import META, WEIGHTS, read_meta, write_meta
 from bloodcell.core.preprocess import PreprocessConfig
+from bloodcell.networks.registry import create_model
+from bloodcell.networks.voting import build_ensemble_module, member_dir
 
 
 @dataclass
@@ -68,9 +71,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         folder = folder.parent
     meta = read_meta(folder)
     if meta.get("ensemble"):
-        from bloodcell.networks.ensemble import build_ensemble_module
-
-        module = build_ensemble_module(folder, meta, device)
+        module = build_ensemble_module(folder, meta, device, load_model)
     else:
         module = build_module(meta)
         weights = folder / WEIGHTS
@@ -90,7 +91,28 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
 
 def build_module(meta: dict) -> nn.Module:
     """An untrained module of the architecture and class count ``meta`` describes."""
-    from bloodcell.networks.registry import create_model
-
     n = len(meta["preprocess"]["class_names"])
     return create_model(meta["architecture"], num_classes=n, **meta.get("model_kwargs", {}))
+
+
+def copy_model(src: str | Path, dst: str | Path) -> Path:
+    """Copy only what loading a model needs: its metadata and weights (an ensemble's members too),
+    no checkpoints, plots or exports.
+
+    Raises
+    ------
+    ModelError
+        When ``src`` is not a model folder, or a weight file is missing.
+    """
+    src, dst = Path(src), Path(dst)
+    meta = read_meta(src)
+    dst.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src / META, dst / META)
+    members = (meta.get("ensemble") or {}).get("members") or []
+    for name in members:
+        copy_model(member_dir(src, name), dst / name)
+    if not members:
+        if not (src / WEIGHTS).is_file():
+            raise ModelError(f"{src / WEIGHTS}: weight file missing beside {META}. Re-train or restore it.")
+        shutil.copy2(src / WEIGHTS, dst / WEIGHTS)
+    return dst

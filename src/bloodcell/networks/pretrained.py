@@ -15,7 +15,9 @@ import importlib
 import os
 from pathlib import Path
 
+import timm
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from bloodcell.core.errors import ModelError
@@ -30,8 +32,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise ModelError(f"{path}: weight file not found.")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             return load_file(str(path))
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any decoding failure is the file's fault
@@ -134,8 +134,6 @@ def zero_classifier(model: nn.Module) -> None:
 
 
 def _from_hub(hub_id: str, name: str) -> dict[str, torch.Tensor]:
-    import timm
-
     try:
         donor = timm.create_model(f"hf-hub:{hub_id}", pretrained=True)
     except Exception as e:  # noqa: BLE001 - network and hub errors vary by version

@@ -1,8 +1,10 @@
 """A decorator registry of model architectures and one :func:`create_model`.
 
 Each architecture is a small function decorated with :func:`register_model`;
-its name is the key. The entry also declares the preprocessing the
-architecture expects (input size and normalization), which becomes the
+its name is the key. The built-in architectures (:mod:`~bloodcell.networks.custom_cnn`,
+:mod:`~bloodcell.networks.timm_zoo`) register themselves when :mod:`bloodcell.networks`
+is imported, which happens before any module of the package, this one included, is used.
+The entry also declares the preprocessing the architecture expects (input size and normalization), which becomes the
 default :class:`~bloodcell.core.preprocess.PreprocessConfig` of a new model.
 """
 
@@ -16,6 +18,7 @@ from torch import nn
 
 from bloodcell.core.errors import ModelError
 from bloodcell.core.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from bloodcell.networks.pretrained import load_pretrained
 
 
 @dataclass(frozen=True)
@@ -57,13 +60,11 @@ def register_model(
 
 def list_models() -> list[str]:
     """Names of every registered architecture, sorted."""
-    _load_builtin()
     return sorted(_REGISTRY)
 
 
 def get_entry(name: str) -> ModelEntry:
     """The registry entry for ``name``; unknown names get a "did you mean"."""
-    _load_builtin()
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
@@ -93,11 +94,19 @@ def create_model(name: str, num_classes: int = 8, pretrained: bool | str = False
         raise ModelError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
     model = entry.builder(num_classes=num_classes, **kwargs)
     if pretrained:
-        from bloodcell.networks.pretrained import load_pretrained
-
         load_pretrained(model, entry, None if pretrained is True else str(pretrained))
     return model
 
 
-def _load_builtin() -> None:
-    from bloodcell.networks import custom_cnn, timm_zoo  # noqa: F401  (registration side effect)
+def models() -> list[dict]:
+    """The architectures ``bloodcell train`` can build, as ``bloodcell models`` lists them.
+
+    Returns
+    -------
+    list of dict
+        One row per architecture, sorted by name: ``name``, ``family`` (``custom`` or
+        ``timm``), ``default_size`` (input pixels), ``pretrained`` (where its ImageNet weights
+        come from: ``package:...``, ``hub:...`` or ``None``) and ``description``.
+    """
+    return [{"name": e.name, "family": e.family, "default_size": e.default_size, "pretrained": e.pretrained,
+             "description": e.description} for e in (get_entry(n) for n in list_models())]

@@ -17,6 +17,7 @@ import string
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from sklearn.datasets import load_sample_images
 
 KINDS = ("noise", "flat", "gradient", "text", "shapes", "checkerboard", "photo")
 
@@ -89,8 +90,6 @@ def _checkerboard(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def _photos() -> list[np.ndarray]:
-    from sklearn.datasets import load_sample_images
-
     return [np.asarray(im, dtype=np.uint8) for im in load_sample_images().images]
 
 

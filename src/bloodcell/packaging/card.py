@@ -12,6 +12,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bloodcell.core.errors import ConfigError
+from bloodcell.core.model_choice import resolve_model
+from bloodcell.core.model_folder import is_model_folder, read_meta
+from bloodcell.prediction.onnx_backend import OnnxModel
+
 #: Card sections shown first, in this order; any other keys follow.
 ORDER = ("name", "version", "summary", "intended_use", "out_of_scope", "data", "training", "metrics",
          "limitations", "ethical_considerations", "citation", "licence", "license", "authors")
@@ -104,6 +109,46 @@ def render(meta: dict, path: str | Path | None = None) -> str:
     return "\n".join(lines)
 
 
+def model_meta(path: str | Path) -> tuple[dict, dict[str, int]]:
+    """``(metadata, {file: bytes})`` of a model folder or ``.onnx`` file, without loading weights."""
+    path = Path(path)
+    if is_model_folder(path):
+        files = {p.relative_to(path).as_posix(): p.stat().st_size for p in sorted(path.rglob("*"))
+                 if p.is_file() and not p.name.startswith(".")}
+        return read_meta(path), files
+    model = OnnxModel(path, threads=1)
+    return model.meta, {model.path.name: model.path.stat().st_size}
+
+
+def info(model: str | Path | None = None, *, text: bool = False) -> dict | str:
+    """A model's card: data, intended use, metrics, limitations, calibration, licence (``bloodcell info``).
+
+    Parameters
+    ----------
+    model : str or Path, optional
+        A model folder or exported ``.onnx`` file (default: ``$BLOODCELL_MODEL``, else the
+        bundled default model).
+    text : bool
+        Return the card as indented text (what ``bloodcell info`` prints) instead of a dict.
+
+    Returns
+    -------
+    dict or str
+        The card (:func:`card`) with ``files`` (name to size in bytes), or its text.
+
+    Raises
+    ------
+    ModelError
+        When ``model`` is not there or not a readable bloodcell model.
+    """
+    path = resolve_model(model)
+    meta, files = model_meta(path)
+    if not text:
+        return {**card(meta, path), "files": files}
+    listing = [f"  {name}: {size / 1e6:.2f} MB" for name, size in files.items()]
+    return "\n".join([render(meta, path), "files:", *listing])
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
@@ -118,8 +163,6 @@ def check_evaluation_matches(summary: dict, meta: dict, source: str, weights_sha
     When both sides know the digest of the weights (:func:`bloodcell.packaging.onnx.weights_digest`), it
     decides; otherwise architecture, input size, training data and validation accuracy must agree.
     """
-    from bloodcell.core.errors import ConfigError
-
     model = summary.get("model") or {}
     pre = meta.get("preprocess") or {}
     members = (meta.get("ensemble") or {}).get("members")

@@ -6,7 +6,7 @@ the model folder holds out-of-distribution statistics (:mod:`bloodcell.ood.score
 ``ood_score`` ``(N,)``. Everything else a runtime needs travels in the file's
 ``metadata_props``:
 
-``bloodcell.format``        ``bloodcell-onnx/1``
+``bloodcell.format``        the format tag (:data:`bloodcell.core.model_folder.ONNX_FORMAT`)
 ``bloodcell.preprocess``    :meth:`PreprocessConfig.to_dict` as JSON (crop, size, mean/std, class names)
 ``bloodcell.class_names``   the output classes, as a JSON list
 ``bloodcell.calibration``   temperature and abstention threshold (``{}`` if never calibrated)
@@ -34,19 +34,24 @@ rounds the others to about three significant digits.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
 
 from bloodcell import __version__
 from bloodcell.core.errors import ConfigError, DataError, ModelError
+from bloodcell.core.files import atomic_write_with, check_writable_file
 from bloodcell.core.model_folder import ONNX as ONNX_FILE
 from bloodcell.core.model_folder import ONNX_FORMAT as FORMAT
 from bloodcell.core.model_folder import weights_digest
 from bloodcell.core.preprocess import normalize
+from bloodcell.networks.loading import LoadedModel, load_model
+from bloodcell.ood import score as ood
 
 QUANTIZATIONS = ("none", "dynamic", "static")
 OPSET = 17
@@ -83,10 +88,6 @@ def _set_metadata(model_proto, props: dict[str, str]) -> None:
 
 
 def _export_float(loaded, path: Path, opset: int, keep_batchnorm: bool = False) -> list[str]:
-    import torch
-
-    from bloodcell.ood import score as ood
-
     head = ood.load_head(loaded.path)
     n = len(loaded.class_names)
     if head is not None:
@@ -101,14 +102,14 @@ def _export_float(loaded, path: Path, opset: int, keep_batchnorm: bool = False) 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            _torch_export(torch, module, dummy, path, outputs, axes, opset, keep_batchnorm)
+            _torch_export(module, dummy, path, outputs, axes, opset, keep_batchnorm)
         except Exception as e:  # noqa: BLE001 - the exporter raises many types
             first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
             raise ModelError(f"{loaded.path}: ONNX export of {loaded.meta.get('architecture')!r} failed: {first[:400]}") from None
     return outputs
 
 
-def _torch_export(torch, module, dummy, path: Path, outputs: list[str], axes: dict, opset: int,
+def _torch_export(module, dummy, path: Path, outputs: list[str], axes: dict, opset: int,
                   keep_batchnorm: bool = False) -> None:
     # keep_batchnorm leaves batch norm as its own (inference-mode) node instead of folding it into the
     # convolution's weights, so the stored weights stay exactly the model's; onnxruntime fuses them at load.
@@ -135,8 +136,6 @@ def _store_half(proto, min_elements: int = 1024) -> int:
     (``/head/`` nodes, whose whitening needs float32) stay as they are.
     Returns how many tensors were converted.
     """
-    from onnx import TensorProto, helper, numpy_helper
-
     graph = proto.graph
     users: dict[str, list] = {}
     for node in graph.node:
@@ -182,13 +181,12 @@ class _Calibration:
 
 
 def _head_nodes(model_path: Path) -> list[str]:
-    import onnx
-
     graph = onnx.load(str(model_path), load_external_data=False).graph
     return [n.name for n in graph.node if n.name.startswith("/head/")]
 
 
 def _quantize(float_path: Path, out: Path, quantization: str, calibration: np.ndarray | None, preprocess) -> None:
+    # deferred: onnxruntime's quantization tools are large and only int8 exports need them
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     exclude = _head_nodes(float_path)
@@ -206,7 +204,7 @@ def _quantize(float_path: Path, out: Path, quantization: str, calibration: np.nd
             "Static int8 quantization needs calibration images: pass --calibration-data with a folder, "
             ".npz or manifest of real cells (a few hundred are enough), or use --quantize dynamic."
         )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from onnxruntime.quantization.shape_inference import quant_pre_process  # deferred, as above
 
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         pre = Path(tmp) / "pre.onnx"
@@ -258,46 +256,50 @@ def export_onnx(
     Path
         The written file (replaced atomically).
     """
-    import onnx
+    _check_options(quantize, opset)
+    loaded = load_model(model, "cpu")
+    out = Path(out) if out is not None else loaded.path / ONNX_FILE
+    if out.suffix != ".onnx":
+        raise ConfigError(f"{out}: the output file name should end in .onnx.")
+    check_writable_file(out, "ONNX file", "-o")
+    _check_calibration(calibration, loaded.preprocess.image_size)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as tmp:
+        proto = _graph(loaded, Path(tmp), quantize, calibration, opset, half_storage)
+        atomic_write_with(out, lambda path: onnx.save(proto, path))
+    return out
 
-    from bloodcell.networks import load_model
 
+def _check_options(quantize: str, opset: int) -> None:
     if quantize not in QUANTIZATIONS:
         raise ConfigError(f"quantize must be one of {list(QUANTIZATIONS)}, got {quantize!r}.")
     if opset < 17:
         raise ConfigError(f"opset must be 17 or newer, got {opset}.")
-    loaded = load_model(model, "cpu")
-    folder = loaded.path
-    out = Path(out) if out is not None else folder / ONNX_FILE
-    if out.suffix != ".onnx":
-        raise ConfigError(f"{out}: the output file name should end in .onnx.")
-    if calibration is not None:
-        size = loaded.preprocess.image_size
-        if calibration.dtype != np.uint8 or calibration.shape[1:] != (size, size, 3):
-            raise DataError(f"Calibration images must be prepared uint8 (N, {size}, {size}, 3), got {calibration.dtype} {calibration.shape}.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as tmp:
-        float_path = Path(tmp) / "float.onnx"
-        _export_float(loaded, float_path, opset, keep_batchnorm=half_storage and quantize == "none")
-        final = float_path
-        if quantize != "none":
-            final = Path(tmp) / "int8.onnx"
-            _quantize(float_path, final, quantize, calibration, loaded.preprocess)
-        proto = onnx.load(str(final))
-        if half_storage and quantize == "none":
-            _store_half(proto)
-        _set_metadata(proto, metadata_for(loaded.meta, folder, quantize))
-        onnx.checker.check_model(proto)
-        staged = Path(tmp) / "final.onnx"
-        onnx.save(proto, str(staged))
-        os.replace(staged, out)
-    return out
+
+
+def _check_calibration(calibration: np.ndarray | None, size: int) -> None:
+    if calibration is not None and (calibration.dtype != np.uint8 or calibration.shape[1:] != (size, size, 3)):
+        raise DataError(f"Calibration images must be prepared uint8 (N, {size}, {size}, 3), "
+                        f"got {calibration.dtype} {calibration.shape}.")
+
+
+def _graph(loaded: LoadedModel, tmp: Path, quantize: str, calibration, opset: int, half_storage: bool):
+    """The checked ONNX graph of ``loaded``, quantized or with half-precision storage, with its metadata."""
+    float_path = tmp / "float.onnx"
+    _export_float(loaded, float_path, opset, keep_batchnorm=half_storage and quantize == "none")
+    final = float_path
+    if quantize != "none":
+        final = tmp / "int8.onnx"
+        _quantize(float_path, final, quantize, calibration, loaded.preprocess)
+    proto = onnx.load(str(final))
+    if half_storage and quantize == "none":
+        _store_half(proto)
+    _set_metadata(proto, metadata_for(loaded.meta, loaded.path, quantize))
+    onnx.checker.check_model(proto)
+    return proto
 
 
 def read_onnx_metadata(path: str | Path) -> dict[str, str]:
     """The ``metadata_props`` of an ONNX file as a dict (no inference session needed)."""
-    import onnx
-
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - any parse failure is the file's fault

@@ -20,13 +20,23 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
+import yaml
+from safetensors.torch import load_file, save_file
 
 from bloodcell.core.errors import ConfigError, DataError, ModelError
+from bloodcell.core.files import check_writable_folder, staged_folder
+from bloodcell.core.model_choice import packaged_model_dir
+from bloodcell.core.model_folder import ONNX, read_meta, weight_files, weights_digest, write_meta
+from bloodcell.data import load_arrays, open_dataset
+from bloodcell.networks.loading import copy_model, load_model
+from bloodcell.ood.fit import fit_ood, save_head
+from bloodcell.packaging.card import card_metrics, check_evaluation_matches, training_record
+from bloodcell.packaging.onnx import export_onnx
+from bloodcell.prediction.onnx_backend import OnnxModel
+from bloodcell.prediction.torch_backend import predict_proba
 
 #: Sections the default model's card must have.
 REQUIRED_CARD = ("intended_use", "data", "metrics", "limitations", "citation", "licence")
@@ -41,8 +51,6 @@ def read_card(path: str | Path) -> dict:
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
             data = yaml.safe_load(text)
         else:
             data = json.loads(text)
@@ -69,8 +77,6 @@ def fitting_arrays(data, preprocess, class_names, per_class: int = 300, heldout_
     ``bloodcell split`` manifest), otherwise a seeded stratified half/half
     division of the images.
     """
-    from bloodcell.data import load_arrays, open_dataset
-
     ds = open_dataset(data)
     if ds.has_splits:
         train_idx = ds.split_indices("train")
@@ -89,40 +95,16 @@ def fitting_arrays(data, preprocess, class_names, per_class: int = 300, heldout_
     return train, held
 
 
-def _copy_model(src: Path, dst: Path) -> None:
-    """Copy a model's metadata and weights only (no checkpoints, plots or exports); members too."""
-    from bloodcell.core.model_folder import read_meta
-
-    meta = read_meta(src)
-    dst.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(src / "model.json", dst / "model.json")
-    ensemble = meta.get("ensemble") or {}
-    for member in ensemble.get("members", []):
-        _copy_model(src / member, dst / member)
-    if not ensemble:
-        if not (src / "model.safetensors").is_file():
-            raise ModelError(f"{src / 'model.safetensors'}: weight file missing beside model.json.")
-        shutil.copy2(src / "model.safetensors", dst / "model.safetensors")
-
-
 def _half_weights(folder: Path) -> None:
-    from safetensors.torch import load_file, save_file
-
-    from bloodcell.core.model_folder import weight_files
-
     for path in weight_files(folder):
         state = load_file(str(path))
         save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}, str(path))
 
 
 def _agreement(folder: Path, images: np.ndarray) -> dict:
-    from bloodcell.networks import load_model
-    from bloodcell.prediction.onnx_backend import OnnxModel
-    from bloodcell.prediction.torch_backend import predict_proba
-
     loaded = load_model(folder, "cpu")
     p_torch = predict_proba(loaded, images)
-    onnx = OnnxModel(folder / "model.onnx")
+    onnx = OnnxModel(folder / ONNX)
     p_onnx = onnx.predict_proba(images)
     return {
         "images": int(len(images)),
@@ -131,23 +113,84 @@ def _agreement(folder: Path, images: np.ndarray) -> dict:
     }
 
 
-def package_default(
-    model: str | Path,
-    data: str | Path,
-    out: str | Path | None = None,
-    *,
-    card: dict | None = None,
-    evaluation: dict | None = None,
-    quantize: str = "none",
-    half_weights: bool = False,
-    per_class: int = 300,
-    heldout_per_class: int = 150,
-    max_false_flag: float = 0.01,
-    non_cells_per_kind: int = 60,
-    max_mb: float = MAX_MB,
-    seed: int = 0,
-    say=print,
-) -> Path:
+def _card_for(staging: Path, meta: dict, card: dict | None, evaluation: dict | None, digest: str) -> dict:
+    """The packaged model's card: the model's own, the given sections, the measured test metrics and
+    the training record of every member; refused when a required section is missing."""
+    card = {**(meta.get("model_card") or {}), **(card or {})}
+    if evaluation is not None:
+        check_evaluation_matches(evaluation, meta, "the evaluation", weights_sha256=digest)
+        card["metrics"] = card_metrics(evaluation)
+    members = (meta.get("ensemble") or {}).get("members") or []
+    if members:
+        runs = {m: training_record(read_meta(staging / m)) for m in members}
+        if any(runs.values()):
+            card["training_run"] = runs
+    elif meta.get("history"):
+        card["training_run"] = training_record(meta)
+    missing = [k for k in REQUIRED_CARD if not card.get(k) and not (k == "licence" and card.get("license"))]
+    if missing:
+        raise ConfigError(
+            f"The default model's card lacks {missing}. Pass --card CARD.yaml with sections "
+            f"{', '.join(REQUIRED_CARD)} (text, lists or mappings)."
+        )
+    return card
+
+
+def _fit_ood(staging: Path, loaded, train, held, per_kind: int, max_false_flag: float, seed: int, say) -> dict:
+    """Fit the out-of-distribution score, store its head in ``staging`` and return its record."""
+    say(f"Fitting the out-of-distribution score on {len(train)} training images; threshold from "
+        f"{len(held)} held-out cells ...")
+    head, info = fit_ood(loaded, train.images, train.labels, held.images, per_kind=per_kind, seed=seed,
+                             max_false_flag=max_false_flag)
+    save_head(staging, head)
+    return info
+
+
+def _export_checked(staging: Path, meta: dict, quantize: str, half_weights: bool, train, held, say) -> dict:
+    """Write ``model.onnx`` and check onnxruntime agrees with PyTorch on the held-out images."""
+    say(f"Exporting {ONNX} ({'float32' if quantize == 'none' else quantize + ' int8'}) ...")
+    export_onnx(staging, staging / ONNX, quantize=quantize, calibration=train.images if quantize == "static" else None,
+                half_storage=half_weights)
+    check = _agreement(staging, held.images)
+    meta["onnx"] = {"quantization": quantize, **check}
+    write_meta(staging, meta)
+    if quantize == "none" and (check["argmax_agreement"] < 1.0 or check["max_abs_prob_diff"] > 1e-3):
+        raise ModelError(f"onnxruntime and PyTorch disagree on held-out images ({check}); the export is wrong.")
+    return check
+
+
+def _check_size(folder: Path, max_mb: float) -> float:
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
+    if size > max_mb:
+        raise ModelError(
+            f"The packaged model is {size:.1f} MB, over the {max_mb:g} MB budget. Use --half-weights "
+            "and/or --quantize static, or a smaller architecture."
+        )
+    return size
+
+
+def _make_readable(folder: Path) -> None:
+    """Give the packaged files the usual permissions (the staging folder is private while it is written)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [folder, *folder.rglob("*")]:
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
+
+
+def _destination(src: Path, out) -> Path:
+    out = Path(out) if out is not None else packaged_model_dir()
+    if out.resolve() == src.resolve():
+        raise ConfigError(f"{out}: the destination is the model folder itself; choose another --output.")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"The output folder {out} is an existing file, not a folder. Pass another -o path.")
+    check_writable_folder(out.parent, "output folder's parent", "-o")
+    return out
+
+
+def package_default(model: str | Path, data: str | Path, out: str | Path | None = None, *, card: dict | None = None,
+                    evaluation: dict | None = None, quantize: str = "none", half_weights: bool = False,
+                    per_class: int = 300, heldout_per_class: int = 150, max_false_flag: float = 0.01,
+                    non_cells_per_kind: int = 60, max_mb: float = MAX_MB, seed: int = 0, say=print) -> Path:
     """Package ``model`` as a self-contained default model folder at ``out``.
 
     Parameters
@@ -178,83 +221,26 @@ def package_default(
     max_mb : float
         Size budget of the whole folder.
     """
-    from bloodcell.core.files import atomic_write_json
-    from bloodcell.core.model_choice import packaged_model_dir
-    from bloodcell.core.model_folder import read_meta, weights_digest
-    from bloodcell.networks import load_model
-    from bloodcell.ood import score as ood
-    from bloodcell.packaging.card import card_metrics, check_evaluation_matches, training_record
-    from bloodcell.packaging.onnx import export_onnx
-
     src = Path(model)
     read_meta(src)
     digest = weights_digest(src)
-    out = Path(out) if out is not None else packaged_model_dir()
-    if out.resolve() == src.resolve():
-        raise ConfigError(f"{out}: the destination is the model folder itself; choose another --output.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-    try:
-        _copy_model(src, staging)
+    out = _destination(src, out)
+    with staged_folder(out) as staging:
+        copy_model(src, staging)
         if half_weights:
             _half_weights(staging)
         loaded = load_model(staging, "cpu")
         meta = read_meta(staging)
-        card = {**(meta.get("model_card") or {}), **(card or {})}
-        if evaluation is not None:
-            check_evaluation_matches(evaluation, meta, "the evaluation", weights_sha256=digest)
-            card["metrics"] = card_metrics(evaluation)
-        members = (meta.get("ensemble") or {}).get("members") or []
-        if members:
-            runs = {m: training_record(read_meta(staging / m)) for m in members}
-            if any(runs.values()):
-                card["training_run"] = runs
-        elif meta.get("history"):
-            card["training_run"] = training_record(meta)
-        missing = [k for k in REQUIRED_CARD if not card.get(k) and not (k == "licence" and card.get("license"))]
-        if missing:
-            raise ConfigError(
-                f"The default model's card lacks {missing}. Pass --card CARD.yaml with sections "
-                f"{', '.join(REQUIRED_CARD)} (text, lists or mappings)."
-            )
+        card = _card_for(staging, meta, card, evaluation, digest)
         say(f"Reading fitting images from {data} ...")
         train, held = fitting_arrays(data, loaded.preprocess, loaded.class_names, per_class, heldout_per_class, seed)
-        say(f"Fitting the out-of-distribution score on {len(train)} training images; threshold from {len(held)} held-out cells ...")
-        head, info = ood.fit_ood(loaded, train.images, train.labels, held.images, per_kind=non_cells_per_kind, seed=seed,
-                                 max_false_flag=max_false_flag)
-        ood.save_head(staging, head)
-        meta["ood"] = info
+        meta["ood"] = info = _fit_ood(staging, loaded, train, held, non_cells_per_kind, max_false_flag, seed, say)
         meta["model_card"] = card
-        atomic_write_json(staging / "model.json", meta)
-        say(f"Exporting model.onnx ({'float32' if quantize == 'none' else quantize + ' int8'}) ...")
-        export_onnx(staging, staging / "model.onnx", quantize=quantize, calibration=train.images if quantize == "static" else None,
-                    half_storage=half_weights)
-        check = _agreement(staging, held.images)
-        meta["onnx"] = {"quantization": quantize, **check}
-        atomic_write_json(staging / "model.json", meta)
-        if quantize == "none" and (check["argmax_agreement"] < 1.0 or check["max_abs_prob_diff"] > 1e-3):
-            raise ModelError(f"onnxruntime and PyTorch disagree on held-out images ({check}); the export is wrong.")
-        size = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file()) / 1e6
-        if size > max_mb:
-            raise ModelError(
-                f"The packaged model is {size:.1f} MB, over the {max_mb:g} MB budget. Use --half-weights "
-                "and/or --quantize static, or a smaller architecture."
-            )
-        umask = os.umask(0)
-        os.umask(umask)
-        for p in [staging, *staging.rglob("*")]:
-            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}-old-{os.getpid()}"
-            os.replace(out, old)
-        os.replace(staging, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        say(f"Default model written to {out} ({size:.1f} MB): OOD threshold {info['threshold']:.3g}, "
-            f"false flags on held-out cells {info['evaluation']['false_flag_rate']}, non-cells detected "
-            f"{info['evaluation']['detection_rate']}; ONNX vs PyTorch argmax agreement {check['argmax_agreement']}.")
-        return out
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        write_meta(staging, meta)
+        check = _export_checked(staging, meta, quantize, half_weights, train, held, say)
+        size = _check_size(staging, max_mb)
+        _make_readable(staging)
+    say(f"Default model written to {out} ({size:.1f} MB): OOD threshold {info['threshold']:.3g}, "
+        f"false flags on held-out cells {info['evaluation']['false_flag_rate']}, non-cells detected "
+        f"{info['evaluation']['detection_rate']}; ONNX vs PyTorch argmax agreement {check['argmax_agreement']}.")
+    return out

@@ -27,97 +27,30 @@ augmentation and Grad-CAM).
 from __future__ import annotations
 
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from bloodcell.core.errors import ConfigError, DataError, ModelError
+from bloodcell.core.files import check_writable_file
 from bloodcell.core.model_choice import resolve_model
+from bloodcell.core.model_folder import META, ONNX, is_model_folder, read_meta, weights_digest
 from bloodcell.core.preprocess import prepare
-from bloodcell.core.stats import wilson_interval
+from bloodcell.data import Problem
+from bloodcell.prediction import outputs
+from bloodcell.prediction.differential import Differential, differential
+from bloodcell.prediction.inputs import Item, collect
+from bloodcell.prediction.onnx_backend import OnnxModel, softmax
+from bloodcell.prediction.results import Prediction, PredictionRun, PredictResult
+from bloodcell.prediction.thresholds import BACKENDS, DEFAULT_ABSTAIN, check_options, resolve_thresholds
 
-#: Abstention threshold on the top probability for models without a calibrated one.
-DEFAULT_ABSTAIN = 0.5
-BACKENDS = ("auto", "onnx", "torch")
+__all__ = ["BACKENDS", "DEFAULT_ABSTAIN", "Classifier", "Differential", "PredictResult", "Prediction",
+           "PredictionRun", "differential", "predict"]
 
-
-@dataclass
-class Prediction:
-    """The result for one image."""
-
-    source: str
-    label: str
-    probability: float
-    probabilities: dict[str, float]
-    uncertain: bool
-    not_a_blood_cell: bool | None
-    ood_score: float | None
-    true_label: str | None = None
-
-    def to_dict(self) -> dict:
-        d = {
-            "source": self.source,
-            "label": self.label,
-            "probability": round(self.probability, 6),
-            "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()},
-            "uncertain": self.uncertain,
-            "not_a_blood_cell": self.not_a_blood_cell,
-            "ood_score": None if self.ood_score is None else round(self.ood_score, 4),
-        }
-        if self.true_label is not None:
-            d["true_label"] = self.true_label
-        return d
-
-
-@dataclass
-class PredictionRun:
-    """Predictions for the images that could be read, and what was skipped."""
-
-    predictions: list[Prediction]
-    problems: list = field(default_factory=list)
-
-
-@dataclass
-class Differential:
-    """A white-cell differential: count and share of each class among the images classified as cells.
-
-    Images flagged ``not_a_blood_cell`` are left out of the count (``excluded``);
-    uncertain images are counted in their predicted class and also tallied in
-    each row's ``uncertain`` column for review. Percentages carry 95% Wilson
-    intervals.
-    """
-
-    rows: list[dict]
-    total: int
-    counted: int
-    excluded: int
-    uncertain: int
-
-    def to_dict(self) -> dict:
-        return {"total": self.total, "counted": self.counted, "excluded_not_a_blood_cell": self.excluded,
-                "uncertain": self.uncertain, "classes": self.rows}
-
-
-
-
-def differential(predictions: list[Prediction], class_names) -> Differential:
-    """Count predictions per class (see :class:`Differential`)."""
-    cells = [p for p in predictions if not p.not_a_blood_cell]
-    n = len(cells)
-    rows = []
-    for name in class_names:
-        mine = [p for p in cells if p.label == name]
-        lo, hi = wilson_interval(len(mine), n)
-        rows.append({
-            "class": name,
-            "count": len(mine),
-            "percent": round(100.0 * len(mine) / n, 2) if n else 0.0,
-            "ci95": [round(100 * lo, 2), round(100 * hi, 2)],
-            "uncertain": sum(p.uncertain for p in mine),
-        })
-    return Differential(rows, len(predictions), n, len(predictions) - n, sum(p.uncertain for p in cells))
+DIFFERENTIAL_MODES = ("auto", "only", "no")
 
 
 class Classifier:
@@ -157,12 +90,7 @@ class Classifier:
         abstain_threshold: float | None = None,
         ood_threshold: float | None = None,
     ):
-        if backend not in BACKENDS:
-            raise ConfigError(f"backend must be one of {list(BACKENDS)}, got {backend!r}.")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
-        if abstain_threshold is not None and not 0.0 <= abstain_threshold <= 1.0:
-            raise ConfigError(f"abstain_threshold is a probability from 0 to 1, got {abstain_threshold}.")
+        check_options(backend, batch_size, abstain_threshold, ood_threshold)
         self.path = resolve_model(model)
         self.batch_size = batch_size
         self.tta = tta
@@ -171,92 +99,76 @@ class Classifier:
         self._loaded = None
         self._scored = None
         self._onnx = None
-        folder = self.path if self.path.is_dir() and (self.path / "model.json").is_file() else None
-        onnx_file = self.path if self.path.suffix == ".onnx" else (self.path / "model.onnx" if self.path.is_dir() else None)
-        has_onnx = onnx_file is not None and onnx_file.is_file()
-        self.folder = folder
-        if backend == "auto":
-            backend = "onnx" if has_onnx and not tta and (folder is None or self._onnx_fresh(onnx_file, folder, threads)) else "torch"
-        if backend == "onnx":
-            if not has_onnx:
-                raise ModelError(
-                    f"{self.path}: no model.onnx for the onnxruntime backend. Create it with "
-                    f"`bloodcell export --format onnx {self.path}` or use --backend torch."
-                )
-            if tta:
-                raise ConfigError("Test-time augmentation runs on the PyTorch backend; use --backend torch or auto.")
-            if self._onnx is None:
-                from bloodcell.prediction.onnx_backend import OnnxModel
-
-                self._onnx = OnnxModel(onnx_file, threads)
-            self.meta = self._folder_meta(folder) or self._onnx.meta
+        self.folder = self.path if is_model_folder(self.path) else None
+        self.backend = self._choose_backend(backend, threads)
+        if self.backend == "onnx":
+            self.meta = read_meta(self.folder) if self.folder is not None else self._onnx.meta
             self.preprocess = self._onnx.preprocess
         else:
-            if folder is None:
-                raise ModelError(f"{self.path}: the PyTorch backend needs a model folder (model.json + weights), not an .onnx file.")
             self._load_torch()
             self.meta = self._loaded.meta
             self.preprocess = self._loaded.preprocess
-        self.backend = backend
-        cal = self.meta.get("calibration") or {}
-        ood = self.meta.get("ood") or {}
-        tta_cal = (cal.get("tta") or {}) if tta else {}
-        self.temperature = float(tta_cal.get("temperature", cal.get("temperature", 1.0)))
-        if abstain_threshold is not None:
-            self.abstain_threshold, self.abstain_source = float(abstain_threshold), "given"
-        elif tta_cal.get("abstain_threshold") is not None:
-            self.abstain_threshold, self.abstain_source = float(tta_cal["abstain_threshold"]), "calibrated for TTA"
-        elif cal.get("abstain_threshold") is not None:
-            self.abstain_threshold, self.abstain_source = float(cal["abstain_threshold"]), "calibrated"
-        else:
-            self.abstain_threshold, self.abstain_source = DEFAULT_ABSTAIN, "default"
-        self.ood_threshold = float(ood_threshold) if ood_threshold is not None else (
-            float(ood["threshold"]) if ood.get("threshold") is not None else None)
+        self._set_thresholds(abstain_threshold, ood_threshold)
 
     # -- model loading ---------------------------------------------------------------------------
 
-    @staticmethod
-    def _folder_meta(folder: Path | None) -> dict | None:
-        if folder is None:
-            return None
-        import json
+    def _onnx_file(self) -> Path | None:
+        if self.path.suffix == ".onnx":
+            return self.path
+        return self.path / ONNX if self.path.is_dir() else None
 
-        try:
-            return json.loads((folder / "model.json").read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ModelError(f"{folder / 'model.json'}: corrupt model metadata ({e}).") from None
+    def _choose_backend(self, backend: str, threads: int | None) -> str:
+        """Resolve ``auto`` and open the onnxruntime session when that backend is used."""
+        onnx_file = self._onnx_file()
+        has_onnx = onnx_file is not None and onnx_file.is_file()
+        if backend == "auto":
+            fresh = has_onnx and not self.tta and (self.folder is None or self._onnx_fresh(onnx_file, threads))
+            backend = "onnx" if fresh else "torch"
+        if backend == "torch":
+            if self.folder is None:
+                raise ModelError(
+                    f"{self.path}: the PyTorch backend needs a model folder ({META} + weights), not an .onnx file."
+                )
+            return backend
+        if not has_onnx:
+            raise ModelError(
+                f"{self.path}: no {ONNX} for the onnxruntime backend. Create it with "
+                f"`bloodcell export --format onnx {self.path}` or use --backend torch."
+            )
+        if self.tta:
+            raise ConfigError("Test-time augmentation runs on the PyTorch backend; use --backend torch or auto.")
+        if self._onnx is None:
+            self._onnx = OnnxModel(onnx_file, threads)
+        return backend
 
-    def _onnx_fresh(self, onnx_file: Path, folder: Path, threads: int | None) -> bool:
-        from bloodcell.prediction.onnx_backend import OnnxModel
-
+    def _onnx_fresh(self, onnx_file: Path, threads: int | None) -> bool:
+        """Whether ``model.onnx`` was exported from the folder's current weights (warns when not)."""
         self._onnx = OnnxModel(onnx_file, threads)
-        if self._onnx.weights_sha256 is None:
+        if self._onnx.weights_sha256 is None or self._onnx.weights_sha256 == weights_digest(self.folder):
             return True
-        from bloodcell.core.model_folder import weights_digest
-
-        if self._onnx.weights_sha256 == weights_digest(folder):
-            return True
-        import warnings
-
         warnings.warn(
-            f"{onnx_file} was exported from other weights than {folder}; using PyTorch. "
-            f"Re-export with `bloodcell export --format onnx {folder}`.",
-            stacklevel=3,
+            f"{onnx_file} was exported from other weights than {self.folder}; using PyTorch. "
+            f"Re-export with `bloodcell export --format onnx {self.folder}`.",
+            stacklevel=4,
         )
         self._onnx = None
         return False
 
+    def _set_thresholds(self, abstain_threshold: float | None, ood_threshold: float | None) -> None:
+        found = resolve_thresholds(self.meta, self.tta, abstain_threshold, ood_threshold)
+        self.temperature, self.ood_threshold = found.temperature, found.ood_threshold
+        self.abstain_threshold, self.abstain_source = found.abstain_threshold, found.abstain_source
+
     def _load_torch(self):
         if self._loaded is None:
-            from bloodcell.networks import load_model
-            from bloodcell.ood import score as ood
-            from bloodcell.prediction.torch_backend import default_device
+            from bloodcell.networks import load_model  # deferred: the onnxruntime path must not load PyTorch
+            from bloodcell.ood import score as ood  # deferred: the onnxruntime path must not load PyTorch
+            from bloodcell.prediction.torch_backend import default_device  # deferred: loads PyTorch
 
-            folder = self.folder
-            if folder is None:
+            if self.folder is None:
                 raise ModelError(f"{self.path}: Grad-CAM and the PyTorch backend need the model folder, not only an .onnx file.")
-            self._loaded = load_model(folder, self.device or default_device())
-            head = ood.load_head(folder)
+            self._loaded = load_model(self.folder, self.device or default_device())
+            head = ood.load_head(self.folder)
             if head is not None:
                 self._scored = ood.ScoredModel(self._loaded.module, len(self._loaded.class_names), head)
                 self._scored.to(next(self._loaded.module.parameters()).device).eval()
@@ -299,32 +211,19 @@ class Classifier:
         """Probabilities ``(N, C)`` and out-of-distribution scores ``(N,)`` (or ``None``) of prepared images."""
         if self.backend == "onnx":
             logits, ood_scores = self._onnx.run(images, self.batch_size)
-            from bloodcell.prediction.onnx_backend import softmax
-
             return softmax(logits, self.temperature), ood_scores
-        import torch
-
-        from bloodcell.prediction.torch_backend import predict_proba
+        from bloodcell.prediction.torch_backend import probabilities_and_ood  # deferred: loads PyTorch
 
         with self._lock:
-            probs = predict_proba(self._loaded, images, self.batch_size, tta=self.tta, calibrated=True, device=self.device)
-            if self._scored is None:
-                return probs, None
-            from bloodcell.prediction.torch_backend import tensor_batches
-
-            device = next(self._loaded.module.parameters()).device
-            out = []
-            with torch.inference_mode():
-                for x in tensor_batches(images, self.preprocess, self.batch_size, device):
-                    out.append(self._scored(x)[1].float().cpu().numpy())
-            return probs, (np.concatenate(out) if out else np.zeros(0, np.float32))
+            return probabilities_and_ood(self._loaded, self._scored, images, self.batch_size, self.tta, self.device)
 
     def predict_prepared(self, images: np.ndarray, sources: list[str] | None = None, true_labels=None) -> list[Prediction]:
         """Predictions for prepared ``uint8`` images ``(N, S, S, 3)``."""
         probs, ood_scores = self.scores(images)
         return self.make_predictions(probs, ood_scores, sources, true_labels)
 
-    def make_predictions(self, probs: np.ndarray, ood_scores: np.ndarray | None, sources=None, true_labels=None) -> list[Prediction]:
+    def make_predictions(self, probs: np.ndarray, ood_scores: np.ndarray | None, sources=None,
+                         true_labels=None) -> list[Prediction]:
         """Turn the output of :meth:`scores` into :class:`Prediction` records with their flags."""
         sources = sources or [f"image {i}" for i in range(len(probs))]
         true_labels = true_labels or [None] * len(probs)
@@ -352,53 +251,52 @@ class Classifier:
             return []
         return self.predict_prepared(np.stack([self.prepare(im) for im in images]), sources)
 
+    def _load(self, item: Item) -> tuple[np.ndarray | None, Problem | None]:
+        try:
+            return self.prepare(item.read()), None
+        except DataError as e:
+            return None, Problem(item.source, "unreadable", str(e))
+
+    def iter_predict(self, inputs, progress: bool = False, chunk: int = 256, workers: int = 2):
+        """Classify like :meth:`predict`, yielding ``(predictions, problems)`` as each chunk of images is done.
+
+        The first pair holds the problems found while collecting the inputs.
+        """
+        if isinstance(inputs, (str, Path)):
+            inputs = [inputs]
+        items, problems = collect(list(inputs))
+        yield [], problems
+        bar = tqdm(total=len(items), desc="classifying", unit="img", disable=None) if progress else None
+        try:
+            with ThreadPoolExecutor(max(1, workers)) as pool:
+                for start in range(0, len(items), chunk):
+                    part = items[start : start + chunk]
+                    loaded = list(pool.map(self._load, part))
+                    keep = [(item, arr) for item, (arr, _) in zip(part, loaded) if arr is not None]
+                    preds = self.predict_prepared(
+                        np.stack([arr for _, arr in keep]), [i.source for i, _ in keep], [i.label for i, _ in keep]
+                    ) if keep else []
+                    yield preds, [q for _, q in loaded if q is not None]
+                    if bar is not None:
+                        bar.update(len(part))
+        finally:
+            if bar is not None:
+                bar.close()
+
     def predict(self, inputs, progress: bool = False, chunk: int = 256, workers: int = 2) -> PredictionRun:
         """Classify files, folders, globs and datasets (see :mod:`bloodcell.prediction.inputs`).
 
         Unreadable files are skipped and listed in :attr:`PredictionRun.problems`.
         """
-        from bloodcell.data import Problem
-        from bloodcell.prediction.inputs import collect
-
-        if isinstance(inputs, (str, Path)):
-            inputs = [inputs]
-        items, problems = collect(list(inputs))
-        predictions: list[Prediction] = []
-
-        def load(item):
-            try:
-                return self.prepare(item.read()), None
-            except DataError as e:
-                return None, Problem(item.source, "unreadable", str(e))
-
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(items), desc="classifying", unit="img", disable=None)
-        with ThreadPoolExecutor(max(1, workers)) as pool:
-            for start in range(0, len(items), chunk):
-                part = items[start : start + chunk]
-                arrays, keep = [], []
-                for item, (arr, problem) in zip(part, pool.map(load, part)):
-                    if problem is not None:
-                        problems.append(problem)
-                    else:
-                        arrays.append(arr)
-                        keep.append(item)
-                if arrays:
-                    predictions += self.predict_prepared(
-                        np.stack(arrays), [i.source for i in keep], [i.label for i in keep]
-                    )
-                if bar is not None:
-                    bar.update(len(part))
-        if bar is not None:
-            bar.close()
-        return PredictionRun(predictions, problems)
+        run = PredictionRun([], [])
+        for predictions, problems in self.iter_predict(inputs, progress, chunk, workers):
+            run.predictions += predictions
+            run.problems += problems
+        return run
 
     def explain(self, images: np.ndarray, targets=None) -> np.ndarray:
         """Grad-CAM maps ``(N, S, S)`` in ``[0, 1]`` for prepared images (loads the PyTorch model once)."""
-        from bloodcell.prediction.explain import gradcam
+        from bloodcell.prediction.explain import gradcam  # deferred: loads PyTorch
 
         with self._lock:
             loaded = self._load_torch()
@@ -406,3 +304,81 @@ class Classifier:
 
     def differential(self, predictions: list[Prediction]) -> Differential:
         return differential(predictions, self.class_names)
+
+
+def _check_choices(format: str, differential: str) -> None:
+    if format not in outputs.FORMATS:
+        raise ConfigError(f"format must be one of {list(outputs.FORMATS)}, got {format!r}.")
+    if differential not in DIFFERENTIAL_MODES:
+        raise ConfigError(f"differential must be one of {list(DIFFERENTIAL_MODES)}, got {differential!r}.")
+
+
+def _nothing_classified(run: PredictionRun) -> DataError:
+    error = DataError(
+        f"no image could be classified ({len(run.problems)} input(s) skipped, reasons above). "
+        "Pass image files, folders of images, globs or .npz files."
+    )
+    error.problems = run.problems
+    return error
+
+
+def predict(
+    paths,
+    model: str | Path | None = None,
+    *,
+    format: str = "table",
+    output: str | Path | None = None,
+    differential: str = "auto",
+    backend: str = "auto",
+    batch_size: int = 64,
+    tta: bool = False,
+    abstain_threshold: float | None = None,
+    ood_threshold: float | None = None,
+    threads: int | None = None,
+    progress: bool = False,
+) -> PredictResult:
+    """Classify images and write the per-image results and the differential count (``bloodcell predict``).
+
+    Parameters
+    ----------
+    paths : str, Path or list of them
+        Image files, folders (searched recursively), globs, ``.npz`` arrays or CSV manifests.
+    model : str or Path, optional
+        Model folder or ``.onnx`` file (default: the bundled model, or ``$BLOODCELL_MODEL``).
+    format : {"table", "csv", "json"}
+    output : str or Path, optional
+        File to write, checked before any work starts; finished rows wait in ``<output>.partial`` until it is written.
+    differential : {"auto", "only", "no"}
+        ``auto``: after the table (inside the JSON) for two or more images; ``only``: just the differential.
+    backend, batch_size, tta, abstain_threshold, ood_threshold, threads
+        As for :class:`Classifier`.
+    progress : bool
+        Show a progress bar on standard error.
+
+    Returns
+    -------
+    PredictResult
+        Predictions, skipped inputs, differential, output text and the file written.
+
+    Raises
+    ------
+    ConfigError
+        A bad option, or an output path that cannot be written.
+    DataError
+        When no image could be classified; its ``problems`` attribute lists why each input was skipped.
+    """
+    _check_choices(format, differential)
+    output = check_writable_file(output) if output is not None else None
+    clf = Classifier(model, backend=backend, batch_size=batch_size, tta=tta, threads=threads,
+                     abstain_threshold=abstain_threshold, ood_threshold=ood_threshold)
+    partial = outputs.PartialResults(output, clf.class_names) if output is not None else None
+    run = outputs.gather(clf.iter_predict(paths, progress=progress), partial)
+    if not run.predictions:
+        raise _nothing_classified(run)
+    only, many = differential == "only", differential == "auto" and len(run.predictions) >= 2
+    diff = clf.differential(run.predictions) if only or many else None
+    text = outputs.render(format, clf.describe(), run.predictions, run.problems, diff, clf.class_names, only,
+                          outputs.notes(clf.abstain_source, clf.abstain_threshold, clf.has_ood))
+    if partial is not None:
+        partial.finish(text)
+    return PredictResult(run.predictions, run.problems, diff, text, output)

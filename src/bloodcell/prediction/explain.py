@@ -18,8 +18,10 @@ from matplotlib import colormaps
 from PIL import Image
 from torch import nn
 
+from bloodcell.core.errors import ModelError
+from bloodcell.networks.batches import tensor_batches
 from bloodcell.networks.loading import LoadedModel
-from bloodcell.prediction.torch_backend import _check_images, tensor_batches
+from bloodcell.prediction.torch_backend import _check_images
 
 #: Smallest feature-map side Grad-CAM explains from, when the network has a layer that wide.
 MIN_SIDE = 7
@@ -30,10 +32,18 @@ def target_layer(module: nn.Module, image_size: int | None = None, min_side: int
 
     Without ``image_size`` (or when no layer is that wide), the last ``Conv2d``.
     Output sizes are read from one forward pass of a blank image.
+
+    Raises
+    ------
+    ModelError
+        When the network has no convolution to explain.
     """
     convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
     if not convs:
-        raise ValueError(f"{type(module).__name__} has no Conv2d layer to explain.")
+        raise ModelError(
+            f"{type(module).__name__} has no convolution layer, so Grad-CAM cannot explain its predictions. "
+            "Use a convolutional architecture, or classify without explanations."
+        )
     if image_size is None:
         return convs[-1]
     sides: dict[int, int] = {}

@@ -15,8 +15,10 @@ reports.
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,16 +47,45 @@ class Item:
         """Decode to RGB ``uint8`` ``(H, W, 3)``; raises :class:`DataError` naming the source."""
         if self.dataset is not None:
             return self.dataset.read(self.index)
-        return decode_image(self.path, self.source)
+        try:
+            return decode_image(self.path, self.source)
+        except OSError as e:
+            raise DataError(f"{self.source}: cannot be read ({e.strerror or e}). Check its permissions or remove it.") from None
 
 
 def _hidden(name: str) -> bool:
     return name.startswith(".") or name.lower() in ("thumbs.db", "desktop.ini", "__macosx")
 
 
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # a link that loops or points nowhere
+        return False
+
+
+def _not_a_file(path: Path) -> Problem | None:
+    """Why ``path`` (found in a folder or named directly) cannot be classified as an image file, if so."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return Problem(str(path), "link-loop", f"{path}: skipped, a symbolic link that loops back on itself.")
+        if e.errno == errno.ENOENT:
+            return Problem(str(path), "missing", f"{path}: skipped, a symbolic link to a file that does not exist.")
+        return Problem(str(path), "unreadable", f"{path}: skipped, cannot be read ({e.strerror or e}).")
+    if not stat.S_ISREG(mode):
+        return Problem(str(path), "not-image", f"{path}: skipped, not a regular file (a pipe, socket or device).")
+    return None
+
+
 def _is_class_tree(folder: Path) -> bool:
-    for entry in os.scandir(folder):
-        if entry.is_dir() and not _hidden(entry.name):
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:  # reported when the folder is walked
+        return False
+    for entry in entries:
+        if _is_dir(entry) and not _hidden(entry.name):
             try:
                 canonical_class(entry.name)
                 return True
@@ -65,18 +96,33 @@ def _is_class_tree(folder: Path) -> bool:
 
 def _walk(folder: Path, problems: list[Problem]) -> list[Item]:
     items = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not _hidden(d))
+    def unreadable(e: OSError) -> None:
+        problems.append(Problem(str(e.filename), "unreadable",
+                                f"{e.filename}: skipped, the folder cannot be read ({e.strerror or e}). Check its permissions."))
+
+    for root, dirs, files in os.walk(folder, onerror=unreadable):
+        linked = [d for d in dirs if (Path(root) / d).is_symlink()]
+        for name in sorted(linked):
+            path = Path(root) / name
+            problems.append(Problem(str(path), "linked-folder", f"{path}: skipped, a link to a folder; links inside "
+                                    "a folder are not followed, so no image is counted twice. Pass its target to classify it."))
+        dirs[:] = sorted(d for d in dirs if not _hidden(d) and d not in linked)
         for name in sorted(files):
             path = Path(root) / name
             if _hidden(name):
                 if path.suffix.lower() in IMAGE_EXTENSIONS:
-                    problems.append(Problem(str(path), "hidden", f"{path}: skipped, a hidden or system file (e.g. macOS metadata), not an image to classify."))
+                    problems.append(Problem(str(path), "hidden", f"{path}: skipped, a hidden or system file "
+                                            "(e.g. macOS metadata), not an image to classify."))
                 continue
             if path.suffix.lower() in IMAGE_EXTENSIONS:
+                problem = _not_a_file(path)
+                if problem is not None:
+                    problems.append(problem)
+                    continue
                 items.append(Item(str(path), path))
             else:
-                problems.append(Problem(str(path), "not-image", f"{path}: skipped, {path.suffix or 'no'} extension is not an image type."))
+                problems.append(Problem(str(path), "not-image",
+                                        f"{path}: skipped, {path.suffix or 'no'} extension is not an image type."))
     return items
 
 
@@ -102,6 +148,9 @@ def _expand(arg: str, problems: list[Problem]) -> list[Item]:
         for m in matches:
             items.extend(_expand(m, problems) if Path(m).is_dir() else _expand_file(Path(m), problems))
         return items
+    if path.is_symlink() and not path.exists():
+        problems.append(_not_a_file(path))
+        return []
     if not path.exists():
         problems.append(Problem(arg, "missing", f"{arg}: no such file or folder."))
         return []
@@ -126,7 +175,19 @@ def _expand_file(path: Path, problems: list[Problem]) -> list[Item]:
         except DataError as e:
             problems.append(Problem(str(path), "unreadable", str(e)))
             return []
+    problem = _not_a_file(path)
+    if problem is not None:
+        problems.append(problem)
+        return []
     return [Item(str(path), path)]
+
+
+def _identity(path: Path) -> Path:
+    """The file a path names, so a file reached twice (directly and through a link) is classified once."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a link loop: left for the reader to report
+        return path.absolute()
 
 
 def collect(inputs: list[str | Path]) -> tuple[list[Item], list[Problem]]:
@@ -144,7 +205,7 @@ def collect(inputs: list[str | Path]) -> tuple[list[Item], list[Problem]]:
     seen: set = set()
     for arg in inputs:
         for item in _expand(str(arg), problems):
-            key = (item.path.resolve() if item.path is not None else (item.source, id(item.dataset)))
+            key = _identity(item.path) if item.path is not None else (item.source, id(item.dataset))
             if key in seen:
                 problems.append(Problem(item.source, "repeated", f"{item.source}: listed more than once; classified once."))
                 continue

@@ -50,7 +50,7 @@ class OnnxModel:
     """
 
     def __init__(self, path: str | Path, threads: int | None = None):
-        import onnxruntime as ort
+        import onnxruntime as ort  # deferred: heavy; every command's start-up imports this module
 
         path = Path(path)
         file = path / ONNX_FILE if path.is_dir() else path
@@ -100,7 +100,8 @@ class OnnxModel:
         ``images`` are prepared ``uint8`` ``(N, S, S, 3)`` (see :func:`bloodcell.prepare`).
         """
         size = self.preprocess.image_size
-        if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (size, size, 3):
+        if (not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4
+                or images.shape[1:] != (size, size, 3)):
             got = f"{getattr(images, 'dtype', type(images).__name__)} {getattr(images, 'shape', '')}"
             raise DataError(f"Expected prepared images as uint8 (N, {size}, {size}, 3), got {got}. Use bloodcell.prepare first.")
         logits, scores = [], []

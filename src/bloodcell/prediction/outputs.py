@@ -1,7 +1,9 @@
 """Prediction output as a text table, CSV or JSON, and the differential count.
 
 Column names for the class probabilities are ``p_<class>``; short headers
-in the table use :data:`SHORT`.
+in the table use :data:`SHORT`. While a run goes on, :class:`PartialResults`
+keeps the rows classified so far in ``<output>.partial``, so an interrupted run
+loses nothing it computed.
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ import csv
 import io
 import json
 import os
-import tempfile
+import sys
 from pathlib import Path
 
-from bloodcell.prediction.classifier import Differential, Prediction
+from bloodcell.core.files import atomic_write_with
+from bloodcell.prediction.differential import Differential
+from bloodcell.prediction.results import Prediction, PredictionRun
 
 SHORT = {
     "basophil": "baso",
@@ -77,18 +81,26 @@ def differential_table(d: Differential) -> str:
     return "\n".join(lines)
 
 
+def _csv_header(class_names, with_truth: bool) -> list[str]:
+    return (["source", "label", "probability", "uncertain", "not_a_blood_cell", "ood_score"]
+            + (["true_label"] if with_truth else []) + [f"p_{c}" for c in class_names])
+
+
+def _csv_row(p: Prediction, class_names, with_truth: bool) -> list:
+    return ([p.source, p.label, f"{p.probability:.6f}", int(p.uncertain),
+             "" if p.not_a_blood_cell is None else int(p.not_a_blood_cell),
+             "" if p.ood_score is None else f"{p.ood_score:.4f}"]
+            + ([p.true_label or ""] if with_truth else []) + [f"{p.probabilities[c]:.6f}" for c in class_names])
+
+
 def predictions_csv(predictions: list[Prediction], class_names) -> str:
     """One row per image: source, class, probability, flags, OOD score, every class probability."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     with_truth = any(p.true_label is not None for p in predictions)
-    w.writerow(["source", "label", "probability", "uncertain", "not_a_blood_cell", "ood_score"]
-               + (["true_label"] if with_truth else []) + [f"p_{c}" for c in class_names])
+    w.writerow(_csv_header(class_names, with_truth))
     for p in predictions:
-        w.writerow([p.source, p.label, f"{p.probability:.6f}", int(p.uncertain),
-                    "" if p.not_a_blood_cell is None else int(p.not_a_blood_cell),
-                    "" if p.ood_score is None else f"{p.ood_score:.4f}"]
-                   + ([p.true_label or ""] if with_truth else []) + [f"{p.probabilities[c]:.6f}" for c in class_names])
+        w.writerow(_csv_row(p, class_names, with_truth))
     return buf.getvalue()
 
 
@@ -111,18 +123,111 @@ def as_json(model: dict, predictions: list[Prediction], problems, d: Differentia
     }, indent=2)
 
 
+def notes(abstain_source: str, abstain_threshold: float, has_ood: bool) -> list[str]:
+    """The remarks printed under the table about what the model lacks."""
+    out = []
+    if abstain_source == "default":
+        out.append("note: the model has no calibrated abstention threshold; "
+                   f"'uncertain' means top probability < {abstain_threshold}.")
+    if not has_ood:
+        out.append("note: the model carries no out-of-distribution statistics, "
+                   "so no image is checked for being a blood cell.")
+    return out
+
+
+def render(fmt: str, model: dict, predictions: list[Prediction], problems, d: Differential | None, class_names,
+           only_differential: bool = False, notes: list[str] | tuple = ()) -> str:
+    """The whole output of ``bloodcell predict`` in one format (``table``, ``csv`` or ``json``).
+
+    ``only_differential`` leaves out the per-image rows; ``notes`` follow the table.
+    """
+    if fmt == "json":
+        text = as_json(model, [] if only_differential else predictions, problems, d)
+    elif fmt == "csv":
+        text = differential_csv(d) if only_differential else predictions_csv(predictions, class_names)
+    else:
+        parts = [] if only_differential else [table(predictions, class_names)]
+        if d is not None:
+            parts.append(differential_table(d))
+        if not only_differential:
+            parts += list(notes)
+        text = "\n\n".join(parts)
+    return text if text.endswith("\n") else text + "\n"
+
+
 def write_text(path: str | Path, text: str) -> None:
     """Write ``text`` atomically, with the permissions a plain new file would get."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
             f.write(text)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
+
+    atomic_write_with(Path(path), write)
+
+
+class PartialResults:
+    """The predictions of a run so far, appended to ``<output>.partial`` (CSV) batch by batch.
+
+    The file is removed once the finished output is written; when the run stops
+    early it stays, with every image classified until then.
+    """
+
+    def __init__(self, output: str | Path, class_names):
+        self.output = Path(output)
+        self.path = self.output.with_name(self.output.name + ".partial")
+        self.class_names = tuple(class_names)
+        self.rows = 0
+        self._file = None
+        self._writer = None
+
+    def add(self, predictions: list[Prediction]) -> None:
+        if not predictions:
+            return
+        if self._file is None:
+            self._file = open(self.path, "w", encoding="utf-8", newline="")  # kept open across batches
+            self._writer = csv.writer(self._file, lineterminator="\n")
+            self._writer.writerow(_csv_header(self.class_names, True))
+        for p in predictions:
+            self._writer.writerow(_csv_row(p, self.class_names, True))
+        self._file.flush()
+        self.rows += len(predictions)
+
+    def finish(self, text: str) -> None:
+        """Write the finished output (the partial file stays if that fails) and remove the partial file."""
+        try:
+            write_text(self.output, text)
+        except BaseException:
+            self.close(keep=True)
+            raise
+        self.close(keep=False)
+
+    def close(self, keep: bool) -> Path | None:
+        """Close the file; remove it unless ``keep``. Returns its path when it is kept with rows in it."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if keep and self.rows:
+            return self.path
+        self.path.unlink(missing_ok=True)
+        return None
+
+
+def gather(chunks, partial: PartialResults | None = None) -> PredictionRun:
+    """Collect ``(predictions, problems)`` pairs as they come, appending each to ``partial``;
+    if the run stops early the rows so far stay in the partial file, and the user is told where."""
+    run = PredictionRun([], [])
+    try:
+        for predictions, problems in chunks:
+            run.predictions += predictions
+            run.problems += problems
+            if partial is not None:
+                partial.add(predictions)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        kept = partial.close(keep=True) if partial is not None else None
+        if kept is not None:
+            print(f"bloodcell predict: stopped; the {partial.rows} image(s) classified so far are in {kept}.", file=sys.stderr)
         raise
+    return run

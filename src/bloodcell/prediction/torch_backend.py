@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from bloodcell.core.errors import DataError
-from bloodcell.core.preprocess import normalize
+from bloodcell.networks.batches import tensor_batches
 from bloodcell.networks.loading import LoadedModel
 
 #: The eight symmetries of the square: (number of 90° rotations, horizontal flip).
@@ -41,13 +41,6 @@ def _views(x: torch.Tensor, tta: bool):
     for k, flip in TTA_VIEWS:
         v = torch.flip(x, dims=(3,)) if flip else x
         yield torch.rot90(v, k, dims=(2, 3)) if k else v
-
-
-def tensor_batches(images: np.ndarray, preprocess, batch_size: int, device):
-    """Normalized float32 NCHW batches of prepared uint8 images, on ``device``."""
-    for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device)
-        yield normalize(batch, preprocess)
 
 
 @torch.inference_mode()
@@ -125,3 +118,22 @@ def predict_proba(
     if not out:
         return np.zeros((0, len(loaded.class_names)), np.float32)
     return torch.cat(out).numpy().astype(np.float32)
+
+
+def probabilities_and_ood(loaded: LoadedModel, scored, images: np.ndarray, batch_size: int = 64, tta: bool = False,
+                          device=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Calibrated probabilities ``(N, C)`` and out-of-distribution scores ``(N,)`` of prepared images.
+
+    ``scored`` is the model with its fitted scoring head
+    (:class:`bloodcell.ood.score.ScoredModel`), or ``None`` when the model has
+    none (the scores are then ``None``).
+    """
+    probs = predict_proba(loaded, images, batch_size, tta=tta, calibrated=True, device=device)
+    if scored is None:
+        return probs, None
+    where = next(loaded.module.parameters()).device
+    out = []
+    with torch.inference_mode():
+        for x in tensor_batches(images, loaded.preprocess, batch_size, where):
+            out.append(scored(x)[1].float().cpu().numpy())
+    return probs, (np.concatenate(out) if out else np.zeros(0, np.float32))

@@ -22,6 +22,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 
@@ -37,14 +38,18 @@ from bloodcell.data.audit.outliers import (
     robust_standardize,
     strongest_features,
 )
-from bloodcell.data.cache import _NAME
+from bloodcell.data.pixels import _NAME
 from bloodcell.data.readers.dataset import Dataset
+from bloodcell.data.readers.folder import count_files
 
 FORMAT = "bloodcell-audit/1"
 
 FLAG_UNREADABLE = "unreadable"
 FLAG_CONFLICT = "label-conflict"
 FLAG_OUTLIER = "outlier"
+
+#: Kinds of reader problems that stand for files on disk left out of the dataset.
+SKIPPED_FILE_KINDS = ("hidden", "stray", "not-image", "unknown-class")
 
 OUTLIER_METHOD = (
     "k-nearest-neighbour distance in robustly standardized appearance features "
@@ -109,6 +114,7 @@ class AuditResult:
     files_on_disk: int | None
     seconds: float
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    written: dict[str, Path] = field(default_factory=dict)
 
     # ------------------------------------------------------------- queries
     def flagged(self) -> list[int]:
@@ -224,8 +230,9 @@ class AuditResult:
         return len(self.dataset) + self.skipped_files() == self.files_on_disk
 
     def skipped_files(self) -> int:
-        """Files the reader left out (hidden, stray, not images), counting files inside hidden folders."""
-        return sum(p.files for p in self.dataset.problems if p.kind in ("hidden", "stray", "not-image"))
+        """Files the reader left out (hidden, stray, not images, in unknown class folders), counting the files
+        inside left-out folders."""
+        return sum(p.files for p in self.dataset.problems if p.kind in SKIPPED_FILE_KINDS)
 
 
 def audit_dataset(ds: Dataset, settings: AuditSettings | None = None, workers: int | None = None,
@@ -237,7 +244,7 @@ def audit_dataset(ds: Dataset, settings: AuditSettings | None = None, workers: i
     ds : Dataset
     settings : AuditSettings, optional
     workers : int, optional
-        Processes measuring images; default :func:`bloodcell.core.settings.default_workers`.
+        Threads measuring images; default :func:`bloodcell.core.settings.default_workers`.
     progress : bool
         Progress bars on stderr.
 
@@ -254,13 +261,28 @@ def audit_dataset(ds: Dataset, settings: AuditSettings | None = None, workers: i
     facts = [facts_by_key[k] for k in keys]
     unreadable = {i: facts[i]["error"].replace(_NAME, str(ds.samples[i].path or ds.samples[i].source_id))
                   for i in range(n) if "error" in facts[i]}
-
     by_key: dict[str, list[int]] = {}
     for i, k in enumerate(keys):
         by_key.setdefault(k, []).append(i)
     exact_groups = [g for g in by_key.values() if len(g) > 1]
-
     readable_keys = [k for k in by_key if "error" not in facts_by_key[k]]
+    group_ids, near_groups = _near_groups(keys, by_key, readable_keys, facts_by_key, settings)
+    flags: list[list[str]] = [[] for _ in range(n)]
+    for i in unreadable:
+        flags[i].append(FLAG_UNREADABLE)
+    conflicts = _conflicts(ds, keys, group_ids, flags)
+    outliers = _Outliers(keys, readable_keys, facts_by_key, settings, flags)
+    files_on_disk = count_files(ds.source) if ds.kind == "folder" else None
+    result = AuditResult(ds, settings, keys, facts, unreadable, exact_groups, near_groups, group_ids, conflicts,
+                         outliers.scores, outliers.strongest, flags, files_on_disk, 0.0)
+    outliers.explain(result.most_unusual(24))
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _near_groups(keys: list[str], by_key: dict[str, list[int]], readable_keys: list[str], facts_by_key: dict,
+                 settings: AuditSettings) -> tuple[list[str], list[list[int]]]:
+    """Group id of every sample, and the near-duplicate groups (sample indices) of more than one content."""
     words = hashes_to_words([facts_by_key[k]["phash"] for k in readable_keys], settings.hash_size ** 2)
     pairs = near_pairs(words, settings.near_threshold)
     comp = components(len(readable_keys), [(a, b) for a, b, _ in pairs])
@@ -276,10 +298,11 @@ def audit_dataset(ds: Dataset, settings: AuditSettings | None = None, workers: i
     near_groups = [sorted(i for u in members for i in by_key[readable_keys[u]])
                    for members in comp_members.values() if len(members) > 1]
     near_groups.sort(key=lambda g: g[0])
+    return group_ids, near_groups
 
-    flags: list[list[str]] = [[] for _ in range(n)]
-    for i in unreadable:
-        flags[i].append(FLAG_UNREADABLE)
+
+def _conflicts(ds: Dataset, keys: list[str], group_ids: list[str], flags: list[list[str]]) -> list[dict]:
+    """Groups whose members carry different labels; their members are flagged."""
     by_group: dict[str, list[int]] = {}
     for i, g in enumerate(group_ids):
         by_group.setdefault(g, []).append(i)
@@ -294,95 +317,38 @@ def audit_dataset(ds: Dataset, settings: AuditSettings | None = None, workers: i
             for i in members:
                 flags[i].append(FLAG_CONFLICT)
     conflicts.sort(key=lambda c: (c["kind"] != "exact", c["members"][0]["id"]))
+    return conflicts
 
-    scores = None
-    strongest: dict[int, list[str]] = {}
-    if readable_keys:
+
+class _Outliers:
+    """Outlier scores per sample (``None`` when too few images), flags above the threshold, and why."""
+
+    def __init__(self, keys: list[str], readable_keys: list[str], facts_by_key: dict, settings: AuditSettings,
+                 flags: list[list[str]]):
+        self.keys = keys
+        self.scores: np.ndarray | None = None
+        self.strongest: dict[int, list[str]] = {}
+        if not readable_keys:
+            return
         feats = np.array([facts_by_key[k]["features"] for k in readable_keys], np.float64)
         uscores = outlier_scores(feats, settings.outlier_neighbors)
-        if uscores is not None:
-            z = robust_standardize(feats)
-            pos = {k: u for u, k in enumerate(readable_keys)}
-            scores = np.full(n, np.nan)
-            for i, k in enumerate(keys):
-                if k in pos:
-                    scores[i] = uscores[pos[k]]
-                    if uscores[pos[k]] > min(settings.outlier_threshold, 3.0):
-                        strongest[i] = strongest_features(z[pos[k]], FEATURE_NAMES)
-                    if uscores[pos[k]] > settings.outlier_threshold:
-                        flags[i].append(FLAG_OUTLIER)
-    files_on_disk = None
-    if ds.kind == "folder":
-        from bloodcell.data.readers.folder import count_files
+        if uscores is None:
+            return
+        self.z = robust_standardize(feats)
+        self.pos = {k: u for u, k in enumerate(readable_keys)}
+        self.scores = np.full(len(keys), np.nan)
+        for i, k in enumerate(keys):
+            if k in self.pos:
+                score = uscores[self.pos[k]]
+                self.scores[i] = score
+                if score > min(settings.outlier_threshold, 3.0):
+                    self.strongest[i] = strongest_features(self.z[self.pos[k]], FEATURE_NAMES)
+                if score > settings.outlier_threshold:
+                    flags[i].append(FLAG_OUTLIER)
 
-        files_on_disk = count_files(ds.source)
-    result = AuditResult(ds, settings, keys, facts, unreadable, exact_groups, near_groups, group_ids, conflicts,
-                         scores, strongest, flags, files_on_disk, 0.0)
-    if scores is not None:
-        for i in result.most_unusual(24):
-            strongest.setdefault(i, strongest_features(z[pos[keys[i]]], FEATURE_NAMES))
-    result.seconds = time.perf_counter() - t0
-    return result
-
-
-def summary_text(result: AuditResult, list_limit: int = 10) -> str:
-    """A readable multi-line summary of an audit for the terminal."""
-    ds, d = result.dataset, result.to_dict()
-    f = d["files"]
-    lines = [f"Audit of {ds.source} ({ds.kind}) in {result.seconds:.1f} s"]
-    if f["on_disk"] is not None:
-        state = "all accounted for" if f["accounted"] else "NOT all accounted for"
-        lines.append(f"Files: {f['on_disk']:,} on disk, {state}: {f['images']:,} images "
-                     f"({f['readable']:,} readable, {f['unreadable']:,} unreadable) + {f['skipped_files']:,} skipped")
-    else:
-        lines.append(f"Images: {f['images']:,} ({f['readable']:,} readable, {f['unreadable']:,} unreadable); "
-                     f"{f['skipped']:,} items skipped")
-    total = max(1, f["images"])
-    lines.append(f"Classes ({len(d['classes'])}):")
-    for c, v in d["classes"].items():
-        lines.append(f"  {c:<13}{v['images']:>7,}  {100 * v['images'] / total:5.1f}%")
-    sz = d["image_sizes"]
-    if sz:
-        common = ", ".join(f"{m['width']}x{m['height']} ({m['count']:,})" for m in sz["most_common"][:4])
-        lines.append(f"Image sizes: {sz['distinct']} distinct; most common {common}; width {sz['width']['min']}-"
-                     f"{sz['width']['max']}, height {sz['height']['min']}-{sz['height']['max']}")
-        lines.append(f"Modes: {', '.join(f'{k} ({v:,})' for k, v in d['modes'].items())}; formats: "
-                     f"{', '.join(f'{k} ({v:,})' for k, v in d['formats'].items())}")
-    if d["skipped"]:
-        lines.append(f"Skipped ({len(d['skipped'])}):")
-        lines += [f"  {p['message']}" for p in d["skipped"][:list_limit]]
-        if len(d["skipped"]) > list_limit:
-            lines.append(f"  ... {len(d['skipped']) - list_limit} more in audit.json")
-    lines.append(f"Unreadable: {len(d['unreadable'])}")
-    lines += [f"  {u['message']}" for u in d["unreadable"][:list_limit]]
-    ex = d["exact_duplicates"]
-    lines.append(f"Exact duplicates: {len(ex)} groups, {sum(len(g['members']) for g in ex)} files")
-    for g in ex[:list_limit]:
-        lines.append("  " + " = ".join(m["id"] for m in g["members"]))
-    if len(ex) > list_limit:
-        lines.append(f"  ... {len(ex) - list_limit} more in audit.json")
-    nd = d["near_duplicates"]
-    lines.append(f"Near-duplicates (cell-centred perceptual hash, <= {result.settings.near_threshold} of "
-                 f"{result.settings.hash_size ** 2} bits): {len(nd['groups'])} groups, {nd['files']} files")
-    for g in nd["groups"][:list_limit]:
-        lines.append("  " + " ~ ".join(m["id"] for m in g["members"]))
-    if len(nd["groups"]) > list_limit:
-        lines.append(f"  ... {len(nd['groups']) - list_limit} more in audit.json")
-    lc = d["label_conflicts"]
-    n_exact = sum(c["kind"] == "exact" for c in lc)
-    lines.append(f"Label conflicts: {len(lc)} groups ({n_exact} exact copies with different labels, "
-                 f"{len(lc) - n_exact} near-duplicates; near ones are often one field centred on different cells)")
-    for c in lc[:list_limit]:
-        lines.append(f"  [{c['kind']}] " + ", ".join(f"{m['id']} ({m['label']})" for m in c["members"]))
-    out = d["outliers"]
-    if out["computed"]:
-        lines.append(f"Outliers (score > {out['threshold']:g}; 1 = typical; k-NN distance in appearance features): "
-                     f"{len(out['flagged'])} flagged. Most unusual:")
-        for o in out["most_unusual"][:list_limit]:
-            lines.append(f"  {o['score']:6.2f}  {o['id']} ({o['label']}): {', '.join(o['why'])}")
-    else:
-        lines.append("Outliers: not scored (fewer than 20 distinct readable images)")
-    fc = d["flagged"]["counts"]
-    lines.append(f"Flagged (left out of `bloodcell split` unless --keep-flagged): {d['flagged']['images']} images "
-                 f"({fc['unreadable']} unreadable, {fc['label-conflict']} in label conflicts, {fc['outlier']} outliers)")
-    return "\n".join(lines)
+    def explain(self, indices: list[int]) -> None:
+        """Name the strongest features of ``indices`` too (the most unusual images, shown in reports)."""
+        if self.scores is None:
+            return
+        for i in indices:
+            self.strongest.setdefault(i, strongest_features(self.z[self.pos[self.keys[i]]], FEATURE_NAMES))

@@ -23,7 +23,8 @@ from bloodcell.core.errors import DataError
 from bloodcell.core.files import atomic_write_json
 from bloodcell.core.preprocess import decode_image
 from bloodcell.data.audit.features import measure
-from bloodcell.data.cache import _NAME, _pool_context
+from bloodcell.data.pixels import _NAME
+from bloodcell.data.workers import for_each_result
 
 FACTS_VERSION = 1
 CHUNK = 32
@@ -70,7 +71,7 @@ def collect_facts(items: list[tuple[str, object]], hash_size: int = 16, workers:
     """Facts for each ``(key, path or RGB array)`` item, as ``{key: facts}``.
 
     Facts are dictionaries with ``width``, ``height``, ``mode``, ``format`` and
-    either ``error`` (a message whose file name is :data:`bloodcell.data.cache._NAME`,
+    either ``error`` (a message whose file name is :data:`bloodcell.data.pixels._NAME`,
     to be replaced by the caller) or ``phash`` (hex) and ``features``.
     """
     root = Path(cache_root) if cache_root is not None else settings.cache_root()
@@ -89,18 +90,13 @@ def collect_facts(items: list[tuple[str, object]], hash_size: int = 16, workers:
         workers = settings.default_workers() if workers is None else max(1, int(workers))
         bar = tqdm(total=len(pairs), desc="measuring images", unit="img", disable=not progress, file=sys.stderr,
                    mininterval=0.5)
+        def consume(result):
+            for key, facts in result:
+                known[key] = facts
+            bar.update(len(result))
+
         try:
-            if workers == 1 or len(tasks) == 1:
-                for t in tasks:
-                    for key, facts in _facts_chunk(t):
-                        known[key] = facts
-                    bar.update(len(t[1]))
-            else:
-                with _pool_context().Pool(min(workers, len(tasks))) as pool:
-                    for result in pool.imap_unordered(_facts_chunk, tasks):
-                        for key, facts in result:
-                            known[key] = facts
-                        bar.update(len(result))
+            for_each_result(_facts_chunk, tasks, workers, consume)
         finally:
             bar.close()
             try:

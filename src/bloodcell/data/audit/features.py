@@ -23,6 +23,7 @@ little next to decoding.
 
 from __future__ import annotations
 
+import imagehash
 import numpy as np
 from PIL import Image
 
@@ -59,8 +60,6 @@ HASH_CROP = 0.625
 
 def measure(image: np.ndarray, hash_size: int = 16) -> tuple[int, np.ndarray]:
     """Cell-centred perceptual hash (integer of ``hash_size**2`` bits) and features of an RGB ``uint8`` image."""
-    import imagehash
-
     pil = Image.fromarray(image)
     small = np.asarray(pil.resize((_SIDE, _SIDE), Image.Resampling.BOX))
     features, (cy, cx) = _features(small)

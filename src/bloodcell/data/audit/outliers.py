@@ -62,7 +62,7 @@ def outlier_scores(features: np.ndarray, neighbors: int = DEFAULT_NEIGHBORS) -> 
     numpy.ndarray or None
         ``float64`` ``(N,)`` scores, ``1.0`` for a typical image.
     """
-    from sklearn.neighbors import NearestNeighbors
+    from sklearn.neighbors import NearestNeighbors  # deferred: scikit-learn takes a second to import, only scoring needs it
 
     n = len(features)
     if n < MIN_IMAGES:

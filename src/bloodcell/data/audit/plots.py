@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from bloodcell.core.classes import DISPLAY_NAMES
 from bloodcell.data.audit.checks import FLAG_CONFLICT, FLAG_OUTLIER, FLAG_UNREADABLE, AuditResult
@@ -14,17 +15,15 @@ _TILE = 128
 
 
 def _plt():
-    import matplotlib
+    import matplotlib  # deferred: only the plots need matplotlib, and it is slow to import
 
     matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred with matplotlib, after choosing the file-only backend
 
     return plt
 
 
 def _thumb(result: AuditResult, i: int) -> np.ndarray | None:
-    from PIL import Image
-
     if i in result.unreadable:
         return None
     try:

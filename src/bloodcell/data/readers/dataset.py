@@ -1,10 +1,13 @@
-"""The one interface every reader returns: a :class:`Dataset` of :class:`Sample`.
+"""The types every reader shares: a :class:`Dataset` of :class:`Sample`, and :class:`Problem`.
 
 A dataset is a list of samples, each an image with a canonical class name (or
 ``None`` when unlabelled), a source id that names it for people, and, for
 manifests, the split it belongs to. Whatever a reader skipped (hidden files,
 stray files, files that are not images by their extension, empty class
 folders) is listed in :attr:`Dataset.problems` so nothing disappears silently.
+
+The readers import this module; :mod:`bloodcell.data.readers.open` imports the
+readers and picks one for a path.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from bloodcell.core.classes import CLASSES
-from bloodcell.core.errors import DataError
+from bloodcell.core.errors import BloodcellError, DataError
 from bloodcell.core.preprocess import decode_image
+from bloodcell.data.hashing import file_sha256
 
 #: File extensions read as images; anything else in a class folder is skipped and reported.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp"})
@@ -116,16 +120,19 @@ class Dataset:
             Naming the file when it cannot be decoded.
         """
         s = self.samples[i]
-        if s.path is not None:
+        if s.path is None:
+            return np.ascontiguousarray(self.arrays[s.row])
+        try:
             return decode_image(s.path)
-        return np.ascontiguousarray(self.arrays[s.row])
+        except BloodcellError:
+            raise
+        except Exception as e:  # noqa: BLE001 - Pillow raises many kinds for a damaged file; one line names it
+            raise DataError(f"{s.path}: cannot be decoded ({type(e).__name__}: {e}). Re-export or remove it.") from None
 
     def content_key(self, i: int) -> str:
         """A key that changes exactly when the pixels of sample ``i`` can change."""
         s = self.samples[i]
         if s.path is not None:
-            from bloodcell.data.hashing import file_sha256
-
             return file_sha256([s.path])[0]
         return array_key(self.arrays[s.row])
 
@@ -137,8 +144,6 @@ class Dataset:
         keys: list[str | None] = [None] * len(indices)
         file_pos = [j for j, p in enumerate(paths) if p is not None]
         if file_pos:
-            from bloodcell.data.hashing import file_sha256
-
             hashes = file_sha256([paths[j] for j in file_pos], progress=progress)
             for j, h in zip(file_pos, hashes):
                 keys[j] = h
@@ -171,53 +176,3 @@ def array_key(image: np.ndarray) -> str:
     h.update(f"{image.shape}|{image.dtype.str}|".encode())
     h.update(np.ascontiguousarray(image).data)
     return "a" + h.hexdigest()[:63]
-
-
-def open_dataset(path: str | Path, *, skip_unknown: bool = False) -> Dataset:
-    """Open a dataset from a class-folder tree, an ``.npz`` file or a CSV manifest.
-
-    Parameters
-    ----------
-    path : str or Path
-        A folder with one sub-folder per class (names matched case-insensitively,
-        aliases such as ``IG`` or ``thrombocyte`` accepted); an ``.npz`` with
-        ``images`` and ``labels`` or MedMNIST-style ``train_images``,
-        ``train_labels``, ``val_*``, ``test_*``; or a CSV with columns
-        ``path,label[,split]`` (relative paths resolve against the CSV's folder).
-    skip_unknown : bool
-        For folders: leave out (and report) sub-folders whose names are not a
-        class, instead of raising.
-
-    Returns
-    -------
-    Dataset
-
-    Raises
-    ------
-    DataError
-        When the path is missing, empty, or not a readable dataset; the message
-        names the file and the fix.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise DataError(
-            f"{path}: no such file or folder. Pass a class-folder dataset, an .npz file or a CSV manifest "
-            "(the PBC release is expected at ../shared/data/pbc; set BLOODCELL_DATA to change it)."
-        )
-    if path.is_dir():
-        from bloodcell.data.readers.folder import read_folder
-
-        return read_folder(path, skip_unknown=skip_unknown)
-    suffix = path.suffix.lower()
-    if suffix == ".npz":
-        from bloodcell.data.readers.npz import read_npz
-
-        return read_npz(path)
-    if suffix in (".csv", ".tsv"):
-        from bloodcell.data.readers.manifest import read_manifest
-
-        return read_manifest(path)
-    raise DataError(
-        f"{path}: unsupported dataset file type {path.suffix or '(no extension)'!r}. "
-        "Pass a folder with one sub-folder per class, an .npz file or a .csv manifest."
-    )

@@ -2,7 +2,9 @@
 
 Two layouts are read:
 
-* ``images`` ``(N, H, W)`` or ``(N, H, W, C)`` with ``C`` in 1, 3, 4 and
+* ``images`` ``(N, H, W)`` or ``(N, H, W, C)`` with ``C`` in 1, 3, 4 (a
+  single image without the ``N`` axis, ``(H, W, C)``, is refused with a message
+  rather than read as ``H`` images ``C`` pixels wide) and
   ``labels`` ``(N,)`` (or ``(N, 1)``), integers or class-name strings (without
   ``labels`` the images are unlabelled, e.g. for prediction); an
   optional ``class_names`` string array names the integer labels, otherwise
@@ -16,7 +18,6 @@ Images are ``uint8``, or floating point in ``[0, 1]`` (scaled by 255) or
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +32,12 @@ def read_npz(path: Path) -> Dataset:
     path = Path(path)
     try:
         npz = np.load(path, allow_pickle=False)
-    except (zipfile.BadZipFile, OSError, ValueError) as e:
-        raise DataError(f"{path}: not a readable .npz file ({e}). Write it with numpy.savez(path, images=..., labels=...).") from None
+    except Exception as e:  # noqa: BLE001 - numpy and zipfile raise many kinds for a damaged file; one line names it
+        raise DataError(f"{path}: not a readable .npz file ({type(e).__name__}: {e}). "
+                        "Write it with numpy.savez(path, images=..., labels=...).") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: holds a single .npy array, not an .npz archive of named arrays. "
+                        "Write it with numpy.savez(path, images=..., labels=...).")
     with npz:
         keys = set(npz.files)
         names = _class_names(path, npz) if "class_names" in keys else None
@@ -93,8 +98,8 @@ def _load(path: Path, npz, key: str) -> np.ndarray:
                 "Store strings as a fixed-width array, e.g. numpy.array(labels, dtype=str)."
             ) from None
         raise DataError(f"{path}: array {key!r} cannot be read ({e}).") from None
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise DataError(f"{path}: array {key!r} is corrupt ({e}). Re-create the file.") from None
+    except Exception as e:  # noqa: BLE001 - a damaged member raises zlib, zipfile or numpy errors alike
+        raise DataError(f"{path}: array {key!r} is corrupt ({type(e).__name__}: {e}). Re-create the file.") from None
 
 
 def _class_names(path: Path, npz) -> list[str]:
@@ -109,6 +114,13 @@ def _to_rgb_uint8(path: Path, images: np.ndarray, key: str) -> np.ndarray:
         raise DataError(
             f"{path}: {key!r} has {images.ndim} dimensions (shape {images.shape}); expected (N, H, W) or "
             "(N, H, W, C) with channels last."
+        )
+    if images.ndim == 3 and images.shape[-1] in (1, 3, 4):
+        h, w, c = images.shape
+        raise DataError(
+            f"{path}: {key!r} has shape {images.shape}, which is one {h}x{w} image with {c} channel"
+            f"{'s' * (c != 1)} and no image axis, not {h} images of {w} px wide; nothing was read. "
+            f"Save a single image as images[None] (shape (1, {h}, {w}, {c}))."
         )
     if images.ndim == 4 and images.shape[-1] not in (1, 3, 4):
         hint = " It looks channels-first; use images.transpose(0, 2, 3, 1)." if images.shape[1] in (1, 3, 4) else ""

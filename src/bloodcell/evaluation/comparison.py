@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from bloodcell.core.errors import ConfigError, DataError, ModelError
-from bloodcell.core.model_folder import META, read_meta
+from bloodcell.core.model_folder import is_model_folder, read_meta
+from bloodcell.evaluation.scoring import evaluate_dataset
 from bloodcell.networks.loading import LoadedModel, load_model
 from bloodcell.prediction.torch_backend import predict_proba
 
@@ -44,10 +45,6 @@ def read_evaluation(path: str | Path) -> dict:
     if not isinstance(summary, dict) or "metrics" not in summary or "model" not in summary:
         raise DataError(f"{path}: not an evaluation written by `bloodcell evaluate -o` or `bloodcell report`.")
     return summary
-
-
-def is_model_folder(path: str | Path) -> bool:
-    return (Path(path) / META).is_file()
 
 
 def training_cost(folder: str | Path) -> dict | None:
@@ -145,8 +142,6 @@ def compare(
     list of dict
         One row per run, see :func:`row_from_summary`.
     """
-    from bloodcell.evaluation.evaluate import evaluate_dataset
-
     runs = [Path(r) for r in runs]
     if not runs:
         raise ConfigError("Name at least one model folder or evaluation (metrics.json) to compare.")

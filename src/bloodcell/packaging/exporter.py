@@ -1,0 +1,113 @@
+"""``bloodcell export``: an ONNX file of a model (optionally int8), or the packaged default model."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from bloodcell.core.errors import ConfigError
+from bloodcell.core.files import check_writable_file
+from bloodcell.core.model_folder import ONNX, read_meta
+from bloodcell.core.preprocess import PreprocessConfig
+from bloodcell.data import load_arrays, open_dataset
+from bloodcell.evaluation.comparison import read_evaluation
+from bloodcell.packaging.onnx import OPSET, export_onnx
+from bloodcell.packaging.package import MAX_MB, package_default, read_card
+
+FORMATS = ("onnx", "default")
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def calibration_sample(source: str | Path, model: str | Path, n: int = 256, seed: int = 0) -> np.ndarray:
+    """Up to ``n`` images of ``source``, chosen at random (seeded) and prepared for ``model``,
+    for static int8 quantization."""
+    if n < 1:
+        raise ConfigError(f"--calibration-images must be at least 1, got {n}.")
+    pre = PreprocessConfig.from_dict(read_meta(model)["preprocess"])
+    ds = open_dataset(source)
+    pick = np.sort(np.random.default_rng(seed).permutation(len(ds))[:n])
+    return load_arrays(ds.select(pick.tolist()), pre, require_labels=False).images
+
+
+def _check_onnx_options(quantize: str, half_weights: bool, calibration_data) -> None:
+    if half_weights and quantize != "none":
+        raise ConfigError(f"--half-weights stores float32 weights as float16; an int8 graph (--quantize {quantize}) "
+                          "has none to store. Use one or the other.")
+    if quantize == "static" and not calibration_data:
+        raise ConfigError("--quantize static needs --calibration-data: a folder, .npz or manifest of real cells.")
+
+
+def _export_default(model, output, data, card, metrics, quantize, half_weights, per_class, max_mb, say) -> Path:
+    if not data:
+        raise ConfigError("--format default needs --data: the training dataset or its split manifest.")
+    card = read_card(card) if card else None
+    evaluation = read_evaluation(metrics) if metrics else None
+    return package_default(model, data, output, card=card, evaluation=evaluation, quantize=quantize,
+                           half_weights=half_weights, per_class=per_class, max_mb=max_mb, say=say)
+
+
+def export(model: str | Path, *, format: str = "onnx", output: str | Path | None = None, quantize: str = "none",
+           calibration_data: str | Path | None = None, calibration_images: int = 256, opset: int = OPSET,
+           data: str | Path | None = None, card: str | Path | None = None, metrics: str | Path | None = None,
+           half_weights: bool = False, per_class: int = 300, max_mb: float = MAX_MB, say=_say) -> Path:
+    """Export a model to ONNX, or package it as the default model (``bloodcell export``).
+
+    Parameters
+    ----------
+    model : str or Path
+        A trained model folder (single model or ensemble).
+    format : {"onnx", "default"}
+        ``onnx`` writes one ``.onnx`` file; ``default`` packages the model as the bundled
+        default model (copy, out-of-distribution statistics, model card, ``model.onnx``).
+    output : str or Path, optional
+        onnx: the file (default ``MODEL/model.onnx``); default: the folder (default: the
+        package's ``bloodcell/default_model``).
+    quantize : {"none", "dynamic", "static"}
+        int8 quantization; ``static`` needs ``calibration_data`` for ``format="onnx"``.
+    calibration_data : str or Path, optional
+        Folder, ``.npz`` or manifest of real cells for static quantization.
+    calibration_images : int
+        Images sampled (seeded) from ``calibration_data``.
+    opset : int
+        ONNX opset (17 or newer).
+    data, card, metrics : str or Path, optional
+        ``format="default"``: the training data (best: its split manifest) for the
+        out-of-distribution statistics, the model card sections (YAML or JSON), and the test
+        evaluation (``bloodcell evaluate -o``) that fills the card's metrics.
+    half_weights : bool
+        Store the weights as float16 (not with int8 quantization).
+    per_class, max_mb : int, float
+        ``format="default"``: training images per class for the out-of-distribution fit, and
+        the size budget in MB.
+    say : callable
+        Receives progress lines (default: standard error).
+
+    Returns
+    -------
+    Path
+        The written ``.onnx`` file or package folder.
+
+    Raises
+    ------
+    ConfigError
+        Contradictory or missing options, or an output that cannot be written (checked first).
+    ModelError, DataError
+        For an unreadable model or data.
+    """
+    if format not in FORMATS:
+        raise ConfigError(f"format must be one of {list(FORMATS)}, got {format!r}.")
+    if format == "default":
+        return _export_default(model, output, data, card, metrics, quantize, half_weights, per_class, max_mb, say)
+    _check_onnx_options(quantize, half_weights, calibration_data)
+    read_meta(model)
+    check_writable_file(Path(output) if output is not None else Path(model) / ONNX, "ONNX file", "-o")
+    calibration = calibration_sample(calibration_data, model, calibration_images) if quantize == "static" else None
+    out = export_onnx(model, output, quantize=quantize, calibration=calibration, opset=opset,
+                      half_storage=half_weights)
+    say(f"bloodcell export: wrote {out} ({out.stat().st_size / 1e6:.1f} MB, quantization {quantize})")
+    return out

@@ -1,0 +1,56 @@
+"""What a classification returns: one :class:`Prediction` per image, and a :class:`PredictionRun`
+with the images that were skipped."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Prediction:
+    """The result for one image."""
+
+    source: str
+    label: str
+    probability: float
+    probabilities: dict[str, float]
+    uncertain: bool
+    not_a_blood_cell: bool | None
+    ood_score: float | None
+    true_label: str | None = None
+
+    def to_dict(self) -> dict:
+        d = {
+            "source": self.source,
+            "label": self.label,
+            "probability": round(self.probability, 6),
+            "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()},
+            "uncertain": self.uncertain,
+            "not_a_blood_cell": self.not_a_blood_cell,
+            "ood_score": None if self.ood_score is None else round(self.ood_score, 4),
+        }
+        if self.true_label is not None:
+            d["true_label"] = self.true_label
+        return d
+
+
+@dataclass
+class PredictionRun:
+    """Predictions for the images that could be read, and what was skipped."""
+
+    predictions: list[Prediction]
+    problems: list = field(default_factory=list)
+
+
+@dataclass
+class PredictResult:
+    """What :func:`bloodcell.predict` did: the predictions, the skipped inputs, the differential
+    (a :class:`~bloodcell.prediction.differential.Differential` or ``None``), the output text and
+    the file written (``None`` when the text was only returned)."""
+
+    predictions: list[Prediction]
+    problems: list
+    differential: object
+    text: str
+    output: Path | None

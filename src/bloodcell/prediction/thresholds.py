@@ -1,0 +1,63 @@
+"""The options of a :class:`~bloodcell.prediction.classifier.Classifier` and the temperature and
+thresholds it applies: the ones given, else the model's calibration."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from bloodcell.core.errors import ConfigError
+
+#: Abstention threshold on the top probability for models without a calibrated one.
+DEFAULT_ABSTAIN = 0.5
+BACKENDS = ("auto", "onnx", "torch")
+
+
+def check_options(backend: str, batch_size: int, abstain_threshold: float | None, ood_threshold: float | None) -> None:
+    """Refuse option values that cannot work, before any model is loaded.
+
+    Raises
+    ------
+    ConfigError
+        Naming the option, the value and what it accepts.
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {list(BACKENDS)}, got {backend!r}.")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
+    if abstain_threshold is not None and not 0.0 <= abstain_threshold <= 1.0:
+        raise ConfigError(f"abstain_threshold is a probability from 0 to 1, got {abstain_threshold}.")
+    if ood_threshold is not None and not (math.isfinite(ood_threshold) and ood_threshold >= 0.0):
+        raise ConfigError(
+            f"ood_threshold must be a finite score of 0 or more (scores are about 2 for a typical cell), got "
+            f"{ood_threshold}; it would turn the not-a-blood-cell check off or flag every image. "
+            "Leave it out to use the model's threshold."
+        )
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    temperature: float
+    abstain_threshold: float
+    abstain_source: str
+    ood_threshold: float | None
+
+
+def resolve_thresholds(meta: dict, tta: bool, abstain_threshold: float | None, ood_threshold: float | None) -> Thresholds:
+    """Temperature and thresholds from ``model.json`` metadata, the calibration for TTA when ``tta``;
+    a threshold given overrides the model's."""
+    cal = meta.get("calibration") or {}
+    ood = meta.get("ood") or {}
+    tta_cal = (cal.get("tta") or {}) if tta else {}
+    temperature = float(tta_cal.get("temperature", cal.get("temperature", 1.0)))
+    if abstain_threshold is not None:
+        abstain, source = float(abstain_threshold), "given"
+    elif tta_cal.get("abstain_threshold") is not None:
+        abstain, source = float(tta_cal["abstain_threshold"]), "calibrated for TTA"
+    elif cal.get("abstain_threshold") is not None:
+        abstain, source = float(cal["abstain_threshold"]), "calibrated"
+    else:
+        abstain, source = DEFAULT_ABSTAIN, "default"
+    if ood_threshold is None and ood.get("threshold") is not None:
+        ood_threshold = ood["threshold"]
+    return Thresholds(temperature, abstain, source, None if ood_threshold is None else float(ood_threshold))
