@@ -13,6 +13,7 @@ from bloodcell import ConfigError, DataError
 from bloodcell.core.preprocess import normalize
 from bloodcell.networks import load_model
 from bloodcell.training import fit
+from bloodcell.training.loop import epoch_batches
 from bloodcell.training.trainer import TrainData
 
 HISTORY_KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "lr", "seconds"}
@@ -69,7 +70,19 @@ def test_early_stopping_on_the_monitored_metric(tmp_path):
     assert meta["training"]["stopped"] == "early_stopping"
 
 
-def test_options_adamw_onecycle_class_weights_bf16_run(tmp_path):
+def test_options_adamw_onecycle_class_weights_bf16_reach_the_run(tmp_path, monkeypatch):
+    import bloodcell.training.trainer as trainer
+
+    made = {}
+
+    def spy(name, make):
+        def wrapper(*args, **kwargs):
+            made[name] = make(*args, **kwargs)
+            return made[name]
+        monkeypatch.setattr(trainer, name, wrapper)
+
+    for name in ("make_optimizer", "make_criterion", "make_scheduler"):
+        spy(name, getattr(trainer, name))
     data = tiny_data()
     keep = data.train_labels != 2
     keep[np.flatnonzero(data.train_labels == 2)[:4]] = True  # an imbalanced class
@@ -79,6 +92,41 @@ def test_options_adamw_onecycle_class_weights_bf16_run(tmp_path):
                       precision="bf16", grad_clip=1.0, epochs=2, monitor="val_macro_f1")
     result = fit(cfg, data, tmp_path / "run", progress=False)
     assert len(result.history) == 2 and all(np.isfinite(h["train_loss"]) for h in result.history)
+    opt = made["make_optimizer"]
+    assert type(opt) is torch.optim.AdamW and opt.param_groups[0]["weight_decay"] == 0.01
+    assert type(made["make_scheduler"]) is torch.optim.lr_scheduler.OneCycleLR
+    # The history's lr is the one-cycle curve: the rate of each epoch's last step.
+    model = torch.nn.Linear(1, 1)
+    ref_opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    steps = len(epoch_batches(len(data.train_labels), cfg.batch_size, 1, cfg.seed, 0, 1))
+    assert steps == 7  # 52 training images in batches of 8, the last one of 4
+    ref = torch.optim.lr_scheduler.OneCycleLR(ref_opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps, pct_start=0.3)
+    lrs = []
+    for _ in range(cfg.epochs * steps):
+        lrs.append(ref_opt.param_groups[0]["lr"])
+        ref_opt.step()
+        ref.step()
+    assert [h["lr"] for h in result.history] == pytest.approx([lrs[steps - 1], lrs[-1]])
+    assert result.history[0]["lr"] > cfg.lr / 2 > result.history[1]["lr"]
+    counts = np.bincount(data.train_labels, minlength=3)
+    expected = counts.sum() / (3 * counts)
+    assert made["make_criterion"].weight.tolist() == pytest.approx(expected.tolist())
+    meta = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert meta["training"]["precision"] == "bf16" and meta["config"]["precision"] == "bf16"
+    assert meta["config"]["class_weights"] == "balanced" and meta["config"]["optimizer"] == "adamw"
+
+
+def test_training_normaliser_matches_the_shared_preprocessing():
+    from bloodcell.core.preprocess import PreprocessConfig
+    from bloodcell.training.loop import Normalizer
+
+    images = tiny_data().val_images[:5]
+    pre = PreprocessConfig(image_size=16, mean=(0.6, 0.5, 0.7), std=(0.2, 0.25, 0.15), class_names=("a", "b"))
+    x01 = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)  # as the training loop feeds it
+    ours = Normalizer(pre, "cpu")(x01).numpy()
+    assert ours.shape == (5, 3, 16, 16)
+    np.testing.assert_allclose(ours, normalize(images, pre), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(ours, normalize(torch.from_numpy(images), pre).numpy(), rtol=0, atol=1e-6)
 
 
 def test_a_split_missing_a_class_is_refused(tmp_path):

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import signal
+import os
 import sys
-from pathlib import Path
 
 HELP = "Train a model (recipes in bloodcell/configs; resumable; torchrun for several processes)."
 
@@ -24,7 +23,7 @@ def _flag(key: str) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from bloodcell.training.config import config_keys, key_choices, key_help
+    from bloodcell.training.config import config_keys, key_choices, key_help  # deferred: loads PyTorch
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.allow_abbrev = False  # a mistyped option is an error with a suggestion, not a silent prefix match
@@ -74,7 +73,7 @@ def _suggest_unknown_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _overrides(args) -> dict:
-    from bloodcell.training.config import parse_scalar, parse_set
+    from bloodcell.training.config import parse_scalar, parse_set  # deferred: bloodcell.training loads PyTorch
 
     out = parse_set(args.set)
     for name, value in vars(args).items():
@@ -84,56 +83,33 @@ def _overrides(args) -> dict:
 
 
 def run(args) -> int:
-    from bloodcell.training.config import config_from_dict, load_config, read_yaml, recipe_names, recipe_path
-    from bloodcell.training.run import is_ensemble_recipe, run_training
-    from bloodcell.training.trainer import TrainingInterrupted
+    from bloodcell.training import EnsembleResult, TrainingInterrupted, show_config, train  # deferred: loads PyTorch
+    from bloodcell.training.config import recipe_description, recipe_names  # deferred: loads PyTorch
 
     if args.list_recipes:
         for name in recipe_names():
-            text = read_description(recipe_path(name))
-            print(f"{name:<24} {text}")
+            print(f"{name:<24} {recipe_description(name)}")
         return 0
-    if args.recipe and args.config:
-        from bloodcell.core.errors import ConfigError
-
-        raise ConfigError("Give either --recipe NAME or --config PATH, not both.")
-    overrides = _overrides(args)
-    resume = bool(args.resume)
-    out = args.out or (args.resume if isinstance(args.resume, str) else None)
-    if isinstance(args.resume, str) and args.out and Path(args.out) != Path(args.resume):
-        from bloodcell.core.errors import ConfigError
-
-        raise ConfigError(f"--resume {args.resume} and --out {args.out} name different folders; give one.")
-    if resume and out is None:
-        from bloodcell.core.errors import ConfigError
-
-        raise ConfigError("--resume needs the run folder: --resume RUN_DIR (or --out RUN_DIR --resume).")
-    recipe_data = read_yaml(recipe_path(args.recipe)) if args.recipe else (read_yaml(args.config) if args.config else {})
-    if is_ensemble_recipe(recipe_data):
-        return _run_ensemble(args, recipe_data, overrides, out, resume)
-    if resume and not (args.recipe or args.config) and (Path(out) / "config.yaml").is_file():
-        cfg = config_from_dict(read_yaml(Path(out) / "config.yaml"), f"{out}/config.yaml")
-        from bloodcell.training.config import apply_overrides
-
-        cfg = apply_overrides(cfg, overrides, "command line")
-    else:
-        cfg = load_config(args.recipe, args.config, overrides)
+    options = dict(recipe=args.recipe, config=args.config, out=args.out, resume=args.resume,
+                   overrides=_overrides(args))
     if args.show_config:
-        print(cfg.to_yaml(), end="")
+        print(show_config(**options), end="")
         return 0
-    if out is None:
-        out = str(Path("runs") / (args.recipe or Path(args.config).stem if (args.recipe or args.config) else cfg.model))
-    previous = _sigterm_as_interrupt()
     try:
-        result = run_training(cfg, out, resume=resume, explicit=tuple(k.replace("-", "_") for k in overrides),
-                              progress=not args.no_progress)
+        result = train(progress=not args.no_progress, **options)
     except TrainingInterrupted as e:
         print(f"bloodcell train: {e}", file=sys.stderr)
         return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     if not _is_main_process():
         return 0
+    if isinstance(result, EnsembleResult):
+        _print_ensemble(result)
+    else:
+        _print_run(result)
+    return 0
+
+
+def _print_run(result) -> None:
     m = result.metrics
     if m:
         print(f"{result.stopped.replace('_', ' ')} after {len(result.history)} epoch(s); best epoch "
@@ -141,72 +117,16 @@ def run(args) -> int:
               f"val acc {m['val_acc']:.4f}, macro-F1 {m['val_macro_f1']:.4f}, loss {m['val_loss']:.4f}")
     print(f"model: {result.run_dir}  (curves: {result.run_dir / 'curves.png'}, history: "
           f"{result.run_dir / 'history.csv'})")
-    return 0
 
 
-def _run_ensemble(args, recipe: dict, overrides: dict, out, resume: bool) -> int:
-    from bloodcell.core.model_folder import read_meta
-    from bloodcell.training.config import load_config
-    from bloodcell.training.run import run_ensemble_recipe
-    from bloodcell.training.trainer import TrainingInterrupted
-
-    name = args.recipe or Path(args.config).stem
-    if args.show_config:
-        for member in recipe["members"]:
-            print(f"# member {member}")
-            print(load_config(recipe=member, overrides=overrides).to_yaml(), end="")
-        return 0
-    out = Path(out or Path("runs") / name)
-    previous = _sigterm_as_interrupt()
-    try:
-        target = run_ensemble_recipe(recipe, out, overrides=overrides, resume=resume,
-                                     explicit=tuple(k.replace("-", "_") for k in overrides),
-                                     progress=not args.no_progress, source=name)
-    except TrainingInterrupted as e:
-        print(f"bloodcell train: {e}\nTo continue the whole ensemble: bloodcell train --recipe {name} --out {out} "
-              "--resume (with the same options)", file=sys.stderr)
-        return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    if not _is_main_process():
-        return 0
-    for member in recipe["members"]:
-        m = read_meta(out / member).get("metrics", {})
+def _print_ensemble(result) -> None:
+    for member, m in result.members.items():
         print(f"member {member:<20} val acc {m.get('val_acc', float('nan')):.4f}  macro-F1 "
               f"{m.get('val_macro_f1', float('nan')):.4f}")
-    weights = recipe.get("weights")
-    print(f"ensemble: {target}  ({'equal weights' if not weights else f'weights {weights}'})")
-    return 0
-
-
-def read_description(path) -> str:
-    import yaml
-
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return ""
-    return str(data.get("description", "")).strip().splitlines()[0] if data.get("description") else ""
-
-
-def _sigterm_as_interrupt():
-    """SIGTERM stops training like Ctrl-C (checkpoint kept); forked helper processes just exit."""
-    import os
-
-    main_pid = os.getpid()
-
-    def handler(signum, frame):
-        if os.getpid() != main_pid:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        raise KeyboardInterrupt
-
-    return signal.signal(signal.SIGTERM, handler)
+    weights = result.weights
+    print(f"ensemble: {result.run_dir}  ({'equal weights' if not weights else f'weights {weights}'})")
 
 
 def _is_main_process() -> bool:
     """False in the non-zero ranks of a torchrun launch (only rank 0 reports)."""
-    import os
-
     return int(os.environ.get("RANK", "0")) == 0

@@ -28,6 +28,8 @@ from pathlib import Path
 import yaml
 
 from bloodcell.core.errors import ConfigError
+from bloodcell.core.files import atomic_write_bytes
+from bloodcell.training.values import BadValue, check_range, to_bool, to_bool_or_path, to_float, to_int, to_str
 
 #: Metrics early stopping and best-model selection can watch; loss is minimised, the others maximised.
 MONITORS = ("val_loss", "val_acc", "val_macro_f1")
@@ -48,7 +50,8 @@ class AugmentConfig:
     vflip: bool = _f(False, "random vertical flip (p=0.5)")
     rot90: bool = _f(False, "random rotation by a multiple of 90 degrees")
     rotate: float = _f(0.0, "random rotation by up to this many degrees (corners filled with the border colour)", lo=0, hi=180)
-    resized_crop: float = _f(1.0, "random resized crop keeping at least this fraction of the area (1 = off)", lo=0.05, hi=1.0, lo_open=False)
+    resized_crop: float = _f(1.0, "random resized crop keeping at least this fraction of the area (1 = off)",
+                             lo=0.05, hi=1.0, lo_open=False)
     brightness: float = _f(0.0, "colour jitter: brightness strength", lo=0, hi=1)
     contrast: float = _f(0.0, "colour jitter: contrast strength", lo=0, hi=1)
     saturation: float = _f(0.0, "colour jitter: saturation strength", lo=0, hi=1)
@@ -83,7 +86,8 @@ class TrainConfig:
     warmup_epochs: float = _f(0.0, "linear warm-up length in epochs (onecycle: the rising phase)", lo=0, hi=1000)
     min_lr: float = _f(0.0, "final learning rate of the cosine schedule", lo=0, hi=10)
     grad_clip: float = _f(0.0, "clip the gradient norm to this value (0 = off)", lo=0)
-    class_weights: str = _f("none", "loss weights per class: none, or balanced (inverse class frequency)", choices=("none", "balanced"))
+    class_weights: str = _f("none", "loss weights per class: none, or balanced (inverse class frequency)",
+                            choices=("none", "balanced"))
     # validation and stopping
     monitor: str = _f("val_loss", "validation metric for early stopping and the best model", choices=MONITORS)
     patience: int = _f(10, "stop after this many epochs without improvement (0 = never stop early)", lo=0)
@@ -163,95 +167,31 @@ def _unknown_key(key: str, source: str) -> ConfigError:
     )
 
 
-_TRUE = {"true", "yes", "on", "1"}
-_FALSE = {"false", "no", "off", "0"}
-
-
 def _coerce(key: str, value, source: str):
+    """``value`` as the type of ``key``, checked against its range and choices."""
     cls, name = _owner(key)
     f = _fields(cls)[name]
     hint = _hints(cls)[name]
-    meta = f.metadata
-
-    def bad(expected: str):
-        example = meta.get("example")
-        if example is None:
-            example = meta["choices"][0] if meta.get("choices") else f.default
-        return ConfigError(
-            f"{key}: expected {expected}, got {value!r} ({source}). "
-            f"Fix: e.g. --set {key}={example} (or `{key}: {example}` in the recipe)."
-        )
-
+    bad = BadValue(key, value, source, f)
     args = typing.get_args(hint)
-    optional = type(None) in args
-    if optional and (value is None or (isinstance(value, str) and value.strip().lower() in ("null", "none", "~", ""))):
+    if type(None) in args and (value is None or (isinstance(value, str)
+                                                 and value.strip().lower() in ("null", "none", "~", ""))):
         return None
     base = [a for a in args if a is not type(None)] if args else [hint]
-
-    if base == [bool, str] or base == [str, bool]:  # pretrained: bool or a path
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str):
-            low = value.strip().lower()
-            if low in _TRUE:
-                return True
-            if low in _FALSE:
-                return False
-            return value
-        raise bad("true, false or a weight file path")
-
+    if set(base) == {bool, str}:  # pretrained: bool or a path
+        return to_bool_or_path(value, bad)
     kind = base[0]
     if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            return value.strip().lower() in _TRUE
-        raise bad("true or false")
+        return to_bool(value, bad)
     if kind is int:
-        if isinstance(value, bool):
-            raise bad("an integer")
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, str):
-            try:
-                value = int(value.strip())
-            except ValueError:
-                raise bad("an integer") from None
-        if not isinstance(value, int):
-            raise bad("an integer")
-        out = value
+        out = to_int(value, bad)
     elif kind is float:
-        if isinstance(value, bool):
-            raise bad("a number")
-        try:
-            out = float(value)
-        except (TypeError, ValueError):
-            raise bad("a number") from None
-        if out != out or out in (float("inf"), float("-inf")):
-            raise bad("a finite number")
+        out = to_float(value, bad)
     elif kind is str:
-        if name == "channels_last" and isinstance(value, bool):
-            value = "on" if value else "off"
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise bad("a string")
-        out = str(value).strip()
-        if meta.get("choices"):
-            low = out.lower()
-            if low not in meta["choices"]:
-                close = difflib.get_close_matches(low, meta["choices"], n=1)
-                raise bad(
-                    f"one of {', '.join(meta['choices'])}" + (f" (did you mean {close[0]!r}?)" if close else "")
-                )
-            out = low
+        out = to_str(value, bad, name, f.metadata.get("choices"))
     else:  # pragma: no cover - guarded by the dataclass definition
         raise TypeError(hint)
-
-    lo, hi = meta.get("lo"), meta.get("hi")
-    if lo is not None and (out < lo or (meta.get("lo_open") and out == lo)):
-        raise bad(f"a value {'>' if meta.get('lo_open') else '>='} {lo}" + (f" and <= {hi}" if hi is not None else ""))
-    if hi is not None and out > hi:
-        raise bad(f"a value <= {hi}" + (f" and >= {lo}" if lo is not None else ""))
-    return out
+    return check_range(out, f.metadata, bad)
 
 
 # ---------------------------------------------------------------- building configs
@@ -379,6 +319,14 @@ def config_from_dict(d: dict, source: str) -> TrainConfig:
 
 
 def save_config(cfg: TrainConfig, folder: Path) -> None:
-    from bloodcell.core.files import atomic_write_bytes
-
     atomic_write_bytes(Path(folder) / "config.yaml", cfg.to_yaml().encode())
+
+
+def recipe_description(name: str) -> str:
+    """The first line of a shipped recipe's ``description`` ("" when it has none or cannot be read)."""
+    try:
+        data = yaml.safe_load(recipe_path(name).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return ""
+    text = str(data.get("description", "")).strip() if isinstance(data, dict) else ""
+    return text.splitlines()[0] if text else ""

@@ -59,15 +59,25 @@ def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per
     total = max(1, cfg.epochs * steps_per_epoch)
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     if cfg.schedule == "onecycle":
-        pct = min(0.9, warmup / total) if warmup else 0.3
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.lr, total_steps=total, pct_start=max(pct, 1.0 / total)
-        )
+        return _one_cycle(optimizer, cfg.lr, total, min(0.9, warmup / total) if warmup else 0.3)
     ratio = cfg.min_lr / cfg.lr
     cosine = cfg.schedule == "cosine"
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, total, warmup, ratio, cosine)
     )
+
+
+def _one_cycle(optimizer: torch.optim.Optimizer, lr: float, total: int, pct: float):
+    """One-cycle over ``total`` steps, rising for the first ``pct`` of them.
+
+    PyTorch's one-cycle divides by the length of each phase (``pct * steps - 1``
+    and the rest), so both must be positive: very short runs (1-3 steps) get a
+    rising phase of one and a half steps, and a single step is scheduled as two.
+    """
+    steps = max(2, total)
+    if pct * steps <= 1:
+        pct = 1.5 / steps
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=pct)
 
 
 def balanced_class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
@@ -207,7 +217,7 @@ def train_one_epoch(ctx: EpochContext, images: torch.Tensor, labels: torch.Tenso
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, normalizer: Normalizer, runtime: Runtime,
+def eval_logits(model: nn.Module, images: torch.Tensor, normalizer: Normalizer, runtime: Runtime,
                    batch_size: int) -> torch.Tensor:
     """Logits (float32, CPU) for a ``uint8`` NHWC tensor, in eval mode."""
     model.eval()
@@ -228,7 +238,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norma
     confusion matrix are all-reduced, so all processes see identical numbers.
     """
     sel = torch.arange(rank, len(labels), world)
-    logits = predict_logits(model, images[sel], normalizer, runtime, batch_size)
+    logits = eval_logits(model, images[sel], normalizer, runtime, batch_size)
     target = labels[sel]
     loss_sum = float(nn.functional.cross_entropy(logits, target, reduction="sum")) if len(sel) else 0.0
     pred = logits.argmax(1) if len(sel) else target

@@ -10,10 +10,11 @@ from bloodcell.core.files import atomic_write_bytes
 
 def plot_curves(history: list[dict], path: str | Path, title: str = "", best_epoch: int | None = None) -> Path:
     """Write a two-panel PNG (loss; accuracy and macro-F1) of ``history`` to ``path``."""
+    # deferred: matplotlib is slow to import and is set to its file-only backend (Agg) only when a plot is drawn
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: after the backend is chosen
 
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)

@@ -8,13 +8,58 @@ from pathlib import Path
 
 from bloodcell.core.classes import CLASSES
 from bloodcell.core.errors import ConfigError
+from bloodcell.core.files import check_writable_folder
+from bloodcell.core.model_folder import is_trained, read_meta
 from bloodcell.core.preprocess import PreprocessConfig
+from bloodcell.networks import make_ensemble
 from bloodcell.training import distributed
-from bloodcell.training.config import TrainConfig
-from bloodcell.training.data import load_training_data, write_split_csv
+from bloodcell.training.config import TrainConfig, load_config
+from bloodcell.training.data import load_training_data
+from bloodcell.training.outputs import undone_on_failure
+from bloodcell.training.prepare import check_image_size, existing_run, make_preprocess
 from bloodcell.training.state import latest_meta
-from bloodcell.training.trainer import FitResult, _existing_run, fit, make_preprocess
-from bloodcell.training.warmstart import open_init
+from bloodcell.training.trainer import FitResult, fit
+from bloodcell.training.warmstart import InitSource, open_init
+
+ENSEMBLE_KEYS = ("members", "weights")
+
+
+def _with_init(cfg: TrainConfig, explicit: tuple[str, ...]) -> tuple[TrainConfig, InitSource | None]:
+    """The config with the init model's architecture (and its resolved folder), and the init model."""
+    if not cfg.init:
+        return cfg, None
+    init = open_init(cfg.init)
+    if "model" in explicit and cfg.model != init.architecture:
+        raise ConfigError(f"--model {cfg.model} contradicts --init {cfg.init}, a {init.architecture!r} "
+                          "model. Drop --model (the init model's architecture is used).")
+    init_spec = cfg.init if cfg.init == "default" else str(Path(cfg.init).resolve())
+    return dataclasses.replace(cfg, model=init.architecture, init=init_spec), init
+
+
+def _train_into(cfg: TrainConfig, out: Path, resume: bool, explicit: tuple[str, ...], progress: bool,
+                info: distributed.DistInfo) -> FitResult:
+    check_writable_folder(out, "run folder", "--out")
+    saved = latest_meta(out) if resume else None
+    if not resume and existing_run(out):
+        raise ConfigError(f"{out} already holds a training run. Continue it with --resume, "
+                          "or choose a new --out folder.")
+    init = None
+    if saved is not None:
+        pre0 = PreprocessConfig.from_dict(saved["preprocess"])
+    else:
+        cfg, init = _with_init(cfg, explicit)
+        pre0 = make_preprocess(cfg, CLASSES, init, image_size_explicit="image_size" in explicit)
+    check_image_size(cfg.model, pre0.image_size)
+    if not info.is_main:
+        distributed.barrier()  # rank 0 fills the decoded-image cache first
+    data, ids = load_training_data(cfg, pre0, progress=progress and info.is_main)
+    if info.is_main:
+        distributed.barrier()
+    pre = dataclasses.replace(pre0, class_names=data.class_names)
+    if info.is_main and progress:
+        _report_data(data.info)
+    split_ids = ids if data.info.get("split") == "stratified" else None
+    return fit(cfg, data, out, pre=pre, init=init, resume=resume, progress=progress, split_ids=split_ids)
 
 
 def run_training(cfg: TrainConfig, out: str | Path, *, resume: bool = False, explicit: tuple[str, ...] = (),
@@ -35,50 +80,36 @@ def run_training(cfg: TrainConfig, out: str | Path, *, resume: bool = False, exp
         replaces the init model's.
     progress : bool
         Show progress bars.
+
+    Raises
+    ------
+    ConfigError
+        When ``out`` cannot be written, already holds a run (without ``resume``), or the settings are invalid.
     """
     out = Path(out)
     owns_group = not distributed.current().active
     info = distributed.setup(cfg.device)
     try:
-        saved = latest_meta(out) if resume else None
-        if not resume and _existing_run(out):
-            raise ConfigError(f"{out} already holds a training run. Continue it with --resume, "
-                              "or choose a new --out folder.")
-        init = None
-        if saved is not None:
-            pre0 = PreprocessConfig.from_dict(saved["preprocess"])
-        else:
-            if cfg.init:
-                init = open_init(cfg.init)
-                if "model" in explicit and cfg.model != init.architecture:
-                    raise ConfigError(f"--model {cfg.model} contradicts --init {cfg.init}, a {init.architecture!r} "
-                                      "model. Drop --model (the init model's architecture is used).")
-                init_spec = cfg.init if cfg.init == "default" else str(Path(cfg.init).resolve())
-                cfg = dataclasses.replace(cfg, model=init.architecture, init=init_spec)
-            pre0 = make_preprocess(cfg, CLASSES, init, image_size_explicit="image_size" in explicit)
-        if not info.is_main:
-            distributed.barrier()  # rank 0 fills the decoded-image cache first
-        data, ids = load_training_data(cfg, pre0, progress=progress and info.is_main)
-        if info.is_main:
-            distributed.barrier()
-        pre = dataclasses.replace(pre0, class_names=data.class_names)
-        if info.is_main and progress:
-            _report_data(data.info)
-        if info.is_main and data.info.get("split") == "stratified":
-            out.mkdir(parents=True, exist_ok=True)
-            write_split_csv(out / "split.csv", ids["train"], data.train_labels, ids["val"], data.val_labels,
-                            data.class_names)
-        return fit(cfg, data, out, pre=pre, init=init, resume=resume, progress=progress)
+        with undone_on_failure(out, active=info.is_main):
+            return _train_into(cfg, out, resume, explicit, progress, info)
     finally:
         if owns_group:
             distributed.teardown()
 
 
-ENSEMBLE_KEYS = ("members", "weights")
-
-
 def is_ensemble_recipe(recipe: dict) -> bool:
     return "members" in recipe
+
+
+def _member_configs(recipe: dict, overrides: dict | None, source: str) -> tuple[list[str], list[TrainConfig]]:
+    unknown = set(recipe) - set(ENSEMBLE_KEYS)
+    if unknown:
+        raise ConfigError(f"Ensemble recipe ({source}) has unknown keys {sorted(unknown)}; it takes "
+                          f"{', '.join(ENSEMBLE_KEYS)} (member settings belong in the member recipes).")
+    members = recipe.get("members")
+    if not isinstance(members, list) or len(members) < 2 or not all(isinstance(m, str) for m in members):
+        raise ConfigError(f"Ensemble recipe ({source}): members must list two or more recipe names, got {members!r}.")
+    return members, [load_config(recipe=m, overrides=overrides) for m in members]
 
 
 def run_ensemble_recipe(recipe: dict, out: str | Path, *, overrides: dict | None = None, resume: bool = False,
@@ -99,40 +130,23 @@ def run_ensemble_recipe(recipe: dict, out: str | Path, *, overrides: dict | None
     Path
         The ensemble folder.
     """
-    import json
-
-    from bloodcell.training.config import load_config
-
-    unknown = set(recipe) - set(ENSEMBLE_KEYS)
-    if unknown:
-        raise ConfigError(f"Ensemble recipe ({source}) has unknown keys {sorted(unknown)}; it takes "
-                          f"{', '.join(ENSEMBLE_KEYS)} (member settings belong in the member recipes).")
-    members = recipe.get("members")
-    if not isinstance(members, list) or len(members) < 2 or not all(isinstance(m, str) for m in members):
-        raise ConfigError(f"Ensemble recipe ({source}): members must list two or more recipe names, got {members!r}.")
-    configs = [load_config(recipe=m, overrides=overrides) for m in members]  # every member checked before training
+    members, configs = _member_configs(recipe, overrides, source)  # every member checked before training
     out = Path(out)
     owns_group = not distributed.current().active
     info = distributed.setup(configs[0].device)
     try:
-        folders = []
-        for name, cfg in zip(members, configs):
-            folder = out / name
-            folders.append(folder)
-            done = None
-            if resume and (folder / "model.json").is_file():
-                done = json.loads((folder / "model.json").read_text()).get("training", {}).get("stopped")
-            if done in ("completed", "early_stopping"):
+        folders = [out / name for name in members]
+        for number, (name, cfg, folder) in enumerate(zip(members, configs, folders), start=1):
+            if resume and is_trained(folder):
+                done = read_meta(folder)["training"]["stopped"]
                 if info.is_main:
                     print(f"Member {name}: already trained ({done.replace('_', ' ')}), kept.", file=sys.stderr)
                 continue
             if info.is_main:
-                print(f"Member {name} ({members.index(name) + 1}/{len(members)}) -> {folder}", file=sys.stderr)
+                print(f"Member {name} ({number}/{len(members)}) -> {folder}", file=sys.stderr)
             run_training(cfg, folder, resume=resume, explicit=explicit, progress=progress)
         target = out / "ensemble"
         if info.is_main:
-            from bloodcell.networks.ensemble import make_ensemble
-
             make_ensemble(folders, target, weights=recipe.get("weights"), overwrite=True)
         distributed.barrier()
         return target
@@ -145,6 +159,8 @@ def _report_data(info: dict) -> None:
     notes = []
     if info.get("exact_duplicates_dropped"):
         notes.append(f"{info['exact_duplicates_dropped']} exact duplicate file(s) kept once")
+    if info.get("near_duplicate_groups"):
+        notes.append(f"{info['near_duplicate_groups']} near-duplicate group(s) kept on one side of the split")
     if info.get("problems"):
         notes.append(f"{info['problems']} item(s) skipped while reading, e.g. {info['problem_examples'][0]}")
     if info.get("excluded_test_images"):

@@ -31,8 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from bloodcell.core.errors import ModelError
 from bloodcell.core.files import atomic_write_json
-from bloodcell.core.model_folder import FORMAT as MODEL_FORMAT
-from bloodcell.core.model_folder import META, WEIGHTS
+from bloodcell.core.model_folder import META, WEIGHTS, read_meta, write_meta
 
 CHECKPOINT_DIR = "checkpoint"
 POINTER = "LATEST.json"
@@ -85,7 +84,7 @@ def write_checkpoint(run_dir: Path, epoch: int, weights: dict, best_weights: dic
         _save_tensors(best_weights, tmp / BEST)
     torch.save({"format": STATE_FORMAT, "epoch": epoch, **state}, tmp / STATE)
     _fsync(tmp / STATE)
-    atomic_write_json(tmp / META, {"format": MODEL_FORMAT, **meta})
+    write_meta(tmp, meta)
     os.replace(tmp, folder)
     _fsync(root)
     atomic_write_json(root / POINTER, {"epoch": epoch, "folder": name})
@@ -101,12 +100,7 @@ def has_checkpoint(run_dir: Path) -> bool:
 
 
 def _read_folder(folder: Path) -> Checkpoint:
-    try:
-        meta = json.loads((folder / META).read_text())
-    except FileNotFoundError:
-        raise ModelError(f"{folder / META}: missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelError(f"{folder / META}: corrupt ({e})") from None
+    meta = read_meta(folder)
     try:
         weights = load_file(str(folder / WEIGHTS))
         best = load_file(str(folder / BEST)) if (folder / BEST).exists() else weights
@@ -156,8 +150,8 @@ def read_checkpoint(run_dir: Path) -> Checkpoint:
         return ckpt
     detail = "; ".join(problems) if problems else "no checkpoint folders"
     raise ModelError(
-        f"{root}: no usable checkpoint ({detail}). Start the run again without --resume "
-        f"(delete {root} first) or restore the files."
+        f"{root}: no usable checkpoint ({detail}). Restore the files, or start the run again: "
+        f"delete {Path(run_dir)} (or choose a new --out folder) and train without --resume."
     )
 
 
@@ -166,10 +160,9 @@ def latest_meta(run_dir: Path) -> dict | None:
     root = Path(run_dir) / CHECKPOINT_DIR
     try:
         pointer = json.loads((root / POINTER).read_text())
-        return json.loads((root / str(pointer["folder"]) / META).read_text())
-    except (OSError, ValueError, KeyError, TypeError):
-        top = Path(run_dir) / META
+        return read_meta(root / str(pointer["folder"]))
+    except (OSError, ValueError, KeyError, TypeError, ModelError):
         try:
-            return json.loads(top.read_text()) if top.exists() else None
-        except (OSError, ValueError):
+            return read_meta(run_dir) if (Path(run_dir) / META).exists() else None
+        except ModelError:
             return None

@@ -15,7 +15,8 @@ from pathlib import Path
 from torch import nn
 
 from bloodcell.core.errors import ModelError
-from bloodcell.core.model_folder import read_meta
+from bloodcell.core.model_choice import default_model_dir
+from bloodcell.core.model_folder import META, WEIGHTS, is_model_folder, read_meta
 from bloodcell.networks.loading import load_model
 
 
@@ -38,17 +39,15 @@ DEFAULT_MODEL = "default"
 
 
 def resolve_init_dir(spec: str | Path) -> Path:
-    """The model folder ``--init`` names: ``default`` (the packaged model) or a folder (or its ``model.json``)."""
+    """The model folder ``--init`` names: ``default`` (the packaged model) or a model folder (or its metadata file)."""
     if str(spec) == DEFAULT_MODEL:
-        from bloodcell.core.model_choice import default_model_dir
-
         return default_model_dir()
     folder = Path(spec).expanduser()
-    if folder.is_file() and folder.name == "model.json":
+    if folder.is_file() and folder.name == META:
         folder = folder.parent
-    if not (folder / "model.json").is_file():
+    if not is_model_folder(folder):
         raise ModelError(
-            f"{folder}: no model here (expected a folder with model.json and model.safetensors, as written by "
+            f"{folder}: no model here (expected a folder with {META} and {WEIGHTS}, as written by "
             f"`bloodcell train`, or {DEFAULT_MODEL!r} for the packaged model; exported .onnx files cannot be trained)."
         )
     return folder
@@ -82,7 +81,7 @@ def open_init(spec: str) -> InitSource:
         raise ModelError(f"{folder} is an ensemble; training starts from a single model.{hint}")
     for key in ("architecture", "preprocess"):
         if key not in meta:
-            raise ModelError(f"{folder / 'model.json'}: missing {key!r}; not a model written by `bloodcell train`.")
+            raise ModelError(f"{folder / META}: missing {key!r}; not a model written by `bloodcell train`.")
     return InitSource(folder, meta)
 
 
