@@ -43,7 +43,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from bloodcell.packaging.exporter import export
+    from bloodcell.packaging.exporter import export  # deferred: see add_arguments
 
     export(args.model, format=args.format, output=args.output, quantize=args.quantize,
            calibration_data=args.calibration_data, calibration_images=args.calibration_images, opset=args.opset,

@@ -54,7 +54,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from bloodcell.pipelines import pipeline
+    from bloodcell.pipelines import pipeline  # deferred: see add_arguments
 
     result = pipeline(args.name, data=args.data, default_run=args.default_run, zoo_run=args.zoo_run,
                       package=args.package, card=args.card or None, report=args.report, seeds=args.seeds,

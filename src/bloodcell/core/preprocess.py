@@ -249,7 +249,7 @@ def normalize(batch, cfg: PreprocessConfig):
         mean = np.asarray(cfg.mean, np.float32).reshape(1, 3, 1, 1)
         std = np.asarray(cfg.std, np.float32).reshape(1, 3, 1, 1)
         return np.ascontiguousarray((x - mean) / std)
-    import torch
+    import torch  # deferred: a torch batch means torch is loaded; the onnxruntime path never gets here
 
     x = batch.permute(0, 3, 1, 2).float().div_(255.0)
     mean = torch.tensor(cfg.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
