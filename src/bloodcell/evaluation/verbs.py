@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from bloodcell.core.errors import ConfigError
 from bloodcell.core.files import atomic_write_bytes, atomic_write_json, check_writable_file, check_writable_folder
 from bloodcell.evaluation.comparison import compare as compare_runs
@@ -20,8 +18,8 @@ from bloodcell.evaluation.comparison import markdown_table
 from bloodcell.evaluation.fit_calibration import calibrate_model
 from bloodcell.evaluation.results import Evaluation
 from bloodcell.evaluation.scoring import evaluate_dataset
+from bloodcell.networks.devices import resolve_device
 from bloodcell.networks.loading import load_model
-from bloodcell.prediction.torch_backend import default_device
 
 
 @dataclass
@@ -52,15 +50,7 @@ def choose_device(device: str | None = None, batch_size: int = 1) -> str:
     """
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}.")
-    if not device:
-        return str(default_device())
-    try:
-        chosen = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N.") from None
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device} asked for, but no CUDA GPU is available here; use --device cpu.")
-    return str(chosen)
+    return str(resolve_device(device))
 
 
 def evaluate(model, data, *, split: str | None = "test", tta: bool = False, batch_size: int = 64, device=None,

@@ -162,12 +162,12 @@ class Classifier:
     def _load_torch(self):
         if self._loaded is None:
             from bloodcell.networks import load_model  # deferred: the onnxruntime path must not load PyTorch
+            from bloodcell.networks.devices import resolve_device  # deferred: loads PyTorch
             from bloodcell.ood import score as ood  # deferred: the onnxruntime path must not load PyTorch
-            from bloodcell.prediction.torch_backend import default_device  # deferred: loads PyTorch
 
             if self.folder is None:
                 raise ModelError(f"{self.path}: Grad-CAM and the PyTorch backend need the model folder, not only an .onnx file.")
-            self._loaded = load_model(self.folder, self.device or default_device())
+            self._loaded = load_model(self.folder, resolve_device(self.device))
             head = ood.load_head(self.folder)
             if head is not None:
                 self._scored = ood.ScoredModel(self._loaded.module, len(self._loaded.class_names), head)

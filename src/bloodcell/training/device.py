@@ -40,24 +40,6 @@ class Runtime:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
-def resolve_device(spec: str) -> torch.device:
-    """``auto`` -> CUDA when available (the local rank's GPU when distributed), else CPU."""
-    spec = (spec or "auto").strip().lower()
-    if spec == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
-        return torch.device("cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, got {spec!r}. Fix: --device cpu.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device: {spec!r} requested but no CUDA GPU is available. Fix: --device cpu (or auto).")
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device: {spec!r} is not supported; use cpu or cuda.")
-    return device
-
-
 def has_grouped_convs(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules())
 

@@ -15,9 +15,10 @@ from bloodcell.core.errors import ConfigError, DataError, ModelError
 from bloodcell.core.model_folder import META
 from bloodcell.core.preprocess import PreprocessConfig
 from bloodcell.networks import create_model, get_entry
+from bloodcell.networks.devices import resolve_device
 from bloodcell.training import distributed
 from bloodcell.training.config import TrainConfig
-from bloodcell.training.device import Runtime, resolve_channels_last, resolve_device, resolve_precision, resolve_threads
+from bloodcell.training.device import Runtime, resolve_channels_last, resolve_precision, resolve_threads
 from bloodcell.training.state import has_checkpoint
 from bloodcell.training.warmstart import InitSource
 
