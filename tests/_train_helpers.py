@@ -7,8 +7,19 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+# A training run small enough for a test: the smallest study CNN at 16 px, one thread, fp32.
+TINY = ["--model", "basic_cnn", "--image-size", "16", "--batch-size", "8", "--threads", "1", "--precision", "fp32",
+        "--no-progress"]
+
+
+@pytest.fixture(autouse=True)
+def _env(tmp_path, monkeypatch):
+    """Each test gets its own pixel cache and one decoding thread."""
+    monkeypatch.setenv("BLOODCELL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("BLOODCELL_WORKERS", "1")
 
 
 def blobs(n_per_class: int, classes: tuple[str, ...], size: int = 16, seed: int = 0):

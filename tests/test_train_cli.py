@@ -8,18 +8,10 @@ import shutil
 
 import pytest
 
+from _train_helpers import TINY, _env  # noqa: F401  (_env: autouse fixture)
 from bloodcell.cli.main import main
 from bloodcell.core.classes import CLASSES
 from bloodcell.networks import load_model
-
-TINY = ["--model", "basic_cnn", "--image-size", "16", "--batch-size", "8", "--threads", "1", "--precision", "fp32",
-        "--no-progress"]
-
-
-@pytest.fixture(autouse=True)
-def _env(tmp_path, monkeypatch):
-    monkeypatch.setenv("BLOODCELL_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("BLOODCELL_WORKERS", "1")
 
 
 def test_train_on_a_folder_makes_a_seeded_split_and_a_model(make_folder_dataset, tmp_path, capsys):

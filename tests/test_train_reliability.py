@@ -9,20 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from _train_helpers import tiny_config, tiny_data
+from _train_helpers import TINY, _env, tiny_config, tiny_data  # noqa: F401  (_env: autouse fixture)
 from bloodcell.cli.main import main
 from bloodcell.training import fit
 from bloodcell.training.config import load_config
 from bloodcell.training.loop import make_scheduler
-
-TINY = ["--model", "basic_cnn", "--image-size", "16", "--batch-size", "8", "--threads", "1", "--precision", "fp32",
-        "--no-progress"]
-
-
-@pytest.fixture(autouse=True)
-def _env(tmp_path, monkeypatch):
-    monkeypatch.setenv("BLOODCELL_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("BLOODCELL_WORKERS", "1")
 
 
 @pytest.mark.parametrize("steps, warmup_epochs", [(1, 0), (2, 0), (3, 0), (100, 0.01)])

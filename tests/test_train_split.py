@@ -8,17 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from _train_helpers import TINY, _env  # noqa: F401  (_env: autouse fixture)
 from bloodcell.cli.main import main
 from bloodcell.training.data import grouped_stratified_split, stratified_split
-
-TINY = ["--model", "basic_cnn", "--image-size", "16", "--batch-size", "8", "--threads", "1", "--precision", "fp32",
-        "--no-progress"]
-
-
-@pytest.fixture(autouse=True)
-def _env(tmp_path, monkeypatch):
-    monkeypatch.setenv("BLOODCELL_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("BLOODCELL_WORKERS", "1")
 
 
 def _near_copies(path, n: int) -> list[str]:
