@@ -212,14 +212,16 @@ def test_gate_trims_memory_once_idle_at_a_bounded_rate(monkeypatch):
 
     trims = []
     monkeypatch.setattr(guards, "release_memory", lambda: trims.append(1))
+    clock = [100.0]  # the gate's clock stands still while the requests run, however slow the machine
 
     async def scenario():
-        gate = Gate("requests", slots=2, queue=0, trim=True, trim_every=1.5)
+        gate = Gate("requests", slots=2, queue=0, trim=True, trim_every=0.3, clock=lambda: clock[0])
         for _ in range(20):  # twenty short requests in a row: one trim now, one deferred
             async with gate.enter():
                 await asyncio.sleep(0)
         first = len(trims)
-        await asyncio.sleep(2.0)
+        clock[0] += 0.3
+        await asyncio.sleep(0.6)  # the deferred trim's timer fires once
         return first, len(trims)
 
     assert asyncio.run(scenario()) == (1, 2)

@@ -171,13 +171,14 @@ class Gate:
     """
 
     def __init__(self, what: str, slots: int, queue: int, retry_after: int = 2, trim: bool = False,
-                 trim_every: float = 1.0):
+                 trim_every: float = 1.0, clock=time.monotonic):
         self.what = what
         self.limit = slots + queue
         self.retry_after = retry_after
         self.count = 0
         self.trim_every = trim_every if trim else None
         self._trimmed = 0.0
+        self._clock = clock
         self._pending = False
         self._slots = asyncio.Semaphore(slots)
 
@@ -199,10 +200,10 @@ class Gate:
             self._pending = False
         if self.count or self._pending:
             return
-        wait = self._trimmed + self.trim_every - time.monotonic()
+        wait = self._trimmed + self.trim_every - self._clock()
         if wait <= 0:
             release_memory()
-            self._trimmed = time.monotonic()
+            self._trimmed = self._clock()
         else:
             self._pending = True
             asyncio.get_running_loop().call_later(wait, self._trim_when_idle, True)
