@@ -160,9 +160,11 @@ def test_concurrent_requests_share_batches(images):
     first = threading.Event()
 
     def slow_first(batch):
-        if not first.is_set():  # hold the first batch so the other requests queue up behind it
+        if not first.is_set():  # hold the first batch until other requests queue up behind it
             first.set()
-            time.sleep(0.5)
+            deadline = time.monotonic() + 30
+            while batcher._queue.qsize() < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
         return original(batch)
 
     batcher._fn = slow_first
