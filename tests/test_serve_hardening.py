@@ -207,15 +207,13 @@ def test_gradcam_runs_in_small_chunks(cell_png):
     assert sizes == [4, 3] and clf.batch_size == server_app.BATCH_SIZE
 
 
-def test_gate_trims_memory_once_idle_at_a_bounded_rate(monkeypatch):
-    import bloodcell.server.guards as guards
-
+def test_gate_trims_memory_once_idle_at_a_bounded_rate():
     trims = []
-    monkeypatch.setattr(guards, "release_memory", lambda: trims.append(1))
     clock = [100.0]  # the gate's clock stands still while the requests run, however slow the machine
 
     async def scenario():
-        gate = Gate("requests", slots=2, queue=0, trim=True, trim_every=0.3, clock=lambda: clock[0])
+        gate = Gate("requests", slots=2, queue=0, trim=True, trim_every=0.3, clock=lambda: clock[0],
+                    release=lambda: trims.append(1))
         for _ in range(20):  # twenty short requests in a row: one trim now, one deferred
             async with gate.enter():
                 await asyncio.sleep(0)

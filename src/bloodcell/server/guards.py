@@ -171,7 +171,7 @@ class Gate:
     """
 
     def __init__(self, what: str, slots: int, queue: int, retry_after: int = 2, trim: bool = False,
-                 trim_every: float = 1.0, clock=time.monotonic):
+                 trim_every: float = 1.0, clock=time.monotonic, release=release_memory):
         self.what = what
         self.limit = slots + queue
         self.retry_after = retry_after
@@ -179,6 +179,7 @@ class Gate:
         self.trim_every = trim_every if trim else None
         self._trimmed = 0.0
         self._clock = clock
+        self._release = release
         self._pending = False
         self._slots = asyncio.Semaphore(slots)
 
@@ -202,7 +203,7 @@ class Gate:
             return
         wait = self._trimmed + self.trim_every - self._clock()
         if wait <= 0:
-            release_memory()
+            self._release()
             self._trimmed = self._clock()
         else:
             self._pending = True
