@@ -31,8 +31,11 @@ WORK_SIDE = 96
 #: A stained blob must cover at least this share of the field (smaller: debris, specks) and at
 #: most this share (larger: the whole image is stain, or a clump).
 MIN_AREA, MAX_AREA = 0.002, 0.6
-#: Below this range of hematoxylin density the image has no stain contrast (flat or grey).
-MIN_CONTRAST = 0.15
+#: A stained pixel's hematoxylin density exceeds the image's median (the slide and red cells) by
+#: at least this much; PBC nuclei exceed it by about 1.5, pink red cells not at all.
+MIN_STAIN = 0.3
+#: A stained pixel's channels differ by at least this much (0-255): grey images carry no stain.
+MIN_CHROMA = 16
 #: How much nearness to the centre counts against size when choosing among blobs.
 CENTRE_WEIGHT = 1.5
 #: The share used when no training image yields a cell.
@@ -67,21 +70,45 @@ def hematoxylin(image: np.ndarray) -> np.ndarray:
     return _HEMATOXYLIN_LUT[0][image[..., 0]] + _HEMATOXYLIN_LUT[1][image[..., 1]] + _HEMATOXYLIN_LUT[2][image[..., 2]]
 
 
+def _histogram(values: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    lo, hi = float(values.min()), float(values.max())
+    width = max(hi - lo, 1e-6) / bins
+    index = np.minimum(((values - lo) / width).astype(np.int32), bins - 1)
+    return np.bincount(index.ravel(), minlength=bins).astype(np.float64), lo + width * (np.arange(bins) + 0.5)
+
+
 def otsu(values: np.ndarray, bins: int = 64) -> float:
     """The threshold that best separates ``values`` into two groups (Otsu's method)."""
-    lo, hi = float(values.min()), float(values.max())
-    width = (hi - lo) / bins
-    if width <= 0:
-        return lo
-    index = np.minimum(((values - lo) / width).astype(np.int32), bins - 1)
-    hist = np.bincount(index.ravel(), minlength=bins).astype(np.float64)
-    mids = lo + width * (np.arange(bins) + 0.5)
+    hist, mids = _histogram(values, bins)
     w0 = np.cumsum(hist)
     w1 = w0[-1] - w0
     s0 = np.cumsum(hist * mids)
     m0 = s0 / np.maximum(w0, 1)
     m1 = (s0[-1] - s0) / np.maximum(w1, 1)
     return float(mids[int(np.argmax(w0 * w1 * (m0 - m1) ** 2))])
+
+
+def _median(values: np.ndarray, bins: int = 64) -> float:
+    """The median of ``values`` to within one of ``bins`` histogram bins (cheaper than sorting)."""
+    hist, mids = _histogram(values, bins)
+    return float(mids[int(np.searchsorted(np.cumsum(hist), hist.sum() / 2))])
+
+
+def opened(mask: np.ndarray) -> np.ndarray:
+    """Binary opening with the 3x3 cross (as ``scipy.ndimage.binary_opening``), by array shifts."""
+    core = mask.copy()
+    core[1:] &= mask[:-1]
+    core[:-1] &= mask[1:]
+    core[:, 1:] &= mask[:, :-1]
+    core[:, :-1] &= mask[:, 1:]
+    core[[0, -1], :] = False
+    core[:, [0, -1]] = False
+    out = core.copy()
+    out[1:] |= core[:-1]
+    out[:-1] |= core[1:]
+    out[:, 1:] |= core[:, :-1]
+    out[:, :-1] |= core[:, 1:]
+    return out
 
 
 def reduced(image: np.ndarray) -> tuple[np.ndarray, int]:
@@ -94,13 +121,18 @@ def reduced(image: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def nucleus_mask(small: np.ndarray) -> np.ndarray:
-    """Pixels of strongly hematoxylin-stained objects, as a boolean mask (all False without stain)."""
-    from scipy import ndimage  # deferred: takes half a second to import and only cell framing needs it
+    """Pixels of strongly hematoxylin-stained objects, as a boolean mask (all False without stain).
 
+    A pixel counts when its hematoxylin density is above the Otsu threshold of the image and
+    well above the image's median, and it has colour (grey images are not stained).
+    """
     density = hematoxylin(small)
-    if float(density.max() - density.min()) < MIN_CONTRAST:
+    floor = _median(density) + MIN_STAIN
+    if float(density.max()) < floor:  # no stain contrast at all: a flat image, or a field of red cells
         return np.zeros(density.shape, dtype=bool)
-    return ndimage.binary_opening(density > otsu(density))
+    red, green, blue = small[..., 0], small[..., 1], small[..., 2]
+    chroma = np.maximum(np.maximum(red, green), blue) - np.minimum(np.minimum(red, green), blue)
+    return opened((density > max(floor, otsu(density))) & (chroma >= MIN_CHROMA))
 
 
 def pick_blob(mask: np.ndarray) -> tuple[slice, slice] | None:
@@ -111,18 +143,16 @@ def pick_blob(mask: np.ndarray) -> tuple[slice, slice] | None:
     if n == 0:
         return None
     h, w = mask.shape
-    flat = labels.ravel()
-    counts = np.bincount(flat, minlength=n + 1)[1:]
-    rows, cols = np.indices(mask.shape)
-    cy = np.bincount(flat, rows.ravel(), minlength=n + 1)[1:] / np.maximum(counts, 1)
-    cx = np.bincount(flat, cols.ravel(), minlength=n + 1)[1:] / np.maximum(counts, 1)
-    area = counts / (h * w)
-    dist = np.hypot((cy + 0.5 - h / 2) / h, (cx + 0.5 - w / 2) / w)
+    area = np.bincount(labels.ravel(), minlength=n + 1)[1:] / (h * w)
+    boxes = ndimage.find_objects(labels)
+    cy = np.array([(rows.start + rows.stop) / 2 for rows, _ in boxes])
+    cx = np.array([(cols.start + cols.stop) / 2 for _, cols in boxes])
+    dist = np.hypot((cy - h / 2) / h, (cx - w / 2) / w)
     score = np.where((area >= MIN_AREA) & (area <= MAX_AREA), np.sqrt(area) - CENTRE_WEIGHT * dist, -np.inf)
     best = int(np.argmax(score))
     if not np.isfinite(score[best]):
         return None
-    return ndimage.find_objects(labels, max_label=best + 1)[best]
+    return boxes[best]
 
 
 def locate_cell(image: np.ndarray, share: float, fallback_fraction: float = 1.0) -> CellBox:
