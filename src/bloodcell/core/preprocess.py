@@ -6,7 +6,10 @@ model, so training, evaluation and serving turn an image into the same tensor:
 1. :func:`decode_image` reads any common format into RGB ``uint8`` (grayscale,
    palette, RGBA, CMYK and 16-bit images are converted, not rejected);
 2. :func:`prepare` takes a centred square crop (the PBC cell of interest sits
-   at the centre) and resizes it to ``image_size``;
+   at the centre) and resizes it to ``image_size``; with ``framing="cell"`` it
+   first looks for the stained cell (:mod:`bloodcell.core.locate`) and frames
+   it so it fills ``cell_share`` of the input, falling back to the centre crop
+   when it finds none (:func:`prepare_with_info` says which it did);
 3. :func:`normalize` scales to ``[0, 1]`` and applies the mean/std, channels
    first, on the fly.
 """
@@ -25,6 +28,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bloodcell.core.classes import CLASSES
 from bloodcell.core.errors import ConfigError, DataError
+from bloodcell.core.locate import centre_box, crop_box, locate_cell
 
 #: Images with more pixels than this are refused as possible decompression bombs.
 MAX_PIXELS = 50_000_000
@@ -35,6 +39,10 @@ DRAFT_ABOVE = 1_000_000
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: How the crop is placed: ``centre`` (the centred square, as in PBC) or ``cell`` (around the
+#: located cell, scaled so the cell fills ``cell_share`` of it).
+FRAMINGS = ("centre", "cell")
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,15 @@ class PreprocessConfig:
         Per-channel normalization on the ``[0, 1]`` scale.
     class_names : tuple of str
         Output classes, in the order of the model's logits.
+    framing : {"centre", "cell"}
+        ``centre`` crops the centred square; ``cell`` crops a square around
+        the located cell (see :mod:`bloodcell.core.locate`), falling back to
+        the centred square when no cell is found.
+    cell_share : float, optional
+        With ``framing="cell"``: the side of the cell's stained part as a
+        share of the crop's side, as measured on the training images by
+        :func:`bloodcell.core.locate.typical_share`. Required then, unset
+        otherwise.
     """
 
     image_size: int = 128
@@ -59,6 +76,8 @@ class PreprocessConfig:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     class_names: tuple[str, ...] = field(default=CLASSES)
+    framing: str = "centre"
+    cell_share: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.image_size, int) or not 8 <= self.image_size <= 2048:
@@ -80,10 +99,27 @@ class PreprocessConfig:
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
         object.__setattr__(self, "class_names", tuple(self.class_names))
         object.__setattr__(self, "crop_fraction", float(self.crop_fraction))
+        self._check_framing()
+
+    def _check_framing(self) -> None:
+        if self.framing not in FRAMINGS:
+            raise ConfigError(f"framing must be one of {', '.join(FRAMINGS)}, got {self.framing!r}.")
+        if self.framing == "centre":
+            if self.cell_share is not None:
+                raise ConfigError("cell_share applies only to framing='cell'; leave it unset for framing='centre'.")
+            return
+        if self.cell_share is None or not 0.05 <= float(self.cell_share) <= 1.0:
+            raise ConfigError(
+                f"framing='cell' needs cell_share between 0.05 and 1.0, got {self.cell_share!r}. "
+                "Measure it on training images with bloodcell.core.locate.typical_share."
+            )
+        object.__setattr__(self, "cell_share", float(self.cell_share))
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["mean"], d["std"], d["class_names"] = list(self.mean), list(self.std), list(self.class_names)
+        if self.framing == "centre":  # written as before, so earlier versions still read centre models
+            del d["framing"], d["cell_share"]
         return d
 
     @classmethod
@@ -97,9 +133,11 @@ class PreprocessConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
     def pixel_key(self) -> str:
-        """Hash of the settings that change cached pixels (size and crop only)."""
-        blob = json.dumps({"image_size": self.image_size, "crop_fraction": round(self.crop_fraction, 6)})
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        """Hash of the settings that change cached pixels (size, crop and framing)."""
+        settings = {"image_size": self.image_size, "crop_fraction": round(self.crop_fraction, 6)}
+        if self.framing != "centre":  # centre keys stay as they were, so existing caches are reused
+            settings.update(framing=self.framing, cell_share=round(self.cell_share, 6))
+        return hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
 
 
 def _open(source: str | Path | bytes, name: str) -> Image.Image:
@@ -209,32 +247,59 @@ def decode_image(
 
 def center_crop_box(width: int, height: int, crop_fraction: float) -> tuple[int, int, int, int]:
     """The centred square crop box (left, top, right, bottom) for an image size."""
-    side = max(1, int(round(min(width, height) * crop_fraction)))
-    left = (width - side) // 2
-    top = (height - side) // 2
-    return left, top, left + side, top + side
+    return centre_box(width, height, crop_fraction)
 
 
-def prepare(image: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
-    """Centre-crop and resize an RGB ``uint8`` image to ``(size, size, 3)``."""
+def prepare_with_info(image: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, str, tuple[int, int, int, int]]:
+    """Crop and resize an RGB ``uint8`` image to ``(size, size, 3)``, saying how it was framed.
+
+    Returns
+    -------
+    array : ndarray
+        The prepared ``uint8`` image.
+    framing : {"cell", "centre"}
+        ``cell`` when the crop was placed around a located cell, ``centre``
+        when it is the centred square (always so for ``framing="centre"``
+        configs, and the fallback when no cell was found).
+    box : tuple of int
+        The crop (left, top, right, bottom) in the image's pixels; with
+        ``cell`` framing it may reach past the image, where the slide's
+        background colour fills in.
+    """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise DataError(
             f"prepare expects an RGB uint8 array (H, W, 3), got dtype {image.dtype} and shape {image.shape}."
         )
     h, w = image.shape[:2]
-    box = center_crop_box(w, h, cfg.crop_fraction)
     size = (cfg.image_size, cfg.image_size)
+    if cfg.framing == "cell":
+        found = locate_cell(image, cfg.cell_share, cfg.crop_fraction)
+        if found.found:
+            return _resized(Image.fromarray(crop_box(image, found.box)), size), "cell", found.box
+    box = center_crop_box(w, h, cfg.crop_fraction)
     pil = Image.fromarray(image)
     if box != (0, 0, w, h):
         pil = pil.crop(box)
+    return _resized(pil, size), "centre", box
+
+
+def _resized(pil: Image.Image, size: tuple[int, int]) -> np.ndarray:
     if pil.size != size:
         pil = pil.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
     return np.asarray(pil, dtype=np.uint8)
 
 
+def prepare(image: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """Crop (centred, or around the located cell with ``framing="cell"``) and resize an RGB
+    ``uint8`` image to ``(size, size, 3)``."""
+    return prepare_with_info(image, cfg)[0]
+
+
 def input_need(cfg: PreprocessConfig) -> int:
-    """Shortest image side :func:`prepare` can use: twice the model input over the crop fraction."""
-    return int(np.ceil(2 * cfg.image_size / cfg.crop_fraction))
+    """Shortest image side :func:`prepare` can use: twice the model input over the crop fraction
+    (four times as much with cell framing, where a cell may fill a quarter of the shorter side)."""
+    need = int(np.ceil(2 * cfg.image_size / cfg.crop_fraction))
+    return need if cfg.framing == "centre" else 4 * need
 
 
 def load_prepared(source: str | Path | bytes, cfg: PreprocessConfig, name: str | None = None) -> np.ndarray:

@@ -38,6 +38,8 @@ def flags(p: Prediction) -> str:
         out.append("not-a-cell")
     if p.uncertain:
         out.append("uncertain")
+    if p.framing == "centre":
+        out.append("no-cell-found")
     return ",".join(out)
 
 
@@ -81,26 +83,35 @@ def differential_table(d: Differential) -> str:
     return "\n".join(lines)
 
 
-def _csv_header(class_names, with_truth: bool) -> list[str]:
+def _with_framing(predictions: list[Prediction]) -> bool:
+    """Whether the model frames cells, so the CSV gets a ``framing`` column (centre-framed models' CSV is unchanged)."""
+    return any(p.framing is not None for p in predictions)
+
+
+def _csv_header(class_names, with_truth: bool, with_framing: bool = False) -> list[str]:
     return (["source", "label", "probability", "uncertain", "not_a_blood_cell", "ood_score"]
+            + (["framing"] if with_framing else [])
             + (["true_label"] if with_truth else []) + [f"p_{c}" for c in class_names])
 
 
-def _csv_row(p: Prediction, class_names, with_truth: bool) -> list:
+def _csv_row(p: Prediction, class_names, with_truth: bool, with_framing: bool = False) -> list:
     return ([p.source, p.label, f"{p.probability:.6f}", int(p.uncertain),
              "" if p.not_a_blood_cell is None else int(p.not_a_blood_cell),
              "" if p.ood_score is None else f"{p.ood_score:.4f}"]
+            + ([p.framing or ""] if with_framing else [])
             + ([p.true_label or ""] if with_truth else []) + [f"{p.probabilities[c]:.6f}" for c in class_names])
 
 
 def predictions_csv(predictions: list[Prediction], class_names) -> str:
-    """One row per image: source, class, probability, flags, OOD score, every class probability."""
+    """One row per image: source, class, probability, flags, OOD score, framing (cell-framing models
+    only), every class probability."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     with_truth = any(p.true_label is not None for p in predictions)
-    w.writerow(_csv_header(class_names, with_truth))
+    with_framing = _with_framing(predictions)
+    w.writerow(_csv_header(class_names, with_truth, with_framing))
     for p in predictions:
-        w.writerow(_csv_row(p, class_names, with_truth))
+        w.writerow(_csv_row(p, class_names, with_truth, with_framing))
     return buf.getvalue()
 
 
@@ -180,6 +191,7 @@ class PartialResults:
         self.path = self.output.with_name(self.output.name + ".partial")
         self.class_names = tuple(class_names)
         self.rows = 0
+        self.with_framing = False
         self._file = None
         self._writer = None
 
@@ -189,9 +201,10 @@ class PartialResults:
         if self._file is None:
             self._file = open(self.path, "w", encoding="utf-8", newline="")  # kept open across batches
             self._writer = csv.writer(self._file, lineterminator="\n")
-            self._writer.writerow(_csv_header(self.class_names, True))
+            self.with_framing = _with_framing(predictions)  # one model per run: the first batch tells
+            self._writer.writerow(_csv_header(self.class_names, True, self.with_framing))
         for p in predictions:
-            self._writer.writerow(_csv_row(p, self.class_names, True))
+            self._writer.writerow(_csv_row(p, self.class_names, True, self.with_framing))
         self._file.flush()
         self.rows += len(predictions)
 

@@ -9,7 +9,12 @@ from pathlib import Path
 
 @dataclass
 class Prediction:
-    """The result for one image."""
+    """The result for one image.
+
+    ``framing`` is how the image was cropped, for models with cell framing (``"cell"``: around
+    the located cell; ``"centre"``: no cell found, the centred square); ``None`` for models
+    that always crop the centre.
+    """
 
     source: str
     label: str
@@ -19,6 +24,7 @@ class Prediction:
     not_a_blood_cell: bool | None
     ood_score: float | None
     true_label: str | None = None
+    framing: str | None = None
 
     def to_dict(self) -> dict:
         d = {
@@ -30,6 +36,8 @@ class Prediction:
             "not_a_blood_cell": self.not_a_blood_cell,
             "ood_score": None if self.ood_score is None else round(self.ood_score, 4),
         }
+        if self.framing is not None:
+            d["framing"] = self.framing
         if self.true_label is not None:
             d["true_label"] = self.true_label
         return d
