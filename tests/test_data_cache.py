@@ -191,7 +191,7 @@ def test_interrupted_build_resumes(make_folder_dataset, tmp_path, monkeypatch):
     interrupt = [True]
 
     def flaky(task):
-        calls.append(len(task[2]))
+        calls.append(len(task[1]))
         if len(calls) == 2 and interrupt[0]:
             raise _Interrupted
         return real(task)

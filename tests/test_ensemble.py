@@ -24,14 +24,16 @@ CLASSES4 = ("basophil", "eosinophil", "lymphocyte", "neutrophil")
 HALF = (0.5, 0.5, 0.5)
 
 
-def tiny_model(folder, arch="basic_cnn", size=32, classes=CLASSES4, mean=HALF, std=HALF, crop=1.0, seed=0, temperature=None):
+def tiny_model(folder, arch="basic_cnn", size=32, classes=CLASSES4, mean=HALF, std=HALF, crop=1.0, seed=0, temperature=None,
+               framing="centre", cell_share=None):
     """Save an untrained (seeded) model folder and return it."""
     torch.manual_seed(seed)
     module = create_model(arch, num_classes=len(classes))
     with torch.no_grad():  # spread the logits so members disagree and temperatures matter
         for p in module.parameters():
             p.mul_(1.5)
-    pre = PreprocessConfig(image_size=size, crop_fraction=crop, mean=mean, std=std, class_names=classes)
+    pre = PreprocessConfig(image_size=size, crop_fraction=crop, mean=mean, std=std, class_names=classes,
+                           framing=framing, cell_share=cell_share)
     meta = {"architecture": arch, "model_kwargs": {}, "preprocess": pre.to_dict(), "data_manifest_sha256": "abc"}
     if temperature is not None:
         meta["calibration"] = {"temperature": temperature, "abstain_threshold": None}
@@ -116,6 +118,17 @@ def test_mismatched_crop_refused(tmp_path):
     b = tiny_model(tmp_path / "b", crop=0.8)
     with pytest.raises(ModelError, match=r"member 1 .* crops 0.8 of the shorter side, but member 0 .* crops 1"):
         make_ensemble([a, b], tmp_path / "ens")
+
+
+def test_mismatched_framing_refused_and_shared_framing_kept(tmp_path):
+    a = tiny_model(tmp_path / "a")
+    b = tiny_model(tmp_path / "b", framing="cell", cell_share=0.4)
+    with pytest.raises(ModelError, match=r"member 1 .* frames images by 'cell' .* member 0 .* by 'centre'"):
+        make_ensemble([a, b], tmp_path / "ens")
+    c = tiny_model(tmp_path / "c", framing="cell", cell_share=0.4, seed=1)
+    ens = make_ensemble([b, c], tmp_path / "ens2")
+    pre = PreprocessConfig.from_dict(read_meta(ens)["preprocess"])
+    assert (pre.framing, pre.cell_share) == ("cell", 0.4)
 
 
 def test_missing_member_refused_with_clear_message(tmp_path):

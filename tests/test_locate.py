@@ -180,3 +180,34 @@ def test_predictions_say_how_cell_models_framed_each_image(tmp_path):
     partial.add([_prediction("cell")])
     partial.close(keep=True)
     assert "framing" in (tmp_path / "out.csv.partial").read_text().splitlines()[0]
+
+
+def test_the_pixel_cache_stores_cell_framed_pixels(tmp_path):
+    from bloodcell.data.pixels import PixelCache
+
+    cfg = PreprocessConfig(image_size=64, crop_fraction=0.7, framing="cell", cell_share=SHARE)
+    image = smear(cell=(60, 190), radius=30)
+    cache = PixelCache(cfg, root=tmp_path)
+    fresh = cache.build([("k", image)], workers=1, progress=False)
+    assert np.array_equal(fresh["k"], prepare(image, cfg))
+    stored = json.loads((cache.folder / "preprocess.json").read_text())
+    assert stored["framing"] == "cell" and stored["cell_share"] == SHARE
+
+
+def test_a_cell_framed_model_reports_each_images_framing(tmp_path):
+    import torch
+
+    from bloodcell.networks import create_model, save_model
+    from bloodcell.prediction.classifier import Classifier
+
+    torch.manual_seed(0)
+    pre = PreprocessConfig(image_size=32, crop_fraction=0.7, framing="cell", cell_share=SHARE,
+                           class_names=("lymphocyte", "monocyte"))
+    meta = {"architecture": "basic_cnn", "model_kwargs": {}, "preprocess": pre.to_dict()}
+    folder = save_model(tmp_path / "m", create_model("basic_cnn", num_classes=2).eval(), meta)
+    flat = np.full((256, 256, 3), 200, np.uint8)
+    preds = Classifier(folder, backend="torch").predict_arrays([smear(cell=(60, 190)), flat], ["cell.png", "flat.png"])
+    assert [p.framing for p in preds] == ["cell", "centre"]
+    centre_folder = save_model(tmp_path / "c", create_model("basic_cnn", num_classes=2).eval(),
+                               {**meta, "preprocess": PreprocessConfig(image_size=32, class_names=pre.class_names).to_dict()})
+    assert [p.framing for p in Classifier(centre_folder, backend="torch").predict_arrays([flat])] == [None]

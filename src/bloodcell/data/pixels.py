@@ -80,9 +80,17 @@ class ArraySet:
         return normalize(batch, self.preprocess)
 
 
+def pixel_settings(cfg: PreprocessConfig) -> dict:
+    """The settings that decide a cached image's pixels (framing only when it is not the centre crop)."""
+    out = {"image_size": cfg.image_size, "crop_fraction": cfg.crop_fraction}
+    if cfg.framing != "centre":
+        out.update(framing=cfg.framing, cell_share=cfg.cell_share)
+    return out
+
+
 def _prepare_chunk(task):
-    size, crop, items = task
-    cfg = PreprocessConfig(image_size=size, crop_fraction=crop)
+    cfg, items = task
+    size = cfg.image_size
     out = np.empty((len(items), size, size, 3), np.uint8)
     keys: list[str] = []
     failed: dict[str, str] = {}
@@ -142,12 +150,11 @@ class PixelCache:
     def _write_shard(self, keys: list[str], arrays: list[np.ndarray], failed: dict[str, str]) -> None:
         self._counter += 1
         stem = f"shard-{time.time_ns()}-{os.getpid()}-{self._counter}"
-        s = self.preprocess.image_size
         if len(keys):
             atomic_save_npy(self.folder / f"{stem}.npy", arrays)
         atomic_write_json(self.folder / f"{stem}.json", {
             "format": 1,
-            "pixel": {"image_size": s, "crop_fraction": self.preprocess.crop_fraction},
+            "pixel": pixel_settings(self.preprocess),
             "keys": keys,
             "failed": failed,
         }, indent=None)
@@ -162,11 +169,10 @@ class PixelCache:
         if not items:
             return fresh
         check_writable_folder(self.folder, what="cache folder", flag="BLOODCELL_CACHE")
-        atomic_write_json(self.folder / "preprocess.json",
-                          {"image_size": self.preprocess.image_size, "crop_fraction": self.preprocess.crop_fraction})
+        atomic_write_json(self.folder / "preprocess.json", pixel_settings(self.preprocess))
         workers = settings.default_workers() if workers is None else max(1, int(workers))
-        size, crop = self.preprocess.image_size, self.preprocess.crop_fraction
-        tasks = [(size, crop, [(k, str(src) if isinstance(src, Path) else src) for k, src in items[i:i + CHUNK]])
+        size = self.preprocess.image_size
+        tasks = [(self.preprocess, [(k, str(src) if isinstance(src, Path) else src) for k, src in items[i:i + CHUNK]])
                  for i in range(0, len(items), CHUNK)]
         buf_keys: list[str] = []
         buf_arrays: list[np.ndarray] = []

@@ -127,7 +127,7 @@ def normalize_weights(weights, n: int) -> list[float]:
 
 
 def check_compatible(name: str, member: PreprocessConfig, reference: PreprocessConfig, reference_name: str) -> None:
-    """Refuse a member whose classes or crop differ from the reference's, naming both and the difference."""
+    """Refuse a member whose classes, crop or framing differ from the reference's, naming both and the difference."""
     mine, theirs = set(member.class_names), set(reference.class_names)
     if mine != theirs or len(member.class_names) != len(reference.class_names):
         parts = []
@@ -148,6 +148,12 @@ def check_compatible(name: str, member: PreprocessConfig, reference: PreprocessC
             f"{reference_name} crops {reference.crop_fraction:g}. All members must use the same "
             "crop_fraction (the ensemble prepares each image once); retrain one of them with the other's crop."
         )
+    if (member.framing, member.cell_share) != (reference.framing, reference.cell_share):
+        raise ModelError(
+            f"Ensemble member {name} frames images by {member.framing!r} (cell share {member.cell_share}), but "
+            f"{reference_name} by {reference.framing!r} (cell share {reference.cell_share}). All members must frame "
+            "images the same way (the ensemble prepares each image once); retrain one of them with the other's framing."
+        )
 
 
 def ensemble_preprocess(configs: list[PreprocessConfig]) -> PreprocessConfig:
@@ -161,6 +167,8 @@ def ensemble_preprocess(configs: list[PreprocessConfig]) -> PreprocessConfig:
     return PreprocessConfig(
         image_size=size,
         crop_fraction=configs[0].crop_fraction,
+        framing=configs[0].framing,
+        cell_share=configs[0].cell_share,
         mean=first_large.mean,
         std=first_large.std,
         class_names=configs[0].class_names,

@@ -38,7 +38,7 @@ from bloodcell.core.errors import ConfigError, DataError, ModelError
 from bloodcell.core.files import check_writable_file
 from bloodcell.core.model_choice import resolve_model
 from bloodcell.core.model_folder import META, ONNX, is_model_folder, read_meta, weights_digest
-from bloodcell.core.preprocess import prepare
+from bloodcell.core.preprocess import prepare, prepare_with_info
 from bloodcell.data import Problem
 from bloodcell.prediction import outputs
 from bloodcell.prediction.differential import Differential, differential
@@ -207,6 +207,14 @@ class Classifier:
         """Crop and resize an RGB ``uint8`` image to the model's input."""
         return prepare(image, self.preprocess)
 
+    def prepare_framed(self, image: np.ndarray) -> tuple[np.ndarray, str | None]:
+        """:meth:`prepare`, and for a model that frames the located cell, how this image was framed
+        (``"cell"``, or ``"centre"`` when no cell was found); ``None`` for a centre-crop model."""
+        if self.preprocess.framing == "centre":
+            return prepare(image, self.preprocess), None
+        array, framing, _ = prepare_with_info(image, self.preprocess)
+        return array, framing
+
     def scores(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities ``(N, C)`` and out-of-distribution scores ``(N,)`` (or ``None``) of prepared images."""
         if self.backend == "onnx":
@@ -217,16 +225,18 @@ class Classifier:
         with self._lock:
             return probabilities_and_ood(self._loaded, self._scored, images, self.batch_size, self.tta, self.device)
 
-    def predict_prepared(self, images: np.ndarray, sources: list[str] | None = None, true_labels=None) -> list[Prediction]:
+    def predict_prepared(self, images: np.ndarray, sources: list[str] | None = None, true_labels=None,
+                         framings=None) -> list[Prediction]:
         """Predictions for prepared ``uint8`` images ``(N, S, S, 3)``."""
         probs, ood_scores = self.scores(images)
-        return self.make_predictions(probs, ood_scores, sources, true_labels)
+        return self.make_predictions(probs, ood_scores, sources, true_labels, framings)
 
     def make_predictions(self, probs: np.ndarray, ood_scores: np.ndarray | None, sources=None,
-                         true_labels=None) -> list[Prediction]:
+                         true_labels=None, framings=None) -> list[Prediction]:
         """Turn the output of :meth:`scores` into :class:`Prediction` records with their flags."""
         sources = sources or [f"image {i}" for i in range(len(probs))]
         true_labels = true_labels or [None] * len(probs)
+        framings = framings or [None] * len(probs)
         names = self.class_names
         out = []
         for i in range(len(probs)):
@@ -242,6 +252,7 @@ class Classifier:
                 not_a_blood_cell=flag,
                 ood_score=score,
                 true_label=true_labels[i],
+                framing=framings[i],
             ))
         return out
 
@@ -249,11 +260,12 @@ class Classifier:
         """Predictions for RGB ``uint8`` images of any size (cropped and resized here)."""
         if not len(images):
             return []
-        return self.predict_prepared(np.stack([self.prepare(im) for im in images]), sources)
+        framed = [self.prepare_framed(im) for im in images]
+        return self.predict_prepared(np.stack([a for a, _ in framed]), sources, framings=[f for _, f in framed])
 
-    def _load(self, item: Item) -> tuple[np.ndarray | None, Problem | None]:
+    def _load(self, item: Item) -> tuple[tuple[np.ndarray, str | None] | None, Problem | None]:
         try:
-            return self.prepare(item.read()), None
+            return self.prepare_framed(item.read()), None
         except DataError as e:
             return None, Problem(item.source, "unreadable", str(e))
 
@@ -272,9 +284,10 @@ class Classifier:
                 for start in range(0, len(items), chunk):
                     part = items[start : start + chunk]
                     loaded = list(pool.map(self._load, part))
-                    keep = [(item, arr) for item, (arr, _) in zip(part, loaded) if arr is not None]
+                    keep = [(item, framed) for item, (framed, _) in zip(part, loaded) if framed is not None]
                     preds = self.predict_prepared(
-                        np.stack([arr for _, arr in keep]), [i.source for i, _ in keep], [i.label for i, _ in keep]
+                        np.stack([arr for _, (arr, _) in keep]), [i.source for i, _ in keep],
+                        [i.label for i, _ in keep], [framing for _, (_, framing) in keep],
                     ) if keep else []
                     yield preds, [q for _, q in loaded if q is not None]
                     if bar is not None:

@@ -29,7 +29,7 @@ async def _classify(request: Request, files: list[UploadFile]):
         reasons = " ".join(s["detail"] for s in upload.skipped)
         return None, error(422, f"No readable image in the upload. {reasons}".strip(), upload.skipped)
     probs, scores = await asyncio.wrap_future(state.batcher.submit(upload.images))
-    return upload, clf.make_predictions(probs, scores, upload.names)
+    return upload, clf.make_predictions(probs, scores, upload.names, framings=upload.framings)
 
 
 #: Images per Grad-CAM pass: the backward pass's memory grows with it (about 120 MB per 4 images).

@@ -25,6 +25,7 @@ class Upload:
     images: np.ndarray | None
     names: list[str]
     skipped: list[dict]
+    framings: list[str | None] | None = None
 
 
 def _read(upload: UploadFile) -> bytes:
@@ -39,7 +40,7 @@ def decode_uploads(clf: Classifier, files: list[UploadFile], max_pixels: int) ->
     are decoded; large JPEGs decode at the reduced scale the model still allows.
     """
     need = input_need(clf.preprocess)
-    images, names, skipped = [], [], []
+    images, names, skipped, framings = [], [], [], []
     for i, upload in enumerate(files):
         name = upload.filename or f"file {i + 1}"
         data = _read(upload)
@@ -47,12 +48,14 @@ def decode_uploads(clf: Classifier, files: list[UploadFile], max_pixels: int) ->
             skipped.append({"filename": name, "detail": f"{name}: empty file (0 bytes)."})
             continue
         try:
-            images.append(clf.prepare(decode_image(data, name, max_pixels=max_pixels, need=need)))
+            image, framing = clf.prepare_framed(decode_image(data, name, max_pixels=max_pixels, need=need))
+            images.append(image)
+            framings.append(framing)
             names.append(name)
         except DataError as e:
             skipped.append({"filename": name, "detail": str(e)})
         del data
-    return Upload(np.stack(images) if images else None, names, skipped)
+    return Upload(np.stack(images) if images else None, names, skipped, framings)
 
 
 def png_base64(image: np.ndarray) -> str:
