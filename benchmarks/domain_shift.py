@@ -11,7 +11,8 @@ benchmarks/results/domain_shift.json and .png (per-source bars; with --baseline,
 
 Settings: BLOODCELL_DATA (the PBC folder, default ../shared/data/pbc), BLOODCELL_EXTERNAL
 (folder of other labs' class folders, default ../shared/data/external), --split (the PBC
-split CSV; made with `bloodcell split` when missing).
+split CSV; made with `bloodcell split` when missing), --split-name (which of its splits is measured
+and shifted: `test` by default, `val` to choose among models without looking at the test split).
 """
 
 from __future__ import annotations
@@ -143,9 +144,9 @@ SHIFTS = {
 }
 
 
-def read_test_split(split_csv: Path) -> list[tuple[Path, str]]:
+def read_test_split(split_csv: Path, split_name: str = "test") -> list[tuple[Path, str]]:
     with open(split_csv, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("split") == "test"]
+        rows = [r for r in csv.DictReader(f) if r.get("split") == split_name]
     return [((split_csv.parent / r["path"]).resolve() if not Path(r["path"]).is_absolute() else Path(r["path"]), r["label"])
             for r in rows]
 
@@ -216,11 +217,11 @@ def ensure_split(split: Path, data: Path) -> Path:
 
 def sources(args) -> list[tuple[str, str, list, object]]:
     """(group, name, items, shift) for every source measured."""
-    test = read_test_split(ensure_split(Path(args.split), Path(args.data)))
-    out = [("PBC", "PBC test split", stratified(test, args.test_per_class), None)]
+    test = read_test_split(ensure_split(Path(args.split), Path(args.data)), args.split_name)
+    out = [("PBC", f"PBC {args.split_name} split", stratified(test, args.test_per_class), None)]
     if not args.no_shifts:
         shifted = stratified(test, args.shift_per_class, seed=1)
-        out += [("synthetic shift of PBC test", name, shifted, fn) for name, fn in SHIFTS.items()]
+        out += [(f"synthetic shift of PBC {args.split_name}", name, shifted, fn) for name, fn in SHIFTS.items()]
     external = Path(args.external)
     if external.is_dir():
         out += [("other labs", f"{d.name} (other lab)", read_class_folders(d), None)
@@ -261,7 +262,8 @@ def plot(rows: list[dict], baseline: dict | None, out: Path) -> None:
         ax.barh(ypos + 0.2, before, height=0.4, color="#bbbbbb", label="before")
         bars = ax.barh(ypos - 0.2, now, height=0.4, color="#2b6cb0", label="after")
     else:
-        colours = {"PBC": "#2b6cb0", "synthetic shift of PBC test": "#6b9bd1", "other labs": "#c05621"}
+        colours = {"PBC": "#2b6cb0", "other labs": "#c05621"}
+        colours.update({r["group"]: "#6b9bd1" for r in rows if r["group"] not in colours})
         bars = ax.barh(ypos, now, color=[colours[r["group"]] for r in rows])
         for group, colour in colours.items():
             ax.barh([np.nan], [np.nan], color=colour, label=group)
@@ -272,7 +274,7 @@ def plot(rows: list[dict], baseline: dict | None, out: Path) -> None:
     ax.axvline(85, color="#888888", lw=0.8, ls="--")
     ax.text(85, len(rows) - 0.4, " 85%", fontsize=7, color="#666666")
     ax.set_xlabel("balanced accuracy (%) over the classes each source has")
-    ax.set_title("Domain shift: PBC test, synthetic shifts, other labs")
+    ax.set_title(f"Domain shift: PBC {rows[0]['source'].split()[1]}, synthetic shifts, other labs")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -284,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=os.environ.get("BLOODCELL_DATA", str(ROOT.parent / "shared/data/pbc")))
     parser.add_argument("--external", default=os.environ.get("BLOODCELL_EXTERNAL", str(ROOT.parent / "shared/data/external")))
     parser.add_argument("--split", default=str(ROOT / "runs" / "pbc_split.csv"))
+    parser.add_argument("--split-name", default="test",
+                        help="which split of --split to measure and shift (val: to choose among models)")
     parser.add_argument("--test-per-class", type=int, default=0, help="PBC test images per class (0: all)")
     parser.add_argument("--shift-per-class", type=int, default=50, help="PBC test images per class for each shift")
     parser.add_argument("--no-shifts", action="store_true")
