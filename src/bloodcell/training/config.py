@@ -57,6 +57,20 @@ class AugmentConfig:
     saturation: float = _f(0.0, "colour jitter: saturation strength", lo=0, hi=1)
     hue: float = _f(0.0, "colour jitter: hue shift (fraction of the hue circle)", lo=0, hi=0.5)
     stain: float = _f(0.0, "stain jitter in HED colour-deconvolution space: scale 1±s and shift ±s per stain", lo=0, hi=0.5)
+    stain_scale: float = _f(0.0, "stain amount: each stain's optical density times exp(U(-a, a)) (0.7: x0.5 to x2)",
+                            lo=0, hi=1.5)
+    zoom_out: float = _f(1.0, "smallest magnification, drawn log-uniform up to zoom_in "
+                              "(0.5: the cell at half its size, the field around mirrored in; 1 = off)", lo=0.25, hi=1.0)
+    zoom_in: float = _f(1.0, "largest magnification (2: the central half of the input fills it; 1 = off)", lo=1.0, hi=4.0)
+    translate: float = _f(0.0, "move the content by up to this fraction of the side along each axis "
+                               "(the field mirrored into the gap)", lo=0, hi=0.5)
+    white_balance: float = _f(0.0, "white balance / colour cast: each channel times U(1-w, 1+w)", lo=0, hi=0.9)
+    grey: float = _f(0.0, "probability of a grey image (luma in all three channels)", lo=0, hi=1)
+    blur: float = _f(0.0, "defocus: Gaussian blur with sigma U(0, b) pixels of the model input", lo=0, hi=8)
+    noise: float = _f(0.0, "sensor noise: Gaussian with standard deviation U(0, n) on the 0-1 scale", lo=0, hi=0.5)
+    low_resolution: float = _f(1.0, "down-sample by a factor U(r, 1) and back up (1 = off)", lo=0.1, hi=1.0)
+    jpeg: float = _f(0.0, "JPEG-like 8x8 DCT quantisation, step of the DC coefficient U(0, q) on the 0-1 scale "
+                          "(0.1 ~ quality 30, 0.3 ~ quality 10)", lo=0, hi=1)
 
     def any(self) -> bool:
         return self != AugmentConfig()
