@@ -204,7 +204,7 @@ def test_gradcam_runs_in_small_chunks(cell_png):
     with TestClient(app) as c:
         r = c.post("/v1/predict?explain=true", files=upload([(f"c{i}.png", cell_png) for i in range(7)]))
     assert r.status_code == 200 and all(p["gradcam_png"] for p in r.json()["predictions"])
-    assert sizes == [4, 3] and clf.batch_size == server_app.BATCH_SIZE
+    assert sizes == [2, 2, 2, 1] and clf.batch_size == server_app.BATCH_SIZE
 
 
 def test_gate_trims_memory_once_idle_at_a_bounded_rate():
