@@ -36,16 +36,11 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from bloodcell import Classifier, canonical_class, decode_image
-from bloodcell.core.locate import crop_box, locate_cell, typical_share
+from bloodcell.core.locate import HED_FROM_RGB, RGB_FROM_HED, crop_box, locate_cell, typical_share
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
-
-# Hematoxylin, eosin and DAB optical-density vectors (Ruifrok and Johnston), rows = stains.
-RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
-HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
-
 
 def zoom(img: np.ndarray, factor: float) -> np.ndarray:
     """The field as seen at ``factor`` times the magnification, same pixel size (background fills)."""

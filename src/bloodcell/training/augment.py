@@ -48,10 +48,11 @@ import math
 import torch
 import torch.nn.functional as F
 
+from bloodcell.core.locate import RGB_FROM_HED
 from bloodcell.training.config import AugmentConfig
 
 # Ruifrok & Johnston (2001) stain vectors: rows = optical density of H, E, DAB in RGB (as in scikit-image).
-_RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float64)
+_RGB_FROM_HED = torch.from_numpy(RGB_FROM_HED).to(torch.float64)
 _HED_FROM_RGB = torch.linalg.inv(_RGB_FROM_HED)
 _LUMA = (0.299, 0.587, 0.114)
 # RGB <-> YIQ: hue rotation is a rotation of the (I, Q) chroma plane.
