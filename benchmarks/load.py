@@ -95,22 +95,28 @@ async def run_load(url: str, images, requests: int, concurrency: int, max_second
     }
 
 
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def start_server(model: str | None, port: int) -> subprocess.Popen:
+    """Start `bloodcell serve` on 127.0.0.1:PORT and wait (at most 2 minutes) until /health answers."""
     import httpx
 
-    cmd = [sys.executable, "-m", "bloodcell", "serve", "--port", str(port), "--log-level", "warning"]
+    cmd = [sys.executable, "-m", "bloodcell", "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
     if model:
         cmd += ["--model", model]
     proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
                 return proc
         except httpx.HTTPError:
             time.sleep(0.3)
-        if proc.poll() is not None:
-            break
     proc.kill()
     raise SystemExit("bloodcell serve did not start")
 
@@ -129,9 +135,7 @@ def main(argv=None) -> int:
         ap.error("give --url of a running server or --start")
     proc = None
     if args.start:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         proc = start_server(args.model, port)
         url = f"http://127.0.0.1:{port}"
     else:

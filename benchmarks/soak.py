@@ -23,9 +23,7 @@ import io
 import json
 import os
 import random
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter, defaultdict
@@ -33,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from load import free_port, start_server  # benchmarks/ is on the path when a script here runs
 
 ROOT = Path(__file__).resolve().parents[1]
 RSS_GOAL_MB = 1500
@@ -138,25 +138,6 @@ def client_loop(url, seed, deadline, budget, cells, hostile, results, lock) -> N
                 results.append((kind, status, time.perf_counter() - t0))
 
 
-def start_server(model: str | None, port: int) -> subprocess.Popen:
-    import httpx
-
-    cmd = [sys.executable, "-m", "bloodcell", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--log-level", "warning"]
-    if model:
-        cmd += ["--model", model]
-    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    proc.kill()
-    raise SystemExit("bloodcell serve did not start")
-
-
 def warm_up(url: str, cells, hostile) -> None:
     import httpx
 
@@ -237,9 +218,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     cells = good_cells()
     hostile = hostile_payloads(cells)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = start_server(args.model, port)
     url = f"http://127.0.0.1:{port}"
     try:
