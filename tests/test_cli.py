@@ -46,3 +46,12 @@ def test_help_from_a_fresh_process():
 def test_unknown_verb_suggests_the_closest(capsys):
     assert main(["predcit"]) == 2
     assert "Did you mean 'predict'" in capsys.readouterr().err
+
+
+def test_command_list_loads_no_verb_library():
+    code = ("import sys\nfrom bloodcell.cli.main import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'onnxruntime', 'matplotlib', 'timm') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines()[-1] == "[]"

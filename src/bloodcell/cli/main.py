@@ -28,7 +28,8 @@ def _verbs() -> dict[str, object]:
 
 
 def build_parser(verbs: dict[str, str], only: str | None = None) -> argparse.ArgumentParser:
-    """The argument parser; with ``only``, just that verb's arguments are built (fast start-up)."""
+    """The argument parser with every verb listed; only the arguments of the verb ``only`` are built
+    (none for ``bloodcell --help``), so start-up loads that verb's modules alone."""
     parser = argparse.ArgumentParser(
         prog="bloodcell",
         description="Classify microscope images of single peripheral blood cells (8-class differential).",
@@ -39,7 +40,7 @@ def build_parser(verbs: dict[str, str], only: str | None = None) -> argparse.Arg
         module = importlib.import_module(f"{commands.__name__}.{module_name}")
         # argparse %-formats help strings (not descriptions): a literal % must be doubled.
         p = sub.add_parser(verb, help=module.HELP.replace("%", "%%"), description=module.HELP)
-        if only is None or verb == only:
+        if verb == only:
             module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
