@@ -37,6 +37,21 @@ def make_app():
     return create_app(**json.loads(os.environ[OPTIONS_ENV]))
 
 
+def check_address(host: str, port: int) -> None:
+    """Prove ``host:port`` can be listened on before the model loads; a :class:`ConfigError` says why not."""
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port must be between 0 and 65535, got {port}.")
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.create_server((host, port), family=family):
+            pass
+    except socket.gaierror:
+        raise ConfigError(f"--host {host!r} is not an address or a name this machine can resolve.") from None
+    except OSError as e:
+        raise ConfigError(f"Cannot listen on {host}:{port} ({os.strerror(e.errno) if e.errno else e}). Choose another --port, "
+                          "or stop what is using it.") from None
+
+
 def serve(
     model=None, host: str = "127.0.0.1", port: int = 8000, *, workers: int = 1, threads: int | None = None,
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
@@ -78,11 +93,12 @@ def serve(
     Raises
     ------
     ConfigError
-        When a limit or the worker count is out of range.
+        When a limit or the worker count is out of range, or ``host:port`` cannot be listened on.
     """
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}.")
     check_limits(max_upload_mb, max_files, max_megapixels)
+    check_address(host, port)
     options = {"max_upload_mb": max_upload_mb, "max_files": max_files, "max_megapixels": max_megapixels,
                "allowed_hosts": [*bound_hosts(host), *(allowed_hosts or [])]}
     print(f"bloodcell serve: web page and API at http://{host}:{port}/ (API docs at /docs); Ctrl+C stops.",
