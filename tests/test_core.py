@@ -126,3 +126,23 @@ def test_cli_suggests_close_verb(capsys):
 def test_cli_runs_as_module():
     out = subprocess.run([sys.executable, "-m", "bloodcell", "models"], capture_output=True, text=True, check=True)
     assert "efficientnet_lite0" in out.stdout and "enhanced_cnn" in out.stdout
+
+
+def test_image_normalization_undoes_a_colour_cast_and_agrees_across_backends():
+    import torch
+
+    from bloodcell.core.preprocess import normalize
+
+    cfg = PreprocessConfig(image_size=8, normalization="image")
+    assert PreprocessConfig.from_dict(cfg.to_dict()) == cfg
+    assert "normalization" not in PreprocessConfig(image_size=8).to_dict()  # dataset models are written as before
+    batch = np.random.default_rng(2).integers(40, 200, (1, 8, 8, 3), dtype=np.uint8)
+    cast = np.clip(batch * np.array([1.1, 1.0, 0.6]) + np.array([10, 0, 0]), 0, 255).round().astype(np.uint8)
+    a, b = normalize(batch, cfg), normalize(cast, cfg)
+    np.testing.assert_allclose(a, b, atol=0.05)  # a per-channel gain and offset is undone (up to rounding)
+    assert np.abs(normalize(batch, PreprocessConfig(image_size=8)) - normalize(cast, PreprocessConfig(image_size=8))).max() > 0.3
+    np.testing.assert_allclose(a, normalize(torch.from_numpy(batch), cfg).numpy(), atol=1e-5)
+    flat = np.full((1, 8, 8, 3), 128, np.uint8)
+    assert np.isfinite(normalize(flat, cfg)).all() and np.abs(normalize(flat, cfg)).max() == 0
+    with pytest.raises(ConfigError, match="normalization must be one of dataset, image"):
+        PreprocessConfig(normalization="lab")

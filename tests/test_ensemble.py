@@ -25,7 +25,7 @@ HALF = (0.5, 0.5, 0.5)
 
 
 def tiny_model(folder, arch="basic_cnn", size=32, classes=CLASSES4, mean=HALF, std=HALF, crop=1.0, seed=0, temperature=None,
-               framing="centre", cell_share=None):
+               framing="centre", cell_share=None, normalization="dataset"):
     """Save an untrained (seeded) model folder and return it."""
     torch.manual_seed(seed)
     module = create_model(arch, num_classes=len(classes))
@@ -33,7 +33,7 @@ def tiny_model(folder, arch="basic_cnn", size=32, classes=CLASSES4, mean=HALF, s
         for p in module.parameters():
             p.mul_(1.5)
     pre = PreprocessConfig(image_size=size, crop_fraction=crop, mean=mean, std=std, class_names=classes,
-                           framing=framing, cell_share=cell_share)
+                           framing=framing, cell_share=cell_share, normalization=normalization)
     meta = {"architecture": arch, "model_kwargs": {}, "preprocess": pre.to_dict(), "data_manifest_sha256": "abc"}
     if temperature is not None:
         meta["calibration"] = {"temperature": temperature, "abstain_threshold": None}
@@ -273,3 +273,13 @@ def test_ensemble_verb_and_a_failed_member_leaves_the_old_folder(tmp_path):
         bloodcell.ensemble([a, b], out, force=True)
     assert read_meta(out)["ensemble"]["weights"] == [0.25, 0.75] and (out / "member_1" / WEIGHTS).is_file()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_mismatched_normalization_refused(tmp_path):
+    a = tiny_model(tmp_path / "a")
+    b = tiny_model(tmp_path / "b", normalization="image", seed=1)
+    with pytest.raises(ModelError, match=r"member 1 .* normalizes pixels by 'image', but member 0 .* by 'dataset'"):
+        make_ensemble([a, b], tmp_path / "ens")
+    c = tiny_model(tmp_path / "c", normalization="image", seed=2)
+    pre = PreprocessConfig.from_dict(read_meta(make_ensemble([b, c], tmp_path / "ens2"))["preprocess"])
+    assert pre.normalization == "image"

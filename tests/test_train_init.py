@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -49,6 +50,10 @@ def test_training_runs_from_an_init_model_with_another_class_set(parent, tmp_pat
     cfg = tiny_config(epochs=1, model=source.architecture, init=str(parent))
     pre = make_preprocess(cfg, data.class_names, source)
     assert pre.image_size == 16 and pre.mean == tuple(source.meta["preprocess"]["mean"])
+    wider = make_preprocess(dataclasses.replace(cfg, crop_fraction=0.5, normalization="image"), data.class_names,
+                            source, explicit={"crop_fraction", "normalization"})
+    assert (wider.crop_fraction, wider.normalization, wider.image_size) == (0.5, "image", 16)
+    assert make_preprocess(dataclasses.replace(cfg, crop_fraction=0.5), data.class_names, source).crop_fraction == 1.0
     result = fit(cfg, data, tmp_path / "child", pre=pre, init=source, progress=False)
     meta = json.loads((tmp_path / "child" / "model.json").read_text())
     assert meta["init"]["kept_classes"] == ["basophil", "platelet"]

@@ -44,6 +44,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: located cell, scaled so the cell fills ``cell_share`` of it).
 FRAMINGS = ("centre", "cell")
 
+#: How pixel values are scaled: ``dataset`` (the fixed per-channel ``mean``/``std``) or ``image``
+#: (each image standardised per channel by its own mean and standard deviation, which undoes a
+#: lab's colour cast, white balance, stain intensity and contrast before the network sees it).
+NORMALIZATIONS = ("dataset", "image")
+
+#: Smallest per-channel standard deviation divided by under ``image`` normalization (on the
+#: ``[0, 1]`` scale), so a flat image is not blown up into amplified noise.
+MIN_IMAGE_STD = 0.02
+
 
 @dataclass(frozen=True)
 class PreprocessConfig:
@@ -78,6 +87,7 @@ class PreprocessConfig:
     class_names: tuple[str, ...] = field(default=CLASSES)
     framing: str = "centre"
     cell_share: float | None = None
+    normalization: str = "dataset"
 
     def __post_init__(self) -> None:
         if not isinstance(self.image_size, int) or not 8 <= self.image_size <= 2048:
@@ -100,6 +110,10 @@ class PreprocessConfig:
         object.__setattr__(self, "class_names", tuple(self.class_names))
         object.__setattr__(self, "crop_fraction", float(self.crop_fraction))
         self._check_framing()
+        if self.normalization not in NORMALIZATIONS:
+            raise ConfigError(
+                f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {self.normalization!r}."
+            )
 
     def _check_framing(self) -> None:
         if self.framing not in FRAMINGS:
@@ -120,6 +134,8 @@ class PreprocessConfig:
         d["mean"], d["std"], d["class_names"] = list(self.mean), list(self.std), list(self.class_names)
         if self.framing == "centre":  # written as before, so earlier versions still read centre models
             del d["framing"], d["cell_share"]
+        if self.normalization == "dataset":  # likewise: earlier versions read dataset-normalized models
+            del d["normalization"]
         return d
 
     @classmethod
@@ -311,12 +327,29 @@ def normalize(batch, cfg: PreprocessConfig):
     """``uint8`` NHWC batch (NumPy or torch) to normalized float32 NCHW of the same kind."""
     if isinstance(batch, np.ndarray):
         x = batch.astype(np.float32).transpose(0, 3, 1, 2) / 255.0
-        mean = np.asarray(cfg.mean, np.float32).reshape(1, 3, 1, 1)
-        std = np.asarray(cfg.std, np.float32).reshape(1, 3, 1, 1)
+        if cfg.normalization == "image":
+            mean = x.mean(axis=(2, 3), keepdims=True)
+            std = np.maximum(x.std(axis=(2, 3), keepdims=True), MIN_IMAGE_STD)
+        else:
+            mean = np.asarray(cfg.mean, np.float32).reshape(1, 3, 1, 1)
+            std = np.asarray(cfg.std, np.float32).reshape(1, 3, 1, 1)
         return np.ascontiguousarray((x - mean) / std)
-    import torch  # deferred: a torch batch means torch is loaded; the onnxruntime path never gets here
+    return normalize_unit(batch.permute(0, 3, 1, 2).float().div_(255.0), cfg)
 
-    x = batch.permute(0, 3, 1, 2).float().div_(255.0)
+
+def normalize_unit(x, cfg: PreprocessConfig):
+    """``[0, 1]`` float NCHW torch tensor to the model's input (the torch half of :func:`normalize`)."""
+    if cfg.normalization == "image":
+        std, mean = _torch_std_mean(x)
+        return (x - mean) / std.clamp_min(MIN_IMAGE_STD)
+    import torch  # deferred: a torch tensor means torch is loaded; the onnxruntime path never gets here
+
     mean = torch.tensor(cfg.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(cfg.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
+
+
+def _torch_std_mean(x):
+    import torch  # deferred, as above
+
+    return torch.std_mean(x, dim=(2, 3), keepdim=True, correction=0)

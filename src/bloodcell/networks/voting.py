@@ -67,7 +67,8 @@ class _Member(nn.Module):
         e_mean, e_std = torch.tensor(ensemble.mean), torch.tensor(ensemble.std)
         m_mean, m_std = torch.tensor(member.mean), torch.tensor(member.std)
         # x_member = (x * e_std + e_mean - m_mean) / m_std
-        self.renormalize = not (torch.equal(e_mean, m_mean) and torch.equal(e_std, m_std))
+        same = torch.equal(e_mean, m_mean) and torch.equal(e_std, m_std)
+        self.renormalize = member.normalization == "dataset" and not same  # image-normalized inputs need no change
         self.register_buffer("scale", (e_std / m_std).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("shift", ((e_mean - m_mean) / m_std).view(1, 3, 1, 1), persistent=False)
         self.resize = member.image_size != ensemble.image_size
@@ -154,6 +155,12 @@ def check_compatible(name: str, member: PreprocessConfig, reference: PreprocessC
             f"{reference_name} by {reference.framing!r} (cell share {reference.cell_share}). All members must frame "
             "images the same way (the ensemble prepares each image once); retrain one of them with the other's framing."
         )
+    if member.normalization != reference.normalization:
+        raise ModelError(
+            f"Ensemble member {name} normalizes pixels by {member.normalization!r}, but {reference_name} by "
+            f"{reference.normalization!r}. All members must normalize the same way (the ensemble normalizes "
+            "each image once); retrain one of them with the other's normalization."
+        )
 
 
 def ensemble_preprocess(configs: list[PreprocessConfig]) -> PreprocessConfig:
@@ -169,6 +176,7 @@ def ensemble_preprocess(configs: list[PreprocessConfig]) -> PreprocessConfig:
         crop_fraction=configs[0].crop_fraction,
         framing=configs[0].framing,
         cell_share=configs[0].cell_share,
+        normalization=configs[0].normalization,
         mean=first_large.mean,
         std=first_large.std,
         class_names=configs[0].class_names,

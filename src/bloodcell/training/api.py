@@ -47,7 +47,8 @@ class _Plan:
 
     @property
     def explicit(self) -> tuple[str, ...]:
-        return tuple(str(k).replace("-", "_") for k in self.overrides)
+        """Keys set by the recipe or config file, or on the command line."""
+        return tuple(dict.fromkeys(str(k).replace("-", "_") for k in [*self.recipe, *self.overrides]))
 
 
 def _plan(recipe: str | None, config: str | Path | None, out, resume, overrides: dict) -> _Plan:

@@ -88,6 +88,9 @@ class TrainConfig:
     # preprocessing
     image_size: int | None = _f(None, "input side in pixels (null = the architecture's default)", lo=8, hi=2048, example=128)
     crop_fraction: float = _f(1.0, "centred square crop, as a fraction of the shorter side", lo=0.1, hi=1.0)
+    normalization: str = _f("dataset", "pixel scaling: dataset (fixed mean/std) or image (each image standardised "
+                            "per channel, which undoes a lab's colour cast and stain intensity)",
+                            choices=("dataset", "image"))
     # optimisation
     epochs: int = _f(50, "maximum number of epochs", lo=1, hi=100000, example=10)
     batch_size: int = _f(16, "images per optimisation step (per process when distributed)", lo=1, hi=65536, example=32)

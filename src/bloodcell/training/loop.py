@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from bloodcell.core.preprocess import PreprocessConfig
+from bloodcell.core.preprocess import PreprocessConfig, normalize_unit
 from bloodcell.training.augment import BatchAugment, batch_generator
 from bloodcell.training.config import TrainConfig
 from bloodcell.training.device import Runtime
@@ -99,11 +99,10 @@ class Normalizer:
     """``[0, 1]`` float NCHW -> the model's normalised input (same maths as :func:`preprocess.normalize`)."""
 
     def __init__(self, pre: PreprocessConfig, device):
-        self.mean = torch.tensor(pre.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(pre.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.pre = pre
 
     def __call__(self, x01: torch.Tensor) -> torch.Tensor:
-        return (x01 - self.mean) / self.std
+        return normalize_unit(x01, self.pre)
 
 
 @contextlib.contextmanager

@@ -42,17 +42,27 @@ class TrainData:
 
 
 def make_preprocess(cfg: TrainConfig, class_names, init: InitSource | None = None,
-                    image_size_explicit: bool = False) -> PreprocessConfig:
-    """The preprocessing of the model to train: the architecture's (or the init model's) plus the config's size."""
+                    explicit: frozenset[str] | set[str] = frozenset()) -> PreprocessConfig:
+    """The preprocessing of the model to train: the architecture's (or the init model's) plus the config's.
+
+    Starting from a model (``init``), its preprocessing is kept except for the
+    keys the config sets explicitly (``explicit``: input size, crop,
+    normalization), so a model can be fine-tuned on a wider field or with
+    another pixel scaling.
+    """
     if init is not None:
         base = dict(init.meta["preprocess"])
-        if image_size_explicit and cfg.image_size:
+        if "image_size" in explicit and cfg.image_size:
             base["image_size"] = cfg.image_size
+        for key in ("crop_fraction", "normalization"):
+            if key in explicit:
+                base[key] = getattr(cfg, key)
         base["class_names"] = tuple(class_names)
         return PreprocessConfig.from_dict(base)
     entry = get_entry(cfg.model)
     return PreprocessConfig(image_size=cfg.image_size or entry.default_size, crop_fraction=cfg.crop_fraction,
-                            mean=entry.mean, std=entry.std, class_names=tuple(class_names))
+                            mean=entry.mean, std=entry.std, normalization=cfg.normalization,
+                            class_names=tuple(class_names))
 
 
 @functools.lru_cache(maxsize=64)

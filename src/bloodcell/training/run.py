@@ -48,7 +48,7 @@ def _train_into(cfg: TrainConfig, out: Path, resume: bool, explicit: tuple[str, 
         pre0 = PreprocessConfig.from_dict(saved["preprocess"])
     else:
         cfg, init = _with_init(cfg, explicit)
-        pre0 = make_preprocess(cfg, CLASSES, init, image_size_explicit="image_size" in explicit)
+        pre0 = make_preprocess(cfg, CLASSES, init, explicit=set(explicit))
     check_image_size(cfg.model, pre0.image_size)
     if not info.is_main:
         distributed.barrier()  # rank 0 fills the decoded-image cache first
