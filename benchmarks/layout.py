@@ -27,7 +27,7 @@ ALLOWED = {
     "prediction": {"core", "data", "networks", "ood"},
     "training": {"core", "data", "networks", "evaluation", "prediction"},
     "evaluation": {"core", "data", "networks", "ood", "prediction"},
-    "packaging": {"core", "data", "networks", "ood", "evaluation", "prediction"},
+    "packaging": {"core", "data", "networks", "ood", "training", "evaluation", "prediction"},
     "server": {"core", "data", "networks", "ood", "prediction", "packaging"},
     "pipelines": {"core", "data", "networks", "ood", "prediction", "training", "evaluation", "packaging"},
     "cli": set(STAGES) - {"cli"},

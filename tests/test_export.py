@@ -347,3 +347,31 @@ def test_export_output_that_cannot_be_written_is_refused_before_work(tmp_path):
         bloodcell.export(tiny_model(), format="default", output=afile / "pkg", data=afile)
     run = cli("export", str(tiny_model()), "-o", str(afile / "m.onnx"))
     assert run.returncode == 2 and "Traceback" not in run.stderr and "afile is a file" in run.stderr
+
+
+def test_ood_is_fitted_on_cells_under_the_training_augmentation_when_the_model_learnt_lab_shifts(tmp_path):
+    from bloodcell.packaging.package import package_default
+    from bloodcell.training.augment import augmented_copies
+    from bloodcell.training.config import AugmentConfig
+
+    x, y = cells(8, seed=7)
+    np.savez(tmp_path / "data.npz", images=x, labels=y)
+    records = {}
+    for name, augment in (("plain", {"hflip": True}), ("shifted", {"hflip": True, "white_balance": 0.3, "zoom_in": 2.0})):
+        src = copy_model(tmp_path / name)
+        for extra in (ONNX, OOD):
+            (src / extra).unlink()
+        meta = read_meta(src)
+        meta["config"] = {"augment": augment}
+        write_meta(src, meta)
+        out = package_default(src, tmp_path / "data.npz", tmp_path / f"pkg_{name}", per_class=6, heldout_per_class=3,
+                              non_cells_per_kind=4, say=lambda m: None)
+        records[name] = read_meta(out)["ood"]
+    assert records["plain"]["cells_under_training_augmentation"] is False
+    assert records["shifted"]["cells_under_training_augmentation"] is True
+    assert records["shifted"]["fitted_on_images"] == 2 * records["plain"]["fitted_on_images"]
+    images = _prepared(4)
+    cfg = AugmentConfig(white_balance=0.3)
+    shifted = augmented_copies(images, cfg, seed=1)
+    assert shifted.shape == images.shape and shifted.dtype == np.uint8 and not np.array_equal(shifted, images)
+    np.testing.assert_array_equal(shifted, augmented_copies(images, cfg, seed=1))  # seeded

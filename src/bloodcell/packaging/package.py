@@ -8,6 +8,10 @@ runs :func:`package_default`:
 2. fits the out-of-distribution score (:mod:`bloodcell.ood.score`) on training
    images of ``data`` (at most ``per_class`` per class) and measures its
    threshold against held-out validation images and generated non-cell images;
+   when the model was trained to handle other labs' images (its recorded
+   augmentation changes scale, colour, stain or camera), the fitting and held-out
+   cells are joined by copies drawn through that augmentation, so a cell from
+   another lab counts as a cell and only non-cells are flagged;
 3. merges the model card (intended use, data, metrics, limitations, citation,
    licence) into ``model.json`` and checks that every required section is there;
 4. exports ``model.onnx`` (with the ``ood_score`` output) and checks that
@@ -37,6 +41,8 @@ from bloodcell.packaging.card import card_metrics, check_evaluation_matches, tra
 from bloodcell.packaging.onnx import export_onnx
 from bloodcell.prediction.onnx_backend import OnnxModel
 from bloodcell.prediction.torch_backend import predict_proba
+from bloodcell.training.augment import augmented_copies, shifts_lab_appearance
+from bloodcell.training.config import AugmentConfig
 
 #: Sections the default model's card must have.
 REQUIRED_CARD = ("intended_use", "data", "metrics", "limitations", "citation", "licence")
@@ -136,12 +142,34 @@ def _card_for(staging: Path, meta: dict, card: dict | None, evaluation: dict | N
     return card
 
 
+def training_augment(folder: Path, meta: dict) -> AugmentConfig | None:
+    """The augmentation the model (an ensemble: its first member) was trained with, if recorded."""
+    members = (meta.get("ensemble") or {}).get("members") or []
+    if members:
+        meta = read_meta(folder / members[0])
+    recorded = (meta.get("config") or {}).get("augment")
+    return AugmentConfig(**recorded) if isinstance(recorded, dict) else None
+
+
+def _with_lab_shifts(images: np.ndarray, labels, augment: AugmentConfig, seed: int):
+    shifted = augmented_copies(images, augment, seed)
+    return np.concatenate([images, shifted]), None if labels is None else np.concatenate([labels, labels])
+
+
 def _fit_ood(staging: Path, loaded, train, held, per_kind: int, max_false_flag: float, seed: int, say) -> dict:
     """Fit the out-of-distribution score, store its head in ``staging`` and return its record."""
-    say(f"Fitting the out-of-distribution score on {len(train)} training images; threshold from "
-        f"{len(held)} held-out cells ...")
-    head, info = fit_ood(loaded, train.images, train.labels, held.images, per_kind=per_kind, seed=seed,
-                             max_false_flag=max_false_flag)
+    train_images, train_labels, held_images = train.images, train.labels, held.images
+    augment = training_augment(staging, read_meta(staging))
+    shifted = augment is not None and shifts_lab_appearance(augment)
+    if shifted:
+        train_images, train_labels = _with_lab_shifts(train_images, train_labels, augment, seed)
+        held_images, _ = _with_lab_shifts(held_images, None, augment, seed + 1)
+    say(f"Fitting the out-of-distribution score on {len(train_images)} training images"
+        f"{' (half of them under the training augmentation)' if shifted else ''}; threshold from "
+        f"{len(held_images)} held-out cells ...")
+    head, info = fit_ood(loaded, train_images, train_labels, held_images, per_kind=per_kind, seed=seed,
+                         max_false_flag=max_false_flag)
+    info["cells_under_training_augmentation"] = shifted
     save_head(staging, head)
     return info
 

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -318,3 +319,26 @@ def mix_seed(*parts: int) -> int:
         x = (x * 0x94D049BB133111EB) & (2**64 - 1)
         x ^= x >> 29
     return x & (2**63 - 1)
+
+
+#: Augmentation keys that imitate how other labs' images differ (scale, position, colour, stain,
+#: camera); a model trained with any of them has learnt to treat such cells as cells.
+LAB_SHIFT_KEYS = ("zoom_out", "zoom_in", "translate", "white_balance", "grey", "stain_scale", "hue", "saturation",
+                  "blur", "noise", "low_resolution", "jpeg")
+
+
+def shifts_lab_appearance(cfg: AugmentConfig) -> bool:
+    """Whether ``cfg`` changes any of :data:`LAB_SHIFT_KEYS` from its off value."""
+    off = AugmentConfig()
+    return any(getattr(cfg, k) != getattr(off, k) for k in LAB_SHIFT_KEYS)
+
+
+def augmented_copies(images: np.ndarray, cfg: AugmentConfig, seed: int = 0, batch_size: int = 64) -> np.ndarray:
+    """``uint8`` NHWC images drawn once through ``cfg``'s augmentation (seeded), same shape and dtype."""
+    augment = BatchAugment(cfg)
+    out = np.empty_like(images)
+    for start in range(0, len(images), batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).permute(0, 3, 1, 2).contiguous()
+        y = augment(x, batch_generator(seed, 0, 0, start // batch_size)) if augment.active else x.float() / 255
+        out[start:start + len(x)] = y.mul(255).round_().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return out
