@@ -127,3 +127,27 @@ def test_ensemble_recipe_trains_each_member_then_combines(make_folder_dataset, t
     recipe.write_text("members: [basic_cnn, nope_cnn]\n")
     assert main(args[:-1] + ["--out", str(tmp_path / "e2")]) == 2
     assert "Unknown recipe 'nope_cnn'" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_cell_framing_and_image_normalization_are_trained_and_stored(real_data, tmp_path):
+    rows = []
+    for name in ("lymphocyte", "neutrophil"):
+        files = sorted((real_data / name).glob("*.jpg"))[:8]
+        rows += [{"path": str(f), "label": name, "split": "val" if k < 2 else "train"} for k, f in enumerate(files)]
+    manifest = tmp_path / "slice.csv"
+    with manifest.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["path", "label", "split"])
+        w.writeheader()
+        w.writerows(rows)
+    out = tmp_path / "run"
+    assert main(["train", "--recipe", "cpu_fast_cnn", "--data", str(manifest), "--out", str(out), "--image-size", "32",
+                 "--epochs", "1", "--threads", "1", "--no-progress", "--framing", "cell",
+                 "--normalization", "image"]) == 0
+    pre = load_model(out).preprocess
+    assert (pre.framing, pre.normalization) == ("cell", "image")
+    assert 0.15 < pre.cell_share < 0.6  # a PBC cell fills about a third of the field's side
+    child = tmp_path / "child"
+    assert main(["train", "--data", str(manifest), "--out", str(child), "--init", str(out), "--epochs", "1",
+                 "--threads", "1", "--no-progress", "--framing", "centre"]) == 0
+    assert (load_model(child).preprocess.framing, load_model(child).preprocess.normalization) == ("centre", "image")

@@ -88,6 +88,9 @@ class TrainConfig:
     # preprocessing
     image_size: int | None = _f(None, "input side in pixels (null = the architecture's default)", lo=8, hi=2048, example=128)
     crop_fraction: float = _f(1.0, "centred square crop, as a fraction of the shorter side", lo=0.1, hi=1.0)
+    framing: str = _f("centre", "input crop: centre (the centred square) or cell (around the located cell, scaled so "
+                      "it fills the share measured on the training images; see `bloodcell predict`)",
+                      choices=("centre", "cell"))
     normalization: str = _f("dataset", "pixel scaling: dataset (fixed mean/std) or image (each image standardised "
                             "per channel, which undoes a lab's colour cast and stain intensity)",
                             choices=("dataset", "image"))

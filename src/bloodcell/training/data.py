@@ -24,6 +24,7 @@ from sklearn.model_selection import train_test_split
 from bloodcell.core.classes import CLASSES
 from bloodcell.core.errors import ConfigError, DataError
 from bloodcell.core.files import atomic_write_bytes
+from bloodcell.core.locate import typical_share
 from bloodcell.core.preprocess import PreprocessConfig
 from bloodcell.data import load_arrays, open_dataset
 from bloodcell.data.audit.checks import audit_dataset
@@ -152,6 +153,20 @@ def _subset(part, size: int, seed: int):
         return part
     keep = stratified_subset(labels, size, seed)
     return images[keep], labels[keep], [ids[i] for i in keep]
+
+
+def measure_cell_share(data: str, crop_fraction: float, n: int = 200) -> float:
+    """The share of the crop a located cell fills in up to ``n`` training images of ``data`` (evenly spread)."""
+    ds = open_dataset(data)
+    rows = [i for i, s in enumerate(ds.samples) if s.label is not None and s.split in (None, "train")]
+    step = max(1, len(rows) // n)
+    images = []
+    for i in rows[::step][:n]:
+        try:
+            images.append(ds.read(i))
+        except DataError:
+            continue  # an unreadable file is reported when the training images are loaded
+    return typical_share(images, crop_fraction)
 
 
 def load_training_data(cfg: TrainConfig, pre: PreprocessConfig, progress: bool = True) -> tuple[TrainData, dict]:

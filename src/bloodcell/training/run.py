@@ -14,7 +14,7 @@ from bloodcell.core.preprocess import PreprocessConfig
 from bloodcell.networks import make_ensemble
 from bloodcell.training import distributed
 from bloodcell.training.config import TrainConfig, load_config
-from bloodcell.training.data import load_training_data
+from bloodcell.training.data import load_training_data, measure_cell_share
 from bloodcell.training.outputs import undone_on_failure
 from bloodcell.training.prepare import check_image_size, existing_run, make_preprocess
 from bloodcell.training.state import latest_meta
@@ -36,6 +36,18 @@ def _with_init(cfg: TrainConfig, explicit: tuple[str, ...]) -> tuple[TrainConfig
     return dataclasses.replace(cfg, model=init.architecture, init=init_spec), init
 
 
+def with_framing(pre: PreprocessConfig, cfg: TrainConfig, explicit) -> PreprocessConfig:
+    """``pre`` framed as the config says: ``cell`` measures the cell's share on the training images.
+
+    Starting from a model, its framing is kept unless the config sets ``framing`` explicitly.
+    """
+    if cfg.framing == pre.framing or ("framing" not in explicit and cfg.framing == "centre"):
+        return pre
+    if cfg.framing == "centre":
+        return dataclasses.replace(pre, framing="centre", cell_share=None)
+    return dataclasses.replace(pre, framing="cell", cell_share=measure_cell_share(cfg.data, pre.crop_fraction))
+
+
 def _train_into(cfg: TrainConfig, out: Path, resume: bool, explicit: tuple[str, ...], progress: bool,
                 info: distributed.DistInfo) -> FitResult:
     check_writable_folder(out, "run folder", "--out")
@@ -48,7 +60,7 @@ def _train_into(cfg: TrainConfig, out: Path, resume: bool, explicit: tuple[str, 
         pre0 = PreprocessConfig.from_dict(saved["preprocess"])
     else:
         cfg, init = _with_init(cfg, explicit)
-        pre0 = make_preprocess(cfg, CLASSES, init, explicit=set(explicit))
+        pre0 = with_framing(make_preprocess(cfg, CLASSES, init, explicit=set(explicit)), cfg, explicit)
     check_image_size(cfg.model, pre0.image_size)
     if not info.is_main:
         distributed.barrier()  # rank 0 fills the decoded-image cache first
