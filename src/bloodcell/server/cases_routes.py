@@ -5,7 +5,7 @@
 ``GET|PATCH /v1/cases/{id}``                one case with its lab differential; change accession, note, target
 ``POST /v1/cases/{id}/cells``               classify and add images (multipart ``files``, the limits of /v1/predict)
 ``GET /v1/cases/{id}/cells``                its cells, ``?label=`` (final label) and ``?flag=`` filters
-``PATCH /v1/cases/{id}/cells/{cell}``       review: ``{label, reviewer?}``, ``label: null`` clears it
+``GET|PATCH /v1/cases/{id}/cells/{cell}``   one cell; review: ``{label, reviewer?}``, ``label: null`` clears it
 ``GET .../cells/{cell}/image``, ``/gradcam`` the stored image; Grad-CAM over the model's crop (``X-Crop-Box``)
 ``GET /v1/cases/{id}/events``               every change
 ``GET /v1/cases/{id}/export.csv``, ``/export.json``, ``/report``, ``/dataset.zip``  exports
@@ -146,6 +146,11 @@ def list_cells(request: Request, case_id: int,
                label: str | None = Query(None, description="keep cells with this final label"),
                flag: str | None = Query(None, description="uncertain, not_a_blood_cell, unreviewed or reviewed")):
     return {"cells": store(request).cells(case_id, label=label or None, flag=flag or None)}
+
+
+@router.get(CELL, response_model=m.Cell, summary="One cell of a case", responses=m.NOT_FOUND)
+def get_cell(request: Request, case_id: int, cell_id: int):
+    return store(request).cell(case_id, cell_id)
 
 
 @router.patch(CELL, response_model=m.Cell, summary="Review a cell: set or clear its label",
