@@ -56,7 +56,7 @@ def new_case(client, **body) -> dict:
 def test_create_get_patch_and_list(client):
     a = new_case(client, note="left arm")
     assert (a["accession"], a["note"], a["target"], a["n_cells"], a["n_reviewed"]) == ("S-1", "left arm", 100, 0, 0)
-    assert a["differential"]["total"] == 0
+    assert a["differential"]["total"] == 0 and a["differential"]["white_cells"][0]["class"] == "neutrophil"
     b = new_case(client, target=200)
     r = client.patch(f"/v1/cases/{a['id']}", json={"note": "right arm", "target": 200})
     assert r.status_code == 200 and r.json()["note"] == "right arm" and r.json()["target"] == 200
@@ -182,6 +182,7 @@ def test_openapi_documents_the_case_models(client):
     assert {"Case", "Cell", "CellsAdded", "LabDifferential", "ErrorBody"} <= set(spec["components"]["schemas"])
     cells = spec["paths"]["/v1/cases/{case_id}/cells"]["post"]["responses"]
     assert {"404", "409", "413", "422"} <= set(cells)
+    assert "class" in spec["components"]["schemas"]["ClassRow"]["properties"]
 
 
 def test_rest_differential_carries_the_lab_block(client, images):

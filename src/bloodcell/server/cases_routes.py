@@ -183,7 +183,7 @@ def _gradcam_png(clf, path: Path) -> tuple[bytes, tuple[int, int, int, int]]:
                                                 503: UPLOAD_ERRORS[503]})
 async def cell_gradcam(request: Request, case_id: int, cell_id: int):
     state = request.app.state
-    path, _ = await run_in_threadpool(store(request).image, case_id, cell_id)
+    path, _ = await run_in_threadpool(lambda: store(request).image(case_id, cell_id))
     async with state.gradcam_gate.enter():
         png, box = await run_in_threadpool(_gradcam_png, state.classifier, path)
     return Response(png, media_type="image/png", headers={"X-Crop-Box": ",".join(str(int(v)) for v in box)})
