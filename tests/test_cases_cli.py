@@ -19,7 +19,7 @@ def make_store(folder):
                                   enumerate(["neutrophil", "lymphocyte", "platelet", "neutrophil"])], "tiny (bloodcell x)")
     store.review(cid, cells[0]["id"], "neutrophil", "Ada")
     store.review(cid, cells[1]["id"], "monocyte", "Ada")
-    store.review(cid, cells[2]["id"], "artefact", "Ada")
+    store.review(cid, cells[2]["id"], "artefact", "=HYPERLINK(1)")
     return cid
 
 
@@ -34,6 +34,7 @@ def test_list_export_and_check(tmp_path):
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader((tmp_path / "c.csv").open()))
     assert [x["final_label"] for x in rows] == ["neutrophil", "monocyte", "artefact", "neutrophil"]
+    assert rows[2]["reviewer"] == "'=HYPERLINK(1)" and rows[0]["reviewer"] == "Ada"
 
     cli("case", "export", str(folder), str(cid), "-f", "json", "-o", str(tmp_path / "c.json"))
     doc = json.loads((tmp_path / "c.json").read_text())
