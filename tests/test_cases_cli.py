@@ -6,10 +6,10 @@ import csv
 import json
 import zipfile
 
+from _cases_helpers import new_cell, png
 from _serve_helpers import cli
 from bloodcell.cases import CaseStore
 from bloodcell.data import open_dataset
-from test_cases_store import new_cell, png
 
 
 def make_store(folder):

@@ -4,7 +4,6 @@ orphan clean-up, and a store killed with SIGKILL in the middle of uploads."""
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import signal
 import sqlite3
@@ -14,26 +13,14 @@ import time
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from _cases_helpers import new_cell, png
 from _serve_helpers import SRC
-from bloodcell.cases import CaseStore, NewCell
+from bloodcell.cases import CaseStore
 from bloodcell.cases import images as store_images
 from bloodcell.cases.schema import DATABASE, MIGRATIONS, VERSION, connect, migrate
 from bloodcell.cases.store import BadLabel, CaseNotFound, OverTarget
 from bloodcell.core.errors import DataError
-
-
-def png(seed: int, size: int = 24) -> bytes:
-    rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (size, size + 4, 3), dtype=np.uint8)).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def new_cell(data: bytes, name: str = "x.png", predicted: str = "neutrophil") -> NewCell:
-    probs = {"neutrophil": 0.1, "lymphocyte": 0.1, "platelet": 0.1, predicted: 0.7}
-    return NewCell(name, data, store_images.facts(data, name), predicted, probs, 0.7, False, False, "cell")
 
 
 def test_migrations_run_once_and_a_newer_store_is_refused(tmp_path):
