@@ -1,0 +1,53 @@
+// The differential panel: white-cell percentages with 95% CI, NRBC, platelets, exclusions and agreement.
+
+import { $, el, labelName, pct } from "./dom.js";
+
+const ci = pair => (Array.isArray(pair) && pair.length === 2 ? `${pct(pair[0])}–${pct(pair[1])}` : "–");
+
+function whiteTable(rows) {
+  const body = $("diff-body");
+  body.textContent = "";
+  const max = Math.max(1, ...rows.map(r => r.percent || 0));
+  for (const r of rows) {
+    const fill = el("span", { class: "mini-fill" });
+    fill.style.width = `${(100 * (r.percent || 0)) / max}%`;
+    body.append(el("tr", { "data-class": r.class },
+      el("th", { scope: "row", text: labelName(r.class) }),
+      el("td", { class: "num", text: String(r.count) }),
+      el("td", { class: "num", text: pct(r.percent) }),
+      el("td", { class: "num ci", text: ci(r.ci95) }),
+      el("td", { class: "mini", "aria-hidden": "true" }, el("span", { class: "mini-bar" }, fill))));
+  }
+}
+
+function excludedText(excluded) {
+  if (!excluded || (Array.isArray(excluded) && !excluded.length)) return "none";
+  const items = Array.isArray(excluded) ? excluded : Object.entries(excluded).map(([label, count]) => ({ label, count }));
+  return items.map(x => (typeof x === "object" ? `${labelName(x.label ?? x.class)} ${x.count}` : String(x))).join(", ");
+}
+
+function agreementText(a) {
+  if (!a || !a.reviewed) return "no reviewed cells yet";
+  const agreed = a.agreed ?? a.agree ?? a.same;
+  const rate = a.percent ?? (a.rate != null ? 100 * a.rate : (agreed != null ? (100 * agreed) / a.reviewed : null));
+  let text = `${agreed ?? "?"} of ${a.reviewed} reviewed cells kept the predicted class (${pct(rate)}%)`;
+  if (a.kappa != null) text += `, Cohen's κ ${pct(a.kappa, 2)}`;
+  return text;
+}
+
+/** Show a case's differential (hidden while no case is open). */
+export function renderDifferential(kase) {
+  const d = kase && kase.differential;
+  $("diff-panel").hidden = !d;
+  if (!d) return;
+  const white = d.white_cells || [];
+  whiteTable(white);
+  const nrbc = d.nrbc || {};
+  $("diff-wbc").textContent = String(d.wbc_total ?? white.reduce((s, r) => s + r.count, 0));
+  $("diff-nrbc").textContent = `${nrbc.count ?? 0} (${pct(nrbc.per_100_wbc)} per 100 WBC, 95% CI ${ci(nrbc.ci95)})`;
+  $("diff-platelets").textContent = String(d.platelets?.count ?? 0);
+  $("diff-excluded").textContent = excludedText(d.excluded);
+  $("diff-agreement").textContent = agreementText(d.agreement);
+  $("diff-summary").textContent = `${d.wbc_total ?? 0} white cells counted; ${d.reviewed ?? 0} of ${d.total ?? 0} `
+    + `cells reviewed, ${d.unreviewed ?? 0} unreviewed (counted as predicted).`;
+}
