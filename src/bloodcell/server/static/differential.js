@@ -2,7 +2,8 @@
 
 import { $, el, labelName, pct } from "./dom.js";
 
-const ci = pair => (Array.isArray(pair) && pair.length === 2 ? `${pct(pair[0])}–${pct(pair[1])}` : "–");
+/** A 95% interval in percent; an open upper end (NRBC per 100 WBC when all cells are NRBC) shows as ∞. */
+const ci = pair => (Array.isArray(pair) && pair.length === 2 ? `${pct(pair[0] ?? 0)}–${pair[1] == null ? "∞" : pct(pair[1])}` : "–");
 
 function whiteTable(rows) {
   const body = $("diff-body");
@@ -21,18 +22,13 @@ function whiteTable(rows) {
 }
 
 function excludedText(excluded) {
-  if (!excluded || (Array.isArray(excluded) && !excluded.length)) return "none";
-  const items = Array.isArray(excluded) ? excluded : Object.entries(excluded).map(([label, count]) => ({ label, count }));
-  return items.map(x => (typeof x === "object" ? `${labelName(x.label ?? x.class)} ${x.count}` : String(x))).join(", ");
+  if (!excluded || !excluded.length) return "none";
+  return excluded.map(x => `${labelName(x.reason)} ${x.count}`).join(", ");
 }
 
 function agreementText(a) {
   if (!a || !a.reviewed) return "no reviewed cells yet";
-  const agreed = a.agreed ?? a.agree ?? a.same;
-  const rate = a.percent ?? (a.rate != null ? 100 * a.rate : (agreed != null ? (100 * agreed) / a.reviewed : null));
-  let text = `${agreed ?? "?"} of ${a.reviewed} reviewed cells kept the predicted class (${pct(rate)}%)`;
-  if (a.kappa != null) text += `, Cohen's κ ${pct(a.kappa, 2)}`;
-  return text;
+  return `review kept the predicted class for ${a.agreed} of ${a.reviewed} cells: ${pct(a.percent)}% (95% CI ${ci(a.ci95)})`;
 }
 
 /** Show a case's differential (hidden while no case is open). */

@@ -52,7 +52,7 @@ export function pct(x, digits = 1) {
 }
 
 /** "ig" and friends as people read them. */
-const NAMES = { ig: "IG", not_a_cell: "not a cell", smudge: "smudge", artefact: "artefact" };
+const NAMES = { ig: "IG", not_a_cell: "not a cell", not_a_blood_cell: "flagged not a blood cell (unreviewed)" };
 export function labelName(label) {
   return NAMES[label] || String(label).replaceAll("_", " ");
 }
