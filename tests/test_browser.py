@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from _browser_helpers import chromium, need_browser, screenshot_dir, serving
-from _serve_helpers import REAL_DATA_DIR, cells, write_png
+from _browser_helpers import cell_images, chromium, need_browser, new_page, screenshot_dir, serving
+from _serve_helpers import cells, write_png
 
 pytestmark = pytest.mark.browser
 
@@ -22,8 +20,8 @@ def server():
 
 @pytest.fixture(scope="module")
 def page(server):
-    with chromium() as ctx:
-        yield ctx.new_page()
+    with chromium() as browser:
+        yield new_page(browser)
 
 
 def _quick(page, server):
@@ -32,21 +30,10 @@ def _quick(page, server):
     page.click(".quick summary")
 
 
-def _cell_images(tmp_path: Path, n: int) -> list[Path]:
-    """``n`` real PBC images (one per class in turn) when the dataset is present, else synthetic cells."""
-    if REAL_DATA_DIR.is_dir():
-        per_class = [sorted(d.glob("*.jpg"))[:n] for d in sorted(REAL_DATA_DIR.iterdir()) if d.is_dir()]
-        picked = [files[i] for i in range(n) for files in per_class if i < len(files)][:n]
-        if len(picked) == n:
-            return picked
-    x, _ = cells(1, seed=31)
-    return [write_png(tmp_path / f"cell_{i}.png", x[i]) for i in range(n)]
-
-
 def test_upload_shows_class_and_heatmap(page, server, tmp_path):
     _quick(page, server)
     page.wait_for_selector("#model-line:has-text('tiny test model')")
-    (image,) = _cell_images(tmp_path, 1)
+    (image,) = cell_images(tmp_path, 1)
     page.set_input_files("#quick-input", str(image))
     card = page.wait_for_selector("article.card")
     label = card.query_selector(".label").inner_text().strip().lower()
@@ -62,7 +49,7 @@ def test_upload_shows_class_and_heatmap(page, server, tmp_path):
 
 def test_batch_shows_differential(page, server, tmp_path):
     _quick(page, server)
-    images = _cell_images(tmp_path, 6)
+    images = cell_images(tmp_path, 6)
     page.set_input_files("#quick-input", [str(p) for p in images])
     page.wait_for_selector("#quick-differential:not([hidden])")
     assert len(page.query_selector_all("article.card")) == 6

@@ -16,7 +16,7 @@ export async function refreshCaseList() {
   }
   select.textContent = "";
   select.append(el("option", { value: "", text: cases.length ? "choose a case…" : "no cases yet" }));
-  for (const c of [...cases].sort((a, b) => String(b.updated ?? b.created).localeCompare(String(a.updated ?? a.created)))) {
+  for (const c of cases) {  // the server lists the most recently changed first
     select.append(el("option", { value: String(c.id), text: `${c.accession} (${c.n_cells} / ${c.target} cells)` }));
   }
   select.value = state.caseId == null ? "" : String(state.caseId);
@@ -64,6 +64,13 @@ async function upload(fileList) {
   const files = Array.from(fileList);
   if (!files.length || !state.caseId) return;
   clearError();
+  const k = state.kase, room = k.target - k.n_cells;
+  if (files.length > room) {
+    showError(`Case ${k.accession} holds ${k.n_cells} of its ${k.target} cells: ${room} more fit, `
+      + `${files.length} were chosen. Choose fewer images or raise the target.`);
+    $("cell-input").value = "";
+    return;
+  }
   const status = $("upload-status");
   try {
     const { added, skipped } = await uploadCells(files, (i, n, size) => {
