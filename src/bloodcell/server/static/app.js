@@ -45,6 +45,7 @@ function initReviewer() {
 }
 
 function render(what) {
+  if (what === "case" && state.kase) $("new-case-box").open = false;
   if (what !== "summary") renderGallery();
   renderCaseSummary();
   renderDifferential(state.kase);

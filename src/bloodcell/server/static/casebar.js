@@ -28,7 +28,7 @@ export function renderCaseSummary() {
   $("case-open").hidden = !k;
   $("review").hidden = !k;
   $("no-case").hidden = !!k;
-  if (!k) return;
+  if (!k) { $("new-case-box").open = true; return; }
   document.title = `${k.accession} · bloodcell review`;
   $("case-title").textContent = `Case ${k.accession}`;
   $("case-note").textContent = k.note || "";

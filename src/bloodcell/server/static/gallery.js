@@ -45,8 +45,11 @@ function fillCard(node, cell) {
   node.className = "cell" + (cell.uncertain ? " is-uncertain" : "") + (cell.not_a_blood_cell ? " is-ood" : "")
     + (cell.label != null ? " is-reviewed" : "") + (changedLabel ? " is-changed" : "");
   node.setAttribute("aria-label", describe(cell));
-  node.querySelector(".pred-label").textContent = labelName(cell.predicted);
-  node.querySelector(".conf").textContent = `${pct(100 * cell.confidence, 0)}%`;
+  const shown = cell.label ?? cell.predicted;
+  node.querySelector(".pred-label").textContent = labelName(shown);
+  node.querySelector(".conf").textContent = changedLabel ? "" : `${pct(100 * cell.confidence, 0)}%`;
+  node.querySelector(".was").textContent = changedLabel
+    ? `model: ${labelName(cell.predicted)} ${pct(100 * cell.confidence, 0)}%` : "";
   const flags = node.querySelector(".flags");
   flags.textContent = "";
   if (cell.uncertain) flags.append(el("span", { class: "flag uncertain", text: "uncertain" }));
@@ -54,9 +57,7 @@ function fillCard(node, cell) {
   if (cell.framing === "centre") flags.append(el("span", { class: "flag framing", text: "centre crop", title: "no cell found: the model saw the image centre" }));
   const review = node.querySelector(".review");
   review.textContent = cell.label == null ? "unreviewed"
-    : (changedLabel ? `→ ${labelName(cell.label)}` : `✓ ${labelName(cell.label)}`);
-  if (cell.label != null && cell.reviewer) review.title = `reviewed by ${cell.reviewer}`;
-  else review.removeAttribute("title");
+    : `✓ ${changedLabel ? "reclassified" : "confirmed"}${cell.reviewer ? ` · ${cell.reviewer}` : ""}`;
 }
 
 function makeCard(cell) {
@@ -72,6 +73,7 @@ function makeCard(cell) {
   const node = el("article", { tabindex: "0", "data-id": id },
     img,
     el("p", { class: "pred" }, el("span", { class: "pred-label" }), " ", el("span", { class: "conf" })),
+    el("p", { class: "was" }),
     el("div", { class: "flags" }),
     el("p", { class: "review" }),
     el("div", { class: "card-actions" }, menuButton, camButton));

@@ -14,8 +14,15 @@ export function parseCropBox(header) {
 
 function markBox(box, cell) {
   const mark = $("cam-box");
-  if (!box || !cell.width || !cell.height) { mark.hidden = true; return; }
+  const caption = $("cam-full-caption");
+  if (!box || !cell.width || !cell.height) {
+    mark.hidden = true;
+    caption.textContent = `Full image (${cell.width}×${cell.height} px).`;
+    return;
+  }
   const [x0, y0, x1, y1] = box;
+  caption.textContent = `Full image (${cell.width}×${cell.height} px); the dashed box (${x0},${y0})–(${x1},${y1}) `
+    + "is the crop the model was given.";
   mark.hidden = false;
   mark.style.left = `${(100 * x0) / cell.width}%`;
   mark.style.top = `${(100 * y0) / cell.height}%`;
