@@ -116,6 +116,25 @@ def test_case_review_flow(browser, server, tmp_path):
     page.wait_for_selector("#diff-excluded:has-text('artefact 1')")
     summary = page.inner_text("#diff-summary")
     assert "2 of 20 cells reviewed" in summary
+    order = "[...document.querySelectorAll('#gallery .cell')].indexOf(document.activeElement)"
+    here = page.evaluate(order)
+    page.keyboard.press("ArrowRight")
+    assert page.evaluate(order) == here + 1
+    confirmed = page.evaluate("document.activeElement.dataset.id")
+    _review_by_key(page, server, case_id, cells[confirmed]["predicted"], "Enter")
+    page.wait_for_selector("#diff-summary:has-text('3 of 20 cells reviewed')")
+    page.keyboard.press("Control+z")
+    page.wait_for_selector("#diff-summary:has-text('2 of 20 cells reviewed')")
+    assert _api_cells(server, case_id)[confirmed]["label"] is None
+
+    page.select_option("#filter-flag", "unreviewed")
+    assert len(page.query_selector_all("#gallery .cell")) == 18
+    page.select_option("#filter-flag", "")
+    page.select_option("#filter-label", target)
+    shown = {c.get_attribute("data-id") for c in page.query_selector_all("#gallery .cell")}
+    assert reviewed_id in shown
+    assert shown == {i for i, c in _api_cells(server, case_id).items() if c["final_label"] == target}
+    page.select_option("#filter-label", "")
 
     with page.expect_download() as download:
         page.click("#export-csv")
@@ -157,8 +176,10 @@ def test_two_files_named_alike_keep_their_own_images(browser, server):
     page.wait_for_selector("#case-title:has-text('H24-DUP')")
     red, blue = _jpeg((200, 30, 40)), _jpeg((40, 30, 200))
     page.set_input_files("#cell-input", [{"name": "cell.jpg", "mimeType": "image/jpeg", "buffer": red},
+                                         {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not an image"},
                                          {"name": "cell.jpg", "mimeType": "image/jpeg", "buffer": blue}])
     page.wait_for_selector("#case-count:has-text('2 / 100 cells')")
+    assert "notes.txt" in page.wait_for_selector("#skipped:not([hidden])").inner_text()
     page.wait_for_function("() => [...document.querySelectorAll('#gallery .thumb')].every(i => i.complete && i.naturalWidth)")
     digests = page.eval_on_selector_all("#gallery .thumb", """async imgs => Promise.all(imgs.map(async i => {
         const bytes = await (await fetch(i.src)).arrayBuffer();
@@ -166,6 +187,14 @@ def test_two_files_named_alike_keep_their_own_images(browser, server):
           .map(b => b.toString(16).padStart(2, '0')).join('');
       }))""")
     assert sorted(digests) == sorted(hashlib.sha256(b).hexdigest() for b in (red, blue))
+
+    case_id = page.evaluate("new URLSearchParams(location.hash.slice(1)).get('case')")
+    httpx.patch(f"{server}/v1/cases/{case_id}", json={"target": 3}).raise_for_status()
+    page.reload()
+    page.wait_for_selector("#case-count:has-text('2 / 3 cells')")
+    page.set_input_files("#cell-input", [{"name": f"more{i}.jpg", "mimeType": "image/jpeg", "buffer": red} for i in range(2)])
+    assert "1 more fit" in page.wait_for_selector("#error:not([hidden])").inner_text()
+    assert page.inner_text("#case-count") == "2 / 3 cells"
     page.context.close()
 
 

@@ -84,7 +84,7 @@ export async function uploadCells(files, progress = () => {}) {
     try {
       body = await api(`${caseUrl()}/cells`, { method: "POST", body: form });
     } catch (e) {
-      if (!e.body || !Array.isArray(e.body.skipped)) throw e;
+      if (e.status !== 422 || !e.body?.skipped?.length) throw e;  // 422: no readable image in this request
       result.skipped.push(...e.body.skipped.map(s => ({ filename: s.filename, error: s.error || s.detail })));
       continue;
     }
