@@ -56,7 +56,7 @@ def new_case(client, **body) -> dict:
 def test_create_get_patch_and_list(client):
     a = new_case(client, note="left arm")
     assert (a["accession"], a["note"], a["target"], a["n_cells"], a["n_reviewed"]) == ("S-1", "left arm", 100, 0, 0)
-    assert a["differential"]["total"] == 0
+    assert a["differential"]["total"] == 0 and a["differential"]["white_cells"][0]["class"] == "neutrophil"
     b = new_case(client, target=200)
     r = client.patch(f"/v1/cases/{a['id']}", json={"note": "right arm", "target": 200})
     assert r.status_code == 200 and r.json()["note"] == "right arm" and r.json()["target"] == 200
@@ -116,7 +116,9 @@ def test_upload_review_undo_and_filters(client, images):
     assert r.json()["label"] is None and r.json()["reviewer"] is None and r.json()["final_label"] == first["predicted"]
     events = [e for e in client.get(f"/v1/cases/{cid}/events").json()["events"] if e["what"] == "label"]
     assert [(e["who"], e["old"], e["new"]) for e in events] == [("dr. Ada", None, other), ("dr. Ada", other, None)]
-    assert client.get(f"/v1/cases/{cid}/cells/{first['id'] + 100}").status_code in (404, 405)
+    assert client.get(cell).json()["label"] is None
+    missing = f"/v1/cases/{cid}/cells/{first['id'] + 100}"
+    assert client.get(missing).status_code == 404 and client.patch(missing, json={"label": None}).status_code == 404
 
 
 def test_target_refuses_an_upload_past_it(client, images):
@@ -180,3 +182,11 @@ def test_openapi_documents_the_case_models(client):
     assert {"Case", "Cell", "CellsAdded", "LabDifferential", "ErrorBody"} <= set(spec["components"]["schemas"])
     cells = spec["paths"]["/v1/cases/{case_id}/cells"]["post"]["responses"]
     assert {"404", "409", "413", "422"} <= set(cells)
+    assert "class" in spec["components"]["schemas"]["ClassRow"]["properties"]
+
+
+def test_rest_differential_carries_the_lab_block(client, images):
+    r = client.post("/v1/differential", files=upload([(f"{i}.png", png(images[i])) for i in range(3)]))
+    body = r.json()
+    assert r.status_code == 200 and body["lab_differential"]["total"] == 3
+    assert body["differential"]["total"] == 3

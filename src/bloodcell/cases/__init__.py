@@ -30,11 +30,11 @@ def export_case(store: CaseStore, case_id: int, fmt: str, out: str | Path) -> Pa
 
 def case(command: str, data_dir: str | Path, case_id: int | None = None, *, format: str = "report",
          out: str | Path | None = None):
-    """List the cases of a store, or export one (``bloodcell case``).
+    """List the cases of a store, export one, or check the store (``bloodcell case``).
 
     Parameters
     ----------
-    command : {"list", "export"}
+    command : {"list", "export", "check"}
     data_dir : str or Path
         The case store folder (the one given to ``bloodcell serve --cases``).
     case_id : int, optional
@@ -47,8 +47,9 @@ def case(command: str, data_dir: str | Path, case_id: int | None = None, *, form
 
     Returns
     -------
-    list of dict or Path
-        The cases (newest change first) for ``list``; the file written for ``export``.
+    list of dict, Path or list of str
+        The cases (newest change first) for ``list``; the file written for ``export``; the
+        problems found by ``check`` (:meth:`CaseStore.verify`; empty when all is well).
 
     Raises
     ------
@@ -57,11 +58,13 @@ def case(command: str, data_dir: str | Path, case_id: int | None = None, *, form
     DataError
         No store in ``data_dir``, or no such case.
     """
-    if command not in ("list", "export"):
-        raise ConfigError(f"command must be 'list' or 'export', got {command!r}.")
+    if command not in ("list", "export", "check"):
+        raise ConfigError(f"command must be 'list', 'export' or 'check', got {command!r}.")
     store = CaseStore(data_dir, create=False)
     if command == "list":
         return store.cases()
+    if command == "check":
+        return store.verify()
     if case_id is None:
         raise ConfigError("export needs a case id; `bloodcell case list DATA_DIR` shows them.")
     if format not in FORMATS:

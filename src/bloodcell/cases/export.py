@@ -21,6 +21,11 @@ CSV_COLUMNS = ("id", "filename", "sha256", "predicted", "confidence", "flags", "
                "reviewed_at")
 
 
+def _safe(text: str) -> str:
+    """User text for a spreadsheet cell: a leading ``=``, ``+``, ``-``, ``@`` or tab would start a formula."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 def _flags(cell: dict) -> str:
     return ";".join(f for f in ("uncertain", "not_a_blood_cell") if cell[f])
 
@@ -31,15 +36,16 @@ def _class_names(cells: list[dict]) -> list[str]:
 
 
 def case_csv(store: CaseStore, case_id: int) -> str:
-    """One row per cell: :data:`CSV_COLUMNS` and ``p_<class>`` per class."""
+    """One row per cell: :data:`CSV_COLUMNS` and ``p_<class>`` per class (file and reviewer names that
+    a spreadsheet would read as a formula get a leading ``'``)."""
     cells = store.cells(case_id)
     names = _class_names(cells)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow([*CSV_COLUMNS, *(f"p_{n}" for n in names)])
     for c in cells:
-        w.writerow([c["id"], c["filename"], c["sha256"], c["predicted"], f"{c['confidence']:.6f}", _flags(c),
-                    c["label"] or "", c["final_label"], c["reviewer"] or "", c["reviewed_at"] or "",
+        w.writerow([c["id"], _safe(c["filename"]), c["sha256"], c["predicted"], f"{c['confidence']:.6f}", _flags(c),
+                    c["label"] or "", c["final_label"], _safe(c["reviewer"] or ""), c["reviewed_at"] or "",
                     *(f"{c['probabilities'].get(n, 0.0):.6f}" for n in names)])
     return buf.getvalue()
 

@@ -15,7 +15,7 @@ h1 { font-size: 16pt; margin-bottom: 0.2em; }
 h2 { font-size: 12pt; margin: 1.4em 0 0.4em; border-bottom: 1px solid #999; }
 table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; padding: 0.2em 0.6em; border-bottom: 1px solid #ddd; }
-td.n { text-align: right; font-variant-numeric: tabular-nums; }
+td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
 dl { display: grid; grid-template-columns: max-content 1fr; gap: 0.2em 1em; }
 dt { font-weight: 600; }
 .note { white-space: pre-wrap; }
@@ -36,6 +36,11 @@ def _ci(ci) -> str:
 
 def _num(value, digits: int = 1) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _when(iso: str) -> str:
+    """``2026-01-02T03:04:05.678Z`` as ``2026-01-02 03:04:05 UTC``."""
+    return iso[:19].replace("T", " ") + " UTC" if iso.endswith("Z") else iso
 
 
 def _white_rows(d: dict) -> list[str]:
@@ -71,7 +76,7 @@ def _review(case: dict, events: list[dict]) -> str:
             f"{' <span class=warn>(counted in the model class)</span>' if d['unreviewed'] else ''}</dd>"
             f"<dt>Review agrees with the model</dt><dd>{agree}</dd>"
             f"<dt>Reviewer(s)</dt><dd>{escape(', '.join(reviewers)) or '–'}</dd>"
-            f"<dt>Reviewed between</dt><dd>{escape(min(times) + ' and ' + max(times)) if times else '–'}</dd></dl>")
+            f"<dt>Reviewed between</dt><dd>{escape(_when(min(times)) + ' and ' + _when(max(times))) if times else '–'}</dd></dl>")
 
 
 def case_report(store: CaseStore, case_id: int, stylesheet: str | None = None) -> str:
@@ -81,13 +86,13 @@ def case_report(store: CaseStore, case_id: int, stylesheet: str | None = None) -
     events = store.events(case_id)
     models = store.models(case_id)
     style = (f'<link rel="stylesheet" href="{escape(stylesheet)}">' if stylesheet else f"<style>{CSS}</style>")
-    head = "<tr><th>Cell</th><th>Count</th><th>%</th><th>95% CI (%)</th></tr>"
+    head = "<tr><th>Cell</th><th class=n>Count</th><th class=n>%</th><th class=n>95% CI (%)</th></tr>"
     return "\n".join([
         "<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>Case {case['id']} – {escape(case['accession'])}</title>", style, "</head><body>",
         f"<h1>Differential – case {case['id']}</h1>",
-        f"<dl><dt>Accession</dt><dd>{escape(case['accession'])}</dd><dt>Created</dt><dd>{escape(case['created'])}</dd>"
-        f"<dt>Last change</dt><dd>{escape(case['updated'])}</dd>"
+        f"<dl><dt>Accession</dt><dd>{escape(case['accession'])}</dd><dt>Created</dt><dd>{escape(_when(case['created']))}</dd>"
+        f"<dt>Last change</dt><dd>{escape(_when(case['updated']))}</dd>"
         f"<dt>Note</dt><dd class=note>{escape(case['note']) or '–'}</dd></dl>",
         "<h2>White-cell differential</h2>", f"<table>{head}{''.join(_white_rows(d))}</table>",
         "<h2>Other cells and excluded images</h2>", f"<table>{head.replace('%</th>', 'Value</th>', 1)}"

@@ -5,7 +5,7 @@
 ``GET|PATCH /v1/cases/{id}``                one case with its lab differential; change accession, note, target
 ``POST /v1/cases/{id}/cells``               classify and add images (multipart ``files``, the limits of /v1/predict)
 ``GET /v1/cases/{id}/cells``                its cells, ``?label=`` (final label) and ``?flag=`` filters
-``PATCH /v1/cases/{id}/cells/{cell}``       review: ``{label, reviewer?}``, ``label: null`` clears it
+``GET|PATCH /v1/cases/{id}/cells/{cell}``   one cell; review: ``{label, reviewer?}``, ``label: null`` clears it
 ``GET .../cells/{cell}/image``, ``/gradcam`` the stored image; Grad-CAM over the model's crop (``X-Crop-Box``)
 ``GET /v1/cases/{id}/events``               every change
 ``GET /v1/cases/{id}/export.csv``, ``/export.json``, ``/report``, ``/dataset.zip``  exports
@@ -148,6 +148,11 @@ def list_cells(request: Request, case_id: int,
     return {"cells": store(request).cells(case_id, label=label or None, flag=flag or None)}
 
 
+@router.get(CELL, response_model=m.Cell, summary="One cell of a case", responses=m.NOT_FOUND)
+def get_cell(request: Request, case_id: int, cell_id: int):
+    return store(request).cell(case_id, cell_id)
+
+
 @router.patch(CELL, response_model=m.Cell, summary="Review a cell: set or clear its label",
               responses={**m.NOT_FOUND, **m.BAD_INPUT})
 def review_cell(request: Request, case_id: int, cell_id: int, body: m.Review):
@@ -178,7 +183,7 @@ def _gradcam_png(clf, path: Path) -> tuple[bytes, tuple[int, int, int, int]]:
                                                 503: UPLOAD_ERRORS[503]})
 async def cell_gradcam(request: Request, case_id: int, cell_id: int):
     state = request.app.state
-    path, _ = await run_in_threadpool(store(request).image, case_id, cell_id)
+    path, _ = await run_in_threadpool(lambda: store(request).image(case_id, cell_id))
     async with state.gradcam_gate.enter():
         png, box = await run_in_threadpool(_gradcam_png, state.classifier, path)
     return Response(png, media_type="image/png", headers={"X-Crop-Box": ",".join(str(int(v)) for v in box)})
