@@ -107,13 +107,13 @@ def test_case_review_flow(browser, server, tmp_path):
 
     smudged = _review_by_key(page, server, case_id, "smudge", "s")  # focus moved on to the next card
     assert smudged != reviewed_id
-    page.wait_for_selector("#diff-excluded:has-text('smudge 1')")
+    page.wait_for_selector("#diff-excluded:has-text('1 smudge')")
     page.keyboard.press("u")
     page.wait_for_function("() => !document.querySelector('#diff-excluded').textContent.includes('smudge')")
     assert _api_cells(server, case_id)[smudged]["label"] is None
     assert page.evaluate("document.activeElement.dataset.id") == smudged
     page.keyboard.press("a")
-    page.wait_for_selector("#diff-excluded:has-text('artefact 1')")
+    page.wait_for_selector("#diff-excluded:has-text('1 artefact')")
     summary = page.inner_text("#diff-summary")
     assert "2 of 20 cells reviewed" in summary
     order = "[...document.querySelectorAll('#gallery .cell')].indexOf(document.activeElement)"
@@ -237,7 +237,13 @@ def test_phone_viewport_does_not_scroll_sideways(browser, server, tmp_path):
     assert right <= 390 and page.evaluate(overflow)
     page.screenshot(path=str(screenshot_dir(tmp_path) / "review_phone_menu.png"))
     page.click("#label-menu .menu-item[data-label=smudge]")
-    page.wait_for_selector("#diff-excluded:has-text('smudge 1')")
+    page.wait_for_selector("#diff-excluded:has-text('1 smudge')")
+    page.click("#gallery .cell .cam-btn")
+    page.wait_for_function("() => document.querySelector('#cam-heat').naturalWidth > 0")
+    assert page.evaluate(overflow)
+    assert page.eval_on_selector("#cam-dialog", "d => d.getBoundingClientRect().right") <= 390
+    page.screenshot(path=str(screenshot_dir(tmp_path) / "review_phone_gradcam.png"))
+    page.keyboard.press("Escape")
     page.click(".quick summary")
     assert page.evaluate(overflow)
     page.context.close()

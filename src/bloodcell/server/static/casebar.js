@@ -119,7 +119,12 @@ export function initCaseBar() {
     location.hash = e.target.value ? `case=${encodeURIComponent(e.target.value)}` : "";
   });
   $("case-target").addEventListener("change", async e => {
-    try { await updateCase({ target: Number(e.target.value) }); } catch (err) { showError(err.message); }
+    try {
+      await updateCase({ target: Number(e.target.value) });
+    } catch (err) {
+      showError(err.message);
+      renderCaseSummary();
+    }
   });
   addEventListener("hashchange", followHash);
   const drop = $("cell-drop"), input = $("cell-input");

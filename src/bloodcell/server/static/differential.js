@@ -23,12 +23,12 @@ function whiteTable(rows) {
 
 function excludedText(excluded) {
   if (!excluded || !excluded.length) return "none";
-  return excluded.map(x => `${labelName(x.reason)} ${x.count}`).join(", ");
+  return excluded.map(x => `${x.count} ${labelName(x.reason)}`).join(", ");
 }
 
 function agreementText(a) {
   if (!a || !a.reviewed) return "no reviewed cells yet";
-  return `review kept the predicted class for ${a.agreed} of ${a.reviewed} cells: ${pct(a.percent)}% (95% CI ${ci(a.ci95)})`;
+  return `${a.agreed} of ${a.reviewed} reviewed kept the model's class (${pct(a.percent)}%, 95% CI ${ci(a.ci95)})`;
 }
 
 /** Show a case's differential (hidden while no case is open). */
