@@ -71,6 +71,8 @@ def _review_by_key(page, server, case_id, label: str, key: str) -> str:
 def test_case_review_flow(browser, server, tmp_path):
     page = new_page(browser, accept_downloads=True)
     page.goto(server + "/")
+    page.wait_for_selector("#no-case")
+    assert page.is_hidden("#review") and page.is_hidden("#case-open")  # nothing to review before a case is open
     page.fill("#reviewer", REVIEWER)
     page.fill("#new-accession", "H24-0001")
     page.fill("#new-note", "routine differential")
