@@ -29,14 +29,15 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from bloodcell.core.locate import hematoxylin, otsu
+from bloodcell.core.locate import hematoxylin, nucleus_mask, otsu, reduced
 
 #: The detector first measures the red cells on a copy reduced by a whole factor to at most this
 #: side, then works on a copy where red cells are about WORK_RBC pixels across (finer when the
 #: first copy shows them smaller, coarser when much larger).
 FIRST_SIDE = 160
 WORK_RBC = 20
-#: A nucleus pixel's hematoxylin density exceeds the red cells' typical density by at least this.
+#: A nucleus pixel's hematoxylin density exceeds the red cells' typical density (the median of
+#: the middle class of a three-class Otsu split: slide, red cells, nuclei) by at least this.
 MIN_STAIN = 0.35
 #: Nucleus parts closer than this (in red-cell diameters) belong to one cell (lobes of a neutrophil).
 MERGE = 0.35
@@ -46,9 +47,17 @@ MIN_WHITE = 0.42
 MIN_PLATELET = 0.12
 #: A white cell's nucleus spans at most this many red-cell diameters (merged lobes included).
 MAX_NUCLEUS = 2.0
+#: A foreground part around one nucleus no wider than this (red-cell diameters) is taken as the
+#: whole cell (nucleus and cytoplasm); wider parts are cells touching each other.
+MAX_CELL = 2.8
+ROUND, FILL = 1.3, 0.65
 #: A white cell's box reaches this far (red-cell diameters) past its nucleus on each side: the
 #: cytoplasm, which is often as pale as the slide and cannot be segmented reliably.
 CYTOPLASM = 0.15
+#: The quick count joins stained parts within this many pixels of the locator's small copy and
+#: counts those covering at least this share of it (a PBC white cell's nucleus covers about 0.03).
+QUICK_JOIN = 2
+QUICK_MIN_AREA = 0.006
 #: A cell whose box lies inside a larger cell's box by this share of its area is part of it.
 NESTED = 0.5
 #: The red-cell diameter, as a share of the image's longer side, assumed when a field shows no
@@ -120,15 +129,35 @@ def _masks(small: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float
 
     density = hematoxylin(small)
     optical = -np.log((small.astype(np.float32) + 1.0) / 256.0).sum(axis=-1)
-    rough = density > otsu(density)
-    rest = optical[~rough] if (~rough).sum() > 100 else optical
-    foreground = optical > otsu(rest)
-    cells = density[foreground & ~rough]
-    level = float(np.median(cells)) if cells.size > 100 else float(np.median(density))
+    # Dark nuclei would pull the cells/slide threshold up: clip them to the 90th percentile first.
+    foreground = optical > otsu(np.minimum(optical, np.percentile(optical, 90)))
+    low, high = otsu3(density)
+    middle = density[(density > low) & (density <= high)]
+    level = float(np.median(middle)) if middle.size > 100 else float(np.median(density))
     nuclei = (density > max(otsu(density), level + MIN_STAIN)) & _coloured(small)
     nuclei = ndimage.binary_opening(nuclei)
     foreground = ndimage.binary_fill_holes(ndimage.binary_opening(foreground | nuclei))
     return density, nuclei, foreground, level
+
+
+def otsu3(values: np.ndarray, bins: int = 64) -> tuple[float, float]:
+    """The two thresholds that best split ``values`` into three groups (Otsu's method, three classes)."""
+    lo, hi = float(values.min()), float(values.max())
+    width = max(hi - lo, 1e-6) / bins
+    index = np.minimum(((values - lo) / width).astype(np.int32), bins - 1)
+    hist = np.bincount(index.ravel(), minlength=bins).astype(np.float64)
+    mids = lo + width * (np.arange(bins) + 0.5)
+    w = np.concatenate([[0.0], np.cumsum(hist)])
+    m = np.concatenate([[0.0], np.cumsum(hist * mids)])
+    i, j = np.triu_indices(bins + 1, k=1)  # class edges: [0, i), [i, j), [j, bins)
+    keep = (i > 0) & (j < bins)
+    i, j = i[keep], j[keep]
+    spread = np.zeros(len(i))
+    for a, b in ((np.zeros_like(i), i), (i, j), (j, np.full_like(j, bins))):
+        weight = w[b] - w[a]
+        spread += np.where(weight > 0, (m[b] - m[a]) ** 2 / np.maximum(weight, 1e-12), 0.0)
+    best = int(np.argmax(spread))
+    return float(lo + width * i[best]), float(lo + width * j[best])
 
 
 def _coloured(small: np.ndarray) -> np.ndarray:
@@ -175,7 +204,8 @@ def _parts(nuclei: np.ndarray, rbc: float) -> list[list[int]]:
     gaps = _gaps(labels, n, MERGE * rbc)
     groups = [{i} for i in range(n)]
     limit = MAX_NUCLEUS * rbc
-    for gap, i, j in sorted((gaps[i, j], i, j) for i in range(n) for j in range(i + 1, n) if gaps[i, j] <= MERGE * rbc):
+    close = sorted((gaps[a, b], a, b) for a in range(n) for b in range(a + 1, n) if gaps[a, b] <= MERGE * rbc)
+    for _, i, j in close:
         gi = next(g for g in range(len(groups)) if i in groups[g])
         gj = next(g for g in range(len(groups)) if j in groups[g])
         if gi == gj or _side(_union(boxes[gi], boxes[gj])) > limit:
@@ -215,20 +245,47 @@ def _side(box) -> int:
     return max(box[2] - box[0], box[3] - box[1])
 
 
-def _cells(density: np.ndarray, nuclei: np.ndarray, rbc: float, level: float) -> list[tuple[list[float], str, float]]:
+def _cells(density: np.ndarray, nuclei: np.ndarray, foreground: np.ndarray, rbc: float,
+           level: float) -> list[tuple[list[float], str, float]]:
     """Boxes (work pixels), kinds and scores of the cells around each nucleus group."""
+    from scipy import ndimage  # deferred: see _parts
+
+    parts = [b for b in _parts(nuclei, rbc) if _side(b) / rbc >= MIN_PLATELET]
+    regions, _ = ndimage.label(foreground)
+    spans = ndimage.find_objects(regions)
+    owners: dict[int, int] = {}
+    for box in parts:
+        for k in np.unique(regions[box[1]:box[3], box[0]:box[2]][nuclei[box[1]:box[3], box[0]:box[2]]]):
+            owners[int(k)] = owners.get(int(k), 0) + 1
     out = []
-    for box in _parts(nuclei, rbc):
+    for box in parts:
         extent = _side(box) / rbc
-        if extent < MIN_PLATELET:
-            continue
         inside = nuclei[box[1]:box[3], box[0]:box[2]]
         strength = float(density[box[1]:box[3], box[0]:box[2]][inside].mean()) - level
         kind = "white" if extent >= MIN_WHITE else "platelet"
         grow = CYTOPLASM * rbc if kind == "white" else 0.05 * rbc
         cell = [box[0] - grow, box[1] - grow, box[2] + grow, box[3] + grow]
+        if kind == "white":
+            cell = _with_cytoplasm(cell, box, regions, spans, owners, rbc)
         out.append((cell, kind, _score(strength, extent)))
     return _without_nested(out)
+
+
+def _with_cytoplasm(cell: list, box: list, regions: np.ndarray, spans: list, owners: dict, rbc: float) -> list:
+    """``cell`` widened to the foreground part holding its nucleus, when that part is one whole
+    cell: it holds no other nucleus, is round (sides within :data:`ROUND` of each other, filling
+    :data:`FILL` of its box; a disc fills 0.785) and spans at most :data:`MAX_CELL` red-cell
+    diameters. A white cell touching red cells keeps its nucleus-based box."""
+    ids = np.unique(regions[box[1]:box[3], box[0]:box[2]])
+    ids = [int(k) for k in ids if k > 0 and owners.get(int(k), 0) == 1]
+    for k in ids:
+        rows, cols = spans[k - 1]
+        whole = [cols.start, rows.start, cols.stop, rows.stop]
+        w, h = whole[2] - whole[0], whole[3] - whole[1]
+        round_ = max(w, h) <= ROUND * min(w, h) and np.sum(regions[rows, cols] == k) >= FILL * w * h
+        if round_ and _side(whole) <= MAX_CELL * rbc and _overlap(whole, box) >= 0.9 * _area(box):
+            return _union(cell, whole)
+    return cell
 
 
 def _without_nested(cells: list) -> list:
@@ -267,10 +324,26 @@ def detect(image: np.ndarray) -> Field:
     h, w = image.shape[:2]
     small, factor, (density, nuclei, foreground, level, rbc) = _work_copy(image)
     cells = []
-    for box, kind, score in _cells(density, nuclei, rbc, level):
+    for box, kind, score in _cells(density, nuclei, foreground, rbc, level):
         x0, y0 = max(0, int(round(box[0] * factor))), max(0, int(round(box[1] * factor)))
         x1, y1 = min(w, int(round(box[2] * factor))), min(h, int(round(box[3] * factor)))
         edge = x0 <= 0 or y0 <= 0 or x1 >= w or y1 >= h
         cells.append(Found((x0, y0, x1, y1), kind, round(score, 4), edge))
     cells.sort(key=lambda c: (c.box[1], c.box[0]))
     return Field(cells, rbc * factor, w, h)
+
+
+def quick_white_count(image: np.ndarray) -> int:
+    """About how many white cells an image shows, cheaply (a millisecond or two): stained blobs of
+    white-cell size on the single-cell locator's small copy (:func:`bloodcell.core.locate.nucleus_mask`),
+    lobes within a few pixels joined. Used to tell a whole field from a single-cell image."""
+    from scipy import ndimage  # deferred: see _masks
+
+    small, _ = reduced(image)
+    mask = nucleus_mask(small)
+    if not mask.any():
+        return 0
+    joined = ndimage.binary_dilation(mask, iterations=QUICK_JOIN)
+    labels, n = ndimage.label(joined)
+    area = np.bincount(labels[mask], minlength=n + 1)[1:] / mask.size
+    return int(np.sum(area >= QUICK_MIN_AREA))
