@@ -11,18 +11,14 @@ without running the model.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from bloodcell.core.errors import DataError
-from bloodcell.core.locate import crop_box, square
-from bloodcell.data import Problem
+from bloodcell.core.locate import square
 from bloodcell.fields.detect import Field, Found, detect
-from bloodcell.fields.tiles import ALL_SHARED, Edges, owns, shared_edges
+from bloodcell.fields.tiles import ALL_SHARED, Edges, owns
 from bloodcell.prediction.differential import Differential, differential
-from bloodcell.prediction.inputs import Item, collect
 from bloodcell.prediction.results import Prediction
 
 #: The shorter side of a PBC image in red-cell diameters (256 px with red cells about 51 px
@@ -114,13 +110,30 @@ def white_differential(cells: list[FieldCell], class_names) -> Differential:
     return differential(preds, white_classes(class_names))
 
 
-def cell_crop(image: np.ndarray, found: Found, rbc: float) -> np.ndarray:
+def slide_colour(image: np.ndarray) -> np.ndarray:
+    """The colour of the bare slide: the median colour of the brightest tenth of the pixels (the
+    image border, which :func:`bloodcell.core.locate.crop_box` uses, is mostly red cells in a
+    dense field)."""
+    flat = image.reshape(-1, 3)[:: max(1, image.shape[0] * image.shape[1] // 20000)]
+    light = flat.astype(np.int32).sum(axis=1)
+    return np.median(flat[light >= np.percentile(light, 90)], axis=0).astype(np.uint8)
+
+
+def cell_crop(image: np.ndarray, found: Found, rbc: float, fill: np.ndarray | None = None) -> np.ndarray:
     """The cell cut out as a PBC image shows one: centred, :data:`PBC_SIDE_RBC` red cells wide
-    (wider when the cell would fill more than :data:`MAX_FILL` of it); beyond the image, slide
-    background."""
+    (wider when the cell would fill more than :data:`MAX_FILL` of it); beyond the image, the
+    slide's colour (``fill``, default :func:`slide_colour`)."""
     x0, y0, x1, y1 = found.box
     side = max(PBC_SIDE_RBC * rbc, max(x1 - x0, y1 - y0) / MAX_FILL)
-    return crop_box(image, square((x0 + x1) / 2, (y0 + y1) / 2, side))
+    left, top, right, bottom = square((x0 + x1) / 2, (y0 + y1) / 2, side)
+    h, w = image.shape[:2]
+    if left >= 0 and top >= 0 and right <= w and bottom <= h:
+        return image[top:bottom, left:right]
+    out = np.empty((bottom - top, right - left, 3), dtype=image.dtype)
+    out[:] = slide_colour(image) if fill is None else fill
+    sx0, sy0, sx1, sy1 = max(0, left), max(0, top), min(w, right), min(h, bottom)
+    out[sy0 - top:sy1 - top, sx0 - left:sx1 - left] = image[sy0:sy1, sx0:sx1]
+    return out
 
 
 def analyse_image(classifier, image: np.ndarray, source: str, overlap: float = 0.0,
@@ -135,34 +148,14 @@ def analyse_image(classifier, image: np.ndarray, source: str, overlap: float = 0
         else:
             result.elsewhere.append(cell.box)
     white = [c for c in mine if c.kind == "white"]
-    preds = classifier.predict_arrays([cell_crop(image, c, found.rbc) for c in white], [source] * len(white))
+    fill = slide_colour(image) if white else None
+    preds = classifier.predict_arrays([cell_crop(image, c, found.rbc, fill) for c in white], [source] * len(white))
     by_cell = {id(c): p for c, p in zip(white, preds)}
     for c in mine:
         p = by_cell.get(id(c))
         group = group_of(p.label) if p is not None else "platelet"
         result.cells.append(FieldCell(c.box, c.at_border, c.score, group, p))
     return result
-
-
-def iter_fields(classifier, inputs, overlap: float = 0.0) -> Iterator[tuple[FieldResult | None, Problem | None]]:
-    """Analyse every field image among ``inputs`` (files, folders, globs, datasets, as for
-    ``bloodcell predict``), yielding ``(result, None)`` or ``(None, problem)`` per input."""
-    if isinstance(inputs, (str, bytes)) or not hasattr(inputs, "__iter__"):
-        inputs = [inputs]
-    items, problems = collect(list(inputs))
-    for q in problems:
-        yield None, q
-    edges = shared_edges([i.source for i in items]) if overlap > 0 else {}
-    for item in items:
-        yield _analyse_item(classifier, item, overlap, edges.get(item.source, ALL_SHARED))
-
-
-def _analyse_item(classifier, item: Item, overlap: float, edges: Edges) -> tuple[FieldResult | None, Problem | None]:
-    try:
-        image = item.read()
-    except DataError as e:
-        return None, Problem(item.source, "unreadable", str(e))
-    return analyse_image(classifier, image, item.source, overlap, edges), None
 
 
 def overall_differential(results: list[FieldResult], class_names) -> Differential:

@@ -58,6 +58,8 @@ CYTOPLASM = 0.15
 #: counts those covering at least this share of it (a PBC white cell's nucleus covers about 0.03).
 QUICK_JOIN = 2
 QUICK_MIN_AREA = 0.006
+#: A cell whose box comes this close to the image edge (red-cell diameters) is marked ``at_border``.
+BORDER = 0.1
 #: A cell whose box lies inside a larger cell's box by this share of its area is part of it.
 NESTED = 0.5
 #: The red-cell diameter, as a share of the image's longer side, assumed when a field shows no
@@ -72,7 +74,8 @@ class Found:
     ``box`` is ``(x0, y0, x1, y1)`` in the original image's pixels (right and bottom exclusive);
     ``kind`` is ``"white"`` (white cell or nucleated red cell, to be classified) or
     ``"platelet"``; ``score`` in ``[0, 1]`` is the detector's confidence; ``at_border`` says the
-    cell's box touches the image edge, so part of it may be cut off.
+    cell's box comes within :data:`BORDER` red-cell diameters of the image edge, so part of it
+    may be cut off.
     """
 
     box: tuple[int, int, int, int]
@@ -327,7 +330,8 @@ def detect(image: np.ndarray) -> Field:
     for box, kind, score in _cells(density, nuclei, foreground, rbc, level):
         x0, y0 = max(0, int(round(box[0] * factor))), max(0, int(round(box[1] * factor)))
         x1, y1 = min(w, int(round(box[2] * factor))), min(h, int(round(box[3] * factor)))
-        edge = x0 <= 0 or y0 <= 0 or x1 >= w or y1 >= h
+        near = BORDER * rbc * factor
+        edge = x0 <= near or y0 <= near or x1 >= w - near or y1 >= h - near
         cells.append(Found((x0, y0, x1, y1), kind, round(score, 4), edge))
     cells.sort(key=lambda c: (c.box[1], c.box[0]))
     return Field(cells, rbc * factor, w, h)

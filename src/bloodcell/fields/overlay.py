@@ -1,8 +1,9 @@
 """Draw what was found on a field: a box per cell coloured by class, labelled, with a legend.
 
 Small fields are enlarged by a whole factor (so labels stay readable) and the legend is a strip
-under the image with each class's colour and count. Cells cut by the image border are labelled
-with a trailing ``*``; boxes left to a neighbouring tile are drawn thin and grey.
+under the image with each class's colour and count. Labels end with ``*`` for cells cut by the
+image border, ``?`` when the model is uncertain and ``×`` when it flags the crop as not a blood
+cell; boxes left to a neighbouring tile are drawn thin and grey.
 """
 
 from __future__ import annotations
@@ -41,8 +42,6 @@ def _font(size: int):
 
 
 def _colour(cell) -> tuple[int, int, int]:
-    if cell.prediction is not None and cell.prediction.not_a_blood_cell:
-        return NOT_A_CELL
     return COLOURS.get(cell.label, OTHER)
 
 
@@ -75,6 +74,8 @@ def draw(image: np.ndarray, result: FieldResult) -> Image.Image:
         text = f"{i} {c.label}" + ("*" if c.at_border else "")
         if c.prediction is not None and c.prediction.uncertain:
             text += " ?"
+        if c.prediction is not None and c.prediction.not_a_blood_cell:
+            text += " ×"
         _label(pen, (c.box[0] * scale, c.box[1] * scale), text, _colour(c), font, base.size)
     return _with_legend(base, result, font)
 
@@ -82,11 +83,9 @@ def draw(image: np.ndarray, result: FieldResult) -> Image.Image:
 def _with_legend(base: Image.Image, result: FieldResult, font) -> Image.Image:
     counts: dict[str, int] = {}
     for c in result.cells:
-        key = "not a blood cell" if _colour(c) == NOT_A_CELL else c.label
-        counts[key] = counts.get(key, 0) + 1
-    entries = [(f"{name} {n}", NOT_A_CELL if name == "not a blood cell" else COLOURS.get(name, OTHER))
-               for name, n in sorted(counts.items())] or [("no cell found", OTHER)]
-    notes = ["* cut by the border", "? uncertain"]
+        counts[c.label] = counts.get(c.label, 0) + 1
+    entries = [(f"{name} {n}", COLOURS.get(name, OTHER)) for name, n in sorted(counts.items())] or [("no cell found", OTHER)]
+    notes = ["* cut by the border", "? uncertain", "× flagged not a blood cell"]
     if result.elsewhere:
         notes.append("grey: counted by a neighbouring tile")
     probe = ImageDraw.Draw(base)
@@ -121,7 +120,7 @@ def overlay_name(source: str, taken: set[str]) -> str:
     return name
 
 
-def write(path: str | Path, image: np.ndarray, result: FieldResult) -> None:
+def write_overlay(path: str | Path, image: np.ndarray, result: FieldResult) -> None:
     """Draw the overlay of a field and write it as a PNG (atomically)."""
     picture = draw(image, result)
     atomic_write_with(Path(path), lambda tmp: picture.save(tmp, format="PNG"))
