@@ -117,3 +117,39 @@ def score_fields(found: dict[str, list[tuple]], truth: dict[str, list[tuple]], t
         "count_exact_share": float(np.mean(errors == 0)),
         "failures": missed,
     }
+
+
+def image_paths(boxes_path: str | Path, names) -> tuple[dict[str, Path], list[str]]:
+    """Where the images named in a boxes file are: beside it, or in an ``images/`` folder beside
+    it. Returns the paths found and the names not found."""
+    folder = Path(boxes_path).parent
+    found, missing = {}, []
+    for name in names:
+        for candidate in (folder / name, folder / "images" / name):
+            if candidate.is_file():
+                found[name] = candidate
+                break
+        else:
+            missing.append(name)
+    return found, missing
+
+
+def white_truth(boxes: dict) -> dict[str, list[tuple]]:
+    """The white-cell boxes of each image of :func:`read_boxes`' result."""
+    return {name: [b for label, b in rows if label in WHITE_LABELS] for name, rows in boxes.items()}
+
+
+def detection_report(boxes_path: str | Path, find, names=None, threshold: float = 0.5) -> dict:
+    """Run ``find(image) -> [(box, score), ...]`` (white cells) on the images of a boxes file and
+    score it (:func:`score_fields`); ``names`` limits it to some images (a held-out part)."""
+    from bloodcell.core.preprocess import decode_image
+
+    boxes = read_boxes(boxes_path)
+    names = sorted(boxes) if names is None else [n for n in names if n in boxes]
+    paths, missing = image_paths(boxes_path, names)
+    if not paths:
+        raise DataError(f"{boxes_path}: none of its {len(names)} images was found beside it or in images/.")
+    found = {name: find(decode_image(path, str(path))) for name, path in paths.items()}
+    result = score_fields(found, white_truth(boxes), threshold)
+    result["missing_images"] = missing
+    return result

@@ -73,7 +73,8 @@ def fields_table(results: list[FieldResult], class_names) -> str:
                  + f", {total['platelet']} platelets; {total['at_border']} cell(s) cut by the image border")
     if total["white"]:
         lines.append("")
-        lines.append(differential_table(overall_differential(results, class_names)))
+        table = differential_table(overall_differential(results, class_names))
+        lines.append(table.replace("image(s) flagged", "cell(s) flagged", 1))
     return "\n".join(lines)
 
 

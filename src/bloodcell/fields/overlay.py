@@ -2,7 +2,7 @@
 
 Small fields are enlarged by a whole factor (so labels stay readable) and the legend is a strip
 under the image with each class's colour and count. Labels end with ``*`` for cells cut by the
-image border, ``?`` when the model is uncertain and ``×`` when it flags the crop as not a blood
+image border, ``?`` when the model is uncertain and ``!`` when it flags the crop as not a blood
 cell; boxes left to a neighbouring tile are drawn thin and grey.
 """
 
@@ -75,7 +75,7 @@ def draw(image: np.ndarray, result: FieldResult) -> Image.Image:
         if c.prediction is not None and c.prediction.uncertain:
             text += " ?"
         if c.prediction is not None and c.prediction.not_a_blood_cell:
-            text += " ×"
+            text += " !"
         _label(pen, (c.box[0] * scale, c.box[1] * scale), text, _colour(c), font, base.size)
     return _with_legend(base, result, font)
 
@@ -85,7 +85,11 @@ def _with_legend(base: Image.Image, result: FieldResult, font) -> Image.Image:
     for c in result.cells:
         counts[c.label] = counts.get(c.label, 0) + 1
     entries = [(f"{name} {n}", COLOURS.get(name, OTHER)) for name, n in sorted(counts.items())] or [("no cell found", OTHER)]
-    notes = ["* cut by the border", "? uncertain", "× flagged not a blood cell"]
+    notes = [note for note, shown in (
+        ("* cut by the border", any(c.at_border for c in result.cells)),
+        ("? uncertain", any(c.prediction is not None and c.prediction.uncertain for c in result.cells)),
+        ("! flagged not a blood cell", any(c.prediction is not None and c.prediction.not_a_blood_cell for c in result.cells)),
+    ) if shown]
     if result.elsewhere:
         notes.append("grey: counted by a neighbouring tile")
     probe = ImageDraw.Draw(base)
