@@ -12,7 +12,8 @@ box contains the image centre, and the PBC image side in red-cell diameters (the
 
 Mosaics of PBC images (3 x 2 images cut to 640 x 480, one known cell near each image's centre)
 give fields whose cells have labels: the share of those cells found, and the share classified as
-their image's class, against classifying each PBC image alone.
+their image's class, against classifying each PBC image alone. PBC images come from the test
+split of ``runs/pbc_split.csv`` when it is there (``--split-csv``), so the model never saw them.
 
 Speed, per field on this machine (onnxruntime with ``--threads``, default 1): wall time and CPU
 time of detection alone, and of detection + classification + counting, on the development fields
@@ -26,6 +27,7 @@ load average is recorded: on a shared machine, compare CPU times.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import random
@@ -74,12 +76,21 @@ def quality(boxes_csv: Path, split_half: bool) -> dict:
     return out
 
 
-def pbc_files(folder: Path, per_class: int, seed: int = 0) -> list[tuple[str, Path]]:
-    """A seeded sample of ``per_class`` images from each class folder."""
+def test_split(split_csv: Path) -> set[str] | None:
+    """The ``class/file`` names of the test split of a split manifest, or ``None`` without one."""
+    if not split_csv.is_file():
+        return None
+    with open(split_csv, newline="") as f:
+        return {row["source_id"] for row in csv.DictReader(f) if row["split"] == "test"}
+
+
+def pbc_files(folder: Path, per_class: int, only: set[str] | None = None, seed: int = 0) -> list[tuple[str, Path]]:
+    """A seeded sample of ``per_class`` images from each class folder (from ``only`` when given)."""
     rng = random.Random(seed)
     out = []
     for cls in sorted(p for p in folder.iterdir() if p.is_dir()):
-        files = sorted(p for p in cls.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png") and not p.name.startswith("."))
+        files = sorted(p for p in cls.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png") and not p.name.startswith(".")
+                       and (only is None or f"{cls.name}/{p.name}" in only))
         out += [(cls.name, p) for p in rng.sample(files, min(per_class, len(files)))]
     return out
 
@@ -190,6 +201,9 @@ def main(argv=None) -> int:
                         help="also report the tuned (even) and held-out (odd) halves (default: on)")
     parser.add_argument("--pbc", type=Path, default=DEFAULT_PBC, help="PBC class folders")
     parser.add_argument("--pbc-per-class", type=int, default=100)
+    parser.add_argument("--split-csv", type=Path, default=ROOT / "runs" / "pbc_split.csv",
+                        help="split manifest: PBC images are drawn from its test split (the model never trained on "
+                             "them); without the file, from all images")
     parser.add_argument("--mosaics", type=int, default=20, help="PBC mosaics to classify")
     parser.add_argument("--speed-fields", type=int, default=12, help="fields timed per size")
     parser.add_argument("--model", default=None)
@@ -203,7 +217,9 @@ def main(argv=None) -> int:
     clf = Classifier(args.model, threads=args.threads)
     report = {"threads": args.threads, "cpus": os.cpu_count(), "quality": [quality(b, args.split_half) for b in args.boxes]}
     if args.pbc.is_dir():
-        sample = pbc_files(args.pbc, args.pbc_per_class)
+        only = test_split(args.split_csv)
+        sample = pbc_files(args.pbc, args.pbc_per_class, only)
+        report["pbc_test_split_only"] = only is not None
         report["pbc"] = pbc_centres(sample)
         report["pbc_mosaics"] = pbc_mosaics(clf, sample, args.mosaics)
     first = args.boxes[0]

@@ -13,6 +13,7 @@ from PIL import Image
 
 from _fields_helpers import FakeClassifier, make_field
 from bloodcell.core.errors import ConfigError, DataError
+from bloodcell.evaluation.fields_report import add_fields_section
 from bloodcell.fields.analyse import PBC_SIDE_RBC, analyse_image, cell_crop, overall_counts
 from bloodcell.fields.api import predict
 from bloodcell.fields.detect import detect, quick_white_count
@@ -176,3 +177,23 @@ def test_boxes_file_errors_name_the_file(tmp_path):
 def test_field_options_need_fields():
     with pytest.raises(ConfigError, match="--fields"):
         predict(["x.png"], overlay="out")
+
+
+def test_report_section_scores_a_folder_of_boxed_fields(tmp_path):
+    (tmp_path / "images").mkdir()
+    rows = ["image,label,x0,y0,x1,y1"]
+    for k, whites in enumerate((((80, 80), (220, 150)), ((100, 120),))):
+        image, truth = make_field(seed=k, whites=whites)
+        Image.fromarray(image).save(tmp_path / "images" / f"f{k}.png")
+        rows += [f"f{k}.png,wbc,{x0:.0f},{y0:.0f},{x1:.0f},{y1:.0f}" for x0, y0, x1, y1 in truth]
+    rows.append("gone.png,wbc,1,1,5,5")
+    (tmp_path / "boxes.csv").write_text("\n".join(rows) + "\n")
+    page = tmp_path / "report" / "report.html"
+    page.parent.mkdir()
+    page.write_text("<html><main><section>model</section></main></html>")
+    figures = add_fields_section(page, FakeClassifier(), tmp_path / "boxes.csv")
+    assert figures["detection"]["true"] == 3 and figures["detection"]["recall"] == 1.0
+    assert figures["missing_images"] == ["gone.png"] and figures["counts"]["white"] == 3
+    text = page.read_text()
+    assert text.index("Whole smear fields") < text.index("</main>") and text.count("data:image/png;base64") == 2
+    assert json.loads((page.parent / "fields.json").read_text())["detection"]["precision"] == 1.0

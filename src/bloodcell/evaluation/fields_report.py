@@ -72,6 +72,11 @@ def section_html(figures: dict, overlays: list[tuple[str, bytes]]) -> str:
     out.append("</table><table><tr><th>white-cell differential</th><th>count</th><th>%</th></tr>")
     out += [f"<tr><td>{html.escape(r['class'])}</td><td>{r['count']}</td><td>{r['percent']:.1f}</td></tr>" for r in diff]
     out.append("</table>")
+    flagged = n["not_a_blood_cell"]
+    if flagged:
+        out.append(f"<p class='note'>The model flagged {flagged} of the {flagged + n['white'] + n['nucleated_red']} cells it "
+                   "classified as not a blood cell and they are left out of the counts: these fields look unlike its "
+                   "training images (another lab's stain or magnification).</p>")
     if figures["missing_images"]:
         out.append(f"<p class='note'>{len(figures['missing_images'])} image(s) named in the boxes file were not found.</p>")
     for name, png in overlays:

@@ -18,12 +18,12 @@ import numpy as np
 from bloodcell.core.locate import square
 from bloodcell.fields.detect import Field, Found, detect
 from bloodcell.fields.tiles import ALL_SHARED, Edges, owns
-from bloodcell.prediction.differential import Differential, differential
+from bloodcell.prediction.differential import Differential, differential, lab_differential
 from bloodcell.prediction.results import Prediction
 
-#: The shorter side of a PBC image in red-cell diameters (256 px with red cells about 51 px
-#: across, as the detector measures them on PBC images; see benchmarks/fields.py).
-PBC_SIDE_RBC = 5.0
+#: The shorter side of a PBC image in red-cell diameters: the median over 800 PBC images of the
+#: detector's red-cell diameter (about 49 px on 256-px images; ``python benchmarks/fields.py``).
+PBC_SIDE_RBC = 5.2
 #: A cell never fills more than this share of its crop, however large it is.
 MAX_FILL = 0.7
 GROUPS = {"erythroblast": "nucleated_red", "platelet": "platelet"}
@@ -96,6 +96,7 @@ class FieldResult:
         return {"source": self.source, "width": self.width, "height": self.height, "rbc_px": round(self.rbc, 1),
                 "counts": self.counts(), "left_to_neighbour_tile": len(self.elsewhere),
                 "differential": white_differential(self.cells, class_names).to_dict(),
+                "lab_differential": lab_of(self.cells),
                 "cells": [c.to_dict() for c in self.cells]}
 
 
@@ -117,6 +118,14 @@ def slide_colour(image: np.ndarray) -> np.ndarray:
     flat = image.reshape(-1, 3)[:: max(1, image.shape[0] * image.shape[1] // 20000)]
     light = flat.astype(np.int32).sum(axis=1)
     return np.median(flat[light >= np.percentile(light, 90)], axis=0).astype(np.uint8)
+
+
+def lab_of(cells: list[FieldCell]) -> dict:
+    """The lab-style differential of ``cells`` (:func:`~bloodcell.prediction.differential.lab_differential`):
+    white cells in percent, nucleated red cells per 100 white cells, platelets apart (those
+    counted by size included), cells the model flags as not a blood cell excluded."""
+    return lab_differential([c.label for c in cells],
+                            not_a_blood_cell=[bool(c.prediction is not None and c.prediction.not_a_blood_cell) for c in cells])
 
 
 def cell_crop(image: np.ndarray, found: Found, rbc: float, fill: np.ndarray | None = None) -> np.ndarray:

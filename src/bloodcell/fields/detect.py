@@ -35,7 +35,7 @@ from bloodcell.core.locate import hematoxylin, nucleus_mask, otsu, reduced
 #: side, then works on a copy where red cells are about WORK_RBC pixels across (finer when the
 #: first copy shows them smaller, coarser when much larger).
 FIRST_SIDE = 160
-WORK_RBC = 16
+WORK_RBC = 20
 #: A nucleus pixel's hematoxylin density exceeds the red cells' typical density (the median of
 #: the middle class of a three-class Otsu split: slide, red cells, nuclei) by at least this.
 MIN_STAIN = 0.35

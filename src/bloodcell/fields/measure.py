@@ -137,19 +137,3 @@ def image_paths(boxes_path: str | Path, names) -> tuple[dict[str, Path], list[st
 def white_truth(boxes: dict) -> dict[str, list[tuple]]:
     """The white-cell boxes of each image of :func:`read_boxes`' result."""
     return {name: [b for label, b in rows if label in WHITE_LABELS] for name, rows in boxes.items()}
-
-
-def detection_report(boxes_path: str | Path, find, names=None, threshold: float = 0.5) -> dict:
-    """Run ``find(image) -> [(box, score), ...]`` (white cells) on the images of a boxes file and
-    score it (:func:`score_fields`); ``names`` limits it to some images (a held-out part)."""
-    from bloodcell.core.preprocess import decode_image
-
-    boxes = read_boxes(boxes_path)
-    names = sorted(boxes) if names is None else [n for n in names if n in boxes]
-    paths, missing = image_paths(boxes_path, names)
-    if not paths:
-        raise DataError(f"{boxes_path}: none of its {len(names)} images was found beside it or in images/.")
-    found = {name: find(decode_image(path, str(path))) for name, path in paths.items()}
-    result = score_fields(found, white_truth(boxes), threshold)
-    result["missing_images"] = missing
-    return result

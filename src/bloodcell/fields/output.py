@@ -6,9 +6,9 @@ import csv
 import io
 import json
 
-from bloodcell.fields.analyse import FieldResult, overall_counts, overall_differential, white_differential
+from bloodcell.fields.analyse import FieldResult, lab_of, overall_counts, overall_differential, white_differential
 from bloodcell.prediction import outputs
-from bloodcell.prediction.outputs import differential_table
+from bloodcell.prediction.differential import lab_table
 
 BOX = ("x0", "y0", "x1", "y1")
 
@@ -36,12 +36,13 @@ def fields_csv(results: list[FieldResult], class_names) -> str:
 
 def fields_json(model: dict, results: list[FieldResult], problems, class_names) -> str:
     """Every field with its cells (``box: [x0, y0, x1, y1]``, ``at_border``, the prediction), its
-    counts and differential, then the totals over all fields."""
+    counts and differentials (white cells only, and lab-style), then the totals over all fields."""
     return json.dumps({
         "model": model,
         "fields": [r.to_dict(class_names) for r in results],
         "counts": overall_counts(results),
         "differential": overall_differential(results, class_names).to_dict(),
+        "lab_differential": lab_of([c for r in results for c in r.cells]),
         "skipped": [{"source": q.item, "reason": q.message} for q in problems],
     }, indent=2)
 
@@ -55,7 +56,7 @@ def _flags(c) -> str:
 
 def fields_table(results: list[FieldResult], class_names) -> str:
     """Per field: one line per cell (box, class, probability, flags), then the counts; after all
-    fields, the totals and the white-cell differential."""
+    fields, the totals and the lab-style differential."""
     lines = []
     for r in results:
         n = r.counts()
@@ -71,10 +72,9 @@ def fields_table(results: list[FieldResult], class_names) -> str:
     lines.append(f"{total['fields']} field(s): {total['white']} white cells, {total['nucleated_red']} nucleated red cells"
                  + (f" ({total['nucleated_red_per_100_white']} per 100 white)" if total["white"] else "")
                  + f", {total['platelet']} platelets; {total['at_border']} cell(s) cut by the image border")
-    if total["white"]:
+    if any(r.cells for r in results):
         lines.append("")
-        table = differential_table(overall_differential(results, class_names))
-        lines.append(table.replace("image(s) flagged", "cell(s) flagged", 1))
+        lines.append(lab_table(lab_of([c for r in results for c in r.cells])).replace(" image(s)", " cell(s) found", 1))
     return "\n".join(lines)
 
 
