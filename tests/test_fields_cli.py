@@ -82,6 +82,21 @@ def test_cli_warns_when_an_image_is_a_field(tmp_path):
     assert bad.returncode == 2 and "add --fields" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_cli_tiles_count_a_cell_in_the_overlap_once(tmp_path):
+    whites = ((60, 60), (200, 70), (230, 170), (360, 150), (190, 190))
+    image, _ = make_field(seed=5, size=(420, 240), whites=whites, platelets=())
+    cut, overlap = 260, 100
+    Image.fromarray(image[:, :cut]).save(tmp_path / "s_x0_y0.png")
+    Image.fromarray(image[:, cut - overlap:]).save(tmp_path / f"s_x{cut - overlap}_y0.png")
+    counted = []
+    for extra in ((), ("--tile-overlap", str(overlap))):
+        run = bloodcell("predict", str(tmp_path), "--fields", "-f", "json", *extra)
+        assert run.returncode == 0, run.stderr
+        doc = json.loads(run.stdout)
+        counted.append(sum(1 for f in doc["fields"] for c in f["cells"] if c.get("probability") is not None))
+    assert counted[1] == 5 and counted[0] > 5
+
+
 @pytest.fixture(scope="module")
 def client():
     from bloodcell.server import create_app
