@@ -197,3 +197,23 @@ def test_report_section_scores_a_folder_of_boxed_fields(tmp_path):
     text = page.read_text()
     assert text.index("Whole smear fields") < text.index("</main>") and text.count("data:image/png;base64") == 2
     assert json.loads((page.parent / "fields.json").read_text())["detection"]["precision"] == 1.0
+
+
+def test_a_stopped_run_keeps_the_cells_of_finished_fields(tmp_path):
+    from bloodcell.fields.api import predict_fields
+
+    class Stops(FakeClassifier):
+        def predict_arrays(self, images, sources=None):
+            if self.crops:
+                raise KeyboardInterrupt
+            return super().predict_arrays(images, sources)
+
+    for k in range(2):
+        Image.fromarray(make_field(seed=k)[0]).save(tmp_path / f"f{k}.png")
+    out = tmp_path / "cells.csv"
+    with pytest.raises(KeyboardInterrupt):
+        predict_fields([tmp_path / "f0.png", tmp_path / "f1.png"], format="csv", output_path=out, classifier=Stops())
+    rows = list(csv.DictReader((tmp_path / "cells.csv.partial").open()))
+    assert {r["source"] for r in rows} == {str(tmp_path / "f0.png")} and len(rows) == 3 and not out.exists()
+    done = predict_fields([tmp_path / "f0.png", tmp_path / "f1.png"], format="csv", output_path=out, classifier=FakeClassifier())
+    assert len(done.fields) == 2 and out.exists() and not (tmp_path / "cells.csv.partial").exists()

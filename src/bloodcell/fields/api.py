@@ -11,6 +11,7 @@ fields with several white cells.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from bloodcell.core.files import check_writable_file, check_writable_folder
 from bloodcell.data import Problem
 from bloodcell.fields.analyse import FieldResult, analyse_image, overall_counts, overall_differential
 from bloodcell.fields.detect import detect, quick_white_count
-from bloodcell.fields.output import render
+from bloodcell.fields.output import fields_csv, render
 from bloodcell.fields.overlay import overlay_name, write_overlay
 from bloodcell.fields.tiles import ALL_SHARED, shared_edges
 from bloodcell.prediction import classifier as single
@@ -68,6 +69,36 @@ def iter_fields(classifier, inputs, tile_overlap: float = 0.0, progress: bool = 
         yield analyse_image(classifier, image, item.source, tile_overlap, edges.get(item.source, ALL_SHARED)), image, None
 
 
+class PartialFields:
+    """The cells of the fields done so far, appended as CSV rows to ``<output>.partial`` field by
+    field, so a run that stops early keeps its work; removed once the output is written."""
+
+    def __init__(self, output: Path, class_names):
+        self.path = output.with_name(output.name + ".partial")
+        self.class_names = class_names
+        self.rows = 0
+        self._file = None
+
+    def add(self, result: FieldResult) -> None:
+        text = fields_csv([result], self.class_names)
+        if self._file is None:
+            self._file = open(self.path, "w", encoding="utf-8", newline="")  # kept open across fields
+        else:
+            text = text.split("\n", 1)[1]  # the header once
+        self._file.write(text)
+        self._file.flush()
+        self.rows += len(result.cells)
+
+    def close(self, keep: bool) -> Path | None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if keep and self.path.exists():
+            return self.path
+        self.path.unlink(missing_ok=True)
+        return None
+
+
 def predict_fields(paths, model=None, *, format: str = "table", output_path=None, overlay_dir=None,
                    tile_overlap: float = 0.0, progress: bool = False, classifier=None, **options) -> FieldsRun:
     """Find, classify and count the cells of whole smear fields.
@@ -82,7 +113,9 @@ def predict_fields(paths, model=None, *, format: str = "table", output_path=None
         ``csv`` has one row per cell (``source, cell, x0, y0, x1, y1, at_border, ...``); ``json``
         one object per field with each cell's ``box`` and ``at_border``.
     output_path : str or Path, optional
-        File to write (checked before any work starts); else the text is only returned.
+        File to write (checked before any work starts); else the text is only returned. While
+        the run goes on, the cells of each finished field are appended to ``<output>.partial``
+        (CSV), which stays if the run stops early.
     overlay_dir : str or Path, optional
         Folder for one PNG per field with the boxes coloured by class.
     tile_overlap : float
@@ -101,15 +134,27 @@ def predict_fields(paths, model=None, *, format: str = "table", output_path=None
     folder = check_writable_folder(overlay_dir, "overlay folder", "--overlay") if overlay_dir is not None else None
     clf = classifier or single.Classifier(model, **options)
     results, problems, written, taken = [], [], [], set()
-    for result, image, problem in iter_fields(clf, paths, tile_overlap, progress):
-        if problem is not None:
-            problems.append(problem)
-            continue
-        results.append(result)
-        if folder is not None:
-            path = folder / overlay_name(result.source, taken)
-            write_overlay(path, image, result)
-            written.append(path)
+    partial = PartialFields(output_path, clf.class_names) if output_path is not None else None
+    try:
+        for result, image, problem in iter_fields(clf, paths, tile_overlap, progress):
+            if problem is not None:
+                problems.append(problem)
+                continue
+            results.append(result)
+            if partial is not None:
+                partial.add(result)
+            if folder is not None:
+                path = folder / overlay_name(result.source, taken)
+                write_overlay(path, image, result)
+                written.append(path)
+    except BaseException:
+        kept = partial.close(keep=True) if partial is not None else None
+        if kept is not None:
+            print(f"bloodcell predict: stopped; the cells of the {len(results)} field(s) done so far are in {kept}.",
+                  file=sys.stderr)
+        raise
+    if partial is not None:
+        partial.close(keep=False)
     if not results:
         error = DataError(f"no field could be read ({len(problems)} input(s) skipped, reasons above).")
         error.problems = problems
