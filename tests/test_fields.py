@@ -53,6 +53,13 @@ def test_the_lobes_of_one_nucleus_make_one_cell():
     assert best_iou(field.white[0].box, truth) >= 0.5
 
 
+def test_two_touching_round_nuclei_stay_two_cells():
+    image, truth = make_field(whites=((140, 120), (174, 120)), platelets=())
+    field = detect(image)
+    assert len(field.white) == 2
+    assert all(best_iou(c.box, truth) >= 0.5 for c in field.white)
+
+
 def test_no_white_cell_in_red_cells_or_blank_images():
     image, _ = make_field(whites=(), platelets=(), red=60)
     assert detect(image).cells == []

@@ -133,8 +133,31 @@ def predict_fields(paths, model=None, *, format: str = "table", output_path=None
     output_path = check_writable_file(output_path) if output_path is not None else None
     folder = check_writable_folder(overlay_dir, "overlay folder", "--overlay") if overlay_dir is not None else None
     clf = classifier or single.Classifier(model, **options)
-    results, problems, written, taken = [], [], [], set()
     partial = PartialFields(output_path, clf.class_names) if output_path is not None else None
+    results, problems, written = _run(clf, paths, tile_overlap, progress, partial, folder)
+    if not results:
+        if partial is not None:
+            partial.close(keep=False)
+        error = DataError(f"no field could be read ({len(problems)} input(s) skipped, reasons above).")
+        error.problems = problems
+        raise error
+    text = render(format, clf.describe(), results, problems, clf.class_names)
+    if partial is not None:
+        try:
+            write_text(output_path, text)
+        except BaseException:  # the partial rows stay when the output could not be written
+            partial.close(keep=True)
+            raise
+        partial.close(keep=False)
+    return FieldsRun(results, problems, overall_counts(results), overall_differential(results, clf.class_names),
+                     text, output_path, written)
+
+
+def _run(clf, paths, tile_overlap: float, progress: bool, partial: PartialFields | None, folder: Path | None):
+    """Analyse the fields, keeping each finished one in ``partial`` (closed and kept when the run
+    stops early) and drawing its overlay into ``folder``; returns the results, the skipped
+    inputs and the overlays written."""
+    results, problems, written, taken = [], [], [], set()
     try:
         for result, image, problem in iter_fields(clf, paths, tile_overlap, progress):
             if problem is not None:
@@ -153,17 +176,7 @@ def predict_fields(paths, model=None, *, format: str = "table", output_path=None
             print(f"bloodcell predict: stopped; the cells of the {len(results)} field(s) done so far are in {kept}.",
                   file=sys.stderr)
         raise
-    if partial is not None:
-        partial.close(keep=False)
-    if not results:
-        error = DataError(f"no field could be read ({len(problems)} input(s) skipped, reasons above).")
-        error.problems = problems
-        raise error
-    text = render(format, clf.describe(), results, problems, clf.class_names)
-    if output_path is not None:
-        write_text(output_path, text)
-    return FieldsRun(results, problems, overall_counts(results), overall_differential(results, clf.class_names),
-                     text, output_path, written)
+    return results, problems, written
 
 
 def predict(paths, model=None, *, fields: bool = False, overlay: str | Path | None = None, tile_overlap: float = 0.0,

@@ -45,15 +45,23 @@ def _colour(cell) -> tuple[int, int, int]:
     return COLOURS.get(cell.label, OTHER)
 
 
-def _label(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, colour, font, limit: tuple[int, int]) -> None:
-    """Text on a filled tag in ``colour`` at the box's top-left, moved inside the image when needed."""
+def _label(draw: ImageDraw.ImageDraw, box, text: str, colour, font, limit: tuple[int, int], placed: list) -> None:
+    """Text on a filled tag in ``colour`` by the box: above its top-left corner, else below its
+    bottom-left, else inside its top-left, whichever first overlaps no tag drawn before."""
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     w, h = right - left + 6, bottom - top + 4
-    x = min(max(0, xy[0]), limit[0] - w)
-    y = xy[1] - h if xy[1] - h >= 0 else xy[1]
-    y = min(y, limit[1] - h)
-    draw.rectangle([x, y, x + w, y + h], fill=colour)
-    draw.text((x + 3 - left, y + 2 - top), text, fill=(255, 255, 255), font=font)
+    x = min(max(0, box[0]), limit[0] - w)
+    spots = [(x, box[1] - h), (x, box[3]), (x, box[1])]
+    spots = [(sx, min(max(0, sy), limit[1] - h)) for sx, sy in spots]
+    free = [spot for spot in spots if not any(_hits(spot, (w, h), other) for other in placed)]
+    sx, sy = (free or spots)[0]
+    placed.append((sx, sy, sx + w, sy + h))
+    draw.rectangle([sx, sy, sx + w, sy + h], fill=colour)
+    draw.text((sx + 3 - left, sy + 2 - top), text, fill=(255, 255, 255), font=font)
+
+
+def _hits(spot, size, other) -> bool:
+    return spot[0] < other[2] and other[0] < spot[0] + size[0] and spot[1] < other[3] and other[1] < spot[1] + size[1]
 
 
 def draw(image: np.ndarray, result: FieldResult) -> Image.Image:
@@ -70,13 +78,14 @@ def draw(image: np.ndarray, result: FieldResult) -> Image.Image:
     for c in result.cells:
         pen.rectangle([c.box[0] * scale, c.box[1] * scale, c.box[2] * scale - 1, c.box[3] * scale - 1],
                       outline=_colour(c), width=width)
+    placed: list = []
     for i, c in enumerate(result.cells, start=1):
         text = f"{i} {c.label}" + ("*" if c.at_border else "")
         if c.prediction is not None and c.prediction.uncertain:
             text += " ?"
         if c.prediction is not None and c.prediction.not_a_blood_cell:
             text += " !"
-        _label(pen, (c.box[0] * scale, c.box[1] * scale), text, _colour(c), font, base.size)
+        _label(pen, [v * scale for v in c.box], text, _colour(c), font, base.size, placed)
     return _with_legend(base, result, font)
 
 
