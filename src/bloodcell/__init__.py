@@ -25,7 +25,7 @@ _LAZY = {
     "Classifier": "bloodcell.prediction.classifier",
     "Prediction": "bloodcell.prediction.classifier",
     "differential": "bloodcell.prediction.classifier",
-    "predict": "bloodcell.prediction.classifier",
+    "predict": "bloodcell.fields.api",
     "audit": "bloodcell.data.audit",
     "split": "bloodcell.data.split",
     "cache": "bloodcell.data.cache",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from bloodcell.core.errors import DataError
+from bloodcell.fields import command as fields
 from bloodcell.prediction.classifier import predict
 
 HELP = "Classify images (files, folders, globs, .npz): class, probabilities, flags and a differential count."
@@ -33,6 +34,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ood-threshold", type=float, default=None,
                         help="flag as not a blood cell above this out-of-distribution score (default: the model's)")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: the usable CPUs)")
+    fields.add_arguments(parser)
 
 
 def _print_problems(problems) -> None:
@@ -41,6 +43,8 @@ def _print_problems(problems) -> None:
 
 
 def run(args) -> int:
+    if fields.wants_fields(args):
+        return fields.run(args)
     try:
         result = predict(args.paths, args.model, format=args.format, output=args.output, differential=args.differential,
                          backend=args.backend, batch_size=args.batch_size, tta=args.tta,
@@ -50,6 +54,7 @@ def run(args) -> int:
         _print_problems(getattr(e, "problems", ()))
         raise
     _print_problems(result.problems)
+    fields.warn(args.paths)
     if result.output is None:
         sys.stdout.write(result.text)
         return 0

@@ -15,6 +15,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--mistakes", type=int, default=24, help="most confident mistakes to show (default 24)")
     parser.add_argument("--gradcam-per-class", type=int, default=3, help="Grad-CAM examples per class (default 3)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--fields", metavar="BOXES.csv", default=None,
+                        help="also report finding and counting cells in whole smear fields against this boxes file")
 
 
 def run(args) -> int:
@@ -24,7 +26,8 @@ def run(args) -> int:
 
     result = report(args.model, args.data, output=args.output, split=args.split, tta=args.tta,
                     batch_size=args.batch_size, device=args.device, bootstrap=args.bootstrap,
-                    mistakes=args.mistakes, gradcam_per_class=args.gradcam_per_class, quiet=args.quiet)
+                    mistakes=args.mistakes, gradcam_per_class=args.gradcam_per_class, quiet=args.quiet,
+                    fields=args.fields)
     print(summary_text(result.evaluation.summary))
     print(f"Report written to {result.html} (figures and metrics.json beside it)")
     return 0

@@ -93,7 +93,8 @@ def evaluate(model, data, *, split: str | None = "test", tta: bool = False, batc
 
 
 def report(model, data, *, output, split: str | None = "test", tta: bool = False, batch_size: int = 64, device=None,
-           bootstrap: int = 1000, mistakes: int = 24, gradcam_per_class: int = 3, quiet: bool = False) -> Report:
+           bootstrap: int = 1000, mistakes: int = 24, gradcam_per_class: int = 3, quiet: bool = False,
+           fields=None) -> Report:
     """Write a self-contained HTML report of a model on a labelled dataset.
 
     The report folder holds ``report.html`` (figures, calibration, abstention, mistakes,
@@ -109,6 +110,9 @@ def report(model, data, *, output, split: str | None = "test", tta: bool = False
         Most confident mistakes to show.
     gradcam_per_class : int
         Grad-CAM examples per class.
+    fields : str or Path, optional
+        A ``boxes.csv`` of whole smear fields (``image,label,x0,y0,x1,y1``, images beside it or in
+        ``images/``): adds a section on finding and counting their white cells, and ``fields.json``.
 
     Returns
     -------
@@ -119,9 +123,19 @@ def report(model, data, *, output, split: str | None = "test", tta: bool = False
     from bloodcell.evaluation.html_report import write_report
 
     folder = check_writable_folder(output, "report folder")
+    if fields is not None:
+        from bloodcell.fields.measure import read_boxes  # deferred: only --fields needs it
+
+        read_boxes(fields)  # a bad boxes file is one line before the evaluation runs
     ev = evaluate(model, data, split=split, tta=tta, batch_size=batch_size, device=device, bootstrap=bootstrap,
                   quiet=quiet)
-    return Report(ev, write_report(ev, folder, n_mistakes=mistakes, gradcam_per_class=gradcam_per_class))
+    page = write_report(ev, folder, n_mistakes=mistakes, gradcam_per_class=gradcam_per_class)
+    if fields is not None:
+        from bloodcell.evaluation.fields_report import add_fields_section  # deferred: only --fields needs it
+        from bloodcell.prediction.classifier import Classifier  # deferred: as above
+
+        add_fields_section(page, Classifier(model, batch_size=batch_size), fields)
+    return Report(ev, page)
 
 
 def calibrate(model, data, *, split: str | None = "val", target_accuracy: float = 0.995, batch_size: int = 64,

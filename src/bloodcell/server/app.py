@@ -8,6 +8,7 @@ Endpoints
 ``POST /v1/predict``        classify one or many images (multipart field ``files``);
                             ``?explain=true`` adds a Grad-CAM overlay per image (base64 PNG)
 ``POST /v1/differential``   only the differential count of the uploaded images
+``POST /v1/fields``         whole smear fields: every cell found, classified and counted
 ``/v1/cases...``            cases under review, their cells, reviews and exports
                             (:mod:`bloodcell.server.cases_routes`)
 ``GET /docs``, ``/openapi.json``  the OpenAPI description
@@ -37,6 +38,7 @@ from bloodcell.prediction.onnx_backend import no_telemetry
 from bloodcell.server import cases_routes
 from bloodcell.server.batching import Batcher
 from bloodcell.server.errors import install_handlers
+from bloodcell.server.fields_routes import router as fields_router
 from bloodcell.server.guards import LOCAL_HOSTS, BodyLimit, Gate, HostCheck, SecurityHeaders
 from bloodcell.server.routes import router
 from bloodcell.server.uploads import DEFAULT_MAX_MEGAPIXELS
@@ -137,6 +139,7 @@ def create_app(
     app.state.limits = {"max_upload_mb": max_upload_mb, "max_files": max_files, "max_megapixels": max_megapixels}
     install_handlers(app, max_files)
     app.include_router(router)
+    app.include_router(fields_router)
     cases_routes.install(app, cases_dir)
     app.mount("/static", StaticFiles(directory=app.state.static), name="static")
     return app
