@@ -149,6 +149,8 @@ def test_report_sections_explain_missing_figures(tmp_path):
     page = write_report(ev, tmp_path / "rep", gradcam_per_class=1).read_text()
     assert "holds no training history" in page and "No image was misclassified" in page
     assert not (tmp_path / "rep" / "mistakes.png").exists()
+    page = write_report(ev, tmp_path / "rep0", gradcam_per_class=0).read_text()
+    assert "were not asked for" in page and not (tmp_path / "rep0" / "gradcam.png").exists()
 
 
 def test_most_confident_mistakes_order(model8):

@@ -57,6 +57,8 @@ def gradcam_rows(ev: Evaluation, per_class: int = 3, seed: int = 0) -> tuple[lis
     Returns the rows for :func:`plots.gradcam_grid` and, when Grad-CAM cannot
     run on this model, the reason instead.
     """
+    if per_class <= 0:
+        return [], "Grad-CAM examples were not asked for (--gradcam-per-class 0)."
     rng = np.random.default_rng(seed)
     names = ev.class_names
     pred = ev.probs.argmax(1)
