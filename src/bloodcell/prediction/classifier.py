@@ -68,8 +68,8 @@ class Classifier:
     threads : int, optional
         onnxruntime intra-op threads.
     precision : {"fp32", "int8"}, optional
-        ``int8`` runs the folder's ``model.int8.onnx`` (onnxruntime only); default: ``int8``
-        when the model has it and the backend is onnxruntime, else ``fp32``.
+        ``int8`` runs the folder's ``model.int8.onnx`` (onnxruntime only); default: the precision
+        of the given ``.onnx`` file, ``fp32`` for a model folder.
     abstain_threshold : float, optional
         Override the model's abstention threshold (top probability below it -> ``uncertain``).
     ood_threshold : float, optional
@@ -120,10 +120,7 @@ class Classifier:
             return self.path
         if not self.path.is_dir():
             return None
-        int8 = self.path / INT8_ONNX
-        if self.precision == "int8" or (self.precision is None and not self.tta and int8.is_file()):
-            return int8
-        return self.path / ONNX
+        return self.path / (INT8_ONNX if self.precision == "int8" else ONNX)
 
     def _check_precision(self) -> None:
         """Refuse an int8 request the model cannot serve, and settle the precision used."""
@@ -377,10 +374,8 @@ def predict(
 
     Raises
     ------
-    ConfigError
-        A bad option, or an output path that cannot be written.
-    DataError
-        When no image could be classified; its ``problems`` attribute lists why each input was skipped.
+    ConfigError, DataError
+        A bad option or an unwritable output; or no image could be classified (``problems`` says why).
     """
     _check_choices(format, differential)
     output = check_writable_file(output) if output is not None else None
