@@ -106,30 +106,38 @@ def tree_rss_mb(pid: int) -> float:
     return total / 1024
 
 
+#: Runs the command in a child of this small process and prints that child's peak RSS: a child forked
+#: straight from the benchmark would inherit the benchmark's own (larger) RSS as its starting peak.
+LAUNCHER = """import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+print(f"peak_rss_kb {usage.ru_maxrss}", file=sys.stderr)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_predict(args: list[str], env: dict) -> dict:
-    """Run ``python -m bloodcell predict ARGS``: wall time, its own peak RSS (from the kernel when it
-    exits) and the sampled peak of the summed RSS of it and every process it started."""
-    cmd = [sys.executable, "-m", "bloodcell", "predict", *args]
+    """Run ``python -m bloodcell predict ARGS``: wall time, its peak RSS (from the kernel when it exits) and
+    the sampled peak (every 0.5 s) of the summed RSS of it and every process it started."""
+    cmd = [sys.executable, "-c", LAUNCHER, sys.executable, "-m", "bloodcell", "predict", *args]
     with tempfile.TemporaryFile("w+") as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True)
         tree_peak = 0.0
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
+        while proc.poll() is None:
             tree_peak = max(tree_peak, tree_rss_mb(proc.pid))
             time.sleep(0.5)
         seconds = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
         err.seek(0)
         text = err.read()
     if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{text[-2000:]}")
+        raise SystemExit(f"{' '.join(cmd[3:])} failed ({proc.returncode}):\n{text[-2000:]}")
     summary = [line for line in text.splitlines() if line.startswith("bloodcell predict:")][-1:]
-    return {"seconds": round(seconds, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
-            "tree_peak_rss_mb": round(max(tree_peak, usage.ru_maxrss / 1024), 1),
-            "summary": summary[0] if summary else ""}
+    peak = [int(line.split()[1]) for line in text.splitlines() if line.startswith("peak_rss_kb ")]
+    return {"seconds": round(seconds, 2), "peak_rss_mb": round(peak[-1] / 1024, 1) if peak else None,
+            "tree_peak_rss_mb": round(tree_peak, 1), "summary": summary[0] if summary else ""}
 
 
 def ceiling(seconds: float, n: int = 256) -> dict:
@@ -185,13 +193,16 @@ def accuracy(split: Path, work: Path, env: dict) -> dict:
     return out
 
 
-def scale(sizes, engines, precisions, work: Path, env: dict, ray_workers: int) -> list[dict]:
+def scale(sizes, engines, precisions, work: Path, env: dict, ray_workers: int, big: list[str] | None = None,
+          done=print) -> None:
+    """End-to-end runs; sizes over 10,000 only for the ``engine-precision`` pairs in ``big`` (default: all)."""
     pool = copy_pool(pbc_files(), work)
-    results = []
     for n in sizes:
         folder, manifest = make_archive(n, work, pool)
         for engine in engines:
             for precision in precisions:
+                if n > 10_000 and big is not None and f"{engine}-{precision}" not in big:
+                    continue
                 out = work / f"out_{engine}_{precision}_{n}"
                 if engine == "local":
                     args = [str(folder), "-f", "csv", "-o", str(out) + ".csv"]
@@ -200,11 +211,11 @@ def scale(sizes, engines, precisions, work: Path, env: dict, ray_workers: int) -
                 r = run_predict(args + ["--precision", precision], env)
                 r.update(images=n, engine=engine, precision=precision, images_per_s=round(n / r["seconds"], 1))
                 print(json.dumps(r), flush=True)
-                results.append(r)
+                done(r)
                 shutil.rmtree(out, ignore_errors=True)
-                Path(str(out) + ".csv").unlink(missing_ok=True)
+                for leftover in work.glob(out.name + ".*"):
+                    leftover.unlink()
         shutil.rmtree(folder, ignore_errors=True)
-    return results
 
 
 def _ratios(report: dict) -> dict:
@@ -232,6 +243,8 @@ def main() -> None:
     ap.add_argument("--split", type=Path, default=ROOT / "runs" / "pbc_split.csv")
     ap.add_argument("--seconds", type=float, default=20.0, help="measuring time per model-only figure")
     ap.add_argument("--ray-workers", type=int, default=2)
+    ap.add_argument("--big-configs", nargs="+", default=None, metavar="ENGINE-PRECISION",
+                    help="run sizes over 10,000 only for these (e.g. local-int8), when time is short")
     ap.add_argument("--work", type=Path, default=None, help="folder for the archives (default: a temporary one)")
     args = ap.parse_args()
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
@@ -239,24 +252,32 @@ def main() -> None:
     report = {"machine": {"cpus": len(os.sched_getaffinity(0)), "python": platform.python_version(),
                           "load_average_at_start": os.getloadavg()},
               "model": str(MODEL)}
+    out = ROOT / "benchmarks" / "results" / "predict_scale.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        report["ratios"] = _ratios(report)
+        report["machine"]["load_average_at_end"] = os.getloadavg()
+        out.write_text(json.dumps(report, indent=2) + "\n")
+
     try:
         if "accuracy" in args.parts:
             report["accuracy"] = accuracy(args.split, work, env)
             print(json.dumps(report["accuracy"]), flush=True)
+            save()
         if "ceiling" in args.parts:
             report["ceiling"] = ceiling(args.seconds)
             print(json.dumps({"ceiling_images_per_s": report["ceiling"]}), flush=True)
+            save()
         if "scale" in args.parts:
-            report["scale"] = scale(args.sizes, args.engines, args.precisions, work, env, args.ray_workers)
+            report["scale"] = []
+            scale(args.sizes, args.engines, args.precisions, work, env, args.ray_workers, args.big_configs,
+                  lambda r: (report["scale"].append(r), save()))
             report["ceiling_after"] = ceiling(args.seconds) if "ceiling" in args.parts else None
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    report["ratios"] = _ratios(report)
-    report["machine"]["load_average_at_end"] = os.getloadavg()
-    out = ROOT / "benchmarks" / "results" / "predict_scale.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    save()
     print(json.dumps(report["ratios"], indent=2))
     print(f"wrote {out}")
 
