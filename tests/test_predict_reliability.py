@@ -115,10 +115,10 @@ def test_cli_link_loop_is_no_traceback(two_cells):
 def test_permission_denied_image_is_skipped_not_fatal(two_cells, monkeypatch):
     real = inputs.decode_image
 
-    def denied(path, name=None):
+    def denied(path, name=None, **kwargs):
         if str(path).endswith("a.png"):
             raise PermissionError(13, "Permission denied", str(path))
-        return real(path, name)
+        return real(path, name, **kwargs)
 
     monkeypatch.setattr(inputs, "decode_image", denied)
     run = Classifier(tiny_model()).predict([two_cells])

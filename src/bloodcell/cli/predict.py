@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from bloodcell.core.errors import DataError
+from bloodcell.core.errors import ConfigError, DataError
 from bloodcell.fields import command as fields
 from bloodcell.prediction.classifier import predict
 
@@ -17,9 +17,20 @@ def add_arguments(parser) -> None:
                              ".npz arrays or CSV manifests")
     parser.add_argument("-m", "--model", default=None,
                         help="model folder or exported .onnx file (default: the bundled model, or $BLOODCELL_MODEL)")
-    parser.add_argument("-f", "--format", choices=("table", "csv", "json"), default="table",
-                        help="output format (default: table)")
+    parser.add_argument("-f", "--format", choices=("table", "csv", "json", "jsonl", "parquet"), default="table",
+                        help="output format (default: table); with -o, csv/json/jsonl/parquet are written row by row "
+                             "and can be resumed; jsonl and parquet (a folder of shards) need -o")
     parser.add_argument("-o", "--output", default=None, help="write to this file instead of standard output")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the unfinished run whose rows are in OUTPUT.partial (same command, same model)")
+    parser.add_argument("--precision", choices=("fp32", "int8"), default=None,
+                        help="model precision on onnxruntime: int8 runs the model folder's model.int8.onnx, about twice "
+                             "as fast, slightly less accurate (default: fp32)")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="local threads, or a Ray cluster (--engine ray: a CSV/Parquet list of image paths in, "
+                             "Parquet out; needs bloodcell[ray])")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="decoding threads (local) or model actors (ray) (default: the usable CPUs)")
     parser.add_argument("--differential", choices=("auto", "only", "no"), default="auto",
                         help="differential count: auto = after the per-image table, or inside the JSON, when "
                              "there are two or more images; only = just the differential (as a table, CSV or JSON); "
@@ -42,14 +53,63 @@ def _print_problems(problems) -> None:
         print(f"bloodcell predict: skipped {q.message}", file=sys.stderr)
 
 
+def _summary(result, args) -> str:
+    model = result.model
+    line = f"{result.images} image(s) classified"
+    if result.images != result.new:
+        line += f" ({result.images - result.new} from the resumed run)"
+    if result.problems:
+        line += f", {len(result.problems)} skipped"
+    rate = result.new / result.seconds if result.seconds > 0 else 0.0
+    line += f"; {model['precision']} on {model['backend']}, {rate:.0f} images/s -> {result.output}"
+    return line + (f" (model, differential and skipped inputs in {result.extra})" if result.extra else "")
+
+
+def _to_file(args) -> int:
+    if args.engine == "ray":
+        from bloodcell.prediction.ray_engine import predict_ray  # deferred: imports Ray
+
+        result = predict_ray(args.paths, args.output, model=args.model, workers=args.workers, batch_size=args.batch_size,
+                             threads=args.threads, precision=args.precision, abstain_threshold=args.abstain_threshold,
+                             ood_threshold=args.ood_threshold)
+    else:
+        from bloodcell.prediction.archive import predict_to_file  # deferred: only file outputs need it
+
+        result = predict_to_file(args.paths, args.output, format=args.format, resume=args.resume, model=args.model,
+                                 workers=args.workers, progress=True, backend=args.backend, batch_size=args.batch_size,
+                                 threads=args.threads, precision=args.precision,
+                                 abstain_threshold=args.abstain_threshold, ood_threshold=args.ood_threshold)
+    _print_problems(result.problems)
+    print(f"bloodcell predict: {_summary(result, args)}", file=sys.stderr)
+    return 0
+
+
+def _check_args(args) -> bool:
+    """Whether the run streams into a file; one-line errors for combinations that cannot work."""
+    streamed = args.output is not None and args.format != "table" and args.differential != "only"
+    if args.format in ("jsonl", "parquet") and not streamed:
+        raise ConfigError(f"-f {args.format} writes a file: pass -o OUTPUT (and not --differential only).")
+    if args.resume and not streamed:
+        raise ConfigError("--resume continues a run written with -o OUTPUT in csv, json, jsonl or parquet.")
+    if args.engine == "ray" and (args.format != "parquet" or not streamed or args.resume or args.tta):
+        raise ConfigError("--engine ray writes Parquet: pass -f parquet -o FOLDER (no --resume, no --tta).")
+    return streamed
+
+
 def run(args) -> int:
     if fields.wants_fields(args):
         return fields.run(args)
+    if _check_args(args):
+        try:
+            return _to_file(args)
+        except DataError as e:
+            _print_problems(getattr(e, "problems", ()))
+            raise
     try:
         result = predict(args.paths, args.model, format=args.format, output=args.output, differential=args.differential,
                          backend=args.backend, batch_size=args.batch_size, tta=args.tta,
                          abstain_threshold=args.abstain_threshold, ood_threshold=args.ood_threshold,
-                         threads=args.threads, progress=True)
+                         threads=args.threads, precision=args.precision, progress=True)
     except DataError as e:
         _print_problems(getattr(e, "problems", ()))
         raise
@@ -61,5 +121,6 @@ def run(args) -> int:
     summary = f"{len(result.predictions)} image(s) classified"
     if result.problems:
         summary += f", {len(result.problems)} skipped"
+    summary += f"; {result.precision} on {result.backend}"
     print(f"bloodcell predict: {summary} -> {args.output}", file=sys.stderr)
     return 0

@@ -25,12 +25,16 @@ def _say(message: str) -> None:
 
 def calibration_sample(source: str | Path, model: str | Path, n: int = 256, seed: int = 0) -> np.ndarray:
     """Up to ``n`` images of ``source``, chosen at random (seeded) and prepared for ``model``,
-    for static int8 quantization."""
+    for static int8 quantization; from the ``train`` rows only when ``source`` is a split manifest,
+    so no validation or test image shapes the int8 model."""
     if n < 1:
         raise ConfigError(f"--calibration-images must be at least 1, got {n}.")
     pre = PreprocessConfig.from_dict(read_meta(model)["preprocess"])
     ds = open_dataset(source)
-    pick = np.sort(np.random.default_rng(seed).permutation(len(ds))[:n])
+    pool = np.asarray(ds.split_indices("train") if ds.has_splits else range(len(ds)), dtype=int)
+    if not len(pool):
+        raise ConfigError(f"{source}: the split manifest has no 'train' rows to calibrate on.")
+    pick = np.sort(pool[np.random.default_rng(seed).permutation(len(pool))[:n]])
     return load_arrays(ds.select(pick.tolist()), pre, require_labels=False).images
 
 

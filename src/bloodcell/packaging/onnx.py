@@ -20,8 +20,12 @@ quantizes their activations at run time (no data needed); convolutions stay in
 float32, because onnxruntime's dynamic int8 convolution (``ConvInteger``)
 destroyed the accuracy of the networks tried (EfficientNet-Lite0: 10% argmax
 agreement with float32). ``static`` writes QDQ int8 for every layer with
-activation ranges measured on calibration images. The out-of-distribution
-head stays in float32 either way.
+activation ranges measured on calibration images, with 7-bit weights
+(``reduce_range``): on x86 CPUs without VNNI, onnxruntime multiplies uint8
+activations by int8 weights with an instruction whose 16-bit sums saturate,
+and full 8-bit weights cost the default model 3.7% argmax agreement with
+float32 on held-out cells (96.3%, against 99.7% with 7-bit weights). The
+out-of-distribution head stays in float32 either way.
 
 ``half_storage`` stores a float32 graph's large weight tensors as float16,
 each followed by a ``Cast`` back to float32: the file is half the size and
@@ -34,6 +38,7 @@ rounds the others to about three significant digits.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -219,6 +224,7 @@ def _quantize(float_path: Path, out: Path, quantization: str, calibration: np.nd
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             per_channel=True,
+            reduce_range=True,  # 7-bit weights: u8 x s8 products cannot saturate on CPUs without VNNI (see above)
             calibrate_method=CalibrationMethod.MinMax,
             nodes_to_exclude=exclude,
         )
@@ -265,8 +271,16 @@ def export_onnx(
     _check_calibration(calibration, loaded.preprocess.image_size)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as tmp:
         proto = _graph(loaded, Path(tmp), quantize, calibration, opset, half_storage)
-        atomic_write_with(out, lambda path: onnx.save(proto, path))
+        atomic_write_with(out, lambda path: _save_readable(proto, path))
     return out
+
+
+def _save_readable(proto, path: str) -> None:
+    """Save with the permissions a plain new file gets (the atomic write's temporary file is private)."""
+    onnx.save(proto, path)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _check_options(quantize: str, opset: int) -> None:

@@ -18,33 +18,28 @@ flags:
     threshold measured on non-cell images (``None`` when the model carries no
     out-of-distribution statistics).
 
-Two backends give the same probabilities: onnxruntime (``model.onnx``, no
-PyTorch needed, the default when the file exists and matches the weights) and
-PyTorch (:func:`bloodcell.prediction.torch_backend.predict_proba`, needed for test-time
-augmentation and Grad-CAM).
+Two backends give the same probabilities: onnxruntime (``model.onnx``, or its int8 twin ``model.int8.onnx``;
+the default when the file matches the weights) and PyTorch (test-time augmentation and Grad-CAM).
 """
 
 from __future__ import annotations
 
 import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from bloodcell.core.errors import ConfigError, DataError, ModelError
 from bloodcell.core.files import check_writable_file
 from bloodcell.core.model_choice import resolve_model
 from bloodcell.core.model_folder import META, ONNX, is_model_folder, read_meta, weights_digest
 from bloodcell.core.preprocess import prepare, prepare_with_info
-from bloodcell.data import Problem
 from bloodcell.prediction import outputs
 from bloodcell.prediction.differential import Differential, differential
-from bloodcell.prediction.inputs import Item, collect
-from bloodcell.prediction.onnx_backend import OnnxModel, softmax
+from bloodcell.prediction.onnx_backend import INT8_ONNX, PRECISIONS, OnnxModel, softmax
 from bloodcell.prediction.results import Prediction, PredictionRun, PredictResult
+from bloodcell.prediction.stream import classify_stream
 from bloodcell.prediction.thresholds import BACKENDS, DEFAULT_ABSTAIN, check_options, resolve_thresholds
 
 __all__ = ["BACKENDS", "DEFAULT_ABSTAIN", "Classifier", "Differential", "PredictResult", "Prediction",
@@ -72,6 +67,9 @@ class Classifier:
         PyTorch device (default: CUDA if available, else CPU).
     threads : int, optional
         onnxruntime intra-op threads.
+    precision : {"fp32", "int8"}, optional
+        ``int8`` runs the folder's ``model.int8.onnx`` (onnxruntime only); default: the precision
+        of the given ``.onnx`` file, ``fp32`` for a model folder.
     abstain_threshold : float, optional
         Override the model's abstention threshold (top probability below it -> ``uncertain``).
     ood_threshold : float, optional
@@ -87,11 +85,15 @@ class Classifier:
         tta: bool = False,
         device: str | None = None,
         threads: int | None = None,
+        precision: str | None = None,
         abstain_threshold: float | None = None,
         ood_threshold: float | None = None,
     ):
         check_options(backend, batch_size, abstain_threshold, ood_threshold)
+        if precision not in (None, *PRECISIONS):
+            raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}.")
         self.path = resolve_model(model)
+        self.precision = precision
         self.batch_size = batch_size
         self.tta = tta
         self.device = device
@@ -101,6 +103,7 @@ class Classifier:
         self._onnx = None
         self.folder = self.path if is_model_folder(self.path) else None
         self.backend = self._choose_backend(backend, threads)
+        self._check_precision()
         if self.backend == "onnx":
             self.meta = read_meta(self.folder) if self.folder is not None else self._onnx.meta
             self.preprocess = self._onnx.preprocess
@@ -115,7 +118,24 @@ class Classifier:
     def _onnx_file(self) -> Path | None:
         if self.path.suffix == ".onnx":
             return self.path
-        return self.path / ONNX if self.path.is_dir() else None
+        if not self.path.is_dir():
+            return None
+        return self.path / (INT8_ONNX if self.precision == "int8" else ONNX)
+
+    def _check_precision(self) -> None:
+        """Refuse an int8 request the model cannot serve, and settle the precision used."""
+        if self.backend == "torch":
+            if self.precision == "int8":
+                raise ConfigError("int8 runs on onnxruntime; use --backend onnx (or auto) with --precision int8.")
+            self.precision = "fp32"
+            return
+        found = self._onnx.precision
+        if self.precision == "int8" and found != "int8":
+            raise ModelError(f"{self._onnx.path}: a float32 model; --precision int8 needs an int8 export "
+                             f"(`bloodcell export --format onnx --quantize static ...`).")
+        if self.precision == "fp32" and found != "fp32":
+            raise ModelError(f"{self._onnx.path}: an int8 model; pass the float32 .onnx or its folder for fp32.")
+        self.precision = found
 
     def _choose_backend(self, backend: str, threads: int | None) -> str:
         """Resolve ``auto`` and open the onnxruntime session when that backend is used."""
@@ -138,12 +158,12 @@ class Classifier:
         if self.tta:
             raise ConfigError("Test-time augmentation runs on the PyTorch backend; use --backend torch or auto.")
         if self._onnx is None:
-            self._onnx = OnnxModel(onnx_file, threads)
+            self._onnx = OnnxModel(onnx_file, threads, spin=False)
         return backend
 
     def _onnx_fresh(self, onnx_file: Path, threads: int | None) -> bool:
         """Whether ``model.onnx`` was exported from the folder's current weights (warns when not)."""
-        self._onnx = OnnxModel(onnx_file, threads)
+        self._onnx = OnnxModel(onnx_file, threads, spin=False)
         if self._onnx.weights_sha256 is None or self._onnx.weights_sha256 == weights_digest(self.folder):
             return True
         warnings.warn(
@@ -192,6 +212,7 @@ class Classifier:
             "path": str(self.path),
             "architecture": self.meta.get("architecture"),
             "backend": self.backend,
+            "precision": self.precision,
             "quantization": self._onnx.quantization if self._onnx is not None and self.backend == "onnx" else "none",
             "classes": list(self.class_names),
             "image_size": self.preprocess.image_size,
@@ -263,40 +284,17 @@ class Classifier:
         framed = [self.prepare_framed(im) for im in images]
         return self.predict_prepared(np.stack([a for a, _ in framed]), sources, framings=[f for _, f in framed])
 
-    def _load(self, item: Item) -> tuple[tuple[np.ndarray, str | None] | None, Problem | None]:
-        try:
-            return self.prepare_framed(item.read()), None
-        except DataError as e:
-            return None, Problem(item.source, "unreadable", str(e))
+    def iter_predict(self, inputs, progress: bool = False, chunk: int | None = None, workers: int | None = None,
+                     skip=None):
+        """Classify like :meth:`predict`, yielding ``(predictions, problems)`` batch by batch, in input order.
 
-    def iter_predict(self, inputs, progress: bool = False, chunk: int = 256, workers: int = 2):
-        """Classify like :meth:`predict`, yielding ``(predictions, problems)`` as each chunk of images is done.
-
-        The first pair holds the problems found while collecting the inputs.
+        Images are decoded by ``workers`` threads while the model runs (:mod:`bloodcell.prediction.stream`),
+        ``chunk`` images at a time (default: the batch size). The first pair holds no predictions; problems
+        come with the batch during which they were found. ``skip(item)`` leaves out items already done.
         """
-        if isinstance(inputs, (str, Path)):
-            inputs = [inputs]
-        items, problems = collect(list(inputs))
-        yield [], problems
-        bar = tqdm(total=len(items), desc="classifying", unit="img", disable=None) if progress else None
-        try:
-            with ThreadPoolExecutor(max(1, workers)) as pool:
-                for start in range(0, len(items), chunk):
-                    part = items[start : start + chunk]
-                    loaded = list(pool.map(self._load, part))
-                    keep = [(item, framed) for item, (framed, _) in zip(part, loaded) if framed is not None]
-                    preds = self.predict_prepared(
-                        np.stack([arr for _, (arr, _) in keep]), [i.source for i, _ in keep],
-                        [i.label for i, _ in keep], [framing for _, (_, framing) in keep],
-                    ) if keep else []
-                    yield preds, [q for _, q in loaded if q is not None]
-                    if bar is not None:
-                        bar.update(len(part))
-        finally:
-            if bar is not None:
-                bar.close()
+        return classify_stream(self, inputs, progress=progress, chunk=chunk, workers=workers, skip=skip)
 
-    def predict(self, inputs, progress: bool = False, chunk: int = 256, workers: int = 2) -> PredictionRun:
+    def predict(self, inputs, progress: bool = False, chunk: int | None = None, workers: int | None = None) -> PredictionRun:
         """Classify files, folders, globs and datasets (see :mod:`bloodcell.prediction.inputs`).
 
         Unreadable files are skipped and listed in :attr:`PredictionRun.problems`.
@@ -315,7 +313,7 @@ class Classifier:
             loaded = self._load_torch()
             return gradcam(loaded, images, targets)
 
-    def differential(self, predictions: list[Prediction]) -> Differential:
+    def differential(self, predictions) -> Differential:
         return differential(predictions, self.class_names)
 
 
@@ -348,6 +346,7 @@ def predict(
     abstain_threshold: float | None = None,
     ood_threshold: float | None = None,
     threads: int | None = None,
+    precision: str | None = None,
     progress: bool = False,
 ) -> PredictResult:
     """Classify images and write the per-image results and the differential count (``bloodcell predict``).
@@ -363,7 +362,7 @@ def predict(
         File to write, checked before any work starts; finished rows wait in ``<output>.partial`` until it is written.
     differential : {"auto", "only", "no"}
         ``auto``: after the table (inside the JSON) for two or more images; ``only``: just the differential.
-    backend, batch_size, tta, abstain_threshold, ood_threshold, threads
+    backend, batch_size, tta, abstain_threshold, ood_threshold, threads, precision
         As for :class:`Classifier`.
     progress : bool
         Show a progress bar on standard error.
@@ -371,18 +370,16 @@ def predict(
     Returns
     -------
     PredictResult
-        Predictions, skipped inputs, differential, output text and the file written.
+        Predictions, skipped inputs, differential, output text, the file written and the model.
 
     Raises
     ------
-    ConfigError
-        A bad option, or an output path that cannot be written.
-    DataError
-        When no image could be classified; its ``problems`` attribute lists why each input was skipped.
+    ConfigError, DataError
+        A bad option or an unwritable output; or no image could be classified (``problems`` says why).
     """
     _check_choices(format, differential)
     output = check_writable_file(output) if output is not None else None
-    clf = Classifier(model, backend=backend, batch_size=batch_size, tta=tta, threads=threads,
+    clf = Classifier(model, backend=backend, batch_size=batch_size, tta=tta, threads=threads, precision=precision,
                      abstain_threshold=abstain_threshold, ood_threshold=ood_threshold)
     partial = outputs.PartialResults(output, clf.class_names) if output is not None else None
     run = outputs.gather(clf.iter_predict(paths, progress=progress), partial)
@@ -394,4 +391,4 @@ def predict(
                           outputs.notes(clf.abstain_source, clf.abstain_threshold, clf.has_ood))
     if partial is not None:
         partial.finish(text)
-    return PredictResult(run.predictions, run.problems, diff, text, output)
+    return PredictResult(run.predictions, run.problems, diff, text, output, clf.describe())

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bloodcell.core.stats import wilson_interval
-from bloodcell.prediction.results import Prediction
 
 
 @dataclass
@@ -29,22 +28,30 @@ class Differential:
                 "uncertain": self.uncertain, "classes": self.rows}
 
 
-def differential(predictions: list[Prediction], class_names) -> Differential:
-    """Count predictions per class (see :class:`Differential`)."""
-    cells = [p for p in predictions if not p.not_a_blood_cell]
-    n = len(cells)
+def differential(predictions, class_names) -> Differential:
+    """Count predictions per class (see :class:`Differential`); ``predictions`` may be any iterable,
+    read once, so the rows of a long run can be counted as they are read back from disk."""
+    count = {name: 0 for name in class_names}
+    unsure = {name: 0 for name in class_names}
+    total = 0
+    for p in predictions:
+        total += 1
+        if p.not_a_blood_cell:
+            continue
+        count[p.label] = count.get(p.label, 0) + 1
+        unsure[p.label] = unsure.get(p.label, 0) + int(bool(p.uncertain))
+    n = sum(count.values())
     rows = []
     for name in class_names:
-        mine = [p for p in cells if p.label == name]
-        lo, hi = wilson_interval(len(mine), n)
+        lo, hi = wilson_interval(count[name], n)
         rows.append({
             "class": name,
-            "count": len(mine),
-            "percent": round(100.0 * len(mine) / n, 2) if n else 0.0,
+            "count": count[name],
+            "percent": round(100.0 * count[name] / n, 2) if n else 0.0,
             "ci95": [round(100 * lo, 2), round(100 * hi, 2)],
-            "uncertain": sum(p.uncertain for p in mine),
+            "uncertain": unsure[name],
         })
-    return Differential(rows, len(predictions), n, len(predictions) - n, sum(p.uncertain for p in cells))
+    return Differential(rows, total, n, total - n, sum(unsure.values()))
 
 
 #: The white cells of a lab differential, in the order a report lists them.
@@ -134,10 +141,13 @@ def lab_differential(labels, *, reviewed=None, predicted=None, not_a_blood_cell=
     }
 
 
-def lab_differential_of(predictions: list[Prediction]) -> dict:
-    """:func:`lab_differential` of unreviewed predictions."""
-    return lab_differential([p.label for p in predictions],
-                            not_a_blood_cell=[bool(p.not_a_blood_cell) for p in predictions])
+def lab_differential_of(predictions) -> dict:
+    """:func:`lab_differential` of unreviewed predictions (any iterable, read once)."""
+    labels, flagged = [], []
+    for p in predictions:
+        labels.append(p.label)
+        flagged.append(bool(p.not_a_blood_cell))
+    return lab_differential(labels, not_a_blood_cell=flagged)
 
 
 def _ci(ci) -> str:

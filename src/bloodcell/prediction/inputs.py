@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import errno
 import glob
+import hashlib
 import os
 import stat
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,12 +45,16 @@ class Item:
     index: int | None = None
     label: str | None = None
 
-    def read(self) -> np.ndarray:
-        """Decode to RGB ``uint8`` ``(H, W, 3)``; raises :class:`DataError` naming the source."""
+    def read(self, need: int | None = None) -> np.ndarray:
+        """Decode to RGB ``uint8`` ``(H, W, 3)``; raises :class:`DataError` naming the source.
+
+        ``need``: the shortest side the caller needs, so a large JPEG decodes at reduced scale
+        (see :func:`bloodcell.core.preprocess.decode_image`).
+        """
         if self.dataset is not None:
             return self.dataset.read(self.index)
         try:
-            return decode_image(self.path, self.source)
+            return decode_image(self.path, self.source, need=need)
         except OSError as e:
             raise DataError(f"{self.source}: cannot be read ({e.strerror or e}). Check its permissions or remove it.") from None
 
@@ -94,8 +100,8 @@ def _is_class_tree(folder: Path) -> bool:
     return False
 
 
-def _walk(folder: Path, problems: list[Problem]) -> list[Item]:
-    items = []
+def _walk(folder: Path, problems: list[Problem]) -> Iterator[Item]:
+    """The image files under ``folder``, sorted folder by folder, found as the walk goes."""
     def unreadable(e: OSError) -> None:
         problems.append(Problem(str(e.filename), "unreadable",
                                 f"{e.filename}: skipped, the folder cannot be read ({e.strerror or e}). Check its permissions."))
@@ -119,56 +125,55 @@ def _walk(folder: Path, problems: list[Problem]) -> list[Item]:
                 if problem is not None:
                     problems.append(problem)
                     continue
-                items.append(Item(str(path), path))
+                yield Item(str(path), path)
             else:
                 problems.append(Problem(str(path), "not-image",
                                         f"{path}: skipped, {path.suffix or 'no'} extension is not an image type."))
-    return items
 
 
-def _dataset_items(ds: Dataset, problems: list[Problem]) -> list[Item]:
+def _dataset_items(ds: Dataset, problems: list[Problem]) -> Iterator[Item]:
     for p in ds.problems:
         problems.append(Problem(f"{ds.source}/{p.item}" if ds.kind == "folder" else p.item, p.kind, p.message))
-    items = []
     for i, s in enumerate(ds.samples):
         if s.path is not None:
-            items.append(Item(str(s.path), s.path, label=s.label))
+            yield Item(str(s.path), s.path, label=s.label)
         else:
-            items.append(Item(s.source_id, None, ds, i, s.label))
-    return items
+            yield Item(s.source_id, None, ds, i, s.label)
 
 
-def _expand(arg: str, problems: list[Problem]) -> list[Item]:
+def _expand(arg: str, problems: list[Problem]) -> Iterator[Item]:
     path = Path(arg).expanduser()
     if not path.exists() and _GLOB_CHARS & set(arg):
         matches = sorted(glob.glob(str(path), recursive=True))
         if not matches:
             problems.append(Problem(arg, "no-match", f"{arg}: no files match this pattern."))
-        items = []
         for m in matches:
-            items.extend(_expand(m, problems) if Path(m).is_dir() else _expand_file(Path(m), problems))
-        return items
+            yield from (_expand(m, problems) if Path(m).is_dir() else _expand_file(Path(m), problems))
+        return
     if path.is_symlink() and not path.exists():
         problems.append(_not_a_file(path))
-        return []
+        return
     if not path.exists():
         problems.append(Problem(arg, "missing", f"{arg}: no such file or folder."))
-        return []
+        return
     if path.is_dir():
         if _is_class_tree(path):
             try:
-                return _dataset_items(open_dataset(path, skip_unknown=True), problems)
+                yield from _dataset_items(open_dataset(path, skip_unknown=True), problems)
             except DataError as e:
                 problems.append(Problem(arg, "unreadable", str(e)))
-                return []
-        found = _walk(path, problems)
+            return
+        found = 0
+        for item in _walk(path, problems):
+            found += 1
+            yield item
         if not found:
             problems.append(Problem(arg, "empty", f"{arg}: folder holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})."))
-        return found
-    return _expand_file(path, problems)
+        return
+    yield from _expand_file(path, problems)
 
 
-def _expand_file(path: Path, problems: list[Problem]) -> list[Item]:
+def _expand_file(path: Path, problems: list[Problem]) -> Iterable[Item]:
     if path.suffix.lower() in DATASET_SUFFIXES:
         try:
             return _dataset_items(open_dataset(path), problems)
@@ -190,6 +195,27 @@ def _identity(path: Path) -> Path:
         return path.absolute()
 
 
+def _key(item: Item) -> bytes:
+    """A 16-byte fingerprint of the file an item names (or of its dataset row), so remembering every
+    item seen costs little memory however many there are."""
+    ident = str(_identity(item.path)) if item.path is not None else f"{item.source}\0{id(item.dataset)}"
+    return hashlib.blake2b(ident.encode("utf-8", "surrogateescape"), digest_size=16).digest()
+
+
+def iter_items(inputs, problems: list[Problem]) -> Iterator[Item]:
+    """Expand inputs into items lazily, in the order given (folders are walked as items are taken);
+    a file listed twice is kept once. Problems are appended to ``problems`` as they are found."""
+    seen: set = set()
+    for arg in inputs:
+        for item in _expand(str(arg), problems):
+            key = _key(item)
+            if key in seen:
+                problems.append(Problem(item.source, "repeated", f"{item.source}: listed more than once; classified once."))
+                continue
+            seen.add(key)
+            yield item
+
+
 def collect(inputs: list[str | Path]) -> tuple[list[Item], list[Problem]]:
     """Expand inputs into items, in the order given; a file listed twice is kept once and reported.
 
@@ -201,14 +227,5 @@ def collect(inputs: list[str | Path]) -> tuple[list[Item], list[Problem]]:
         folders, unreadable dataset files and repeats.
     """
     problems: list[Problem] = []
-    items: list[Item] = []
-    seen: set = set()
-    for arg in inputs:
-        for item in _expand(str(arg), problems):
-            key = _identity(item.path) if item.path is not None else (item.source, id(item.dataset))
-            if key in seen:
-                problems.append(Problem(item.source, "repeated", f"{item.source}: listed more than once; classified once."))
-                continue
-            seen.add(key)
-            items.append(item)
+    items = list(iter_items(inputs, problems))
     return items, problems

@@ -20,6 +20,11 @@ from bloodcell.core.model_folder import ONNX as ONNX_FILE
 from bloodcell.core.model_folder import ONNX_FORMAT as FORMAT
 from bloodcell.core.preprocess import PreprocessConfig, normalize
 
+#: The int8 twin of ``model.onnx`` in a model folder (static QDQ, calibrated on training images when
+#: the model is packaged): ``bloodcell predict --precision int8`` runs it.
+INT8_ONNX = "model.int8.onnx"
+PRECISIONS = ("fp32", "int8")
+
 
 def default_threads() -> int:
     """onnxruntime intra-op threads: the CPUs this process may use (at most 8)."""
@@ -57,9 +62,13 @@ class OnnxModel:
     threads : int, optional
         Intra-op threads (default :func:`default_threads`); one inter-op
         thread, sequential execution.
+    spin : bool
+        Let idle intra-op threads spin while they wait for work (onnxruntime's
+        default). Switch it off when other threads of the process decode images
+        on the same cores: spinning threads take the CPU time they need.
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None):
+    def __init__(self, path: str | Path, threads: int | None = None, spin: bool = True):
         import onnxruntime as ort  # deferred: heavy; every command's start-up imports this module
 
         no_telemetry()
@@ -75,6 +84,8 @@ class OnnxModel:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
@@ -93,6 +104,7 @@ class OnnxModel:
         self.meta: dict = json.loads(props.get("bloodcell.model") or "{}")
         self.meta.update(preprocess=self.preprocess.to_dict(), calibration=self.calibration or None, ood=self.ood or None)
         self.quantization = props.get("bloodcell.quantization", "none")
+        self.precision = "fp32" if self.quantization == "none" else "int8"
         self.weights_sha256 = props.get("bloodcell.weights_sha256")
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]

@@ -55,10 +55,12 @@ class PredictionRun:
 class PredictResult:
     """What :func:`bloodcell.predict` did: the predictions, the skipped inputs, the differential
     (a :class:`~bloodcell.prediction.differential.Differential` or ``None``), the output text and
-    the file written (``None`` when the text was only returned)."""
+    the file written (``None`` when the text was only returned) and the model
+    (:meth:`~bloodcell.prediction.classifier.Classifier.describe`: name, backend, precision...)."""
 
     predictions: list[Prediction]
     problems: list
     differential: object
     text: str
     output: Path | None
+    model: dict | None = None
