@@ -172,7 +172,8 @@ def test_package_default(tmp_path):
     np.savez(tmp_path / "data.npz", images=x, labels=y)
     out = package_default(src, tmp_path / "data.npz", tmp_path / "default_model", card={"name": "packaged"},
                           per_class=6, heldout_per_class=3, non_cells_per_kind=4, say=lambda m: None)
-    assert sorted(p.name for p in out.iterdir()) == [META, ONNX, WEIGHTS, OOD]
+    assert sorted(p.name for p in out.iterdir()) == sorted([META, ONNX, "model.int8.onnx", WEIGHTS, OOD])
+    assert 0 <= read_meta(out)["onnx_int8"]["argmax_agreement"] <= 1  # the int8 twin, measured on held-out cells
     meta = read_meta(out)
     assert meta["model_card"]["name"] == "packaged" and meta["model_card"]["licence"] == CARD["licence"]
     assert meta["ood"]["threshold"] > 0 and meta["onnx"]["argmax_agreement"] == 1.0
