@@ -40,6 +40,7 @@ _LAZY = {
     "info": "bloodcell.packaging",
     "serve": "bloodcell.server",
     "pipeline": "bloodcell.pipelines",
+    "case": "bloodcell.cases",
     "adapt": "bloodcell.adaptation",
 }
 

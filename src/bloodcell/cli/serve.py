@@ -22,6 +22,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--allowed-hosts", nargs="+", default=None, metavar="NAME",
                         help="Host header names to answer besides localhost and the --host address "
                              "(e.g. the server's DNS name behind a proxy; '*' answers any)")
+    parser.add_argument("--cases", default=None, metavar="DIR",
+                        help="folder of the case store for lab review (/v1/cases; default: bloodcell-cases in the "
+                             "working folder, or $BLOODCELL_CASES); created on first use")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
 
@@ -30,4 +33,4 @@ def run(args) -> int:
 
     return serve(args.model, host=args.host, port=args.port, workers=args.workers, threads=args.threads,
                  max_upload_mb=args.max_upload_mb, max_files=args.max_files, max_megapixels=args.max_megapixels,
-                 allowed_hosts=args.allowed_hosts, log_level=args.log_level)
+                 allowed_hosts=args.allowed_hosts, log_level=args.log_level, cases=args.cases)

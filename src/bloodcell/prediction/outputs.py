@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from bloodcell.core.files import atomic_write_with
-from bloodcell.prediction.differential import Differential
+from bloodcell.prediction.differential import Differential, lab_differential_of, lab_table
 from bloodcell.prediction.results import Prediction, PredictionRun
 
 SHORT = {
@@ -124,13 +124,16 @@ def differential_csv(d: Differential) -> str:
     return buf.getvalue()
 
 
-def as_json(model: dict, predictions: list[Prediction], problems, d: Differential | None) -> str:
-    """The whole run as one JSON document (``differential`` is ``null`` for a single image)."""
+def as_json(model: dict, predictions: list[Prediction], problems, d: Differential | None,
+            lab: dict | None = None) -> str:
+    """The whole run as one JSON document (``differential`` and ``lab_differential`` are ``null`` for
+    a single image)."""
     return json.dumps({
         "model": model,
         "predictions": [p.to_dict() for p in predictions],
         "skipped": [{"source": q.item, "reason": q.message} for q in problems],
         "differential": d.to_dict() if d is not None else None,
+        "lab_differential": lab,
     }, indent=2)
 
 
@@ -150,16 +153,19 @@ def render(fmt: str, model: dict, predictions: list[Prediction], problems, d: Di
            only_differential: bool = False, notes: list[str] | tuple = ()) -> str:
     """The whole output of ``bloodcell predict`` in one format (``table``, ``csv`` or ``json``).
 
-    ``only_differential`` leaves out the per-image rows; ``notes`` follow the table.
+    ``only_differential`` leaves out the per-image rows; ``notes`` follow the table. With a
+    differential, the table and JSON also carry the lab-style differential
+    (:func:`~bloodcell.prediction.differential.lab_differential`).
     """
+    lab = lab_differential_of(predictions) if d is not None else None
     if fmt == "json":
-        text = as_json(model, [] if only_differential else predictions, problems, d)
+        text = as_json(model, [] if only_differential else predictions, problems, d, lab)
     elif fmt == "csv":
         text = differential_csv(d) if only_differential else predictions_csv(predictions, class_names)
     else:
         parts = [] if only_differential else [table(predictions, class_names)]
         if d is not None:
-            parts.append(differential_table(d))
+            parts += [differential_table(d), lab_table(lab)]
         if not only_differential:
             parts += list(notes)
         text = "\n\n".join(parts)

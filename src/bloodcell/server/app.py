@@ -8,6 +8,8 @@ Endpoints
 ``POST /v1/predict``        classify one or many images (multipart field ``files``);
                             ``?explain=true`` adds a Grad-CAM overlay per image (base64 PNG)
 ``POST /v1/differential``   only the differential count of the uploaded images
+``/v1/cases...``            cases under review, their cells, reviews and exports
+                            (:mod:`bloodcell.server.cases_routes`)
 ``GET /docs``, ``/openapi.json``  the OpenAPI description
 
 Every error is JSON ``{"detail": "...", "skipped": [...]}`` (:mod:`bloodcell.server.errors`):
@@ -32,6 +34,7 @@ from bloodcell.core import __version__
 from bloodcell.core.errors import ConfigError
 from bloodcell.prediction.classifier import Classifier
 from bloodcell.prediction.onnx_backend import no_telemetry
+from bloodcell.server import cases_routes
 from bloodcell.server.batching import Batcher
 from bloodcell.server.errors import install_handlers
 from bloodcell.server.guards import LOCAL_HOSTS, BodyLimit, Gate, HostCheck, SecurityHeaders
@@ -88,6 +91,7 @@ def create_app(
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
     threads: int | None = None,
     allowed_hosts: list[str] | None = None,
+    cases_dir: str | Path | None = None,
 ) -> FastAPI:
     """Build the service.
 
@@ -108,6 +112,9 @@ def create_app(
     allowed_hosts : list of str, optional
         ``Host`` header names answered besides localhost, 127.0.0.1 and [::1]
         (``"*"`` answers any).
+    cases_dir : str or Path, optional
+        Folder of the case store (default ``bloodcell-cases`` in the working folder, or
+        ``$BLOODCELL_CASES``), created on the first case request.
     """
     check_limits(max_upload_mb, max_files, max_megapixels)
     no_telemetry()
@@ -130,5 +137,6 @@ def create_app(
     app.state.limits = {"max_upload_mb": max_upload_mb, "max_files": max_files, "max_megapixels": max_megapixels}
     install_handlers(app, max_files)
     app.include_router(router)
+    cases_routes.install(app, cases_dir)
     app.mount("/static", StaticFiles(directory=app.state.static), name="static")
     return app

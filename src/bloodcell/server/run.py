@@ -54,11 +54,9 @@ def check_address(host: str, port: int) -> None:
 
 def serve(
     model=None, host: str = "127.0.0.1", port: int = 8000, *, workers: int = 1, threads: int | None = None,
-    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
-    max_files: int = DEFAULT_MAX_FILES,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_files: int = DEFAULT_MAX_FILES,
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
-    allowed_hosts: list[str] | None = None,
-    log_level: str = "info",
+    allowed_hosts: list[str] | None = None, log_level: str = "info", cases: str | os.PathLike | None = None,
 ) -> int:
     """Serve the model over HTTP (REST API and web page) until interrupted.
 
@@ -84,6 +82,8 @@ def serve(
         More ``Host`` header names to answer besides localhost and the bound address.
     log_level : str
         uvicorn's log level.
+    cases : str or Path, optional
+        Case store folder (default ``bloodcell-cases`` here, or ``$BLOODCELL_CASES``).
 
     Returns
     -------
@@ -100,7 +100,8 @@ def serve(
     check_limits(max_upload_mb, max_files, max_megapixels)
     check_address(host, port)
     options = {"max_upload_mb": max_upload_mb, "max_files": max_files, "max_megapixels": max_megapixels,
-               "allowed_hosts": [*bound_hosts(host), *(allowed_hosts or [])]}
+               "allowed_hosts": [*bound_hosts(host), *(allowed_hosts or [])],
+               "cases_dir": None if cases is None else str(cases)}
     print(f"bloodcell serve: web page and API at http://{host}:{port}/ (API docs at /docs); Ctrl+C stops.",
           file=sys.stderr)
     if workers == 1:

@@ -1,0 +1,170 @@
+"""The case store: migrations, persistence across restarts, images by content, targets, reviews,
+orphan clean-up, and a store killed with SIGKILL in the middle of uploads."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from _cases_helpers import new_cell, png
+from _serve_helpers import SRC
+from bloodcell.cases import CaseStore
+from bloodcell.cases import images as store_images
+from bloodcell.cases.schema import DATABASE, MIGRATIONS, VERSION, connect, migrate
+from bloodcell.cases.store import BadLabel, CaseNotFound, OverTarget
+from bloodcell.core.errors import DataError
+
+
+def test_migrations_run_once_and_a_newer_store_is_refused(tmp_path):
+    store = CaseStore(tmp_path / "s")
+    with connect(store.folder) as db:
+        assert db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == VERSION
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        later = [*MIGRATIONS, ["ALTER TABLE cases ADD COLUMN ward TEXT"]]
+        assert migrate(db, "t", later) == VERSION + 1
+        assert migrate(db, "t", later) == VERSION + 1  # applied once
+        assert "ward" in [r[1] for r in db.execute("PRAGMA table_info(cases)")]
+    with pytest.raises(DataError, match="newer than this bloodcell"):
+        CaseStore(tmp_path / "s")
+
+
+def test_missing_store_is_not_created_when_reading(tmp_path):
+    with pytest.raises(DataError, match="no case store here"):
+        CaseStore(tmp_path / "none", create=False)
+    assert not (tmp_path / "none").exists()
+
+
+def test_everything_survives_a_restart(tmp_path):
+    store = CaseStore(tmp_path / "s")
+    case = store.create_case("ACC-1", note="n", target=200)
+    cells = store.add_cells(case["id"], [new_cell(png(1)), new_cell(png(2), "y.png", "lymphocyte")], "m 1")
+    store.review(case["id"], cells[1]["id"], "monocyte", "rev")
+    again = CaseStore(tmp_path / "s")
+    got = again.case(case["id"])
+    assert (got["accession"], got["note"], got["target"], got["n_cells"], got["n_reviewed"]) == ("ACC-1", "n", 200, 2, 1)
+    assert [c["final_label"] for c in again.cells(case["id"])] == ["neutrophil", "monocyte"]
+    assert [e["what"] for e in again.events(case["id"])] == ["created", "added", "added", "label"]
+    assert again.models(case["id"]) == ["m 1"]
+
+
+def test_same_name_and_same_bytes(tmp_path):
+    store = CaseStore(tmp_path / "s")
+    cid = store.create_case("A")["id"]
+    same = png(5)
+    cells = store.add_cells(cid, [new_cell(same, "a.png"), new_cell(png(6), "a.png"), new_cell(same, "b.png")])
+    assert len(cells) == 3 and len({c["id"] for c in cells}) == 3
+    assert cells[0]["sha256"] == cells[2]["sha256"] == hashlib.sha256(same).hexdigest()
+    assert len(list((tmp_path / "s" / "images").rglob("*.png"))) == 2
+    assert (cells[0]["width"], cells[0]["height"]) == (28, 24)
+
+
+def test_target_review_and_not_found(tmp_path):
+    store = CaseStore(tmp_path / "s")
+    cid = store.create_case("A", target=2)["id"]
+    store.add_cells(cid, [new_cell(png(1))])
+    with pytest.raises(OverTarget, match="1 more fit, 2 were sent"):
+        store.add_cells(cid, [new_cell(png(2)), new_cell(png(3))])
+    assert store.case(cid)["n_cells"] == 1
+    cell = store.cells(cid)[0]["id"]
+    with pytest.raises(BadLabel, match="smudge"):
+        store.review(cid, cell, "banana")
+    with pytest.raises(CaseNotFound):
+        store.review(cid, cell + 1, "smudge")
+    with pytest.raises(CaseNotFound):
+        store.case(cid + 1)
+    store.review(cid, cell, "smudge", "a")
+    store.review(cid, cell, "smudge", "a")  # no change, no event
+    store.review(cid, cell, None, "a")
+    labels = [(e["old"], e["new"]) for e in store.events(cid) if e["what"] == "label"]
+    assert labels == [(None, "smudge"), ("smudge", None)]
+    with pytest.raises(DataError, match="target must be"):
+        store.update_case(cid, target=0)
+
+
+def test_orphans_are_cleaned_at_open_and_verify_finds_damage(tmp_path):
+    store = CaseStore(tmp_path / "s")
+    cid = store.create_case("A")["id"]
+    kept = store.add_cells(cid, [new_cell(png(1))])[0]
+    folder = tmp_path / "s" / "images" / "ff"
+    folder.mkdir()
+    old, young, tmp = folder / ("f" * 64 + ".png"), folder / ("f" * 63 + "e.png"), folder / ".x.png.abc.tmp"
+    for f in (old, young, tmp):
+        f.write_bytes(b"x")
+    for f in (old, tmp):
+        os.utime(f, (time.time() - 7200, time.time() - 7200))
+    CaseStore(tmp_path / "s")
+    assert not old.exists() and not tmp.exists() and young.exists()
+    path, _ = store.image(cid, kept["id"])
+    assert path.exists() and store.verify() == []
+    path.write_bytes(b"changed")
+    assert "do not match" in store.verify()[0]
+    path.unlink()
+    assert "missing" in store.verify()[0]
+
+
+CHILD = r"""
+import hashlib, os, sys
+from bloodcell.cases import CaseStore, NewCell
+from bloodcell.cases.images import ImageFacts
+store = CaseStore(sys.argv[1])
+cid = store.create_case("kill")["id"] if not store.cases() else store.cases()[0]["id"]
+store.update_case(cid, target=100000)
+print("ready", flush=True)
+n = 0
+while True:
+    batch = []
+    for _ in range(8):
+        data = os.urandom(300_000)
+        facts = ImageFacts(hashlib.sha256(data).hexdigest(), ".png", 1, 1)
+        batch.append(NewCell(f"f{n}.png", data, facts, "neutrophil", {"neutrophil": 1.0}, 1.0, False, False, None))
+        n += 1
+    store.add_cells(cid, batch)
+"""
+
+
+def test_kill_9_mid_upload_leaves_a_sound_store(tmp_path):
+    folder = tmp_path / "s"
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        child = subprocess.Popen([sys.executable, "-c", CHILD, str(folder)], stdout=subprocess.PIPE, env=env)
+        assert child.stdout.readline().strip() == b"ready"
+        time.sleep(rng.uniform(0.4, 1.2))
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+        with sqlite3.connect(folder / DATABASE) as db:
+            assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        store = CaseStore(folder, orphan_age=0)
+        assert store.verify() == []
+        assert not list(folder.rglob("*.tmp"))
+    rows = store.cells(store.cases()[0]["id"])
+    assert len(rows) >= 8  # the child was uploading when it was killed
+    files = {p.name for p in (folder / "images").rglob("*.png")}
+    assert files == {f"{r['sha256']}.png" for r in rows}
+
+
+def test_the_image_is_on_disk_before_its_row(tmp_path, monkeypatch):
+    store = CaseStore(tmp_path / "s")
+    cid = store.create_case("A")["id"]
+
+    def crash(self):
+        raise RuntimeError("crash before the commit")
+
+    monkeypatch.setattr(CaseStore, "_write", crash)
+    data = png(9)
+    with pytest.raises(RuntimeError):
+        store.add_cells(cid, [new_cell(data)])
+    monkeypatch.undo()
+    written = store_images.image_path(store.folder, hashlib.sha256(data).hexdigest(), ".png")
+    assert written.read_bytes() == data and store.cells(cid) == []
+    CaseStore(tmp_path / "s", orphan_age=0)
+    assert not written.exists() and store.verify() == []
