@@ -128,7 +128,7 @@ def _train(back, head, cached, labels, present, settings: TuneSettings, report) 
             loss.backward()
             opt.step()
             sched.step()
-        report((epoch + 1) / epochs, f"epoch {epoch + 1}/{epochs}, loss {float(loss):.3f}")
+        report((epoch + 1) / epochs, f"epoch {epoch + 1}/{epochs}, loss {loss.item():.3f}")
     return total
 
 
