@@ -22,6 +22,11 @@ from bloodcell.networks.ensemble import make_ensemble
 LAB = ("basophil", "eosinophil", "lymphocyte", "monocyte")
 
 
+@pytest.fixture(autouse=True)
+def _few_non_cells(monkeypatch):
+    monkeypatch.setattr("bloodcell.adaptation.calibrate.NON_CELLS_PER_KIND", 4)
+
+
 @pytest.fixture
 def lab(make_folder_dataset):
     return make_folder_dataset(per_class=8, classes=LAB, size=40, seed=3)
@@ -88,7 +93,7 @@ def test_drop_absent_keeps_only_the_data_classes(lab, tmp_path):
 
 def test_finetune_tunes_the_last_stages_of_every_member(lab, tmp_path):
     ens = _lite0_ensemble(tmp_path)
-    out = adapt(lab, tmp_path / "out", model=ens, epochs=2, progress=False).out
+    out = adapt(lab, tmp_path / "out", model=ens, epochs=1, progress=False).out
     before, after = load_model(ens).module, load_model(out).module
     for old, new in zip(before.members, after.members):
         assert torch.equal(old.model.conv_stem.weight, new.model.conv_stem.weight)  # the frozen front
