@@ -108,7 +108,8 @@ def summary(rows: list[dict]) -> list[dict]:
 
 
 def table(groups: list[dict]) -> str:
-    lines = ["| source | method | k per class | draws | balanced accuracy (min-max) | accuracy | macro-F1 | adapt time mean (max) |",
+    lines = ["| source | method | k per class | draws | balanced accuracy (min-max) | accuracy | macro-F1 "
+             "| adapt time mean (max) |",
              "| --- | --- | ---: | ---: | --- | ---: | ---: | --- |"]
     for g in groups:
         lines.append(f"| {g['source']} | {g['method']} | {g['k']} | {g['draws']} | {g['balanced_accuracy']:.1%} "

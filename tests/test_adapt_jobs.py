@@ -6,10 +6,10 @@ import io
 import time
 
 import pytest
-from _serve_helpers import SRC, cells, tiny_model
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from _serve_helpers import SRC, cells, tiny_model
 from bloodcell.server import create_app
 
 
