@@ -3,6 +3,7 @@
     python benchmarks/adapt.py                               # every source, k = 5, 10, 20, 5 draws each
     python benchmarks/adapt.py --sources lisc --draws 3 --method linear
     python benchmarks/adapt.py --first-seed 100              # other draws (the ones the method was chosen on)
+    python benchmarks/adapt.py --merge results/adapt_lisc.json results/adapt_jiangxi.json   # sources run apart
 
 For each class-folder source under BLOODCELL_EXTERNAL (default ../shared/data/external), each k
 and each seeded draw: k cells per class are drawn, `bloodcell.adapt` adapts the model (default: the
@@ -128,7 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--model", default=None, help="model folder to adapt (default: the packaged model)")
     p.add_argument("-o", "--output", default=str(RESULTS / "adapt.json"))
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="only combine the draws of these result files (e.g. sources run in parallel) into --output")
     args = p.parse_args(argv)
+    if args.merge:
+        rows = [r for f in args.merge for r in json.loads(Path(f).read_text())["draws"]]
+        Path(args.output).write_text(json.dumps({"draws": rows, "summary": summary(rows)}, indent=1))
+        print(table(summary(rows)))
+        return 0
     sources = [EXTERNAL / s for s in args.sources] if args.sources else sorted(d for d in EXTERNAL.iterdir() if d.is_dir())
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)

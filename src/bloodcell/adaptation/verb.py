@@ -64,6 +64,18 @@ def _counts(labels: np.ndarray, names) -> dict[str, int]:
     return {names[c]: int((labels == c).sum()) for c in sorted(set(labels.tolist()))}
 
 
+def _record(src: Path, data, settings: TuneSettings, names, labels, split, held_out: float, drop_absent: bool) -> dict:
+    """The adaptation's record for ``model.json`` and the card (the networks and figures are added later)."""
+    present = {names[i] for i in labels}
+    return {
+        "adapted_from": str(src), "data": str(data), "method": settings.method, "settings": settings.to_dict(),
+        "classes_absent_from_data": [c for c in names if c not in present],
+        "absent_classes": "dropped" if drop_absent else "kept",
+        "fitting_cells": _counts(labels[split[0]], names), "held_out_cells": _counts(labels[split[1]], names),
+        "held_out_share": held_out, "seed": settings.seed,
+    }
+
+
 def _reporter(progress: bool, status_file):
     bar = tqdm(total=100, desc="adapting", unit="%", disable=None) if progress else None
     state = {"last": 0}
@@ -102,14 +114,9 @@ def adapt(data, out, *, model=None, method: str = "finetune", epochs: int = 10, 
         Remove the classes the data lacks (default: keep them; see :mod:`bloodcell.adaptation.tune`).
     held_out : float
         Share of each class held out to calibrate (see :mod:`bloodcell.adaptation.holdout`).
-    seed : int
-        Seed of the held-out draw and of training.
-    target_accuracy : float
-        Accuracy the abstention threshold must reach on the held-out cells.
-    force : bool
-        Replace ``out`` if it exists.
-    progress : bool
-        Show a progress bar on standard error.
+    seed, target_accuracy, force, progress
+        Seed of the held-out draw and of training; accuracy the abstention threshold must reach on the
+        held-out cells; replace ``out`` if it exists; show a progress bar on standard error.
     status_file : str or Path, optional
         A JSON file rewritten with ``{"progress", "message"}`` as the work goes (for job runners).
 
@@ -128,20 +135,14 @@ def adapt(data, out, *, model=None, method: str = "finetune", epochs: int = 10, 
     names = tuple(read_meta(src)["preprocess"]["class_names"])
     ds, labels = _read_data(data, names)
     fit_idx, held_idx = split_holdout(labels, held_out, seed)
-    keep = [c for c in names if c in {names[i] for i in labels}] if drop_absent else None
+    record = _record(src, data, settings, names, labels, (fit_idx, held_idx), held_out, drop_absent)
+    keep = [c for i, c in enumerate(names) if i in set(labels.tolist())] if drop_absent else None
     report, bar = _reporter(progress, status_file)
     try:
         report(0.0, f"adapting {src.name} to {len(fit_idx)} cells, {len(held_idx)} held out")
         with staged_folder(out) as staging:
-            records = adapt_tree(src, staging, ds.select(fit_idx.tolist()), settings, keep,
-                                 lambda f, m: report(0.85 * f, m), [0], networks_in(src), progress)
-            record = {
-                "adapted_from": str(src), "data": str(data), "method": method, "settings": settings.to_dict(),
-                "classes_absent_from_data": [c for c in names if c not in {names[i] for i in labels}],
-                "absent_classes": "dropped" if drop_absent else "kept",
-                "fitting_cells": _counts(labels[fit_idx], names), "held_out_cells": _counts(labels[held_idx], names),
-                "held_out_share": held_out, "seed": seed, "networks": records,
-            }
+            record["networks"] = adapt_tree(src, staging, ds.select(fit_idx.tolist()), settings, keep,
+                                            lambda f, m: report(0.85 * f, m), [0], networks_in(src), progress)
             report(0.85, "calibrating on the held-out cells and refitting the out-of-distribution check")
             calibrate_adapted(staging, src, ds, fit_idx, held_idx, record, target_accuracy, progress)
             record["seconds"] = round(time.perf_counter() - start, 1)
