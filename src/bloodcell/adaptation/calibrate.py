@@ -76,7 +76,7 @@ def _card(old: dict, record: dict) -> dict:
         "name": f"{name}, adapted to {Path(record['data']).name}",
         "summary": (f"Adapted from {name} to the labelled cells in {record['data']} with `bloodcell adapt` "
                     f"(method {record['method']}): it is the original model's network with {record['networks'][0]['tuned']} "
-                    "retrained on the lab's cells, then calibrated on cells held out from them."),
+                    "adapted to the lab's cells, then calibrated on cells held out from them."),
         "data": (f"Fitting cells: {counts}. Held out for calibration: "
                  + ", ".join(f"{c} {n}" for c, n in record["held_out_cells"].items()) + "."),
         "metrics": {"held_out": after, "original_model_on_the_same_cells": record.get("held_out_before")},
