@@ -74,7 +74,7 @@ def test_adapt_writes_a_calibrated_model_that_predict_loads(lab, tmp_path):
     assert "adapted" in meta["model_card"]["name"] and meta["model_card"]["adaptation"]["data"] == str(lab)
     cal = meta["calibration"]
     assert cal["validation"]["n_images"] == 8 and cal["temperature"] != 1.5  # refitted, not the old model's
-    assert meta["ood"]["fitted_on_images"] == 24 and (result.out / "ood.safetensors").is_file()
+    assert meta["ood"]["fitted_on_images"] == 24 * 8 and (result.out / "ood.safetensors").is_file()
     assert not (result.out / "model.onnx").exists()  # the old export would describe other weights
     clf = Classifier(result.out)
     assert clf.temperature == pytest.approx(cal["temperature"])

@@ -54,7 +54,15 @@ def _calibration(logits: np.ndarray, labels: np.ndarray, target: float, data) ->
     return cal
 
 
+def views(images: np.ndarray) -> np.ndarray:
+    """The eight rotations by multiples of 90 degrees, plain and mirrored, of NHWC images (view-major)."""
+    return np.concatenate([np.flip(np.rot90(images, k, (1, 2)), 2) if flip else np.rot90(images, k, (1, 2))
+                           for k in range(4) for flip in (False, True)])
+
+
 def _ood(loaded, fit, held) -> dict | None:
+    """Refit the out-of-distribution check on the eight views of each cell (a few cells are too few
+    for the statistics of a feature space with hundreds of dimensions)."""
     if len(fit.images) + len(held.images) < MIN_OOD_HELD_OUT:
         return None
     cells, note = held.images, None
@@ -62,9 +70,11 @@ def _ood(loaded, fit, held) -> dict | None:
         cells = np.concatenate([held.images, fit.images])
         note = (f"only {len(held.images)} held-out cells: the threshold was chosen on held-out and fitting cells "
                 "together, so its false-flag rate is optimistic")
-    head, info = fit_ood(loaded, fit.images, fit.labels, cells, per_kind=NON_CELLS_PER_KIND, progress=False)
+    head, info = fit_ood(loaded, np.ascontiguousarray(views(fit.images)), np.tile(fit.labels, 8),
+                         np.ascontiguousarray(views(cells)), per_kind=NON_CELLS_PER_KIND, progress=False)
     save_head(loaded.path, head)
-    return {**info, "fitted_on": "the adaptation's fitting cells", **({"note": note} if note else {})}
+    return {**info, "fitted_on": "the eight rotations and mirror images of the adaptation's fitting cells; "
+                                 "threshold from those of the held-out cells", **({"note": note} if note else {})}
 
 
 def _card(old: dict, record: dict) -> dict:
