@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "bloodcell"
 STAGES = ("core", "data", "networks", "training", "evaluation", "ood", "prediction", "packaging",
-          "pipelines", "cli", "server", "cases", "fields")
+          "pipelines", "cli", "server", "cases", "fields", "adaptation")
 # What each stage may import: data flows one way, sources -> audit/split -> cache -> train ->
 # evaluate -> export -> predict/serve; cli and pipelines sit on top of everything.
 ALLOWED = {
@@ -30,6 +30,7 @@ ALLOWED = {
     "packaging": {"core", "data", "networks", "ood", "training", "evaluation", "prediction"},
     "server": {"core", "data", "networks", "ood", "prediction", "packaging", "cases", "fields"},
     "pipelines": {"core", "data", "networks", "ood", "prediction", "training", "evaluation", "packaging"},
+    "adaptation": {"core", "data", "networks", "ood", "prediction", "training", "evaluation"},
     "cli": set(STAGES) - {"cli"},
     "cases": {"core", "data", "prediction"},
     "fields": {"core", "data", "networks", "ood", "prediction"},

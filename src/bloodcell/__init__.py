@@ -41,6 +41,7 @@ _LAZY = {
     "serve": "bloodcell.server",
     "pipeline": "bloodcell.pipelines",
     "case": "bloodcell.cases",
+    "adapt": "bloodcell.adaptation",
 }
 
 

@@ -35,7 +35,7 @@ from bloodcell.core import __version__
 from bloodcell.core.errors import ConfigError
 from bloodcell.prediction.classifier import Classifier
 from bloodcell.prediction.onnx_backend import no_telemetry
-from bloodcell.server import cases_routes
+from bloodcell.server import cases_routes, jobs
 from bloodcell.server.batching import Batcher
 from bloodcell.server.errors import install_handlers
 from bloodcell.server.fields_routes import router as fields_router
@@ -141,5 +141,6 @@ def create_app(
     app.include_router(router)
     app.include_router(fields_router)
     cases_routes.install(app, cases_dir)
+    jobs.install(app)
     app.mount("/static", StaticFiles(directory=app.state.static), name="static")
     return app

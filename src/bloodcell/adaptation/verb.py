@@ -1,0 +1,162 @@
+"""``bloodcell adapt``: adapt a model to a lab's own labelled cells and write a new model folder."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from bloodcell.adaptation.calibrate import calibrate_adapted
+from bloodcell.adaptation.holdout import HELD_OUT_SHARE, split_holdout
+from bloodcell.adaptation.tree import adapt_tree, networks_in
+from bloodcell.adaptation.tune import TuneSettings
+from bloodcell.core.errors import ConfigError, DataError, ModelError
+from bloodcell.core.files import atomic_write_json, check_writable_folder, staged_folder
+from bloodcell.core.model_choice import resolve_model
+from bloodcell.core.model_folder import is_model_folder, read_meta, write_meta
+from bloodcell.data import open_dataset
+
+
+@dataclass
+class AdaptResult:
+    """What :func:`adapt` wrote and measured."""
+
+    out: Path
+    adaptation: dict
+    seconds: float
+
+
+def _check_out(out: Path, model: Path, force: bool) -> None:
+    if out.resolve() == model.resolve() or model.resolve() in out.resolve().parents:
+        raise ConfigError(f"{out}: the output would be inside the model folder {model}; choose another --out.")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise ConfigError(f"{out} already exists; choose another --out or pass --force to replace it.")
+    check_writable_folder(out.parent, "output folder's parent", "--out")
+
+
+def _model_folder(model) -> Path:
+    path = resolve_model(model)
+    if not is_model_folder(path):
+        raise ModelError(f"{path}: adaptation needs a model folder (model.json + weights), not an .onnx file.")
+    return path
+
+
+def _read_data(data, class_names: tuple[str, ...]):
+    """The dataset and its class indices (in the model's classes); one-line errors for what cannot be adapted on."""
+    ds = open_dataset(data)
+    labels = [s.label for s in ds.samples]
+    if any(x is None for x in labels):
+        raise DataError(f"{data}: {sum(x is None for x in labels)} image(s) have no class label; adaptation needs "
+                        "labelled cells (a class-folder tree or a manifest with a label column).")
+    unknown = sorted(set(labels) - set(class_names))
+    if unknown:
+        raise DataError(f"{data}: class(es) {unknown} are not among the model's classes {list(class_names)}; "
+                        "adaptation keeps the model's classes. Remove those folders or rows.")
+    if len(set(labels)) < 2:
+        raise DataError(f"{data}: adaptation needs labelled cells of at least two classes; found {sorted(set(labels))}.")
+    return ds, np.array([class_names.index(x) for x in labels], dtype=np.int64)
+
+
+def _counts(labels: np.ndarray, names) -> dict[str, int]:
+    return {names[c]: int((labels == c).sum()) for c in sorted(set(labels.tolist()))}
+
+
+def _record(src: Path, data, settings: TuneSettings, names, labels, split, held_out: float, drop_absent: bool) -> dict:
+    """The adaptation's record for ``model.json`` and the card (the networks and figures are added later)."""
+    present = {names[i] for i in labels}
+    return {
+        "adapted_from": str(src), "data": str(data), "method": settings.method, "settings": settings.to_dict(),
+        "classes_absent_from_data": [c for c in names if c not in present],
+        "absent_classes": "dropped" if drop_absent else "kept",
+        "fitting_cells": _counts(labels[split[0]], names), "held_out_cells": _counts(labels[split[1]], names),
+        "held_out_share": held_out, "seed": settings.seed,
+    }
+
+
+def _reporter(progress: bool, status_file):
+    bar = tqdm(total=100, desc="adapting", unit="%", disable=None) if progress else None
+    state = {"last": 0}
+
+    def report(fraction: float, message: str) -> None:
+        fraction = float(min(max(fraction, 0.0), 1.0))
+        if bar is not None:
+            step = int(round(fraction * 100))
+            bar.update(max(0, step - state["last"]))
+            state["last"] = max(state["last"], step)
+            bar.set_postfix_str(message[:60], refresh=False)
+        if status_file is not None:
+            atomic_write_json(status_file, {"progress": round(fraction, 4), "message": message})
+
+    return report, bar
+
+
+def adapt(data, out, *, model=None, method: str = "finetune", epochs: int = 10, drop_absent: bool = False,
+          held_out: float = HELD_OUT_SHARE, seed: int = 0, target_accuracy: float = 0.995, force: bool = False,
+          progress: bool = True, status_file=None) -> AdaptResult:
+    """Adapt a model to a lab's labelled cells and write the result as a new model folder (``bloodcell adapt``).
+
+    Parameters
+    ----------
+    data : str or Path
+        The lab's labelled cells: a class-folder tree, ``.npz`` or CSV manifest, a few images per class or more.
+    out : str or Path
+        The model folder to write; ``predict``, ``serve``, ``evaluate`` and ``export`` take it like any other.
+    model : str or Path, optional
+        The model folder to start from (default: the packaged model, or ``$BLOODCELL_MODEL``).
+    method : {"finetune", "linear", "prototype"}
+        See :mod:`bloodcell.adaptation.tune`.
+    epochs : int
+        Passes over the fitting cells' eight views (capped at ``TuneSettings.max_steps`` steps).
+    drop_absent : bool
+        Remove the classes the data lacks (default: keep them; see :mod:`bloodcell.adaptation.tune`).
+    held_out : float
+        Share of each class held out to calibrate (see :mod:`bloodcell.adaptation.holdout`).
+    seed, target_accuracy, force, progress
+        Seed of the held-out draw and of training; accuracy the abstention threshold must reach on the
+        held-out cells; replace ``out`` if it exists; show a progress bar on standard error.
+    status_file : str or Path, optional
+        A JSON file rewritten with ``{"progress", "message"}`` as the work goes (for job runners).
+
+    Returns
+    -------
+    AdaptResult
+        The folder written, the adaptation record stored in its ``model.json`` and the wall time.
+    """
+    start = time.perf_counter()
+    if not 0.0 <= held_out < 1.0:
+        raise ConfigError(f"--held-out must be a share in [0, 1), got {held_out!r}.")
+    settings = TuneSettings(method=method, epochs=epochs, seed=seed)
+    settings.check()
+    src, out = _model_folder(model), Path(out)
+    _check_out(out, src, force)
+    names = tuple(read_meta(src)["preprocess"]["class_names"])
+    ds, labels = _read_data(data, names)
+    fit_idx, held_idx = split_holdout(labels, held_out, seed)
+    record = _record(src, data, settings, names, labels, (fit_idx, held_idx), held_out, drop_absent)
+    keep = [c for i, c in enumerate(names) if i in set(labels.tolist())] if drop_absent else None
+    report, bar = _reporter(progress, status_file)
+    try:
+        report(0.0, f"adapting {src.name} to {len(fit_idx)} cells, {len(held_idx)} held out")
+        with staged_folder(out) as staging:
+            record["networks"] = adapt_tree(src, staging, ds.select(fit_idx.tolist()), settings, keep,
+                                            lambda f, m: report(0.85 * f, m), [0], networks_in(src), progress)
+            report(0.85, "calibrating on the held-out cells and refitting the out-of-distribution check")
+            calibrate_adapted(staging, src, ds, fit_idx, held_idx, record, target_accuracy, progress)
+            record["seconds"] = round(time.perf_counter() - start, 1)
+            _store_seconds(staging, record["seconds"])
+        report(1.0, f"done: {out}")
+    finally:
+        if bar is not None:
+            bar.close()
+    return AdaptResult(out, record, time.perf_counter() - start)
+
+
+def _store_seconds(folder: Path, seconds: float) -> None:
+    meta = read_meta(folder)
+    meta["adaptation"]["seconds"] = seconds
+    meta["model_card"]["adaptation"]["seconds"] = seconds
+    write_meta(folder, meta)
+

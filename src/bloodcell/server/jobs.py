@@ -1,0 +1,236 @@
+"""Background adaptation jobs, and switching the service to another model.
+
+``POST /v1/jobs/adapt``          adapt a model to labelled cells in a folder or manifest on the server
+``POST /v1/cases/{id}/adapt``    adapt to the reviewed cells of a case (exported as class folders first)
+``GET /v1/jobs``, ``/v1/jobs/{id}``  ``{id, state: queued|running|done|failed, progress: 0..1, message, model_dir}``
+``POST /v1/model/switch``        load a model folder (e.g. a finished job's) into the running service
+
+Each job runs ``python -m bloodcell adapt`` as a fresh subprocess (the service's
+own threads are never forked), one at a time, in a folder of its own under the
+jobs folder (``bloodcell-jobs`` in the working folder, or ``$BLOODCELL_JOBS``):
+``status.json`` (progress, rewritten by the subprocess), ``log.txt`` (its output)
+and ``model/`` (the adapted model). A failed job's message is the subprocess's
+one-line error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import uuid
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from fastapi import APIRouter, FastAPI, Request
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from bloodcell.cases.export import write_dataset_zip
+from bloodcell.core.errors import BloodcellError
+from bloodcell.core.model_folder import is_model_folder
+from bloodcell.prediction.classifier import Classifier
+from bloodcell.server.batching import Batcher
+from bloodcell.server.cases_routes import store
+from bloodcell.server.errors import ErrorBody, error
+
+ENV = "BLOODCELL_JOBS"
+router = APIRouter(tags=["jobs"])
+
+
+class AdaptRequest(BaseModel):
+    """What to adapt to; every field but ``data`` is optional."""
+
+    data: str = Field(description="labelled cells on the server: class folders, .npz or a CSV manifest")
+    model: str | None = Field(None, description="model folder to start from (default: the service's default model)")
+    method: Literal["finetune", "linear", "prototype"] = "finetune"
+    epochs: int = Field(10, ge=1, le=200)
+
+
+class CaseAdaptRequest(BaseModel):
+    """Options of adapting to a case's reviewed cells."""
+
+    model: str | None = Field(None, description="model folder to start from (default: the service's default model)")
+    method: Literal["finetune", "linear", "prototype"] = "finetune"
+    epochs: int = Field(10, ge=1, le=200)
+
+
+class SwitchRequest(BaseModel):
+    model_dir: str = Field(description="a model folder on the server, e.g. a finished job's model_dir")
+
+
+class JobView(BaseModel):
+    id: str
+    state: Literal["queued", "running", "done", "failed"]
+    progress: float = Field(ge=0, le=1)
+    message: str
+    model_dir: str | None = Field(None, description="the adapted model folder, once the job is done")
+
+
+@dataclass
+class Job:
+    id: str
+    folder: Path
+    args: list[str]
+    state: str = "queued"
+    message: str = "waiting for the job before it"
+    returncode: int | None = field(default=None, repr=False)
+
+    def view(self) -> dict:
+        progress, message = (1.0 if self.state == "done" else 0.0), self.message
+        if self.state == "running":
+            try:
+                status = json.loads((self.folder / "status.json").read_text())
+                progress, message = float(status["progress"]), str(status["message"])
+            except (OSError, ValueError, KeyError, TypeError):
+                message = "starting"
+        model = self.folder / "model"
+        return {"id": self.id, "state": self.state, "progress": progress, "message": message,
+                "model_dir": str(model) if self.state == "done" and is_model_folder(model) else None}
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [x.strip() for x in path.read_text(errors="replace").splitlines() if x.strip()]
+    except OSError:
+        return "the adaptation process left no output"
+    errors = [x for x in lines if "error:" in x]
+    return (errors or lines or ["the adaptation process left no output"])[-1][:500]
+
+
+class JobRunner:
+    """Runs queued jobs one at a time in one daemon thread, each as a ``python -m bloodcell adapt`` subprocess."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.jobs: dict[str, Job] = {}
+        self._queue: queue.Queue[Job] = queue.Queue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, data: str | Path, model: str | None, method: str, epochs: int, job_id: str | None = None) -> Job:
+        job_id = job_id or uuid.uuid4().hex[:12]
+        folder = self.folder / job_id
+        folder.mkdir(parents=True, exist_ok=True)
+        args = [str(data), "--out", str(folder / "model"), "--method", method, "--epochs", str(epochs),
+                "--status-file", str(folder / "status.json"), "--quiet", "--force"]
+        if model:
+            args += ["--model", str(model)]
+        job = Job(job_id, folder, args)
+        with self._lock:
+            self.jobs[job_id] = job
+            self._queue.put(job)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="bloodcell-jobs", daemon=True)
+                self._thread.start()
+        return job
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                job = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                with self._lock:
+                    if self._queue.empty():
+                        self._thread = None
+                        return
+                continue
+            self._run(job)
+
+    def _run(self, job: Job) -> None:
+        job.state, job.message = "running", "starting"
+        log = job.folder / "log.txt"
+        try:
+            with open(log, "wb") as out:
+                proc = subprocess.run([sys.executable, "-m", "bloodcell", "adapt", *job.args], stdout=out,
+                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=dict(os.environ))
+            job.returncode = proc.returncode
+        except OSError as e:
+            job.state, job.message = "failed", f"could not start the adaptation process ({e})"
+            return
+        ok = job.returncode == 0 and is_model_folder(job.folder / "model")
+        job.state = "done" if ok else "failed"
+        job.message = "adapted model written" if ok else _last_line(log)
+
+
+def _runner(request: Request) -> JobRunner:
+    return request.app.state.jobs
+
+
+def _export_case(request: Request, case_id: int, job_id: str, folder: Path) -> Path:
+    """Write the case's reviewed cells as class folders in ``folder/data``; returns its manifest."""
+    cases = store(request)
+    cases.case(case_id)
+    data = folder / job_id / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    archive = data.parent / "cells.zip"
+    if not write_dataset_zip(cases, case_id, archive):
+        raise LookupError(f"Case {case_id} has no reviewed cells with a class label; review some cells first.")
+    with zipfile.ZipFile(archive) as z:
+        z.extractall(data)
+    archive.unlink()
+    return data / "manifest.csv"
+
+
+@router.post("/v1/jobs/adapt", status_code=202, response_model=JobView, summary="Adapt a model to labelled cells",
+             responses={422: {"model": ErrorBody}})
+def adapt_job(request: Request, body: AdaptRequest):
+    if not Path(body.data).exists():
+        return error(422, f"{body.data}: no such folder or file on the server.")
+    return _runner(request).submit(body.data, body.model, body.method, body.epochs).view()
+
+
+@router.post("/v1/cases/{case_id}/adapt", status_code=202, response_model=JobView,
+             summary="Adapt a model to a case's reviewed cells", responses={404: {"model": ErrorBody},
+                                                                           422: {"model": ErrorBody}})
+def adapt_case(request: Request, case_id: int, body: CaseAdaptRequest | None = None):
+    body = body or CaseAdaptRequest()
+    runner = _runner(request)
+    job_id = uuid.uuid4().hex[:12]
+    try:
+        manifest = _export_case(request, case_id, job_id, runner.folder)
+    except LookupError as e:
+        return error(422, str(e))
+    return runner.submit(manifest, body.model, body.method, body.epochs, job_id).view()
+
+
+@router.get("/v1/jobs", summary="Every job of this service run")
+def list_jobs(request: Request):
+    return {"jobs": [j.view() for j in _runner(request).jobs.values()]}
+
+
+@router.get("/v1/jobs/{job_id}", response_model=JobView, summary="A job's state and progress",
+            responses={404: {"model": ErrorBody}})
+def job(request: Request, job_id: str):
+    found = _runner(request).jobs.get(job_id)
+    return found.view() if found else error(404, f"No job {job_id!r}; GET /v1/jobs lists them.")
+
+
+def _switch(state, model_dir: str) -> None:
+    if not is_model_folder(model_dir):
+        raise BloodcellError(f"{Path(model_dir).name}: not a model folder (expected model.json and weights).")
+    clf = Classifier(model_dir, batch_size=state.classifier.batch_size)
+    old = state.batcher
+    state.classifier, state.batcher, state.info = clf, Batcher(clf.scores, max_batch=max(clf.batch_size, 1)), clf.describe()
+    old.close()
+
+
+@router.post("/v1/model/switch", summary="Serve another model folder from now on", responses={422: {"model": ErrorBody}})
+async def switch_model(request: Request, body: SwitchRequest):
+    try:
+        await run_in_threadpool(_switch, request.app.state, body.model_dir)
+    except BloodcellError as e:
+        return error(422, f"Model not switched: {e}")
+    info = request.app.state.info
+    return {"model": {"name": info["name"], "backend": info["backend"], "classes": info["classes"]}}
+
+
+def install(app: FastAPI) -> None:
+    """Add the job and model-switch endpoints, with jobs in ``$BLOODCELL_JOBS`` (default ``bloodcell-jobs``)."""
+    app.state.jobs = JobRunner(Path(os.environ.get(ENV) or "bloodcell-jobs"))
+    app.include_router(router)

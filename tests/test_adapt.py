@@ -1,0 +1,122 @@
+"""bloodcell adapt: tiny models on generated cells (a study CNN, and an ensemble of two EfficientNet-Lite0)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from _serve_helpers import cli, tiny_model
+from bloodcell import Classifier
+from bloodcell.adaptation import adapt
+from bloodcell.adaptation.holdout import held_out_count, split_holdout
+from bloodcell.adaptation.network import split_network
+from bloodcell.core.errors import ConfigError, DataError
+from bloodcell.core.model_folder import read_meta
+from bloodcell.core.preprocess import PreprocessConfig
+from bloodcell.networks import create_model, load_model, save_model
+from bloodcell.networks.ensemble import make_ensemble
+
+LAB = ("basophil", "eosinophil", "lymphocyte", "monocyte")
+
+
+@pytest.fixture(autouse=True)
+def _few_non_cells(monkeypatch):
+    monkeypatch.setattr("bloodcell.adaptation.calibrate.NON_CELLS_PER_KIND", 4)
+
+
+@pytest.fixture
+def lab(make_folder_dataset):
+    return make_folder_dataset(per_class=8, classes=LAB, size=40, seed=3)
+
+
+def _lite0_ensemble(root):
+    pre = PreprocessConfig(image_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    members = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        members.append(save_model(root / f"m{seed}", create_model("efficientnet_lite0", num_classes=8).eval(),
+                                  {"architecture": "efficientnet_lite0", "preprocess": pre.to_dict(),
+                                   "calibration": {"temperature": 0.5}}))
+    return make_ensemble(members, root / "ens")
+
+
+def test_holdout_rule():
+    assert [held_out_count(n) for n in (1, 2, 3, 5, 10, 20)] == [0, 0, 1, 1, 3, 5]
+    labels = np.array([0] * 10 + [1] * 2 + [2] * 5)
+    fit, held = split_holdout(labels, seed=1)
+    assert sorted(np.r_[fit, held].tolist()) == list(range(17))
+    assert np.bincount(labels[held], minlength=3).tolist() == [3, 0, 1]
+    assert np.array_equal(held, split_holdout(labels, seed=1)[1])
+
+
+@pytest.mark.parametrize("arch", ["basic_cnn", "efficientnet_lite0"])
+def test_split_network_reproduces_the_forward_pass(arch):
+    torch.manual_seed(0)
+    net = create_model(arch, num_classes=8).eval()
+    front, back, head, where = split_network(net, 8)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(head(back(front(x))), net(x), atol=1e-5)
+    assert ("stages" in where) == (arch == "efficientnet_lite0")
+
+
+def test_adapt_writes_a_calibrated_model_that_predict_loads(lab, tmp_path):
+    status = tmp_path / "status.json"
+    result = adapt(lab, tmp_path / "out", model=tiny_model(), epochs=3, progress=False, status_file=status)
+    meta = read_meta(result.out)
+    a = meta["adaptation"]
+    assert a["fitting_cells"] == {c: 6 for c in LAB} and a["held_out_cells"] == {c: 2 for c in LAB}
+    assert a["absent_classes"] == "kept" and set(a["classes_absent_from_data"]) == {"erythroblast", "ig", "neutrophil",
+                                                                                    "platelet"}
+    assert "adapted" in meta["model_card"]["name"] and meta["model_card"]["adaptation"]["data"] == str(lab)
+    cal = meta["calibration"]
+    assert cal["validation"]["n_images"] == 8 and cal["temperature"] != 1.5  # refitted, not the old model's
+    assert meta["ood"]["fitted_on_images"] == 24 * 8 and (result.out / "ood.safetensors").is_file()
+    assert not (result.out / "model.onnx").exists()  # the old export would describe other weights
+    clf = Classifier(result.out)
+    assert clf.temperature == pytest.approx(cal["temperature"])
+    assert clf.abstain_threshold == pytest.approx(cal["abstain_threshold"])
+    run = clf.predict([lab / "monocyte"])
+    assert len(run.predictions) == 8 and len(clf.class_names) == 8
+    assert json.loads(status.read_text())["progress"] == 1.0
+
+
+def test_drop_absent_keeps_only_the_data_classes(lab, tmp_path):
+    out = adapt(lab, tmp_path / "out", model=tiny_model(), method="linear", epochs=2, drop_absent=True,
+                progress=False).out
+    assert Classifier(out).class_names == LAB
+    assert read_meta(out)["adaptation"]["absent_classes"] == "dropped"
+
+
+def test_finetune_tunes_the_last_stages_of_every_member(lab, tmp_path):
+    ens = _lite0_ensemble(tmp_path)
+    out = adapt(lab, tmp_path / "out", model=ens, epochs=1, progress=False).out
+    before, after = load_model(ens).module, load_model(out).module
+    for old, new in zip(before.members, after.members):
+        assert torch.equal(old.model.conv_stem.weight, new.model.conv_stem.weight)  # the frozen front
+        assert not torch.equal(old.model.blocks[-1][0].conv_pwl.weight, new.model.blocks[-1][0].conv_pwl.weight)
+        assert new.temperature == 1.0  # the members' old temperatures are dropped; the whole is recalibrated
+    records = read_meta(out)["adaptation"]["networks"]
+    assert [r["network"] for r in records] == ["member_0", "member_1"] and all(r["steps"] > 0 for r in records)
+
+
+def test_bad_data_is_one_clear_error(tmp_path, make_folder_dataset):
+    with pytest.raises(DataError, match="at least two classes"):
+        adapt(make_folder_dataset(per_class=4, classes=("basophil",)), tmp_path / "o1", model=tiny_model(),
+              progress=False)
+    with pytest.raises(ConfigError, match="method"):
+        adapt(tmp_path, tmp_path / "o2", model=tiny_model(), method="magic", progress=False)
+    done = cli("adapt", str(tmp_path / "missing"), "--out", str(tmp_path / "o3"), "--model", str(tiny_model()))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "missing" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "o3").exists()
+
+
+def test_existing_output_needs_force(lab, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("x")
+    with pytest.raises(ConfigError, match="--force"):
+        adapt(lab, tmp_path / "out", model=tiny_model(), progress=False)
+    assert (tmp_path / "out" / "keep.txt").is_file()

@@ -1,0 +1,45 @@
+"""`bloodcell adapt` on a few real cells of another lab (LISC), through the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from _serve_helpers import cli
+
+REPO = Path(__file__).resolve().parents[1]
+EXTERNAL = Path(os.environ.get("BLOODCELL_EXTERNAL", REPO.parent / "shared" / "data" / "external"))
+LISC = EXTERNAL / "lisc"
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def lisc_slice(tmp_path):
+    if not LISC.is_dir():
+        pytest.skip(f"LISC not found at {LISC} (set BLOODCELL_EXTERNAL)")
+    root = tmp_path / "lisc"
+    for folder in sorted(p for p in LISC.iterdir() if p.is_dir()):
+        (root / folder.name).mkdir(parents=True)
+        for image in sorted(folder.iterdir())[:4]:
+            (root / folder.name / image.name).symlink_to(image)
+    return root
+
+
+def test_adapt_cli_on_a_slice_of_lisc(lisc_slice, tmp_path):
+    out = tmp_path / "adapted"
+    done = cli("adapt", str(lisc_slice), "--out", str(out), "--epochs", "3", "--quiet", timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert "held-out cells (5)" in done.stdout and "kept: erythroblast, ig, platelet" in done.stdout
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["adaptation"]["fitting_cells"] == {c: 3 for c in ("basophil", "eosinophil", "lymphocyte", "monocyte",
+                                                                  "neutrophil")}
+    assert meta["calibration"]["validation"]["n_images"] == 5 and "ood" in meta
+    predicted = cli("predict", str(lisc_slice / "eosinophil"), "--model", str(out), "-f", "json", timeout=600)
+    assert predicted.returncode == 0, predicted.stderr
+    assert len(json.loads(predicted.stdout)["predictions"]) == 4
+    info = cli("info", str(out))
+    assert info.returncode == 0 and "adapted to lisc" in info.stdout
