@@ -59,12 +59,16 @@ def test_model_card(client):
 def test_page_and_openapi(client):
     page = client.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-    assert 'id="file-input"' in page.text and "/static/app.js" in page.text
+    assert 'id="cell-input"' in page.text and 'id="quick-input"' in page.text and "/static/app.js" in page.text
     assert "http" not in page.text.split("<body>")[0].replace("http-equiv", "")  # no CDN assets
     assert client.get("/static/app.js").status_code == 200
     assert client.get("/static/style.css").status_code == 200
+    modules = re.findall(r"from [\"']\./([a-z]+\.js)[\"']", client.get("/static/app.js").text)
+    assert "casebar.js" in modules
+    for module in modules:
+        assert client.get(f"/static/{module}").status_code == 200, module  # every module the page imports is served
     paths = client.get("/openapi.json").json()["paths"]
-    assert {"/health", "/v1/model", "/v1/predict", "/v1/differential"} <= set(paths)
+    assert {"/health", "/v1/model", "/v1/predict", "/v1/differential", "/v1/cases"} <= set(paths)
     docs = client.get("/docs")
     assert docs.status_code == 200 and "cdn" not in docs.text.lower()
     for asset in re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', docs.text):
