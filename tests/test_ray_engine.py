@@ -1,7 +1,7 @@
 """bloodcell predict --engine ray: a local Ray instance with two model actors gives the rows of the local path.
 
-The comparison uses 48 real PBC cells (three classes) to stay fast; ``benchmarks/predict_scale.py``
-runs the same comparison's engines on 1,000 to 100,000 images.
+The comparison uses 1,000 real PBC cells (125 of each class); ``benchmarks/predict_scale.py``
+measures both engines' speed on 1,000 to 100,000 images.
 """
 
 from __future__ import annotations
@@ -18,7 +18,10 @@ pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow is not installed (it
 
 @pytest.mark.integration
 def test_ray_engine_gives_the_rows_of_the_local_path(tmp_path, real_data):
-    files = [p for name in ("basophil", "monocyte", "platelet") for p in sorted((real_data / name).glob("*.jpg"))[:16]]
+    from bloodcell.core.classes import CLASSES
+
+    files = [p for name in CLASSES for p in sorted((real_data / name).glob("[!.]*.jpg"))[:125]]
+    assert len(files) == 1000
     manifest = tmp_path / "images.csv"
     manifest.write_text("path,label\n" + "".join(f"{p},{p.parent.name}\n" for p in files)
                         + f"{tmp_path / 'gone.jpg'},monocyte\n")
