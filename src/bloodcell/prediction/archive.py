@@ -76,7 +76,7 @@ def _indented(obj, pad: str) -> str:
     return json.dumps(obj, indent=2).replace("\n", "\n" + pad)
 
 
-def _write_json(path: Path, rows: RowFile, problems, diff: Differential) -> None:
+def _write_json(path: Path, rows: RowFile, problems, diff: Differential, lab: dict) -> None:
     """The ``-f json`` document, written prediction by prediction."""
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8", newline="\n") as f:
@@ -86,15 +86,15 @@ def _write_json(path: Path, rows: RowFile, problems, diff: Differential) -> None
             skipped = [{"source": q.item, "reason": q.message} for q in problems]
             f.write('\n  ],\n  "skipped": ' + _indented(skipped, "  ") + ',\n  "differential": '
                     + _indented(diff.to_dict(), "  ") + ',\n  "lab_differential": '
-                    + _indented(lab_differential_of(rows.predictions()), "  ") + "\n}\n")
+                    + _indented(lab, "  ") + "\n}\n")
 
     atomic_write_with(path, write)
 
 
-def _run_record(rows: RowFile, problems, diff: Differential, images: int) -> dict:
+def _run_record(rows: RowFile, problems, diff: Differential, lab: dict, images: int) -> dict:
     return {"model": rows.model, "images": images,
             "skipped": [{"source": q.item, "reason": q.message} for q in problems],
-            "differential": diff.to_dict(), "lab_differential": lab_differential_of(rows.predictions())}
+            "differential": diff.to_dict(), "lab_differential": lab}
 
 
 def _finish(fmt: str, output: Path, rows: RowFile, problems) -> tuple[Differential, Path | None, int]:
@@ -105,14 +105,15 @@ def _finish(fmt: str, output: Path, rows: RowFile, problems) -> tuple[Differenti
         images += 1
         with_truth = with_truth or bool(row["true_label"])
     diff = differential(rows.predictions(), rows.class_names)
-    record = _run_record(rows, problems, diff, images)
+    lab = lab_differential_of(rows.predictions())
+    record = _run_record(rows, problems, diff, lab, images)
     extra = None
     if fmt == "csv":
         _write_csv(output, rows, with_truth)
     elif fmt == "jsonl":
         _write_jsonl(output, rows)
     elif fmt == "json":
-        _write_json(output, rows, problems, diff)
+        _write_json(output, rows, problems, diff, lab)
     else:
         from bloodcell.prediction.parquet import write_shards  # deferred: needs the optional pyarrow
 
