@@ -1,6 +1,6 @@
 // The case bar: create or open a case (its id in the URL hash), upload cells in batches, progress, exports.
 
-import { $, announce, clearError, el, showError } from "./dom.js";
+import { $, announce, clearError, el, showError, wireDropZone } from "./dom.js";
 import { createCase, exportUrl, listCases, openCase, state, updateCase, uploadCells } from "./store.js";
 
 export const hashCaseId = () => new URLSearchParams(location.hash.slice(1)).get("case");
@@ -128,12 +128,5 @@ export function initCaseBar() {
   });
   addEventListener("hashchange", followHash);
   const drop = $("cell-drop"), input = $("cell-input");
-  input.addEventListener("change", () => upload(input.files));
-  drop.addEventListener("dragover", e => { e.preventDefault(); drop.classList.add("over"); });
-  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-  drop.addEventListener("drop", e => {
-    e.preventDefault();
-    drop.classList.remove("over");
-    upload(e.dataTransfer.files);
-  });
+  wireDropZone(drop, input, upload);
 }

@@ -72,3 +72,15 @@ export function clearError() {
 export function announce(message) {
   $("review-status").textContent = message;
 }
+
+/** Send files chosen in `input` or dropped on `drop` to `onFiles` (a FileList). */
+export function wireDropZone(drop, input, onFiles) {
+  input.addEventListener("change", () => onFiles(input.files));
+  drop.addEventListener("dragover", e => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", e => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    onFiles(e.dataTransfer.files);
+  });
+}

@@ -1,6 +1,6 @@
 // Quick classify: images sent to /v1/predict and shown at once; nothing is stored on the server.
 
-import { $, el, failureMessage } from "./dom.js";
+import { $, el, failureMessage, wireDropZone } from "./dom.js";
 
 const q = id => $("quick-" + id);
 let limits = { max_files: 64, max_upload_mb: 32 };
@@ -133,12 +133,5 @@ async function upload(fileList) {
 export function initQuick(serverLimits) {
   limits = serverLimits || limits;
   const drop = q("drop"), input = q("input");
-  input.addEventListener("change", () => upload(input.files));
-  drop.addEventListener("dragover", e => { e.preventDefault(); drop.classList.add("over"); });
-  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-  drop.addEventListener("drop", e => {
-    e.preventDefault();
-    drop.classList.remove("over");
-    upload(e.dataTransfer.files);
-  });
+  wireDropZone(drop, input, upload);
 }
