@@ -4,26 +4,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from _serve_helpers import REAL_DATA_DIR, SRC, cells, tiny_model, write_png
+from _serve_helpers import REAL_DATA_DIR, cells, start_serve, write_png
 
 CHROMIUM = os.environ.get("BLOODCELL_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def need_browser() -> None:
@@ -35,26 +26,7 @@ def need_browser() -> None:
 @contextmanager
 def serving(*extra: str, env: dict | None = None):
     """``bloodcell serve`` on the tiny test model at a free port; yields its URL."""
-    port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(SRC), **(env or {})}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bloodcell", "serve", "--model", str(tiny_model()), "--port", str(port),
-         "--log-level", "warning", *extra],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    import httpx
-
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"bloodcell serve did not start: {proc.stdout.read()[-2000:]}")
-        time.sleep(0.3)
+    proc, url = start_serve(*extra, env=env)
     try:
         yield url
     finally:

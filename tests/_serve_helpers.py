@@ -5,9 +5,11 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -119,3 +121,34 @@ def cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess
     full = {**os.environ, "PYTHONPATH": str(SRC), **(env or {})}
     return subprocess.run([sys.executable, "-m", "bloodcell", *args], capture_output=True, text=True, env=full,
                           timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_serve(*extra: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """``bloodcell serve`` on the tiny test model at a free port, once /health answers: (process, URL)."""
+    import httpx
+    import pytest
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bloodcell", "serve", "--model", str(tiny_model()), "--port", str(port),
+         "--log-level", "warning", *extra],
+        env={**os.environ, "PYTHONPATH": str(SRC), **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"bloodcell serve did not start: {proc.stdout.read()[-2000:]}")
+        time.sleep(0.3)

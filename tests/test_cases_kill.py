@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import io
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -15,37 +11,16 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from _serve_helpers import SRC, tiny_model
+from _serve_helpers import start_serve
 from bloodcell import server
 from bloodcell.cases import CaseStore
 from bloodcell.cli.main import main
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def png(seed: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(seed).integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(buf, "PNG")
     return buf.getvalue()
-
-
-def start(folder, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "bloodcell", "serve", "--port", str(port), "--model", str(tiny_model()),
-           "--cases", str(folder), "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(SRC)}, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise AssertionError("bloodcell serve did not start")
 
 
 def _upload(url: str, done: list, stop: threading.Event) -> None:
@@ -62,9 +37,9 @@ def _upload(url: str, done: list, stop: threading.Event) -> None:
 
 
 def test_serve_killed_mid_upload(tmp_path):
-    folder, port = tmp_path / "cases", free_port()
-    proc = start(folder, port)
-    base = f"http://127.0.0.1:{port}/v1/cases"
+    folder = tmp_path / "cases"
+    proc, url = start_serve("--cases", str(folder))
+    base = f"{url}/v1/cases"
     try:
         cid = httpx.post(base, json={"accession": "K", "target": 100000}).json()["id"]
         done, stop = [], threading.Event()

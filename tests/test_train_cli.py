@@ -87,17 +87,22 @@ def test_init_from_a_trained_model_via_the_cli(make_folder_dataset, tmp_path):
                  "enhanced_cnn", *args]) == 2
 
 
-@pytest.mark.integration
-def test_train_on_a_slice_of_the_real_dataset(real_data, tmp_path):
+def _real_slice(real_data, path, classes, per_class: int, val: int):
+    """A split manifest of the first ``per_class`` real images of each class, the first ``val`` of them validation."""
     rows = []
-    for name in CLASSES:
-        files = sorted((real_data / name).glob("*.jpg"))[:10]
-        rows += [{"path": str(f), "label": name, "split": "val" if k < 3 else "train"} for k, f in enumerate(files)]
-    manifest = tmp_path / "slice.csv"
-    with manifest.open("w", newline="") as fh:
+    for name in classes:
+        files = sorted((real_data / name).glob("*.jpg"))[:per_class]
+        rows += [{"path": str(f), "label": name, "split": "val" if k < val else "train"} for k, f in enumerate(files)]
+    with path.open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["path", "label", "split"])
         w.writeheader()
         w.writerows(rows)
+    return path
+
+
+@pytest.mark.integration
+def test_train_on_a_slice_of_the_real_dataset(real_data, tmp_path):
+    manifest = _real_slice(real_data, tmp_path / "slice.csv", CLASSES, per_class=10, val=3)
     out = tmp_path / "run"
     assert main(["train", "--recipe", "cpu_fast_cnn", "--data", str(manifest), "--out", str(out), "--image-size", "32",
                  "--epochs", "1", "--threads", "1", "--no-progress"]) == 0
@@ -131,15 +136,7 @@ def test_ensemble_recipe_trains_each_member_then_combines(make_folder_dataset, t
 
 @pytest.mark.integration
 def test_cell_framing_and_image_normalization_are_trained_and_stored(real_data, tmp_path):
-    rows = []
-    for name in ("lymphocyte", "neutrophil"):
-        files = sorted((real_data / name).glob("*.jpg"))[:8]
-        rows += [{"path": str(f), "label": name, "split": "val" if k < 2 else "train"} for k, f in enumerate(files)]
-    manifest = tmp_path / "slice.csv"
-    with manifest.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["path", "label", "split"])
-        w.writeheader()
-        w.writerows(rows)
+    manifest = _real_slice(real_data, tmp_path / "slice.csv", ("lymphocyte", "neutrophil"), per_class=8, val=2)
     out = tmp_path / "run"
     assert main(["train", "--recipe", "cpu_fast_cnn", "--data", str(manifest), "--out", str(out), "--image-size", "32",
                  "--epochs", "1", "--threads", "1", "--no-progress", "--framing", "cell",
