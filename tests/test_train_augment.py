@@ -254,3 +254,17 @@ def test_robust_recipe_loads_and_turns_the_new_options_on():
     default = load_config("default")
     assert cfg.model == default.model and cfg.augment.zoom_out < 1 < cfg.augment.zoom_in
     assert all(getattr(cfg.augment, k) != getattr(AugmentConfig(), k) for k in NEW_OPTIONS)
+
+
+def test_lab_shift_p_zero_leaves_every_image_as_it_was():
+    x = _disc(n=8)
+    y = BatchAugment(AugmentConfig(**NEW_OPTIONS, hue=0.2, saturation=0.5, lab_shift_p=0.0))(x, batch_generator(0, 0, 0, 0))
+    assert torch.allclose(y, x.float() / 255, atol=1.5 / 255)
+
+
+def test_lab_shift_p_shifts_about_that_share_of_images():
+    x = _disc(n=400, size=32, radius=6)
+    cfg = AugmentConfig(white_balance=0.5, lab_shift_p=0.3)
+    y = BatchAugment(cfg)(x, batch_generator(1, 0, 0, 0))
+    changed = (y - x.float() / 255).abs().amax((1, 2, 3)) > 2 / 255
+    assert 0.22 < changed.float().mean().item() < 0.38

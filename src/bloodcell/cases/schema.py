@@ -52,6 +52,25 @@ MIGRATIONS: list[list[str]] = [
             at TEXT NOT NULL)""",
         "CREATE INDEX events_case ON events(case_id)",
     ],
+    [
+        # Whole smear fields: the field image, and each cell found in it keeps its box there.
+        """CREATE TABLE fields (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            case_id INTEGER NOT NULL REFERENCES cases(id) ON DELETE CASCADE,
+            sha256 TEXT NOT NULL,
+            ext TEXT NOT NULL,
+            filename TEXT NOT NULL,
+            width INTEGER NOT NULL,
+            height INTEGER NOT NULL,
+            rbc_px REAL,
+            platelets_by_size INTEGER NOT NULL DEFAULT 0,
+            left_to_neighbour INTEGER NOT NULL DEFAULT 0,
+            created TEXT NOT NULL)""",
+        "CREATE INDEX fields_case ON fields(case_id)",
+        "ALTER TABLE cells ADD COLUMN field_id INTEGER REFERENCES fields(id) ON DELETE CASCADE",
+        "ALTER TABLE cells ADD COLUMN box TEXT",
+        "ALTER TABLE cells ADD COLUMN at_border INTEGER",
+    ],
 ]
 
 #: The schema version this code writes.

@@ -63,6 +63,8 @@ class NewCell:
     uncertain: bool
     not_a_blood_cell: bool | None
     framing: str | None
+    box: tuple[int, int, int, int] | None = None
+    at_border: bool | None = None
 
 
 def now() -> str:
@@ -87,7 +89,9 @@ def _cell(row: sqlite3.Row) -> dict:
             "probabilities": json.loads(row["probabilities"]), "confidence": row["confidence"],
             "uncertain": bool(row["uncertain"]), "not_a_blood_cell": None if nabc is None else bool(nabc),
             "framing": row["framing"], "label": row["label"], "final_label": row["label"] or row["predicted"],
-            "reviewer": row["reviewer"], "reviewed_at": row["reviewed_at"], "created": row["created"]}
+            "reviewer": row["reviewer"], "reviewed_at": row["reviewed_at"], "created": row["created"],
+            "field_id": row["field_id"], "box": json.loads(row["box"]) if row["box"] else None,
+            "at_border": None if row["at_border"] is None else bool(row["at_border"])}
 
 
 def _text(value: str | None, what: str, required: bool = False) -> str | None:
@@ -132,7 +136,8 @@ class CaseStore:
             check_writable_folder(self.folder, "case store folder", "--cases")
         with self._db() as db:
             migrate(db, now())
-            named = {f"{r[0]}{r[1]}" for r in db.execute("SELECT DISTINCT sha256, ext FROM cells")}
+            named = {f"{r[0]}{r[1]}" for r in db.execute("SELECT DISTINCT sha256, ext FROM cells "
+                                                           "UNION SELECT sha256, ext FROM fields")}
         images.clean(self.folder, named, orphan_age)
 
     @contextmanager
@@ -248,29 +253,47 @@ class CaseStore:
         OverTarget
             When the case would hold more cells than its target; nothing is added.
         """
-        held, target = self.room(case_id)
-        if held + len(cells) > target:
-            raise self.over_target(case_id, held, target, len(cells))
+        self._check_room(case_id, len(cells))
         for c in cells:
             images.put(self.folder, c.data, c.facts)
         stamp = now()
         with self._write() as db:
+            ids = self._insert_cells(db, case_id, cells, model, stamp)
+        return self._cells_by_id(ids)
+
+    def _check_room(self, case_id: int, adding: int, db: sqlite3.Connection | None = None) -> None:
+        if db is None:
+            held, target = self.room(case_id)
+        else:
             row = self._case_row(db, case_id)
-            if row["n_cells"] + len(cells) > row["target"]:
-                raise self.over_target(case_id, row["n_cells"], row["target"], len(cells))
-            ids = []
-            for c in cells:
-                ids.append(db.execute(
-                    "INSERT INTO cells (case_id, sha256, ext, filename, width, height, predicted, probabilities, "
-                    "confidence, uncertain, not_a_blood_cell, framing, model, created) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (case_id, c.facts.sha256, c.facts.ext, c.filename, c.facts.width, c.facts.height, c.predicted,
-                     json.dumps(c.probabilities), c.confidence, int(c.uncertain),
-                     None if c.not_a_blood_cell is None else int(c.not_a_blood_cell), c.framing, model, stamp),
-                ).lastrowid)
-                db.execute("INSERT INTO events (cell_id, case_id, what, new, at) VALUES (?, ?, 'added', ?, ?)",
-                           (ids[-1], case_id, c.filename, stamp))
-            db.execute("UPDATE cases SET updated = ? WHERE id = ?", (stamp, case_id))
+            held, target = row["n_cells"], row["target"]
+        if held + adding > target:
+            raise self.over_target(case_id, held, target, adding)
+
+    def _insert_cells(self, db: sqlite3.Connection, case_id: int, cells: list[NewCell], model: str, stamp: str,
+                      field_id: int | None = None) -> list[int]:
+        """Insert cell rows and their 'added' events inside the caller's transaction (room checked again)."""
+        self._check_room(case_id, len(cells), db)
+        ids = []
+        for c in cells:
+            ids.append(db.execute(
+                "INSERT INTO cells (case_id, sha256, ext, filename, width, height, predicted, probabilities, "
+                "confidence, uncertain, not_a_blood_cell, framing, model, created, field_id, box, at_border) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (case_id, c.facts.sha256, c.facts.ext, c.filename, c.facts.width, c.facts.height, c.predicted,
+                 json.dumps(c.probabilities), c.confidence, int(c.uncertain),
+                 None if c.not_a_blood_cell is None else int(c.not_a_blood_cell), c.framing, model, stamp,
+                 field_id, json.dumps(list(c.box)) if c.box else None,
+                 None if c.at_border is None else int(c.at_border)),
+            ).lastrowid)
+            db.execute("INSERT INTO events (cell_id, case_id, what, new, at) VALUES (?, ?, 'added', ?, ?)",
+                       (ids[-1], case_id, c.filename, stamp))
+        db.execute("UPDATE cases SET updated = ? WHERE id = ?", (stamp, case_id))
+        return ids
+
+    def _cells_by_id(self, ids: list[int]) -> list[dict]:
+        if not ids:
+            return []
         with self._db() as db:
             marks = ",".join("?" * len(ids))
             rows = db.execute(f"SELECT * FROM cells WHERE id IN ({marks}) ORDER BY id", ids).fetchall()
@@ -355,7 +378,7 @@ class CaseStore:
         with self._db() as db:
             problems = [r[0] for r in db.execute("PRAGMA integrity_check") if r[0] != "ok"]
             problems += [f"foreign key: {tuple(r)}" for r in db.execute("PRAGMA foreign_key_check")]
-            rows = db.execute("SELECT DISTINCT sha256, ext FROM cells").fetchall()
+            rows = db.execute("SELECT sha256, ext FROM cells UNION SELECT sha256, ext FROM fields").fetchall()
         for r in rows:
             path = images.image_path(self.folder, r["sha256"], r["ext"])
             if not path.is_file():

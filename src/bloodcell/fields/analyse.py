@@ -46,6 +46,7 @@ class FieldCell:
     score: float
     group: str
     prediction: Prediction | None = None
+    crop: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def label(self) -> str:
@@ -146,8 +147,9 @@ def cell_crop(image: np.ndarray, found: Found, rbc: float, fill: np.ndarray | No
 
 
 def analyse_image(classifier, image: np.ndarray, source: str, overlap: float = 0.0,
-                  edges: Edges = ALL_SHARED) -> FieldResult:
-    """Find, classify and count the cells of one RGB ``uint8`` field."""
+                  edges: Edges = ALL_SHARED, keep_crops: bool = False) -> FieldResult:
+    """Find, classify and count the cells of one RGB ``uint8`` field (``keep_crops``: each classified
+    cell keeps the crop the model was given, as ``FieldCell.crop``)."""
     found: Field = detect(image)
     result = FieldResult(source, found.width, found.height, found.rbc)
     mine = []
@@ -158,12 +160,13 @@ def analyse_image(classifier, image: np.ndarray, source: str, overlap: float = 0
             result.elsewhere.append(cell.box)
     white = [c for c in mine if c.kind == "white"]
     fill = slide_colour(image) if white else None
-    preds = classifier.predict_arrays([cell_crop(image, c, found.rbc, fill) for c in white], [source] * len(white))
-    by_cell = {id(c): p for c, p in zip(white, preds)}
+    crops = [cell_crop(image, c, found.rbc, fill) for c in white]
+    preds = classifier.predict_arrays(crops, [source] * len(white))
+    by_cell = {id(c): (p, crop) for c, p, crop in zip(white, preds, crops)}
     for c in mine:
-        p = by_cell.get(id(c))
+        p, crop = by_cell.get(id(c), (None, None))
         group = group_of(p.label) if p is not None else "platelet"
-        result.cells.append(FieldCell(c.box, c.at_border, c.score, group, p))
+        result.cells.append(FieldCell(c.box, c.at_border, c.score, group, p, crop if keep_crops else None))
     return result
 
 

@@ -37,6 +37,7 @@ from bloodcell.prediction.classifier import Classifier
 from bloodcell.prediction.onnx_backend import no_telemetry
 from bloodcell.server import cases_routes, jobs
 from bloodcell.server.batching import Batcher
+from bloodcell.server.case_fields_routes import router as case_fields_router
 from bloodcell.server.errors import install_handlers
 from bloodcell.server.fields_routes import router as fields_router
 from bloodcell.server.guards import LOCAL_HOSTS, BodyLimit, Gate, HostCheck, SecurityHeaders
@@ -141,6 +142,7 @@ def create_app(
     app.include_router(router)
     app.include_router(fields_router)
     cases_routes.install(app, cases_dir)
+    app.include_router(case_fields_router)
     jobs.install(app)
     app.mount("/static", StaticFiles(directory=app.state.static), name="static")
     return app

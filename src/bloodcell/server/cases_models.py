@@ -102,6 +102,9 @@ class Cell(BaseModel):
     reviewer: str | None
     reviewed_at: str | None
     created: str
+    field_id: int | None = Field(None, description="the whole field the cell was found in (null: a single-cell image)")
+    box: list[int] | None = Field(None, description="[x0, y0, x1, y1] in the field's pixels (cells of fields)")
+    at_border: bool | None = Field(None, description="the cell touches the field's border (cells of fields)")
 
 
 class CellList(BaseModel):
@@ -124,12 +127,45 @@ class CellsAdded(BaseModel):
     case: Case
 
 
+class FieldCell(BaseModel):
+    id: int = Field(description="the cell's id in the case")
+    box: list[int] = Field(description="[x0, y0, x1, y1] in the field's pixels")
+    at_border: bool
+    final_label: str
+
+
+class CaseField(BaseModel):
+    """A whole smear field of a case, with the box of every cell found in it."""
+
+    id: int
+    case_id: int
+    filename: str
+    width: int
+    height: int
+    rbc_px: float | None = Field(description="red-cell diameter in pixels: the scale the cells were found at")
+    platelets_by_size: int = Field(description="platelets recognised by size alone (counted, not added as cells)")
+    left_to_neighbour: int = Field(description="cells in a tile overlap that a neighbouring tile counts")
+    created: str
+    cells: list[FieldCell]
+
+
+class FieldList(BaseModel):
+    fields: list[CaseField]
+
+
+class FieldsAdded(BaseModel):
+    fields: list[CaseField]
+    cells: list[Cell]
+    skipped: list[SkippedUpload]
+    case: Case
+
+
 class Event(BaseModel):
     id: int
     cell_id: int | None
     case_id: int
     who: str | None
-    what: str = Field(description="created, accession, note, target, added or label")
+    what: str = Field(description="created, accession, note, target, added, field added or label")
     old: str | None
     new: str | None
     at: str

@@ -109,7 +109,7 @@ def _decode(clf, files: list[UploadFile], max_pixels: int) -> tuple[list[tuple],
     return kept, skipped
 
 
-def _model_name(request: Request) -> str:
+def model_name(request: Request) -> str:
     return f"{request.app.state.info['name']} (bloodcell {__version__})"
 
 
@@ -136,7 +136,7 @@ async def add_cells(request: Request, case_id: int,
     preds = clf.make_predictions(probs, scores, [k[0] for k in kept], framings=[k[4] for k in kept])
     new = [NewCell(k[0], k[1], k[2], p.label, p.probabilities, p.probability, p.uncertain, p.not_a_blood_cell,
                    p.framing) for k, p in zip(kept, preds)]
-    cells = await run_in_threadpool(cases.add_cells, case_id, new, _model_name(request))
+    cells = await run_in_threadpool(cases.add_cells, case_id, new, model_name(request))
     return {"cells": cells, "skipped": skipped, "case": await run_in_threadpool(cases.case, case_id)}
 
 

@@ -24,7 +24,7 @@ from bloodcell.server.uploads import png_base64
 router = APIRouter()
 
 
-class _Batched:
+class BatchedClassifier:
     """The service's classifier with its forward passes going through the shared batcher."""
 
     def __init__(self, clf, batcher):
@@ -42,7 +42,7 @@ def _analyse(state, files: list[UploadFile], tile_overlap: float, with_overlay: 
     """Decode and analyse each field (blocking: runs in a worker thread), one image at a time."""
     names = [f.filename or f"file {i + 1}" for i, f in enumerate(files)]
     edges = shared_edges(names) if tile_overlap > 0 else {}
-    model = _Batched(state.classifier, state.batcher)
+    model = BatchedClassifier(state.classifier, state.batcher)
     fields, skipped = [], []
     for name, upload in zip(names, files):
         upload.file.seek(0)

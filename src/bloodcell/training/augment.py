@@ -132,6 +132,8 @@ class BatchAugment:
             "noise": _uniform(n, 0.0, cfg.noise, generator),
             "jpeg": _uniform(n, 0.0, cfg.jpeg, generator),
         })
+        if cfg.lab_shift_p < 1.0:
+            keep_look(p, torch.rand(n, generator=generator) >= cfg.lab_shift_p)
         return p
 
     def _geometry(self, x: torch.Tensor, p: dict) -> torch.Tensor:
@@ -201,6 +203,18 @@ class BatchAugment:
         scale = (1 + s * p["stain_scale"]) * (a * p["stain_amount"]).exp()
         hed = hed * scale.view(-1, 3, 1, 1) + (s * p["stain_shift"]).view(-1, 3, 1, 1)
         return torch.exp(-torch.einsum("ndhw,dc->nchw", hed, to_rgb))
+
+
+#: Per-image parameter values at which each other-lab option leaves the image as it is.
+_UNSHIFTED = {"zoom": 1.0, "dx": 0.0, "dy": 0.0, "stain_amount": 0.0, "gains": 0.0, "grey": False, "sigma": 0.0,
+              "resolution": 1.0, "noise": 0.0, "jpeg": 0.0, "hue": 0.0, "saturation": 0.0}
+
+
+def keep_look(p: dict, keep: torch.Tensor) -> None:
+    """Set the other-lab parameters of the images where ``keep`` is true to their no-change values, in place."""
+    for key, value in _UNSHIFTED.items():
+        mask = keep.view(-1, *([1] * (p[key].ndim - 1)))
+        p[key] = torch.where(mask, torch.full_like(p[key], value), p[key])
 
 
 #: Width of the border band (in [-1, 1] units) that zooming out and translation mirror into the gap.

@@ -71,6 +71,9 @@ class AugmentConfig:
     low_resolution: float = _f(1.0, "down-sample by a factor U(r, 1) and back up (1 = off)", lo=0.1, hi=1.0)
     jpeg: float = _f(0.0, "JPEG-like 8x8 DCT quantisation, step of the DC coefficient U(0, q) on the 0-1 scale "
                           "(0.1 ~ quality 30, 0.3 ~ quality 10)", lo=0, hi=1)
+    lab_shift_p: float = _f(1.0, "share of images that get the other-lab options above (magnification, position, "
+                                 "hue, saturation, stain amount, white balance, grey, blur, noise, resolution, JPEG); "
+                                 "the rest keep their own lab's look", lo=0, hi=1)
 
     def any(self) -> bool:
         return self != AugmentConfig()

@@ -3,6 +3,7 @@
 import { followHash, initCaseBar, renderCaseSummary } from "./casebar.js";
 import { renderDifferential } from "./differential.js";
 import { $, api, el, labelName } from "./dom.js";
+import { goToBox, renderFields } from "./fields.js";
 import { filters, renderGallery, setActions } from "./gallery.js";
 import { initGradcam, showGradcam } from "./gradcam.js";
 import { initQuick } from "./quick.js";
@@ -46,7 +47,7 @@ function initReviewer() {
 
 function render(what) {
   if (what === "case" && state.kase) $("new-case-box").open = false;
-  if (what !== "summary") renderGallery();
+  if (what !== "summary") { renderGallery(); renderFields(); }
   renderCaseSummary();
   renderDifferential(state.kase);
   $("undo").disabled = !state.undo.length;
@@ -57,7 +58,7 @@ async function main() {
   initReviewer();
   initFilters();
   renderLegend();
-  setActions({ gradcam: showGradcam, menu: openMenu });
+  setActions({ gradcam: showGradcam, menu: openMenu, field: goToBox });
   onChange(render);
   initCaseBar();
   initReview();

@@ -1,6 +1,7 @@
 // The case bar: create or open a case (its id in the URL hash), upload cells in batches, progress, exports.
 
 import { $, announce, clearError, el, showError, wireDropZone } from "./dom.js";
+import { uploadFields } from "./fields.js";
 import { createCase, exportUrl, listCases, openCase, state, updateCase, uploadCells } from "./store.js";
 
 export const hashCaseId = () => new URLSearchParams(location.hash.slice(1)).get("case");
@@ -85,6 +86,25 @@ async function upload(fileList) {
   $("cell-input").value = "";
 }
 
+async function uploadWholeFields(fileList) {
+  const files = Array.from(fileList);
+  if (!files.length || !state.caseId) return;
+  clearError();
+  const status = $("upload-status");
+  try {
+    const { added, fields, skipped } = await uploadFields(files, (i, n, size) => {
+      status.textContent = `Finding and classifying the cells of ${size} field${size > 1 ? "s" : ""}`
+        + (n > 1 ? ` (request ${i + 1} of ${n})…` : "…");
+    });
+    status.textContent = `${fields} field${fields === 1 ? "" : "s"}: ${added} cell${added === 1 ? "" : "s"} added.`;
+    showSkipped(skipped);
+  } catch (e) {
+    status.textContent = "";
+    showError(e.message);
+  }
+  $("field-input").value = "";
+}
+
 async function create(e) {
   e.preventDefault();
   clearError();
@@ -129,4 +149,5 @@ export function initCaseBar() {
   addEventListener("hashchange", followHash);
   const drop = $("cell-drop"), input = $("cell-input");
   wireDropZone(drop, input, upload);
+  wireDropZone($("field-drop"), $("field-input"), uploadWholeFields);
 }

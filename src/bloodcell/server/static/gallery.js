@@ -5,9 +5,9 @@ import { EXTRA_LABELS, cellUrl, finalLabel, state } from "./store.js";
 
 const cards = new Map();   // cell id -> its card element (kept so images are not fetched again)
 export const filters = { label: "", flag: "" };
-const actions = { gradcam: () => {}, menu: () => {} };
+const actions = { gradcam: () => {}, menu: () => {}, field: () => {} };
 
-/** Wire the card buttons to the page's handlers: {gradcam(cellId), menu(button, cellId)}. */
+/** Wire the card buttons to the page's handlers: {gradcam(cellId), menu(button, cellId), field(cellId)}. */
 export function setActions(handlers) { Object.assign(actions, handlers); }
 
 const inQueue = c => c.label == null && (c.uncertain || c.not_a_blood_cell);
@@ -68,6 +68,13 @@ function makeCard(cell) {
     title: "Show where the model looked (computed on demand)" });
   menuButton.addEventListener("click", e => { e.stopPropagation(); actions.menu(menuButton, id); });
   camButton.addEventListener("click", e => { e.stopPropagation(); actions.gradcam(id); });
+  const buttons = [menuButton, camButton];
+  if (cell.field_id != null) {
+    const fieldButton = el("button", { type: "button", class: "small field-btn", text: "Field",
+      title: "Show this cell on its field" });
+    fieldButton.addEventListener("click", e => { e.stopPropagation(); actions.field(id); });
+    buttons.push(fieldButton);
+  }
   const img = el("img", { class: "thumb", src: cellUrl(id, "/image"), alt: `cell image ${cell.filename}`,
     loading: "lazy", decoding: "async" });
   const node = el("article", { tabindex: "0", "data-id": id },
@@ -76,7 +83,7 @@ function makeCard(cell) {
     el("p", { class: "was" }),
     el("div", { class: "flags" }),
     el("p", { class: "review" }),
-    el("div", { class: "card-actions" }, menuButton, camButton));
+    el("div", { class: "card-actions" }, ...buttons));
   node.addEventListener("click", () => node.focus());
   return node;
 }

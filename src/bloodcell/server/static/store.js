@@ -10,13 +10,14 @@ export const state = {
   caseId: null,
   kase: null,           // the Case as the server last returned it
   cells: new Map(),     // cell id -> Cell, in upload order
+  fields: [],           // whole fields of the case, each with its cells' boxes
   undo: [],             // [{cellId, before, after}]
   reviewer: "",
 };
 
 const listeners = new Set();
 export function onChange(fn) { listeners.add(fn); }
-function changed(what) { for (const fn of listeners) fn(what); }
+export function changed(what) { for (const fn of listeners) fn(what); }
 
 const caseUrl = (id = state.caseId) => `/v1/cases/${encodeURIComponent(id)}`;
 export const cellUrl = (cellId, part = "") => `${caseUrl()}/cells/${encodeURIComponent(cellId)}${part}`;
@@ -34,12 +35,14 @@ export async function createCase(accession, note, target) {
 
 export async function openCase(id) {
   if (!id) {
-    Object.assign(state, { caseId: null, kase: null, cells: new Map(), undo: [] });
+    Object.assign(state, { caseId: null, kase: null, cells: new Map(), fields: [], undo: [] });
     changed("case");
     return;
   }
-  const [kase, list] = await Promise.all([api(caseUrl(id)), api(`${caseUrl(id)}/cells`)]);
-  Object.assign(state, { caseId: kase.id, kase, cells: new Map(list.cells.map(c => [String(c.id), c])), undo: [] });
+  const [kase, list, fields] = await Promise.all([api(caseUrl(id)), api(`${caseUrl(id)}/cells`),
+    api(`${caseUrl(id)}/fields`)]);
+  Object.assign(state, { caseId: kase.id, kase, cells: new Map(list.cells.map(c => [String(c.id), c])),
+    fields: fields.fields, undo: [] });
   changed("case");
 }
 
