@@ -139,10 +139,9 @@ def create_app(
     app.state.max_pixels = int(max_megapixels * 1e6)
     app.state.limits = {"max_upload_mb": max_upload_mb, "max_files": max_files, "max_megapixels": max_megapixels}
     install_handlers(app, max_files)
-    app.include_router(router)
-    app.include_router(fields_router)
     cases_routes.install(app, cases_dir)
-    app.include_router(case_fields_router)
+    for routes in (router, fields_router, case_fields_router):
+        app.include_router(routes)
     jobs.install(app)
     app.mount("/static", StaticFiles(directory=app.state.static), name="static")
     return app
