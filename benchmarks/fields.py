@@ -22,6 +22,10 @@ load average is recorded: on a shared machine, compare CPU times.
 
     python benchmarks/fields.py                       # writes benchmarks/results/fields.json
     python benchmarks/fields.py --boxes DIR/boxes.csv --pbc-per-class 50
+
+Boxes listed in ``benchmarks/fields_box_review.csv`` were looked at and hold no white cell (a
+red cell boxed as white, a strip at the edge with nothing in it): each quality table also has a
+row without them (``all, boxes reviewed``), beside the scores against the boxes as given.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ SHARED = ROOT.parent / "shared" / "data"
 DEFAULT_BOXES = SHARED / "fields" / "draaslan" / "boxes.csv"
 DEFAULT_PBC = SHARED / "pbc"
 RESULTS = ROOT / "benchmarks" / "results" / "fields.json"
+BOX_REVIEW = ROOT / "benchmarks" / "fields_box_review.csv"
 WIDTH, HEIGHT = 640, 480
 
 
@@ -57,20 +62,35 @@ def white_found(image: np.ndarray) -> list[tuple]:
     return [(c.box, c.score) for c in detect(image).white]
 
 
-def quality(boxes_csv: Path, split_half: bool) -> dict:
-    """Detection figures on every field of a boxes file, and on each half when ``split_half``."""
+def set_aside(review_csv: Path | None) -> dict[tuple[str, tuple], str]:
+    """Boxes looked at and judged to hold no white cell: ``{(image, box): reason}`` (empty without a file)."""
+    if review_csv is None or not review_csv.is_file():
+        return {}
+    with open(review_csv, newline="", encoding="utf-8") as f:
+        return {(r["image"], tuple(float(r[k]) for k in ("x0", "y0", "x1", "y1"))): r["reason"] for r in csv.DictReader(f)}
+
+
+def quality(boxes_csv: Path, split_half: bool, review: dict | None = None) -> dict:
+    """Detection figures on every field of a boxes file, and on each half when ``split_half``;
+    with ``review`` (:func:`set_aside`), also on all fields without the boxes it sets aside."""
     boxes = read_boxes(boxes_csv)
     paths, missing = image_paths(boxes_csv, sorted(boxes))
     images = {n: decode_image(p, str(p)) for n, p in paths.items()}
     truth = white_truth(boxes)
     names = sorted(images)
-    parts = {"all": names}
+    parts = {"all": (names, truth)}
     if split_half:
-        parts.update({"tuned (even index)": names[0::2], "held out (odd index)": names[1::2]})
+        parts.update({"tuned (even index)": (names[0::2], truth), "held out (odd index)": (names[1::2], truth)})
+    kept = {n: [b for b in bs if (n, tuple(b)) not in (review or {})] for n, bs in truth.items()}
+    dropped = sum(map(len, truth.values())) - sum(map(len, kept.values()))
+    if dropped:
+        parts["all, boxes reviewed"] = (names, kept)
     found = {n: white_found(images[n]) for n in names}
-    out = {"boxes": str(boxes_csv), "missing_images": len(missing)}
-    for part, chosen in parts.items():
-        figures = score_fields({n: found[n] for n in chosen}, truth)
+    out = {"boxes": str(boxes_csv), "missing_images": len(missing), "boxes_set_aside": dropped,
+           "set_aside_reasons": sorted({f"{n}: {why}" for (n, b), why in (review or {}).items() if n in truth
+                                        and any(tuple(t) == b for t in truth[n])})}
+    for part, (chosen, part_truth) in parts.items():
+        figures = score_fields({n: found[n] for n in chosen}, part_truth)
         failures = figures.pop("failures")
         out[part] = {**figures, "failures": failures if part == "all" else len(failures)}
     return out
@@ -199,6 +219,9 @@ def main(argv=None) -> int:
     parser.add_argument("--boxes", nargs="+", type=Path, default=[DEFAULT_BOXES], help="boxes.csv files of field folders")
     parser.add_argument("--split-half", action=argparse.BooleanOptionalAction, default=True,
                         help="also report the tuned (even) and held-out (odd) halves (default: on)")
+    parser.add_argument("--box-review", type=Path, default=BOX_REVIEW,
+                        help="CSV of boxes (image,label,x0,y0,x1,y1,reason) looked at and found to hold no white cell: "
+                             "also scored without them")
     parser.add_argument("--pbc", type=Path, default=DEFAULT_PBC, help="PBC class folders")
     parser.add_argument("--pbc-per-class", type=int, default=100)
     parser.add_argument("--split-csv", type=Path, default=ROOT / "runs" / "pbc_split.csv",
@@ -215,7 +238,9 @@ def main(argv=None) -> int:
     from bloodcell.prediction.classifier import Classifier  # deferred: loads onnxruntime after argument checks
 
     clf = Classifier(args.model, threads=args.threads)
-    report = {"threads": args.threads, "cpus": os.cpu_count(), "quality": [quality(b, args.split_half) for b in args.boxes]}
+    review = set_aside(args.box_review)
+    report = {"threads": args.threads, "cpus": os.cpu_count(),
+              "quality": [quality(b, args.split_half, review) for b in args.boxes]}
     if args.pbc.is_dir():
         only = test_split(args.split_csv)
         sample = pbc_files(args.pbc, args.pbc_per_class, only)
@@ -236,6 +261,8 @@ def main(argv=None) -> int:
 def print_report(report: dict) -> None:
     for q in report["quality"]:
         print(f"\n{q['boxes']}")
+        for reason in q["set_aside_reasons"]:
+            print(f"  set aside: {reason}")
         for part, f in q.items():
             if isinstance(f, dict):
                 print(f"  {part:<22} fields {f['fields']:>3}  white {f['true']:>3}  found {f['found']:>3}  "
