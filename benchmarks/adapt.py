@@ -65,6 +65,10 @@ def _manifest(path: Path, ds, indices: list[int]) -> Path:
     return path
 
 
+def method_name(args) -> str:
+    return args.method + ("+drop" if args.drop_absent else "") + ("+bn-lab" if args.batch_norm == "lab" else "")
+
+
 def one_draw(source: Path, k: int, seed: int, args) -> dict:
     ds = open_dataset(source)
     labels = [s.label for s in ds.samples]
@@ -74,6 +78,7 @@ def one_draw(source: Path, k: int, seed: int, args) -> dict:
         data = _manifest(work / "labelled.csv", ds, labelled)
         start = time.perf_counter()
         result = adapt(data, work / "model", model=args.model, method=args.method, epochs=args.epochs, seed=seed,
+                       batch_norm=args.batch_norm,
                        drop_absent=args.drop_absent, progress=False)
         seconds = time.perf_counter() - start
         test = _manifest(work / "scored.csv", ds, scored)
@@ -83,7 +88,7 @@ def one_draw(source: Path, k: int, seed: int, args) -> dict:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {
-        "source": source.name, "k": k, "seed": seed, "method": args.method + ("+drop" if args.drop_absent else ""),
+        "source": source.name, "k": k, "seed": seed, "method": method_name(args),
         "labelled": len(labelled), "into_absent_classes": float(np.mean([p not in set(labels) for p in pred])),
         "scored": len(scored), "scored_classes": classes,
         "balanced_accuracy": float(recall_score(truth, pred, labels=classes, average="macro", zero_division=0)),
@@ -128,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--first-seed", type=int, default=0, help="seed of the first draw")
     p.add_argument("--method", default="finetune", choices=("finetune", "linear", "prototype"))
     p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-norm", default="keep", choices=("keep", "lab"), help="adapt with --batch-norm")
     p.add_argument("--drop-absent", action="store_true", help="adapt with --drop-absent (only the source's classes)")
     p.add_argument("--model", default=None, help="model folder to adapt (default: the packaged model)")
     p.add_argument("-o", "--output", default=str(RESULTS / "adapt.json"))
@@ -147,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     for source in sources:
         for k in args.k:
             for seed in range(args.first_seed, args.first_seed + args.draws):
-                method = args.method + ("+drop" if args.drop_absent else "")
+                method = method_name(args)
                 if (source.name, method, k, seed, args.model) in {key(r) for r in done}:
                     continue
                 row = {**one_draw(source, k, seed, args), "model": args.model}

@@ -120,3 +120,24 @@ def test_existing_output_needs_force(lab, tmp_path):
     with pytest.raises(ConfigError, match="--force"):
         adapt(lab, tmp_path / "out", model=tiny_model(), progress=False)
     assert (tmp_path / "out" / "keep.txt").is_file()
+
+
+def test_batch_norm_statistics_are_reestimated_on_the_cells_eight_views():
+    from bloodcell.adaptation.network import dihedral_views
+    from bloodcell.adaptation.tune import reestimate_batch_norm
+    from bloodcell.core.preprocess import PreprocessConfig, normalize
+
+    torch.manual_seed(0)
+    conv, bn = torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)
+    net = torch.nn.Sequential(conv, bn).eval()
+    pre = PreprocessConfig(image_size=16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (64, 16, 16, 3), dtype=np.uint8)
+    images[..., 2] //= 3  # a colour cast the old statistics do not know
+    assert reestimate_batch_norm(net, images, pre, batch=32) == 1
+    assert not bn.training and bn.momentum == 0.1
+    with torch.no_grad():
+        x = normalize(torch.from_numpy(images), pre)
+        out = torch.cat([conv(v.contiguous()) for v in dihedral_views(x)])
+    assert torch.allclose(bn.running_mean, out.mean((0, 2, 3)), atol=1e-4)
+    assert torch.allclose(bn.running_var, out.var((0, 2, 3)), rtol=0.02)

@@ -15,6 +15,11 @@ Methods (``method``):
     views, with batch-norm statistics kept. The frozen front runs once per view,
     so an epoch costs only the last stages.
 
+Batch-norm statistics (``batch_norm``): ``keep`` leaves the training lab's; ``lab`` first
+re-estimates every batch-norm layer's mean and variance on the eight views of the fitting cells
+(AdaBN, Li et al. 2018), so a lab's colour and contrast no longer shift every activation, then
+adapts as above on the re-normalised network.
+
 Classes the lab's data lacks keep the model's rows (they are never trained),
 with their biases lowered by the smallest amount that makes each fitting cell's
 own class beat them by :data:`ABSENT_MARGIN` logits: the model can still name
@@ -36,6 +41,7 @@ from bloodcell.core.errors import ConfigError
 from bloodcell.core.preprocess import normalize
 
 METHODS = ("finetune", "linear", "prototype")
+BATCH_NORM = ("keep", "lab")
 #: Logits by which every fitting cell's class must beat each class absent from the data.
 ABSENT_MARGIN = 1.0
 #: Scale of the prototype rows: cosine similarity 1 gives this logit.
@@ -54,11 +60,14 @@ class TuneSettings:
     weight_decay: float = 1e-4
     label_smoothing: float = 0.1
     max_steps: int = 600
+    batch_norm: str = "keep"
     seed: int = 0
 
     def check(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"Adaptation method must be one of {list(METHODS)}, got {self.method!r}.")
+        if self.batch_norm not in BATCH_NORM:
+            raise ConfigError(f"Batch-norm statistics must be one of {list(BATCH_NORM)}, got {self.batch_norm!r}.")
         numbers = {"epochs": self.epochs, "batch_size": self.batch_size, "max_steps": self.max_steps}
         bad = {k: v for k, v in numbers.items() if not (isinstance(v, int) and v >= 1)}
         if bad or not (self.lr > 0 and self.head_lr > 0 and math.isfinite(self.lr) and math.isfinite(self.head_lr)):
@@ -77,6 +86,30 @@ def _front_views(front: nn.Module, images: np.ndarray, preprocess, batch: int = 
         x = normalize(torch.from_numpy(np.ascontiguousarray(images[start : start + batch])), preprocess)
         parts.append(torch.stack([front(v.contiguous()) for v in dihedral_views(x)]))
     return torch.cat(parts, 1)
+
+
+@torch.no_grad()
+def reestimate_batch_norm(net: nn.Module, images: np.ndarray, preprocess, batch: int = 64) -> int:
+    """Replace every batch-norm layer's running statistics by those of the eight views of prepared
+    ``uint8`` images (NHWC), averaged over all batches; returns how many layers changed."""
+    layers = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not layers:
+        return 0
+    momentum = {m: m.momentum for m in layers}
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over every batch seen
+        m.train()
+    try:
+        for start in range(0, len(images), batch):
+            x = normalize(torch.from_numpy(np.ascontiguousarray(images[start : start + batch])), preprocess)
+            for view in dihedral_views(x):
+                net(view.contiguous())
+    finally:
+        for m in layers:
+            m.momentum = momentum[m]
+            m.eval()
+    return len(layers)
 
 
 @torch.no_grad()
@@ -174,6 +207,7 @@ def tune_network(net: nn.Module, preprocess, images: np.ndarray, labels: np.ndar
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)
+    renormalised = reestimate_batch_norm(net, images, preprocess) if settings.batch_norm == "lab" else 0
     front, back, head, where = split_network(net, len(preprocess.class_names))
     y = torch.from_numpy(np.asarray(labels, np.int64))
     present = sorted(set(y.tolist()))
@@ -190,4 +224,4 @@ def tune_network(net: nn.Module, preprocess, images: np.ndarray, labels: np.ndar
             p.requires_grad_(False)
     shift = _lower_absent(back, head, cached, y, present)
     return {"tuned": where if settings.method == "finetune" else "the final linear layer", "steps": steps,
-            "absent_bias_shift": round(shift, 4)}
+            "absent_bias_shift": round(shift, 4), "batch_norm_layers_reestimated": renormalised}

@@ -93,7 +93,8 @@ def _reporter(progress: bool, status_file):
     return report, bar
 
 
-def adapt(data, out, *, model=None, method: str = "finetune", epochs: int = 10, drop_absent: bool = False,
+def adapt(data, out, *, model=None, method: str = "finetune", epochs: int = 10, batch_norm: str = "keep",
+          drop_absent: bool = False,
           held_out: float = HELD_OUT_SHARE, seed: int = 0, target_accuracy: float = 0.995, force: bool = False,
           progress: bool = True, status_file=None) -> AdaptResult:
     """Adapt a model to a lab's labelled cells and write the result as a new model folder (``bloodcell adapt``).
@@ -110,6 +111,8 @@ def adapt(data, out, *, model=None, method: str = "finetune", epochs: int = 10, 
         See :mod:`bloodcell.adaptation.tune`.
     epochs : int
         Passes over the fitting cells' eight views (capped at ``TuneSettings.max_steps`` steps).
+    batch_norm : {"keep", "lab"}
+        Keep the model's batch-norm statistics, or re-estimate them on the lab's cells first.
     drop_absent : bool
         Remove the classes the data lacks (default: keep them; see :mod:`bloodcell.adaptation.tune`).
     held_out : float
@@ -128,7 +131,7 @@ def adapt(data, out, *, model=None, method: str = "finetune", epochs: int = 10, 
     start = time.perf_counter()
     if not 0.0 <= held_out < 1.0:
         raise ConfigError(f"--held-out must be a share in [0, 1), got {held_out!r}.")
-    settings = TuneSettings(method=method, epochs=epochs, seed=seed)
+    settings = TuneSettings(method=method, epochs=epochs, batch_norm=batch_norm, seed=seed)
     settings.check()
     src, out = _model_folder(model), Path(out)
     _check_out(out, src, force)

@@ -16,6 +16,9 @@ def add_arguments(parser) -> None:
                         help="finetune (default): retrain the last stages and the classifier; linear: a new "
                              "classifier on frozen features; prototype: class means, nothing trained")
     parser.add_argument("--epochs", type=int, default=10, help="passes over the cells' eight views (default 10)")
+    parser.add_argument("--batch-norm", choices=("keep", "lab"), default="keep",
+                        help="keep (default): the model's batch-norm statistics; lab: re-estimate them on your "
+                             "cells first")
     parser.add_argument("--drop-absent", action="store_true",
                         help="predict only the classes present in DATA (default: keep the model's other classes)")
     parser.add_argument("--held-out", type=float, default=0.25,
@@ -50,6 +53,7 @@ def run(args) -> int:
     from bloodcell.adaptation import adapt
 
     result = adapt(args.data, args.out, model=args.model, method=args.method, epochs=args.epochs,
+                   batch_norm=args.batch_norm,
                    drop_absent=args.drop_absent, held_out=args.held_out, seed=args.seed,
                    target_accuracy=args.target_accuracy, force=args.force, progress=not args.quiet,
                    status_file=args.status_file)
