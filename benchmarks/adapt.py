@@ -66,7 +66,8 @@ def _manifest(path: Path, ds, indices: list[int]) -> Path:
 
 
 def method_name(args) -> str:
-    return args.method + ("+drop" if args.drop_absent else "") + ("+bn-lab" if args.batch_norm == "lab" else "")
+    return (args.method + ("+drop" if args.drop_absent else "") + ("+bn-lab" if args.batch_norm == "lab" else "")
+            + ("" if args.match_scale else "+no-scale"))
 
 
 def one_draw(source: Path, k: int, seed: int, args) -> dict:
@@ -78,7 +79,7 @@ def one_draw(source: Path, k: int, seed: int, args) -> dict:
         data = _manifest(work / "labelled.csv", ds, labelled)
         start = time.perf_counter()
         result = adapt(data, work / "model", model=args.model, method=args.method, epochs=args.epochs, seed=seed,
-                       batch_norm=args.batch_norm,
+                       batch_norm=args.batch_norm, match_scale=args.match_scale,
                        drop_absent=args.drop_absent, progress=False)
         seconds = time.perf_counter() - start
         test = _manifest(work / "scored.csv", ds, scored)
@@ -134,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--method", default="finetune", choices=("finetune", "linear", "prototype"))
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-norm", default="keep", choices=("keep", "lab"), help="adapt with --batch-norm")
+    p.add_argument("--no-match-scale", dest="match_scale", action="store_false", help="adapt with --no-match-scale")
     p.add_argument("--drop-absent", action="store_true", help="adapt with --drop-absent (only the source's classes)")
     p.add_argument("--model", default=None, help="model folder to adapt (default: the packaged model)")
     p.add_argument("-o", "--output", default=str(RESULTS / "adapt.json"))

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from _serve_helpers import cli, tiny_model
 from bloodcell import Classifier
@@ -141,3 +142,38 @@ def test_batch_norm_statistics_are_reestimated_on_the_cells_eight_views():
         out = torch.cat([conv(v.contiguous()) for v in dihedral_views(x)])
     assert torch.allclose(bn.running_mean, out.mean((0, 2, 3)), atol=1e-4)
     assert torch.allclose(bn.running_var, out.var((0, 2, 3)), rtol=0.02)
+
+
+def _disc_cells(root, radius: int, size: int = 64, per_class: int = 6) -> str:
+    """Class folders of purple nuclei of one radius on a pale slide, each with a little noise."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.ogrid[:size, :size]
+    for name in LAB[:2]:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            image = np.full((size, size, 3), (236, 226, 214), np.float32) + rng.normal(0, 3, (size, size, 3))
+            image[(yy - size / 2) ** 2 + (xx - size / 2) ** 2 <= radius**2] = (105, 55, 150)
+            Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(root / name / f"{i}.png")
+    return str(root)
+
+
+def test_the_crop_is_scaled_so_the_labs_cells_appear_at_the_training_size(tmp_path):
+    from bloodcell.adaptation.scale import lab_cell_share
+    from bloodcell.core.model_folder import write_meta
+    from bloodcell.data import open_dataset
+
+    data = _disc_cells(tmp_path / "lab", radius=16)
+    share, found, looked = lab_cell_share(open_dataset(data), 1.0)
+    assert found == looked == 12 and 0.4 < share < 0.6  # a 32-px nucleus in a 64-px image
+    model = tmp_path / "model"
+    save_model(model, create_model("basic_cnn", num_classes=8).eval(),
+               {"architecture": "basic_cnn", "preprocess": PreprocessConfig(image_size=32).to_dict()})
+    meta = read_meta(model)
+    write_meta(model, {**meta, "training_cell_share": share / 2})  # training cells looked half as large
+    out = adapt(data, tmp_path / "out", model=model, method="prototype", progress=False).out
+    scale = read_meta(out)["adaptation"]["scale"]
+    assert scale["applied"] and scale["ratio"] == pytest.approx(2.0, rel=0.01)
+    assert Classifier(out).preprocess.crop_fraction == pytest.approx(2.0, rel=0.01)
+    assert "scaled from 1 to 2" in read_meta(out)["model_card"]["summary"]
+    same = adapt(data, tmp_path / "same", model=model, method="prototype", match_scale=False, progress=False).out
+    assert Classifier(same).preprocess.crop_fraction == 1.0 and not read_meta(same)["adaptation"]["scale"]["applied"]

@@ -146,3 +146,17 @@ def test_image_normalization_undoes_a_colour_cast_and_agrees_across_backends():
     assert np.isfinite(normalize(flat, cfg)).all() and np.abs(normalize(flat, cfg)).max() == 0
     with pytest.raises(ConfigError, match="normalization must be one of dataset, image"):
         PreprocessConfig(normalization="lab")
+
+
+def test_crop_fraction_above_one_zooms_out_onto_the_slide_colour():
+    from bloodcell.core.preprocess import PreprocessConfig, prepare_with_info
+
+    image = np.full((40, 60, 3), (230, 220, 200), np.uint8)  # slide
+    image[10:30, 20:40] = (90, 40, 140)  # a dark cell filling the centre
+    out, framing, box = prepare_with_info(image, PreprocessConfig(image_size=40, crop_fraction=2.0))
+    assert framing == "centre" and box == (-10, -20, 70, 60)
+    assert (out[:5] == (230, 220, 200)).all() and (out[:, :5] == (230, 220, 200)).all()
+    dark = (out.mean(2) < 120).sum()
+    assert 80 <= dark <= 120  # the 20x20 cell at half scale: 10x10 pixels
+    with pytest.raises(ConfigError, match="between 0.1 and 4"):
+        PreprocessConfig(crop_fraction=4.5)

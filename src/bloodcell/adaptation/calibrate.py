@@ -77,6 +77,15 @@ def _ood(loaded, fit, held) -> dict | None:
                                  "threshold from those of the held-out cells", **({"note": note} if note else {})}
 
 
+def _scale_sentence(scale: dict) -> str:
+    if not scale.get("applied"):
+        return ""
+    crop = scale["crop_fraction"]
+    return (f" The lab's cells filled {scale['lab_cell_share']:.0%} of the model's crop against "
+            f"{scale['training_cell_share']:.0%} in training, so the crop was scaled from {crop['model']:g} to "
+            f"{crop['adapted']:g} of the image's shorter side.")
+
+
 def _card(old: dict, record: dict) -> dict:
     name = old.get("name") or "bloodcell model"
     counts = ", ".join(f"{c} {n}" for c, n in record["fitting_cells"].items())
@@ -86,7 +95,8 @@ def _card(old: dict, record: dict) -> dict:
         "name": f"{name}, adapted to {Path(record['data']).name}",
         "summary": (f"Adapted from {name} to the labelled cells in {record['data']} with `bloodcell adapt` "
                     f"(method {record['method']}): it is the original model's network with {record['networks'][0]['tuned']} "
-                    "adapted to the lab's cells, then calibrated on cells held out from them."),
+                    "adapted to the lab's cells, then calibrated on cells held out from them."
+                    + _scale_sentence(record.get("scale") or {})),
         "data": (f"Fitting cells: {counts}. Held out for calibration: "
                  + ", ".join(f"{c} {n}" for c, n in record["held_out_cells"].items()) + "."),
         "metrics": {"held_out": after, "original_model_on_the_same_cells": record.get("held_out_before")},

@@ -11,6 +11,7 @@ removed and the model predicts only the data's classes.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -48,10 +49,12 @@ def _drop_rows(net: nn.Module, names: tuple[str, ...], keep: list[str]) -> None:
     setattr(net.get_submodule(parent) if parent else net, attr, new)
 
 
-def _fresh_meta(meta: dict, keep: list[str] | None) -> dict:
+def _fresh_meta(meta: dict, keep: list[str] | None, crop_fraction: float | None = None) -> dict:
     out = {k: v for k, v in meta.items() if k not in STALE}
     if keep is not None:
         out["preprocess"] = {**out["preprocess"], "class_names": list(keep)}
+    if crop_fraction is not None:
+        out["preprocess"] = {**out["preprocess"], "crop_fraction": crop_fraction}
     return out
 
 
@@ -70,7 +73,7 @@ def adapt_tree(src: Path, dst: Path, fit_data, settings: TuneSettings, keep: lis
         for member in members:
             records += adapt_tree(member_dir(src, member), member_dir(dst, member), fit_data, settings, keep, report,
                                   done, total, progress, f"{name}/{member}" if name != "model" else member)
-        new = _fresh_meta(meta, keep)
+        new = _fresh_meta(meta, keep, settings.crop_fraction)
         config = dict(new.get("config") or {})
         config["members"] = [{**m, "temperature": 1.0} for m in config.get("members") or []]
         new["config"] = config
@@ -79,14 +82,17 @@ def adapt_tree(src: Path, dst: Path, fit_data, settings: TuneSettings, keep: lis
         return records
     loaded = load_model(src, "cpu")
     names = loaded.class_names
-    arrays = load_arrays(fit_data, loaded.preprocess, class_names=names, progress=progress)
+    pre = loaded.preprocess
+    if settings.crop_fraction is not None:
+        pre = dataclasses.replace(pre, crop_fraction=settings.crop_fraction)
+    arrays = load_arrays(fit_data, pre, class_names=names, progress=progress)
 
     def member_report(fraction: float, message: str) -> None:
         report((done[0] + fraction) / total, f"network {done[0] + 1}/{total}: {message}")
 
-    record = tune_network(loaded.module, loaded.preprocess, arrays.images, arrays.labels, settings, member_report)
+    record = tune_network(loaded.module, pre, arrays.images, arrays.labels, settings, member_report)
     if keep is not None and list(keep) != list(names):
         _drop_rows(loaded.module, names, keep)
-    save_model(dst, loaded.module, _fresh_meta(meta, keep))
+    save_model(dst, loaded.module, _fresh_meta(meta, keep, settings.crop_fraction))
     done[0] += 1
     return [{"network": name, "architecture": meta.get("architecture"), **record}]

@@ -61,6 +61,7 @@ class TuneSettings:
     label_smoothing: float = 0.1
     max_steps: int = 600
     batch_norm: str = "keep"
+    crop_fraction: float | None = None
     seed: int = 0
 
     def check(self) -> None:

@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from bloodcell.adaptation.calibrate import calibrate_adapted
 from bloodcell.adaptation.holdout import HELD_OUT_SHARE, split_holdout
+from bloodcell.adaptation.scale import matched_crop
 from bloodcell.adaptation.tree import adapt_tree, networks_in
 from bloodcell.adaptation.tune import TuneSettings
 from bloodcell.core.errors import ConfigError, DataError, ModelError
@@ -94,7 +95,7 @@ def _reporter(progress: bool, status_file):
 
 
 def adapt(data, out, *, model=None, method: str = "finetune", epochs: int = 10, batch_norm: str = "keep",
-          drop_absent: bool = False,
+          match_scale: bool = True, drop_absent: bool = False,
           held_out: float = HELD_OUT_SHARE, seed: int = 0, target_accuracy: float = 0.995, force: bool = False,
           progress: bool = True, status_file=None) -> AdaptResult:
     """Adapt a model to a lab's labelled cells and write the result as a new model folder (``bloodcell adapt``).
@@ -113,6 +114,9 @@ def adapt(data, out, *, model=None, method: str = "finetune", epochs: int = 10, 
         Passes over the fitting cells' eight views (capped at ``TuneSettings.max_steps`` steps).
     batch_norm : {"keep", "lab"}
         Keep the model's batch-norm statistics, or re-estimate them on the lab's cells first.
+    match_scale : bool
+        Scale the crop so the lab's cells appear at the size the model learnt (see
+        :mod:`bloodcell.adaptation.scale`); the adapted model keeps that crop.
     drop_absent : bool
         Remove the classes the data lacks (default: keep them; see :mod:`bloodcell.adaptation.tune`).
     held_out : float
@@ -138,7 +142,11 @@ def adapt(data, out, *, model=None, method: str = "finetune", epochs: int = 10, 
     names = tuple(read_meta(src)["preprocess"]["class_names"])
     ds, labels = _read_data(data, names)
     fit_idx, held_idx = split_holdout(labels, held_out, seed)
+    scale = matched_crop(read_meta(src), ds.select(fit_idx.tolist())) if match_scale else None
+    if scale and scale["applied"]:
+        settings.crop_fraction = scale["crop_fraction"]["adapted"]
     record = _record(src, data, settings, names, labels, (fit_idx, held_idx), held_out, drop_absent)
+    record["scale"] = scale or {"applied": False, "reason": "not asked for (match_scale off)"}
     keep = [c for i, c in enumerate(names) if i in set(labels.tolist())] if drop_absent else None
     report, bar = _reporter(progress, status_file)
     try:

@@ -19,6 +19,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-norm", choices=("keep", "lab"), default="keep",
                         help="keep (default): the model's batch-norm statistics; lab: re-estimate them on your "
                              "cells first")
+    parser.add_argument("--no-match-scale", dest="match_scale", action="store_false",
+                        help="keep the model's crop (default: scale it so your cells appear at the size the model "
+                             "learnt, measured on your images)")
     parser.add_argument("--drop-absent", action="store_true",
                         help="predict only the classes present in DATA (default: keep the model's other classes)")
     parser.add_argument("--held-out", type=float, default=0.25,
@@ -42,6 +45,11 @@ def _summary(result) -> str:
                      f"{after['balanced_accuracy']:.1%}, macro-F1 {after['macro_f1']:.1%}"
                      + (f" (before adaptation: accuracy {before['accuracy']:.1%}, balanced "
                         f"{before['balanced_accuracy']:.1%})" if before else ""))
+    scale = a.get("scale") or {}
+    if scale.get("applied"):
+        crop = scale["crop_fraction"]
+        lines.append(f"  your cells fill {scale['lab_cell_share']:.0%} of the crop against {scale['training_cell_share']:.0%} "
+                     f"in training: crop {crop['model']:g} -> {crop['adapted']:g} of the shorter side")
     if a["classes_absent_from_data"]:
         lines.append(f"  classes not in the data, {a['absent_classes']}: {', '.join(a['classes_absent_from_data'])}")
     lines.append(f"  use it: bloodcell predict --model {result.out} IMAGES")
@@ -53,7 +61,7 @@ def run(args) -> int:
     from bloodcell.adaptation import adapt
 
     result = adapt(args.data, args.out, model=args.model, method=args.method, epochs=args.epochs,
-                   batch_norm=args.batch_norm,
+                   batch_norm=args.batch_norm, match_scale=args.match_scale,
                    drop_absent=args.drop_absent, held_out=args.held_out, seed=args.seed,
                    target_accuracy=args.target_accuracy, force=args.force, progress=not args.quiet,
                    status_file=args.status_file)

@@ -54,6 +54,10 @@ NORMALIZATIONS = ("dataset", "image")
 MIN_IMAGE_STD = 0.02
 
 
+#: Largest ``crop_fraction``: a square four times the image's shorter side.
+MAX_CROP_FRACTION = 4.0
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     """How an image becomes a model input.
@@ -64,7 +68,11 @@ class PreprocessConfig:
         Side of the square model input, in pixels.
     crop_fraction : float
         Side of the centred square crop as a fraction of the image's shorter
-        side, taken before resizing (1.0 keeps the whole short side).
+        side, taken before resizing (1.0 keeps the whole short side). Above 1
+        (up to :data:`MAX_CROP_FRACTION`) the square is larger than the image
+        and the slide's background colour fills around it: a zoom-out, for
+        images whose cells fill more of the frame than the model's training
+        images did (``bloodcell adapt`` sets it from the cells it is given).
     mean, std : tuple of float
         Per-channel normalization on the ``[0, 1]`` scale.
     class_names : tuple of str
@@ -95,10 +103,10 @@ class PreprocessConfig:
                 f"image_size must be an integer from 8 to 2048, got {self.image_size!r}. "
                 "Example: image_size=128."
             )
-        if not 0.1 <= float(self.crop_fraction) <= 1.0:
+        if not 0.1 <= float(self.crop_fraction) <= MAX_CROP_FRACTION:
             raise ConfigError(
-                f"crop_fraction must be between 0.1 and 1.0, got {self.crop_fraction!r}. "
-                "Example: crop_fraction=0.9 keeps the central 90% of the shorter side."
+                f"crop_fraction must be between 0.1 and {MAX_CROP_FRACTION:g}, got {self.crop_fraction!r}. "
+                "Example: crop_fraction=0.9 keeps the central 90% of the shorter side; 1.5 zooms out."
             )
         if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
             raise ConfigError(
@@ -293,6 +301,8 @@ def prepare_with_info(image: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndar
         if found.found:
             return _resized(Image.fromarray(crop_box(image, found.box)), size), "cell", found.box
     box = center_crop_box(w, h, cfg.crop_fraction)
+    if box[0] < 0 or box[1] < 0 or box[2] > w or box[3] > h:
+        return _resized(Image.fromarray(crop_box(image, box)), size), "centre", box
     pil = Image.fromarray(image)
     if box != (0, 0, w, h):
         pil = pil.crop(box)

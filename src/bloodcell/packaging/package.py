@@ -46,6 +46,7 @@ from bloodcell.prediction.onnx_backend import INT8_ONNX, OnnxModel
 from bloodcell.prediction.torch_backend import predict_proba
 from bloodcell.training.augment import augmented_copies, shifts_lab_appearance
 from bloodcell.training.config import AugmentConfig
+from bloodcell.training.data import measure_cell_share
 
 #: Sections the default model's card must have.
 REQUIRED_CARD = ("intended_use", "data", "metrics", "limitations", "citation", "licence")
@@ -280,6 +281,8 @@ def package_default(model: str | Path, data: str | Path, out: str | Path | None 
         say(f"Reading fitting images from {data} ...")
         train, held = fitting_arrays(data, loaded.preprocess, loaded.class_names, per_class, heldout_per_class, seed)
         meta["ood"] = info = _fit_ood(staging, loaded, train, held, non_cells_per_kind, max_false_flag, seed, say)
+        # How much of the model's crop a training cell fills: what `bloodcell adapt` matches a lab's cells to.
+        meta["training_cell_share"] = round(measure_cell_share(str(data), loaded.preprocess.crop_fraction), 4)
         meta["model_card"] = card
         write_meta(staging, meta)
         check = _export_checked(staging, meta, quantize, half_weights, train, held, say)
