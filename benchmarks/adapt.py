@@ -38,7 +38,7 @@ from bloodcell.data import open_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-EXTERNAL = Path(os.environ.get("BLOODCELL_EXTERNAL", ROOT.parent / "shared" / "data" / "external"))
+EXTERNAL = Path(os.environ.get("BLOODCELL_EXTERNAL", ROOT.parent / "shared" / "data" / "external")).resolve()
 MIN_SCORED = 5
 
 
