@@ -52,6 +52,8 @@ def test_a_field_adds_one_cell_per_white_cell_with_its_box(client):
         assert abs(x - (box[0] + box[2]) / 2) < 6 and abs(y - (box[1] + box[3]) / 2) < 6
     assert all(c["field_id"] == field["id"] and c["framing"] == "field" for c in body["cells"])
     assert body["case"]["n_cells"] == 3
+    assert body["case"]["differential"]["platelets"]["by_size"] == 1
+    assert body["case"]["differential"]["platelets"]["count"] == 1 + sum(c["predicted"] == "platelet" for c in body["cells"])
     cell = body["cells"][0]
     crop = Image.open(io.BytesIO(client.get(f"/v1/cases/{case_id}/cells/{cell['id']}/image").content))
     assert crop.size[0] == crop.size[1] > 2 * (cell["box"][2] - cell["box"][0])

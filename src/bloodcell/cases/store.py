@@ -178,10 +178,15 @@ class CaseStore:
     def _differential(self, db: sqlite3.Connection, case_id: int) -> dict:
         rows = db.execute("SELECT label, predicted, not_a_blood_cell FROM cells WHERE case_id = ? ORDER BY id",
                           (case_id,)).fetchall()
-        return lab_differential([r["label"] or r["predicted"] for r in rows],
-                                reviewed=[r["label"] is not None for r in rows],
-                                predicted=[r["predicted"] for r in rows],
-                                not_a_blood_cell=[bool(r["not_a_blood_cell"]) for r in rows])
+        d = lab_differential([r["label"] or r["predicted"] for r in rows],
+                             reviewed=[r["label"] is not None for r in rows],
+                             predicted=[r["predicted"] for r in rows],
+                             not_a_blood_cell=[bool(r["not_a_blood_cell"]) for r in rows])
+        # Platelets that whole fields showed too small to classify are counted, not added as cells.
+        by_size = db.execute("SELECT COALESCE(SUM(platelets_by_size), 0) FROM fields WHERE case_id = ?",
+                             (case_id,)).fetchone()[0]
+        d["platelets"] = {"count": d["platelets"]["count"] + by_size, "by_size": by_size}
+        return d
 
     def case(self, case_id: int) -> dict:
         """One case with its counts and lab differential (:func:`~bloodcell.prediction.differential.lab_differential`)."""

@@ -24,6 +24,7 @@ class Nrbc(BaseModel):
 
 class Platelets(BaseModel):
     count: int
+    by_size: int = Field(0, description="of which found in whole fields by size alone (not cells to review)")
 
 
 class Excluded(BaseModel):

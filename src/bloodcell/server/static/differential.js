@@ -41,7 +41,8 @@ export function renderDifferential(kase) {
   const nrbc = d.nrbc || {};
   $("diff-wbc").textContent = String(d.wbc_total ?? white.reduce((s, r) => s + r.count, 0));
   $("diff-nrbc").textContent = `${nrbc.count ?? 0} (${pct(nrbc.per_100_wbc)} per 100 WBC, 95% CI ${ci(nrbc.ci95)})`;
-  $("diff-platelets").textContent = String(d.platelets?.count ?? 0);
+  const bySize = d.platelets?.by_size ?? 0;
+  $("diff-platelets").textContent = String(d.platelets?.count ?? 0) + (bySize ? ` (${bySize} by size, in fields)` : "");
   $("diff-excluded").textContent = excludedText(d.excluded);
   $("diff-agreement").textContent = agreementText(d.agreement);
   $("diff-summary").textContent = `${d.wbc_total ?? 0} white cells counted; ${d.reviewed ?? 0} of ${d.total ?? 0} `
