@@ -108,17 +108,13 @@ def adapt(data, out, *, model=None, method: str = "finetune", epochs: int = 10, 
         The model folder to write; ``predict``, ``serve``, ``evaluate`` and ``export`` take it like any other.
     model : str or Path, optional
         The model folder to start from (default: the packaged model, or ``$BLOODCELL_MODEL``).
-    method : {"finetune", "linear", "prototype"}
-        See :mod:`bloodcell.adaptation.tune`.
-    epochs : int
-        Passes over the fitting cells' eight views (capped at ``TuneSettings.max_steps`` steps).
-    batch_norm : {"keep", "lab"}
-        Keep the model's batch-norm statistics, or re-estimate them on the lab's cells first.
+    method, epochs, batch_norm, drop_absent
+        How the networks are adapted (see :mod:`bloodcell.adaptation.tune`): finetune, linear or
+        prototype; passes over the cells' eight views; keep the batch-norm statistics or re-estimate
+        them on the lab's cells (``"lab"``); remove the classes the data lacks instead of keeping them.
     match_scale : bool
         Scale the crop so the lab's cells appear at the size the model learnt (see
         :mod:`bloodcell.adaptation.scale`); the adapted model keeps that crop.
-    drop_absent : bool
-        Remove the classes the data lacks (default: keep them; see :mod:`bloodcell.adaptation.tune`).
     held_out : float
         Share of each class held out to calibrate (see :mod:`bloodcell.adaptation.holdout`).
     seed, target_accuracy, force, progress
@@ -133,20 +129,14 @@ def adapt(data, out, *, model=None, method: str = "finetune", epochs: int = 10, 
         The folder written, the adaptation record stored in its ``model.json`` and the wall time.
     """
     start = time.perf_counter()
-    if not 0.0 <= held_out < 1.0:
-        raise ConfigError(f"--held-out must be a share in [0, 1), got {held_out!r}.")
-    settings = TuneSettings(method=method, epochs=epochs, batch_norm=batch_norm, seed=seed)
-    settings.check()
+    settings = _settings(method, epochs, batch_norm, seed, held_out)
     src, out = _model_folder(model), Path(out)
     _check_out(out, src, force)
     names = tuple(read_meta(src)["preprocess"]["class_names"])
     ds, labels = _read_data(data, names)
     fit_idx, held_idx = split_holdout(labels, held_out, seed)
-    scale = matched_crop(read_meta(src), ds.select(fit_idx.tolist())) if match_scale else None
-    if scale and scale["applied"]:
-        settings.crop_fraction = scale["crop_fraction"]["adapted"]
-    record = _record(src, data, settings, names, labels, (fit_idx, held_idx), held_out, drop_absent)
-    record["scale"] = scale or {"applied": False, "reason": "not asked for (match_scale off)"}
+    scale = _scale(src, ds.select(fit_idx.tolist()), settings, match_scale)
+    record = {**_record(src, data, settings, names, labels, (fit_idx, held_idx), held_out, drop_absent), "scale": scale}
     keep = [c for i, c in enumerate(names) if i in set(labels.tolist())] if drop_absent else None
     report, bar = _reporter(progress, status_file)
     try:
@@ -163,6 +153,24 @@ def adapt(data, out, *, model=None, method: str = "finetune", epochs: int = 10, 
         if bar is not None:
             bar.close()
     return AdaptResult(out, record, time.perf_counter() - start)
+
+
+def _settings(method: str, epochs: int, batch_norm: str, seed: int, held_out: float) -> TuneSettings:
+    if not 0.0 <= held_out < 1.0:
+        raise ConfigError(f"--held-out must be a share in [0, 1), got {held_out!r}.")
+    settings = TuneSettings(method=method, epochs=epochs, batch_norm=batch_norm, seed=seed)
+    settings.check()
+    return settings
+
+
+def _scale(src: Path, fit_data, settings: TuneSettings, match_scale: bool) -> dict:
+    """Measure the lab's cell scale and set ``settings.crop_fraction`` when it differs (see ``scale``)."""
+    if not match_scale:
+        return {"applied": False, "reason": "not asked for (match_scale off)"}
+    scale = matched_crop(read_meta(src), fit_data)
+    if scale["applied"]:
+        settings.crop_fraction = scale["crop_fraction"]["adapted"]
+    return scale
 
 
 def _store_seconds(folder: Path, seconds: float) -> None:

@@ -39,6 +39,10 @@ def add_arguments(parser) -> None:
                         help="store the weights as float16 (PyTorch and ONNX; ONNX still computes in float32)")
     parser.add_argument("--per-class", type=int, default=300,
                         help="--format default: training images per class for the out-of-distribution fit (default: 300)")
+    parser.add_argument("--ood-augment", default=None, metavar="RECIPE",
+                        help="--format default: fit the out-of-distribution check also on copies of the cells drawn "
+                             "through this recipe's augmentation (e.g. robust_default), so other labs' cells are not "
+                             "flagged (default: the model's own training augmentation, when it imitates other labs)")
     parser.add_argument("--max-mb", type=float, default=MAX_MB, help=f"--format default: size budget in MB (default: {MAX_MB:g})")
 
 
@@ -48,5 +52,5 @@ def run(args) -> int:
     export(args.model, format=args.format, output=args.output, quantize=args.quantize,
            calibration_data=args.calibration_data, calibration_images=args.calibration_images, opset=args.opset,
            data=args.data, card=args.card, metrics=args.metrics, half_weights=args.half_weights,
-           per_class=args.per_class, max_mb=args.max_mb)
+           per_class=args.per_class, max_mb=args.max_mb, ood_augment=args.ood_augment)
     return 0

@@ -15,6 +15,7 @@ from bloodcell.data import load_arrays, open_dataset
 from bloodcell.evaluation.comparison import read_evaluation
 from bloodcell.packaging.onnx import OPSET, export_onnx
 from bloodcell.packaging.package import MAX_MB, package_default, read_card
+from bloodcell.training.config import load_config
 
 FORMATS = ("onnx", "default")
 
@@ -46,19 +47,22 @@ def _check_onnx_options(quantize: str, half_weights: bool, calibration_data) -> 
         raise ConfigError("--quantize static needs --calibration-data: a folder, .npz or manifest of real cells.")
 
 
-def _export_default(model, output, data, card, metrics, quantize, half_weights, per_class, max_mb, say) -> Path:
+def _export_default(model, output, data, card, metrics, quantize, half_weights, per_class, max_mb, ood_augment,
+                    say) -> Path:
     if not data:
         raise ConfigError("--format default needs --data: the training dataset or its split manifest.")
     card = read_card(card) if card else None
     evaluation = read_evaluation(metrics) if metrics else None
+    augment = load_config(recipe=ood_augment).augment if ood_augment else None
     return package_default(model, data, output, card=card, evaluation=evaluation, quantize=quantize,
-                           half_weights=half_weights, per_class=per_class, max_mb=max_mb, say=say)
+                           half_weights=half_weights, per_class=per_class, max_mb=max_mb, ood_augment=augment, say=say)
 
 
 def export(model: str | Path, *, format: str = "onnx", output: str | Path | None = None, quantize: str = "none",
            calibration_data: str | Path | None = None, calibration_images: int = 256, opset: int = OPSET,
            data: str | Path | None = None, card: str | Path | None = None, metrics: str | Path | None = None,
-           half_weights: bool = False, per_class: int = 300, max_mb: float = MAX_MB, say=_say) -> Path:
+           half_weights: bool = False, per_class: int = 300, max_mb: float = MAX_MB, ood_augment: str | None = None,
+           say=_say) -> Path:
     """Export a model to ONNX, or package it as the default model (``bloodcell export``).
 
     Parameters
@@ -79,15 +83,11 @@ def export(model: str | Path, *, format: str = "onnx", output: str | Path | None
         Images sampled (seeded) from ``calibration_data``.
     opset : int
         ONNX opset (17 or newer).
-    data, card, metrics : str or Path, optional
-        ``format="default"``: the training data (best: its split manifest) for the
-        out-of-distribution statistics, the model card sections (YAML or JSON), and the test
-        evaluation (``bloodcell evaluate -o``) that fills the card's metrics.
+    data, card, metrics, per_class, max_mb, ood_augment
+        ``format="default"``: see :func:`bloodcell.packaging.package.package_default` (``card`` and
+        ``metrics`` as files; ``ood_augment`` a training recipe's name, whose augmentation is used).
     half_weights : bool
         Store the weights as float16 (not with int8 quantization).
-    per_class, max_mb : int, float
-        ``format="default"``: training images per class for the out-of-distribution fit, and
-        the size budget in MB.
     say : callable
         Receives progress lines (default: standard error).
 
@@ -106,7 +106,8 @@ def export(model: str | Path, *, format: str = "onnx", output: str | Path | None
     if format not in FORMATS:
         raise ConfigError(f"format must be one of {list(FORMATS)}, got {format!r}.")
     if format == "default":
-        return _export_default(model, output, data, card, metrics, quantize, half_weights, per_class, max_mb, say)
+        return _export_default(model, output, data, card, metrics, quantize, half_weights, per_class, max_mb,
+                               ood_augment, say)
     _check_onnx_options(quantize, half_weights, calibration_data)
     read_meta(model)
     check_writable_file(Path(output) if output is not None else Path(model) / ONNX, "ONNX file", "-o")

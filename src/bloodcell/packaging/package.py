@@ -160,16 +160,21 @@ def _with_lab_shifts(images: np.ndarray, labels, augment: AugmentConfig, seed: i
     return np.concatenate([images, shifted]), None if labels is None else np.concatenate([labels, labels])
 
 
-def _fit_ood(staging: Path, loaded, train, held, per_kind: int, max_false_flag: float, seed: int, say) -> dict:
-    """Fit the out-of-distribution score, store its head in ``staging`` and return its record."""
+def _fit_ood(staging: Path, loaded, train, held, per_kind: int, max_false_flag: float, seed: int, say,
+             augment: AugmentConfig | None = None) -> dict:
+    """Fit the out-of-distribution score, store its head in ``staging`` and return its record.
+
+    Cells also enter as copies under ``augment`` (default: the model's own training augmentation)
+    when it imitates other labs, so the score learns what a cell is rather than what PBC looks like.
+    """
     train_images, train_labels, held_images = train.images, train.labels, held.images
-    augment = training_augment(staging, read_meta(staging))
+    augment = augment or training_augment(staging, read_meta(staging))
     shifted = augment is not None and shifts_lab_appearance(augment)
     if shifted:
         train_images, train_labels = _with_lab_shifts(train_images, train_labels, augment, seed)
         held_images, _ = _with_lab_shifts(held_images, None, augment, seed + 1)
     say(f"Fitting the out-of-distribution score on {len(train_images)} training images"
-        f"{' (half of them under the training augmentation)' if shifted else ''}; threshold from "
+        f"{' (half of them under other-lab augmentation)' if shifted else ''}; threshold from "
         f"{len(held_images)} held-out cells ...")
     head, info = fit_ood(loaded, train_images, train_labels, held_images, per_kind=per_kind, seed=seed,
                          max_false_flag=max_false_flag)
@@ -179,7 +184,8 @@ def _fit_ood(staging: Path, loaded, train, held, per_kind: int, max_false_flag: 
 
 
 def _export_checked(staging: Path, meta: dict, quantize: str, half_weights: bool, train, held, say) -> dict:
-    """Write ``model.onnx`` and check onnxruntime agrees with PyTorch on the held-out images."""
+    """Write ``model.onnx`` and check onnxruntime agrees with PyTorch on the held-out images; a float32
+    export also gets its int8 companion (:func:`_export_int8`)."""
     say(f"Exporting {ONNX} ({'float32' if quantize == 'none' else quantize + ' int8'}) ...")
     export_onnx(staging, staging / ONNX, quantize=quantize, calibration=train.images if quantize == "static" else None,
                 half_storage=half_weights)
@@ -188,6 +194,8 @@ def _export_checked(staging: Path, meta: dict, quantize: str, half_weights: bool
     write_meta(staging, meta)
     if quantize == "none" and (check["argmax_agreement"] < 1.0 or check["max_abs_prob_diff"] > 1e-3):
         raise ModelError(f"onnxruntime and PyTorch disagree on held-out images ({check}); the export is wrong.")
+    if quantize == "none":
+        _export_int8(staging, meta, train, held, say)
     return check
 
 
@@ -236,7 +244,8 @@ def _destination(src: Path, out) -> Path:
 def package_default(model: str | Path, data: str | Path, out: str | Path | None = None, *, card: dict | None = None,
                     evaluation: dict | None = None, quantize: str = "none", half_weights: bool = False,
                     per_class: int = 300, heldout_per_class: int = 150, max_false_flag: float = 0.01,
-                    non_cells_per_kind: int = 60, max_mb: float = MAX_MB, seed: int = 0, say=print) -> Path:
+                    non_cells_per_kind: int = 60, max_mb: float = MAX_MB, seed: int = 0,
+                    ood_augment: AugmentConfig | None = None, say=print) -> Path:
     """Package ``model`` as a self-contained default model folder at ``out``.
 
     Parameters
@@ -247,25 +256,24 @@ def package_default(model: str | Path, data: str | Path, out: str | Path | None 
         The dataset it was trained on (best: its ``bloodcell split`` manifest).
     out : str or Path, optional
         Destination folder (default: ``bloodcell/default_model`` in the package).
-    card : dict, optional
-        Model-card sections merged over ``model.json["model_card"]``.
-    evaluation : dict, optional
-        The model's test evaluation (``bloodcell evaluate -o``): fills the
-        card's ``metrics`` section, so the card states what was measured.
+    card, evaluation : dict, optional
+        Model-card sections merged over ``model.json["model_card"]``; the model's test evaluation
+        (``bloodcell evaluate -o``), which fills the card's ``metrics``.
     quantize : {"none", "dynamic", "static"}
         Quantization of ``model.onnx`` (static uses the fitting images for calibration).
     half_weights : bool
-        Store the PyTorch and ONNX weights as float16 (halves their size; ONNX
-        is exported from the rounded weights and computes in float32, so both
-        backends agree).
-    per_class, heldout_per_class : int
-        Training and held-out images per class for the out-of-distribution statistics.
+        Store the weights as float16 (ONNX is exported from the rounded weights, so both backends agree).
+    per_class, heldout_per_class, non_cells_per_kind : int
+        Training and held-out images per class, and generated non-cell images per kind, for the
+        out-of-distribution statistics and threshold.
     max_false_flag : float
-        Largest share of held-out real cells the out-of-distribution threshold may flag.
-    non_cells_per_kind : int
-        Generated non-cell images per kind for the threshold.
+        Largest share of held-out real cells the out-of-distribution check may flag.
     max_mb : float
-        Size budget of the whole folder.
+        Size budget of the whole folder (MB).
+    ood_augment : AugmentConfig, optional
+        Augmentation whose copies of the cells join the out-of-distribution fit (default: the
+        model's own, when it imitates other labs). ``model.json["training_cell_share"]`` records
+        how much of the crop a training cell fills (what ``bloodcell adapt`` matches a lab to).
     """
     src = Path(model)
     read_meta(src)
@@ -280,17 +288,15 @@ def package_default(model: str | Path, data: str | Path, out: str | Path | None 
         card = _card_for(staging, meta, card, evaluation, digest)
         say(f"Reading fitting images from {data} ...")
         train, held = fitting_arrays(data, loaded.preprocess, loaded.class_names, per_class, heldout_per_class, seed)
-        meta["ood"] = info = _fit_ood(staging, loaded, train, held, non_cells_per_kind, max_false_flag, seed, say)
-        # How much of the model's crop a training cell fills: what `bloodcell adapt` matches a lab's cells to.
+        meta["ood"] = info = _fit_ood(staging, loaded, train, held, non_cells_per_kind, max_false_flag, seed, say,
+                                      ood_augment)
         meta["training_cell_share"] = round(measure_cell_share(str(data), loaded.preprocess.crop_fraction), 4)
         meta["model_card"] = card
         write_meta(staging, meta)
         check = _export_checked(staging, meta, quantize, half_weights, train, held, say)
-        if quantize == "none":
-            _export_int8(staging, meta, train, held, say)
         size = _check_size(staging, max_mb)
         _make_readable(staging)
-    say(f"Default model written to {out} ({size:.1f} MB): OOD threshold {info['threshold']:.3g}, "
-        f"false flags on held-out cells {info['evaluation']['false_flag_rate']}, non-cells detected "
-        f"{info['evaluation']['detection_rate']}; ONNX vs PyTorch argmax agreement {check['argmax_agreement']}.")
+    ev = info["evaluation"]
+    say(f"Default model written to {out} ({size:.1f} MB): OOD threshold {info['threshold']:.3g}, false flags on held-out "
+        f"cells {ev['false_flag_rate']}, non-cells detected {ev['detection_rate']}; ONNX = PyTorch {check['argmax_agreement']}.")
     return out
