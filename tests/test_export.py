@@ -371,6 +371,16 @@ def test_ood_is_fitted_on_cells_under_the_training_augmentation_when_the_model_l
     assert records["plain"]["cells_under_training_augmentation"] is False
     assert records["shifted"]["cells_under_training_augmentation"] is True
     assert records["shifted"]["fitted_on_images"] == 2 * records["plain"]["fitted_on_images"]
+    # A model trained without lab shifts gets them for its check alone when packaging is told so.
+    src = copy_model(tmp_path / "told")
+    for extra in (ONNX, OOD):
+        (src / extra).unlink()
+    out = package_default(src, tmp_path / "data.npz", tmp_path / "pkg_told", per_class=6, heldout_per_class=3,
+                          non_cells_per_kind=4, ood_augment=AugmentConfig(white_balance=0.3), say=lambda m: None)
+    told = read_meta(out)
+    assert told["ood"]["cells_under_training_augmentation"] is True
+    assert told["ood"]["fitted_on_images"] == records["shifted"]["fitted_on_images"]
+    assert 0.05 < told["training_cell_share"] <= 1.0
     images = _prepared(4)
     cfg = AugmentConfig(white_balance=0.3)
     shifted = augmented_copies(images, cfg, seed=1)
