@@ -88,15 +88,17 @@ function boxNode(box, field) {
   const label = finalLabel(cell);
   const colour = COLOURS[label] || EXCLUDED;
   const [x0, y0, x1, y1] = box.box;
-  const size = Math.max(10, Math.round(Math.max(field.width, field.height) / 45));
+  const size = Math.max(10, Math.round(Math.max(field.width, field.height) / 36));
   const above = y0 - size * 0.35 > size;
+  const text = labelName(label) + (box.at_border ? "*" : "");
+  const rightAligned = x0 + 0.62 * size * text.length > field.width;  // keep the label on the image
   const doubtful = colour === EXCLUDED || (cell.label == null && cell.not_a_blood_cell);
   const g = svg("g", { class: "box" + (doubtful ? " excluded" : "") + (cell.label == null ? "" : " reviewed"),
     "data-cell": String(box.id), tabindex: "0", role: "button", "aria-label": describeBox(cell, box) },
   svg("title", {}, describeBox(cell, box)),
   svg("rect", { x: x0, y: y0, width: x1 - x0, height: y1 - y0, stroke: colour }),
-  svg("text", { x: x0 + 2, y: above ? y0 - size * 0.35 : y1 + size, fill: colour, "font-size": size },
-    labelName(label) + (box.at_border ? "*" : "")));
+  svg("text", { x: rightAligned ? x1 - 2 : x0 + 2, y: above ? y0 - size * 0.35 : y1 + size, fill: colour,
+    "font-size": size, "text-anchor": rightAligned ? "end" : "start" }, text));
   const go = e => { e.preventDefault(); goToCard(box.id); };
   g.addEventListener("click", go);
   g.addEventListener("keydown", e => { if (e.key === "Enter" || e.key === " ") go(e); });
