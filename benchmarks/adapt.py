@@ -66,7 +66,7 @@ def _manifest(path: Path, ds, indices: list[int]) -> Path:
 
 
 def method_name(args) -> str:
-    return (args.method + ("+drop" if args.drop_absent else "") + ("+bn-lab" if args.batch_norm == "lab" else "")
+    return (args.method + ("+drop" if args.drop_absent else "") + ("+bn-keep" if args.batch_norm == "keep" else "")
             + ("" if args.match_scale else "+no-scale"))
 
 
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--first-seed", type=int, default=0, help="seed of the first draw")
     p.add_argument("--method", default="finetune", choices=("finetune", "linear", "prototype"))
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-norm", default="keep", choices=("keep", "lab"), help="adapt with --batch-norm")
+    p.add_argument("--batch-norm", default="lab", choices=("keep", "lab"), help="adapt with --batch-norm")
     p.add_argument("--no-match-scale", dest="match_scale", action="store_false", help="adapt with --no-match-scale")
     p.add_argument("--drop-absent", action="store_true", help="adapt with --drop-absent (only the source's classes)")
     p.add_argument("--model", default=None, help="model folder to adapt (default: the packaged model)")

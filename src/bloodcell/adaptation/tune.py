@@ -60,7 +60,7 @@ class TuneSettings:
     weight_decay: float = 1e-4
     label_smoothing: float = 0.1
     max_steps: int = 600
-    batch_norm: str = "keep"
+    batch_norm: str = "lab"
     crop_fraction: float | None = None
     seed: int = 0
 

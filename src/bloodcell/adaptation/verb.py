@@ -94,7 +94,7 @@ def _reporter(progress: bool, status_file):
     return report, bar
 
 
-def adapt(data, out, *, model=None, method: str = "finetune", epochs: int = 10, batch_norm: str = "keep",
+def adapt(data, out, *, model=None, method: str = "finetune", epochs: int = 10, batch_norm: str = "lab",
           match_scale: bool = True, drop_absent: bool = False,
           held_out: float = HELD_OUT_SHARE, seed: int = 0, target_accuracy: float = 0.995, force: bool = False,
           progress: bool = True, status_file=None) -> AdaptResult:

@@ -16,9 +16,9 @@ def add_arguments(parser) -> None:
                         help="finetune (default): retrain the last stages and the classifier; linear: a new "
                              "classifier on frozen features; prototype: class means, nothing trained")
     parser.add_argument("--epochs", type=int, default=10, help="passes over the cells' eight views (default 10)")
-    parser.add_argument("--batch-norm", choices=("keep", "lab"), default="keep",
-                        help="keep (default): the model's batch-norm statistics; lab: re-estimate them on your "
-                             "cells first")
+    parser.add_argument("--batch-norm", choices=("keep", "lab"), default="lab",
+                        help="lab (default): re-estimate the batch-norm statistics on your cells first; keep: the "
+                             "model's own")
     parser.add_argument("--no-match-scale", dest="match_scale", action="store_false",
                         help="keep the model's crop (default: scale it so your cells appear at the size the model "
                              "learnt, measured on your images)")
