@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import sqlite3
 
@@ -59,6 +60,10 @@ def test_a_field_adds_one_cell_per_white_cell_with_its_box(client):
     assert crop.size[0] == crop.size[1] > 2 * (cell["box"][2] - cell["box"][0])
     got = client.get(f"/v1/cases/{case_id}/fields/{field['id']}/image")
     assert got.status_code == 200 and got.content == png(image)
+    rows = list(csv.DictReader(io.StringIO(client.get(f"/v1/cases/{case_id}/export.csv").text)))
+    assert [int(r["x0"]) for r in rows] == [c["box"][0] for c in body["cells"]]
+    assert {r["field_id"] for r in rows} == {str(field["id"])}
+    assert client.get(f"/v1/cases/{case_id}/export.json").json()["fields"][0]["id"] == field["id"]
     client.patch(f"/v1/cases/{case_id}/cells/{cell['id']}", json={"label": "monocyte"})
     listed = client.get(f"/v1/cases/{case_id}/fields").json()["fields"][0]["cells"]
     assert {c["id"]: c["final_label"] for c in listed}[cell["id"]] == "monocyte"

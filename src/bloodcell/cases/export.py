@@ -12,13 +12,14 @@ from pathlib import Path
 
 from PIL import Image
 
+from bloodcell.cases.fields import fields_of
 from bloodcell.cases.store import CaseStore
 from bloodcell.core import __version__
 from bloodcell.core.classes import CLASSES
 from bloodcell.data import IMAGE_EXTENSIONS
 
 CSV_COLUMNS = ("id", "filename", "sha256", "predicted", "confidence", "flags", "label", "final_label", "reviewer",
-               "reviewed_at")
+               "reviewed_at", "field_id", "x0", "y0", "x1", "y1", "at_border")
 
 
 def _safe(text: str) -> str:
@@ -35,6 +36,13 @@ def _class_names(cells: list[dict]) -> list[str]:
     return [n for n in CLASSES if n in names] + sorted(names - set(CLASSES))
 
 
+def _where(cell: dict) -> list:
+    """The field, box and border flag of a cell found in a whole field (empty for a single-cell image)."""
+    if cell.get("box") is None:
+        return [""] * 6
+    return [cell["field_id"], *cell["box"], int(bool(cell["at_border"]))]
+
+
 def case_csv(store: CaseStore, case_id: int) -> str:
     """One row per cell: :data:`CSV_COLUMNS` and ``p_<class>`` per class (file and reviewer names that
     a spreadsheet would read as a formula get a leading ``'``)."""
@@ -46,15 +54,16 @@ def case_csv(store: CaseStore, case_id: int) -> str:
     for c in cells:
         w.writerow([c["id"], _safe(c["filename"]), c["sha256"], c["predicted"], f"{c['confidence']:.6f}", _flags(c),
                     c["label"] or "", c["final_label"], _safe(c["reviewer"] or ""), c["reviewed_at"] or "",
-                    *(f"{c['probabilities'].get(n, 0.0):.6f}" for n in names)])
+                    *_where(c), *(f"{c['probabilities'].get(n, 0.0):.6f}" for n in names)])
     return buf.getvalue()
 
 
 def case_document(store: CaseStore, case_id: int) -> dict:
     """The whole case: the case with its lab differential, its cells, its events and the models."""
     case = store.case(case_id)
-    return {"case": case, "cells": store.cells(case_id), "differential": case["differential"],
-            "events": store.events(case_id), "models": store.models(case_id), "bloodcell": __version__}
+    return {"case": case, "cells": store.cells(case_id), "fields": fields_of(store, case_id),
+            "differential": case["differential"], "events": store.events(case_id), "models": store.models(case_id),
+            "bloodcell": __version__}
 
 
 def case_json(store: CaseStore, case_id: int) -> str:
