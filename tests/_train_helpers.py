@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -61,6 +62,9 @@ def main(argv: list[str]) -> int:
     sys.path.insert(0, str(SRC))
     from bloodcell.training import TrainingInterrupted, fit
 
+    # Ctrl-C as in a terminal: a shell that starts a job in the background (``cmd &`` in a script, as CI
+    # runners may) hands it SIGINT ignored, and the interrupt this helper is sent would be lost.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     run_dir, cfg_json = argv[0], argv[1]
     overrides = json.loads(cfg_json)
     data = tiny_data(n_train=overrides.pop("_n_train", 24), size=overrides.get("image_size", 16))
