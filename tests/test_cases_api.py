@@ -8,18 +8,13 @@ import zipfile
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
 
-from _serve_helpers import cells, tiny_model
+from _cases_helpers import case_client, png_of
+from _serve_helpers import cells
 from bloodcell.data import open_dataset
-from bloodcell.server import create_app
 
-
-def png(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, "PNG")
-    return buf.getvalue()
+png = png_of
 
 
 def jpeg(image: np.ndarray) -> bytes:
@@ -30,10 +25,7 @@ def jpeg(image: np.ndarray) -> bytes:
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cases")
-    app = create_app(tiny_model(), max_upload_mb=2, max_files=6, allowed_hosts=["testserver"], cases_dir=folder)
-    with TestClient(app) as c:
-        c.folder = folder
+    with case_client(tmp_path_factory.mktemp("cases")) as c:
         yield c
 
 

@@ -7,28 +7,19 @@ import io
 import sqlite3
 
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
 
+from _cases_helpers import case_client, png_of
 from _fields_helpers import make_field
-from _serve_helpers import tiny_model
 from bloodcell.cases import CaseStore
 from bloodcell.cases.schema import DATABASE
-from bloodcell.server import create_app
 
-
-def png(image) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, "PNG")
-    return buf.getvalue()
+png = png_of
 
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cases")
-    app = create_app(tiny_model(), max_upload_mb=2, max_files=6, allowed_hosts=["testserver"], cases_dir=folder)
-    with TestClient(app) as c:
-        c.folder = folder
+    with case_client(tmp_path_factory.mktemp("cases")) as c:
         yield c
 
 

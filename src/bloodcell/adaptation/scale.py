@@ -17,7 +17,7 @@ import math
 import numpy as np
 
 from bloodcell.core.errors import DataError
-from bloodcell.core.locate import locate_cell
+from bloodcell.core.locate import cell_shares
 from bloodcell.core.preprocess import MAX_CROP_FRACTION
 
 #: Scale ratios within this factor of 1 keep the model's crop.
@@ -29,21 +29,17 @@ MAX_CELLS, MIN_FOUND = 200, 5
 def lab_cell_share(dataset, crop_fraction: float) -> tuple[float | None, int, int]:
     """The median share of a ``crop_fraction`` crop that the located cell fills in the dataset's
     images, with how many cells were located and looked at (``None`` when too few were found)."""
-    n = len(dataset.samples)
-    step = max(1, n // MAX_CELLS)
-    shares, looked = [], 0
-    for i in range(0, n, step)[:MAX_CELLS]:
+    step = max(1, len(dataset.samples) // MAX_CELLS)
+    images = []
+    for i in range(0, len(dataset.samples), step)[:MAX_CELLS]:
         try:
-            image = dataset.read(i)
+            images.append(dataset.read(i))
         except DataError:
-            continue
-        looked += 1
-        found = locate_cell(image, share=1.0)
-        if found.found:
-            shares.append(found.size / (min(image.shape[:2]) * crop_fraction))
+            continue  # an unreadable file is reported when the cells are loaded for adapting
+    shares = cell_shares(images, crop_fraction)
     if len(shares) < MIN_FOUND:
-        return None, len(shares), looked
-    return float(np.median(shares)), len(shares), looked
+        return None, len(shares), len(images)
+    return float(np.median(shares)), len(shares), len(images)
 
 
 def matched_crop(meta: dict, dataset) -> dict:

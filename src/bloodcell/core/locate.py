@@ -214,6 +214,16 @@ def crop_box(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     return out
 
 
+def cell_shares(images, crop_fraction: float) -> list[float]:
+    """For each image where a cell is located, the share of a ``crop_fraction`` crop its stained part fills."""
+    shares = []
+    for img in images:
+        found = locate_cell(img, share=1.0)
+        if found.found:
+            shares.append(found.size / (min(img.shape[:2]) * crop_fraction))
+    return shares
+
+
 def typical_share(images, crop_fraction: float) -> float:
     """The median share of the training crop's side that the located cell's stained part fills.
 
@@ -221,11 +231,7 @@ def typical_share(images, crop_fraction: float) -> float:
     image by :func:`locate_cell` with this share reproduces what the model saw in training.
     Returns :data:`DEFAULT_SHARE` when no image yields a cell.
     """
-    shares = []
-    for img in images:
-        found = locate_cell(img, share=1.0)
-        if found.found:
-            shares.append(found.size / (min(img.shape[:2]) * crop_fraction))
+    shares = cell_shares(images, crop_fraction)
     if not shares:
         return DEFAULT_SHARE
     return float(np.clip(np.median(shares), 0.05, 1.0))

@@ -11,33 +11,23 @@ cells would take the case past its target is refused with 409 (nothing of that u
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.responses import FileResponse
-from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from bloodcell.cases import NewCell
 from bloodcell.cases.fields import NewField, add_field, field_image, fields_of
 from bloodcell.cases.images import facts
-from bloodcell.core.errors import DataError
-from bloodcell.core.preprocess import decode_image
-from bloodcell.fields.analyse import FieldResult, analyse_image
-from bloodcell.fields.tiles import ALL_SHARED, shared_edges
+from bloodcell.fields.analyse import FieldResult
 from bloodcell.server import cases_models as m
 from bloodcell.server.cases_routes import model_name, store
 from bloodcell.server.errors import UPLOAD_ERRORS, error, too_many_files
-from bloodcell.server.fields_routes import BatchedClassifier
+from bloodcell.server.fields_routes import analyse_uploads
+from bloodcell.server.uploads import png_bytes
 
 router = APIRouter(tags=["cases"])
-
-
-def _png(image) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _to_store(name: str, data: bytes, result: FieldResult) -> tuple[NewField, list[NewCell]]:
@@ -48,33 +38,13 @@ def _to_store(name: str, data: bytes, result: FieldResult) -> tuple[NewField, li
         if c.prediction is None:
             continue
         p, crop_name = c.prediction, f"{stem}_x{c.box[0]}_y{c.box[1]}.png"
-        png = _png(c.crop)
+        png = png_bytes(c.crop)
         cells.append(NewCell(crop_name, png, facts(png, crop_name), p.label, p.probabilities, p.probability,
                              p.uncertain, p.not_a_blood_cell, "field", box=tuple(int(v) for v in c.box),
                              at_border=c.at_border))
     by_size = sum(c.prediction is None for c in result.cells)
     field = NewField(name, data, facts(data, name), round(result.rbc, 1), by_size, len(result.elsewhere))
     return field, cells
-
-
-def _analyse(state, files: list[UploadFile], tile_overlap: float) -> tuple[list, list[dict]]:
-    """Decode and analyse each field (blocking: runs in a worker thread)."""
-    names = [f.filename or f"field {i + 1}" for i, f in enumerate(files)]
-    edges = shared_edges(names) if tile_overlap > 0 else {}
-    model = BatchedClassifier(state.classifier, state.batcher)
-    done, skipped = [], []
-    for name, upload in zip(names, files):
-        upload.file.seek(0)
-        data = upload.file.read()
-        try:
-            if not data:
-                raise DataError(f"{name}: empty file (0 bytes).")
-            image = decode_image(data, name, max_pixels=state.max_pixels)
-            result = analyse_image(model, image, name, tile_overlap, edges.get(name, ALL_SHARED), keep_crops=True)
-            done.append(_to_store(name, data, result))
-        except DataError as e:
-            skipped.append({"filename": name, "error": str(e)})
-    return done, skipped
 
 
 @router.post("/v1/cases/{case_id}/fields", response_model=m.FieldsAdded,
@@ -90,11 +60,13 @@ async def add_fields(request: Request, case_id: int,
     await run_in_threadpool(cases.room, case_id)
     async with state.work_gate.enter():
         async with state.decode_gate.enter():
-            done, skipped = await run_in_threadpool(_analyse, state, files, tile_overlap)
+            done, skipped = await run_in_threadpool(analyse_uploads, state, files, tile_overlap,
+                                                    lambda name, data, image, result: _to_store(name, data, result),
+                                                    True)
     if not done:
-        reasons = " ".join(s["error"] for s in skipped)
-        return error(422, f"No readable field in the upload. {reasons}".strip(),
-                     [{"filename": s["filename"], "detail": s["error"]} for s in skipped])
+        reasons = " ".join(s["detail"] for s in skipped)
+        return error(422, f"No readable field in the upload. {reasons}".strip(), skipped)
+    skipped = [{"filename": s["filename"], "error": s["detail"]} for s in skipped]
     held, target = await run_in_threadpool(cases.room, case_id)
     found = sum(len(cells) for _, cells in done)
     if held + found > target:

@@ -38,26 +38,37 @@ class BatchedClassifier:
         return self.clf.make_predictions(probs, scores, sources, framings=[f for _, f in framed])
 
 
-def _analyse(state, files: list[UploadFile], tile_overlap: float, with_overlay: bool) -> tuple[list, list[dict]]:
-    """Decode and analyse each field (blocking: runs in a worker thread), one image at a time."""
-    names = [f.filename or f"file {i + 1}" for i, f in enumerate(files)]
+def analyse_uploads(state, files: list[UploadFile], tile_overlap: float, keep, keep_crops: bool = False
+                    ) -> tuple[list, list[dict]]:
+    """Decode and analyse each uploaded field, one at a time (blocking: runs in a worker thread).
+
+    ``keep(name, data, image, result)`` turns each analysed field into what the caller holds on to,
+    so no decoded image outlives its turn. Returns the kept values and the skipped files
+    (``{"filename", "detail"}``: empty or unreadable).
+    """
+    names = [f.filename or f"field {i + 1}" for i, f in enumerate(files)]
     edges = shared_edges(names) if tile_overlap > 0 else {}
     model = BatchedClassifier(state.classifier, state.batcher)
-    fields, skipped = [], []
+    kept, skipped = [], []
     for name, upload in zip(names, files):
         upload.file.seek(0)
         data = upload.file.read()
-        if not data:
-            skipped.append({"filename": name, "detail": f"{name}: empty file (0 bytes)."})
-            continue
         try:
+            if not data:
+                raise DataError(f"{name}: empty file (0 bytes).")
             image = decode_image(data, name, max_pixels=state.max_pixels)
         except DataError as e:
             skipped.append({"filename": name, "detail": str(e)})
             continue
-        result = analyse_image(model, image, name, tile_overlap, edges.get(name, ALL_SHARED))
-        fields.append((result, png_base64(np.asarray(draw(image, result))) if with_overlay else None))
-    return fields, skipped
+        result = analyse_image(model, image, name, tile_overlap, edges.get(name, ALL_SHARED), keep_crops=keep_crops)
+        kept.append(keep(name, data, image, result))
+    return kept, skipped
+
+
+def _with_overlay(overlay: bool):
+    def keep(name, data, image, result):
+        return result, png_base64(np.asarray(draw(image, result))) if overlay else None
+    return keep
 
 
 @router.post("/v1/fields", summary="Find, classify and count every cell of whole smear fields", responses=UPLOAD_ERRORS)
@@ -72,7 +83,7 @@ async def fields(
         return too_many_files(state.limits["max_files"], len(files))
     async with state.work_gate.enter():
         async with state.decode_gate.enter():
-            done, skipped = await run_in_threadpool(_analyse, state, files, tile_overlap, overlay)
+            done, skipped = await run_in_threadpool(analyse_uploads, state, files, tile_overlap, _with_overlay(overlay))
     if not done:
         reasons = " ".join(s["detail"] for s in skipped)
         return error(422, f"No readable image in the upload. {reasons}".strip(), skipped)

@@ -58,8 +58,13 @@ def decode_uploads(clf: Classifier, files: list[UploadFile], max_pixels: int) ->
     return Upload(np.stack(images) if images else None, names, skipped, framings)
 
 
-def png_base64(image: np.ndarray) -> str:
-    """A ``data:`` URL of an RGB image as PNG."""
+def png_bytes(image: np.ndarray) -> bytes:
+    """An RGB ``uint8`` image encoded as PNG."""
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG", optimize=False)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return buf.getvalue()
+
+
+def png_base64(image: np.ndarray) -> str:
+    """A ``data:`` URL of an RGB image as PNG."""
+    return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode()

@@ -1,9 +1,9 @@
 // Whole smear fields of the open case: upload, and each field drawn with a box per cell found;
 // a box goes to its cell's card, and a card's "field" button back to its box.
 
-import { $, api, el, labelName } from "./dom.js";
+import { $, el, labelName } from "./dom.js";
 import { filters, focusCell, renderGallery } from "./gallery.js";
-import { batches, changed, finalLabel, state } from "./store.js";
+import { changed, finalLabel, postInBatches, state } from "./store.js";
 
 // The colours of `bloodcell predict --fields --overlay` (bloodcell.fields.overlay.COLOURS).
 const COLOURS = {
@@ -25,28 +25,15 @@ function svg(tag, attrs = {}, ...children) {
 
 /** Upload field images to the open case; returns {added cells, fields, skipped}. */
 export async function uploadFields(files, progress = () => {}) {
-  const parts = batches(files);
-  const result = { added: 0, fields: 0, skipped: [] };
-  for (const [i, part] of parts.entries()) {
-    progress(i, parts.length, part.length);
-    const form = new FormData();
-    for (const f of part) form.append("files", f, f.name);
-    let body;
-    try {
-      body = await api(fieldsUrl(), { method: "POST", body: form });
-    } catch (e) {
-      if (e.status !== 422 || !e.body?.skipped?.length) throw e;
-      result.skipped.push(...e.body.skipped.map(s => ({ filename: s.filename, error: s.error || s.detail })));
-      continue;
-    }
+  const result = { added: 0, fields: 0 };
+  result.skipped = await postInBatches(fieldsUrl(), files, progress, body => {
     for (const c of body.cells) state.cells.set(String(c.id), c);
     state.fields.push(...body.fields);
     result.added += body.cells.length;
     result.fields += body.fields.length;
-    result.skipped.push(...body.skipped);
     state.kase = body.case;
     changed("cells");
-  }
+  });
   return result;
 }
 

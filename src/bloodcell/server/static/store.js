@@ -75,29 +75,40 @@ export function batches(files) {
   return out;
 }
 
-/** Upload files to the open case in as many requests as the limits need; returns {added, skipped}. */
-export async function uploadCells(files, progress = () => {}) {
+/** POST files to `url` in as many requests as the limits need; `onBody(body)` takes each answer.
+ * Returns the files skipped as [{filename, error}] (a request with no readable file is one of them). */
+export async function postInBatches(url, files, progress, onBody) {
   const parts = batches(files);
-  const result = { added: 0, skipped: [] };
+  const skipped = [];
+  const named = list => (list || []).map(s => ({ filename: s.filename, error: s.error || s.detail }));
   for (const [i, part] of parts.entries()) {
     progress(i, parts.length, part.length);
     const form = new FormData();
     for (const f of part) form.append("files", f, f.name);
     let body;
     try {
-      body = await api(`${caseUrl()}/cells`, { method: "POST", body: form });
+      body = await api(url, { method: "POST", body: form });
     } catch (e) {
       if (e.status !== 422 || !e.body?.skipped?.length) throw e;  // 422: no readable image in this request
-      result.skipped.push(...e.body.skipped.map(s => ({ filename: s.filename, error: s.error || s.detail })));
+      skipped.push(...named(e.body.skipped));
       continue;
     }
+    skipped.push(...named(body.skipped));
+    onBody(body);
+  }
+  return skipped;
+}
+
+/** Upload files to the open case in as many requests as the limits need; returns {added, skipped}. */
+export async function uploadCells(files, progress = () => {}) {
+  let added = 0;
+  const skipped = await postInBatches(`${caseUrl()}/cells`, files, progress, body => {
     for (const c of body.cells) state.cells.set(String(c.id), c);
-    result.added += body.cells.length;
-    result.skipped.push(...(body.skipped || []).map(s => ({ filename: s.filename, error: s.error || s.detail })));
+    added += body.cells.length;
     if (body.case) state.kase = body.case;
     changed("cells");
-  }
-  return result;
+  });
+  return { added, skipped };
 }
 
 async function patchLabel(cellId, label) {
