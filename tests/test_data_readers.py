@@ -162,6 +162,8 @@ def test_medmnist_layout_keeps_splits(tmp_path):
      r"a\.npz: 'images' has 5 images but 'labels' has 3 labels; they must have equal length"),
     (dict(images=np.zeros((5, 12), np.uint8), labels=[0] * 5),
      r"a\.npz: 'images' has 2 dimensions \(shape \(5, 12\)\); expected \(N, H, W\) or \(N, H, W, C\)"),
+    (dict(images=np.zeros((1, 0, 0), np.uint8)),
+     r"a\.npz: 'images' has shape \(1, 0, 0\): its images are 0x0 pixels, so there is nothing to read"),
     (dict(images=np.zeros((5, 3, 12, 12), np.uint8), labels=[0] * 5),
      r"last axis must be 1, 3 or 4 channels\. It looks channels-first; use images\.transpose\(0, 2, 3, 1\)"),
     (dict(images=_images().astype(np.int64), labels=[0] * 5),

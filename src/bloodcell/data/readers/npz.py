@@ -127,6 +127,9 @@ def _to_rgb_uint8(path: Path, images: np.ndarray, key: str) -> np.ndarray:
         raise DataError(
             f"{path}: {key!r} has shape {images.shape}; the last axis must be 1, 3 or 4 channels.{hint}"
         )
+    if len(images) and min(images.shape[1:3]) < 1:
+        raise DataError(f"{path}: {key!r} has shape {images.shape}: its images are {images.shape[1]}x{images.shape[2]} "
+                        "pixels, so there is nothing to read. Save images of at least one pixel.")
     if images.dtype == np.uint8:
         out = images
     elif images.dtype.kind == "f":
