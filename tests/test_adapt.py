@@ -177,3 +177,23 @@ def test_the_crop_is_scaled_so_the_labs_cells_appear_at_the_training_size(tmp_pa
     assert "scaled from 1 to 2" in read_meta(out)["model_card"]["summary"]
     same = adapt(data, tmp_path / "same", model=model, method="prototype", match_scale=False, progress=False).out
     assert Classifier(same).preprocess.crop_fraction == 1.0 and not read_meta(same)["adaptation"]["scale"]["applied"]
+
+
+def test_training_leaves_the_classes_absent_from_the_data_alone():
+    """Only the data's classes enter the loss: label smoothing over absent classes would pull the
+    features and the absent classifier rows towards classes no cell belongs to."""
+    from bloodcell.adaptation.tune import TuneSettings, tune_network
+
+    torch.manual_seed(0)
+    net = create_model("basic_cnn", num_classes=8).eval()
+    pre = PreprocessConfig(image_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    head = split_network(net, 8)[2]
+    before = head.weight.detach().clone()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)
+    labels = np.repeat([0, 1, 4], 8)
+    tune_network(net, pre, images, labels, TuneSettings(method="linear", epochs=5, label_smoothing=0.1))
+    absent = [2, 3, 5, 6, 7]
+    moved = (head.weight.detach() - before).norm(dim=1)
+    assert float(moved[absent].max()) < 1e-3 * float(before[absent].norm(dim=1).min())
+    assert float(moved[[0, 1, 4]].min()) > 0.01

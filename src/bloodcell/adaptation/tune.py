@@ -149,15 +149,18 @@ def _train(back, head, cached, labels, present, settings: TuneSettings, report) 
     total = epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=total,
                                                 pct_start=0.15)
-    mask = torch.full((head.out_features,), -1e4)
-    mask[present] = 0.0
+    # the loss sees only the present classes: smoothing over absent ones would push features towards them
+    columns = torch.tensor(present)
+    local = torch.full((head.out_features,), -1, dtype=torch.long)
+    local[columns] = torch.arange(len(present))
+    y = local[y]
     g = torch.Generator().manual_seed(settings.seed)
     for epoch in range(epochs):
         order = torch.randperm(n, generator=g)
         for start in range(0, n, settings.batch_size):
             idx = order[start : start + settings.batch_size]
             x = back(flat[idx]) if body else flat[idx]
-            loss = F.cross_entropy(head(x) + mask, y[idx], label_smoothing=settings.label_smoothing)
+            loss = F.cross_entropy(head(x)[:, columns], y[idx], label_smoothing=settings.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
