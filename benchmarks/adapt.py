@@ -67,7 +67,9 @@ def _manifest(path: Path, ds, indices: list[int]) -> Path:
 
 def method_name(args) -> str:
     return (args.method + ("+drop" if args.drop_absent else "") + ("+bn-keep" if args.batch_norm == "keep" else "")
-            + ("" if args.match_scale else "+no-scale"))
+            + ("" if args.match_scale else "+no-scale")
+            + (f"+epochs{args.epochs}" if args.epochs is not None else "")
+            + (f"+copies{args.copies}" if args.copies is not None else ""))
 
 
 def one_draw(source: Path, k: int, seed: int, args) -> dict:
@@ -78,7 +80,8 @@ def one_draw(source: Path, k: int, seed: int, args) -> dict:
     try:
         data = _manifest(work / "labelled.csv", ds, labelled)
         start = time.perf_counter()
-        result = adapt(data, work / "model", model=args.model, method=args.method, epochs=args.epochs, seed=seed,
+        result = adapt(data, work / "model", model=args.model, method=args.method, epochs=args.epochs,
+                       copies=args.copies, seed=seed,
                        batch_norm=args.batch_norm, match_scale=args.match_scale,
                        drop_absent=args.drop_absent, progress=False)
         seconds = time.perf_counter() - start
@@ -133,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--draws", type=int, default=5, help="seeded draws per source and k")
     p.add_argument("--first-seed", type=int, default=0, help="seed of the first draw")
     p.add_argument("--method", default="finetune", choices=("finetune", "linear", "prototype"))
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=None, help="adapt with --epochs (default: adapt's own)")
+    p.add_argument("--copies", type=int, default=None, help="adapt with --copies (default: adapt's own)")
     p.add_argument("--batch-norm", default="lab", choices=("keep", "lab"), help="adapt with --batch-norm")
     p.add_argument("--no-match-scale", dest="match_scale", action="store_false", help="adapt with --no-match-scale")
     p.add_argument("--drop-absent", action="store_true", help="adapt with --drop-absent (only the source's classes)")

@@ -197,3 +197,19 @@ def test_training_leaves_the_classes_absent_from_the_data_alone():
     moved = (head.weight.detach() - before).norm(dim=1)
     assert float(moved[absent].max()) < 1e-3 * float(before[absent].norm(dim=1).min())
     assert float(moved[[0, 1, 4]].min()) > 0.01
+
+
+def test_jittered_copies_keep_the_cells_and_add_seeded_variations():
+    from bloodcell.adaptation.jitter import jittered_copies
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 24, 24, 3), dtype=np.uint8)
+    labels = np.array([0, 1, 1, 4, 4])
+    out, out_labels = jittered_copies(images, labels, 3, seed=7)
+    assert out.shape == (15, 24, 24, 3) and out.dtype == np.uint8
+    assert np.array_equal(out[:5], images) and out_labels.tolist() == labels.tolist() * 3
+    assert not np.array_equal(out[5:10], images) and not np.array_equal(out[5:10], out[10:])
+    assert np.array_equal(out, jittered_copies(images, labels, 3, seed=7)[0])
+    assert not np.array_equal(out, jittered_copies(images, labels, 3, seed=8)[0])
+    same, same_labels = jittered_copies(images, labels, 1)
+    assert same is images and same_labels is labels

@@ -12,7 +12,8 @@ Methods (``method``):
 ``finetune``
     the same start, then the classifier and the network's last stages (see
     :mod:`bloodcell.adaptation.network`) are trained together on the eight
-    views, with batch-norm statistics kept. The frozen front runs once per view,
+    views of each cell and of its jittered copies (``copies``, see
+    :mod:`bloodcell.adaptation.jitter`). The frozen front runs once per view,
     so an epoch costs only the last stages.
 
 Batch-norm statistics (``batch_norm``): ``keep`` leaves the training lab's; ``lab`` first
@@ -36,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bloodcell.adaptation.jitter import jittered_copies
 from bloodcell.adaptation.network import dihedral_views, split_network
 from bloodcell.core.errors import ConfigError
 from bloodcell.core.preprocess import normalize
@@ -53,7 +55,8 @@ class TuneSettings:
     """How one network is adapted (see the module docstring)."""
 
     method: str = "finetune"
-    epochs: int = 10
+    epochs: int = 5
+    copies: int = 2
     lr: float = 3e-4
     head_lr: float = 1e-3
     batch_size: int = 32
@@ -69,10 +72,11 @@ class TuneSettings:
             raise ConfigError(f"Adaptation method must be one of {list(METHODS)}, got {self.method!r}.")
         if self.batch_norm not in BATCH_NORM:
             raise ConfigError(f"Batch-norm statistics must be one of {list(BATCH_NORM)}, got {self.batch_norm!r}.")
-        numbers = {"epochs": self.epochs, "batch_size": self.batch_size, "max_steps": self.max_steps}
+        numbers = {"epochs": self.epochs, "copies": self.copies, "batch_size": self.batch_size,
+                   "max_steps": self.max_steps}
         bad = {k: v for k, v in numbers.items() if not (isinstance(v, int) and v >= 1)}
         if bad or not (self.lr > 0 and self.head_lr > 0 and math.isfinite(self.lr) and math.isfinite(self.head_lr)):
-            raise ConfigError(f"Adaptation settings: epochs, batch size and max steps must be whole numbers of at "
+            raise ConfigError(f"Adaptation settings: epochs, copies, batch size and max steps must be whole numbers of at "
                               f"least 1 and learning rates positive; got {asdict(self)}.")
 
     def to_dict(self) -> dict:
@@ -215,7 +219,9 @@ def tune_network(net: nn.Module, preprocess, images: np.ndarray, labels: np.ndar
     front, back, head, where = split_network(net, len(preprocess.class_names))
     y = torch.from_numpy(np.asarray(labels, np.int64))
     present = sorted(set(y.tolist()))
-    report(0.0, "computing the frozen part on 8 views of each cell")
+    images, y = jittered_copies(images, y.numpy(), settings.copies, settings.seed)
+    y = torch.from_numpy(y)
+    report(0.0, f"computing the frozen part on 8 views of each cell and of its {settings.copies - 1} jittered copies")
     cached = _front_views(front, images, preprocess)
     _prototypes(head, _features(back, cached), y, present)
     steps = 0

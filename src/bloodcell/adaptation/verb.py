@@ -94,9 +94,9 @@ def _reporter(progress: bool, status_file):
     return report, bar
 
 
-def adapt(data, out, *, model=None, method: str = "finetune", epochs: int = 10, batch_norm: str = "lab",
-          match_scale: bool = True, drop_absent: bool = False,
-          held_out: float = HELD_OUT_SHARE, seed: int = 0, target_accuracy: float = 0.995, force: bool = False,
+def adapt(data, out, *, model=None, method: str = "finetune", epochs: int | None = None, copies: int | None = None,
+          batch_norm: str = "lab", match_scale: bool = True, drop_absent: bool = False, held_out: float = HELD_OUT_SHARE,
+          seed: int = 0, target_accuracy: float = 0.995, force: bool = False,
           progress: bool = True, status_file=None) -> AdaptResult:
     """Adapt a model to a lab's labelled cells and write the result as a new model folder (``bloodcell adapt``).
 
@@ -105,21 +105,22 @@ def adapt(data, out, *, model=None, method: str = "finetune", epochs: int = 10, 
     data : str or Path
         The lab's labelled cells: a class-folder tree, ``.npz`` or CSV manifest, a few images per class or more.
     out : str or Path
-        The model folder to write; ``predict``, ``serve``, ``evaluate`` and ``export`` take it like any other.
+        The model folder to write (``predict``, ``serve``, ``evaluate``, ``export`` take it).
     model : str or Path, optional
         The model folder to start from (default: the packaged model, or ``$BLOODCELL_MODEL``).
-    method, epochs, batch_norm, drop_absent
-        How the networks are adapted (see :mod:`bloodcell.adaptation.tune`): finetune, linear or
-        prototype; passes over the cells' eight views; keep the batch-norm statistics or re-estimate
-        them on the lab's cells (``"lab"``); remove the classes the data lacks instead of keeping them.
+    method, epochs, copies, batch_norm, drop_absent
+        How the networks are adapted (:mod:`~bloodcell.adaptation.tune`): finetune, linear or prototype;
+        passes over the views; cells in all with jittered copies (:mod:`~bloodcell.adaptation.jitter`;
+        ``None``: 5 and 2); keep the batch-norm statistics or re-estimate them on the lab's cells
+        (``"lab"``); remove the classes the data lacks instead of keeping them.
     match_scale : bool
         Scale the crop so the lab's cells appear at the size the model learnt (see
         :mod:`bloodcell.adaptation.scale`); the adapted model keeps that crop.
     held_out : float
         Share of each class held out to calibrate (see :mod:`bloodcell.adaptation.holdout`).
     seed, target_accuracy, force, progress
-        Seed of the held-out draw and of training; accuracy the abstention threshold must reach on the
-        held-out cells; replace ``out`` if it exists; show a progress bar on standard error.
+        Seed of the held-out draw and of training; accuracy the abstention threshold must reach on
+        the held-out cells; replace ``out`` if it exists; show a progress bar.
     status_file : str or Path, optional
         A JSON file rewritten with ``{"progress", "message"}`` as the work goes (for job runners).
 
@@ -129,7 +130,7 @@ def adapt(data, out, *, model=None, method: str = "finetune", epochs: int = 10, 
         The folder written, the adaptation record stored in its ``model.json`` and the wall time.
     """
     start = time.perf_counter()
-    settings = _settings(method, epochs, batch_norm, seed, held_out)
+    settings = _settings(method, epochs, copies, batch_norm, seed, held_out)
     src, out = _model_folder(model), Path(out)
     _check_out(out, src, force)
     names = tuple(read_meta(src)["preprocess"]["class_names"])
@@ -155,10 +156,13 @@ def adapt(data, out, *, model=None, method: str = "finetune", epochs: int = 10, 
     return AdaptResult(out, record, time.perf_counter() - start)
 
 
-def _settings(method: str, epochs: int, batch_norm: str, seed: int, held_out: float) -> TuneSettings:
+def _settings(method: str, epochs: int | None, copies: int | None, batch_norm: str, seed: int,
+              held_out: float) -> TuneSettings:
     if not 0.0 <= held_out < 1.0:
         raise ConfigError(f"--held-out must be a share in [0, 1), got {held_out!r}.")
-    settings = TuneSettings(method=method, epochs=epochs, batch_norm=batch_norm, seed=seed)
+    settings = TuneSettings(method=method, batch_norm=batch_norm, seed=seed)
+    settings.epochs = settings.epochs if epochs is None else epochs
+    settings.copies = settings.copies if copies is None else copies
     settings.check()
     return settings
 

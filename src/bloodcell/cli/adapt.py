@@ -15,7 +15,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--method", choices=("finetune", "linear", "prototype"), default="finetune",
                         help="finetune (default): retrain the last stages and the classifier; linear: a new "
                              "classifier on frozen features; prototype: class means, nothing trained")
-    parser.add_argument("--epochs", type=int, default=10, help="passes over the cells' eight views (default 10)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="passes over the eight views of the cells and their copies (default 5)")
+    parser.add_argument("--copies", type=int, default=None,
+                        help="each cell and jittered copies of it (crop, colour) to learn from, in all (default 2; "
+                             "1: the cells alone)")
     parser.add_argument("--batch-norm", choices=("keep", "lab"), default="lab",
                         help="lab (default): re-estimate the batch-norm statistics on your cells first; keep: the "
                              "model's own")
@@ -61,6 +65,7 @@ def run(args) -> int:
     from bloodcell.adaptation import adapt
 
     result = adapt(args.data, args.out, model=args.model, method=args.method, epochs=args.epochs,
+                   copies=args.copies,
                    batch_norm=args.batch_norm, match_scale=args.match_scale,
                    drop_absent=args.drop_absent, held_out=args.held_out, seed=args.seed,
                    target_accuracy=args.target_accuracy, force=args.force, progress=not args.quiet,

@@ -49,7 +49,7 @@ class AdaptRequest(BaseModel):
     data: str = Field(description="labelled cells on the server: class folders, .npz or a CSV manifest")
     model: str | None = Field(None, description="model folder to start from (default: the service's default model)")
     method: Literal["finetune", "linear", "prototype"] = "finetune"
-    epochs: int = Field(10, ge=1, le=200)
+    epochs: int | None = Field(None, ge=1, le=200, description="default: adapt's own (5)")
 
 
 class CaseAdaptRequest(BaseModel):
@@ -57,7 +57,7 @@ class CaseAdaptRequest(BaseModel):
 
     model: str | None = Field(None, description="model folder to start from (default: the service's default model)")
     method: Literal["finetune", "linear", "prototype"] = "finetune"
-    epochs: int = Field(10, ge=1, le=200)
+    epochs: int | None = Field(None, ge=1, le=200, description="default: adapt's own (5)")
 
 
 class SwitchRequest(BaseModel):
@@ -113,12 +113,15 @@ class JobRunner:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def submit(self, data: str | Path, model: str | None, method: str, epochs: int, job_id: str | None = None) -> Job:
+    def submit(self, data: str | Path, model: str | None, method: str, epochs: int | None,
+               job_id: str | None = None) -> Job:
         job_id = job_id or uuid.uuid4().hex[:12]
         folder = self.folder / job_id
         folder.mkdir(parents=True, exist_ok=True)
-        args = [str(data), "--out", str(folder / "model"), "--method", method, "--epochs", str(epochs),
+        args = [str(data), "--out", str(folder / "model"), "--method", method,
                 "--status-file", str(folder / "status.json"), "--quiet", "--force"]
+        if epochs is not None:
+            args += ["--epochs", str(epochs)]
         if model:
             args += ["--model", str(model)]
         job = Job(job_id, folder, args)
