@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import time
+import types
 
 import pytest
 from fastapi.testclient import TestClient
@@ -91,3 +92,28 @@ def test_case_adapt_exports_the_reviewed_cells(client):
     assert r.status_code == 202
     view = _wait(client, r.json()["id"])
     assert view["state"] == "done", view["message"]
+
+
+def test_shutdown_stops_the_running_adaptation_and_the_queued_ones(tmp_path, monkeypatch):
+    """No adaptation process outlives the service: the running one is terminated, queued ones never start."""
+    slow = tmp_path / "slow-python"
+    slow.write_text("#!/bin/sh\nexec sleep 120\n")
+    slow.chmod(0o755)
+    monkeypatch.setattr("bloodcell.server.jobs.sys", types.SimpleNamespace(executable=str(slow)))
+    monkeypatch.setenv("BLOODCELL_JOBS", str(tmp_path / "jobs"))
+    (tmp_path / "cells").mkdir()
+    app = create_app(tiny_model(), allowed_hosts=["testserver"], cases_dir=tmp_path / "cases")
+    with TestClient(app) as c:
+        ids = [c.post("/v1/jobs/adapt", json={"data": str(tmp_path / "cells")}).json()["id"] for _ in range(2)]
+        end = time.monotonic() + 30
+        while app.state.jobs._process is None and time.monotonic() < end:
+            time.sleep(0.05)
+        process = app.state.jobs._process
+        assert process is not None and process.poll() is None
+        assert c.get(f"/v1/jobs/{ids[1]}").json()["state"] == "queued"
+        start = time.monotonic()
+    assert time.monotonic() - start < 8
+    assert process.poll() is not None
+    for job_id in ids:
+        view = app.state.jobs.jobs[job_id].view()
+        assert view["state"] == "failed" and "shut down" in view["message"]

@@ -72,11 +72,15 @@ def _describe(max_upload_mb: float, max_files: int, max_megapixels: float) -> st
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI):
-    """Gates are made in the serving event loop (their semaphores belong to it); the batcher stops last."""
+    """Gates are made in the serving event loop (their semaphores belong to it); at shutdown adaptation
+    jobs are stopped, then the batcher."""
     app.state.work_gate = Gate("requests", WORK_SLOTS, WORK_QUEUE, trim=True)
     app.state.decode_gate = Gate("uploads", DECODE_SLOTS, WORK_SLOTS)
     app.state.gradcam_gate = Gate("Grad-CAM requests", GRADCAM_SLOTS, GRADCAM_QUEUE, retry_after=5, trim=True)
     yield
+    jobs = getattr(app.state, "jobs", None)
+    if jobs is not None:
+        jobs.stop()
     app.state.batcher.close()
 
 

@@ -43,6 +43,10 @@ ENV = "BLOODCELL_JOBS"
 router = APIRouter(tags=["jobs"])
 
 
+#: Message of a job the service's shutdown stopped or never ran.
+STOPPED = "stopped: the service shut down before the adaptation finished; submit it again"
+
+
 class AdaptRequest(BaseModel):
     """What to adapt to; every field but ``data`` is optional."""
 
@@ -112,6 +116,8 @@ class JobRunner:
         self._queue: queue.Queue[Job] = queue.Queue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._process: subprocess.Popen | None = None
+        self._stopping = False
 
     def submit(self, data: str | Path, model: str | None, method: str, epochs: int | None,
                job_id: str | None = None) -> Job:
@@ -146,19 +152,44 @@ class JobRunner:
             self._run(job)
 
     def _run(self, job: Job) -> None:
-        job.state, job.message = "running", "starting"
         log = job.folder / "log.txt"
         try:
-            with open(log, "wb") as out:
-                proc = subprocess.run([sys.executable, "-m", "bloodcell", "adapt", *job.args], stdout=out,
-                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=dict(os.environ))
-            job.returncode = proc.returncode
+            with open(log, "wb") as out, self._lock:
+                if self._stopping:
+                    job.state, job.message = "failed", STOPPED
+                    return
+                job.state, job.message = "running", "starting"
+                self._process = subprocess.Popen([sys.executable, "-m", "bloodcell", "adapt", *job.args], stdout=out,
+                                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                                 env=dict(os.environ))
+            job.returncode = self._process.wait()
         except OSError as e:
             job.state, job.message = "failed", f"could not start the adaptation process ({e})"
             return
+        finally:
+            self._process = None
         ok = job.returncode == 0 and is_model_folder(job.folder / "model")
         job.state = "done" if ok else "failed"
-        job.message = "adapted model written" if ok else _last_line(log)
+        job.message = "adapted model written" if ok else STOPPED if self._stopping else _last_line(log)
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop at the service's shutdown: queued jobs fail as not run, a running adaptation is
+        terminated (killed after ``grace`` seconds), so no process outlives the service."""
+        with self._lock:
+            self._stopping = True
+            process, thread = self._process, self._thread
+            for job in self.jobs.values():
+                if job.state == "queued":
+                    job.state, job.message = "failed", STOPPED
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(grace)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if thread is not None:
+            thread.join(grace)
 
 
 def _runner(request: Request) -> JobRunner:
