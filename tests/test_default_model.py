@@ -13,7 +13,8 @@ import pytest
 from bloodcell.core import model_choice as bundled
 from bloodcell.core.classes import CLASSES
 from bloodcell.core.model_folder import ONNX, read_meta
-from bloodcell.packaging.package import MAX_MB, REQUIRED_CARD
+from bloodcell.packaging.choices import MAX_MB
+from bloodcell.packaging.package import REQUIRED_CARD
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

@@ -6,11 +6,7 @@ HELP = "Export a model to ONNX (optionally int8), or package it as the default m
 
 
 def add_arguments(parser) -> None:
-    # deferred (here and in run): the parser imports every verb module, and `bloodcell predict` on
-    # onnxruntime must not load PyTorch, which packaging needs
-    from bloodcell.packaging.exporter import FORMATS
-    from bloodcell.packaging.onnx import OPSET, QUANTIZATIONS
-    from bloodcell.packaging.package import MAX_MB
+    from bloodcell.packaging.choices import FORMATS, MAX_MB, OPSET, QUANTIZATIONS
 
     parser.add_argument("model", metavar="MODEL", help="trained model folder (single model or ensemble)")
     parser.add_argument("--format", choices=FORMATS, default="onnx",
@@ -47,7 +43,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from bloodcell.packaging.exporter import export  # deferred: see add_arguments
+    from bloodcell.packaging.exporter import export  # deferred: it loads PyTorch, which --help must not
 
     export(args.model, format=args.format, output=args.output, quantize=args.quantize,
            calibration_data=args.calibration_data, calibration_images=args.calibration_images, opset=args.opset,

@@ -13,11 +13,10 @@ from bloodcell.core.model_folder import ONNX, read_meta
 from bloodcell.core.preprocess import PreprocessConfig
 from bloodcell.data import load_arrays, open_dataset
 from bloodcell.evaluation.comparison import read_evaluation
-from bloodcell.packaging.onnx import OPSET, export_onnx
-from bloodcell.packaging.package import MAX_MB, package_default, read_card
+from bloodcell.packaging.choices import FORMATS, MAX_MB, OPSET
+from bloodcell.packaging.onnx import export_onnx
+from bloodcell.packaging.package import package_default, read_card
 from bloodcell.training.config import load_config
-
-FORMATS = ("onnx", "default")
 
 
 def _say(message: str) -> None:

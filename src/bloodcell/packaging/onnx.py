@@ -57,9 +57,7 @@ from bloodcell.core.model_folder import weights_digest
 from bloodcell.core.preprocess import normalize
 from bloodcell.networks.loading import LoadedModel, load_model
 from bloodcell.ood import score as ood
-
-QUANTIZATIONS = ("none", "dynamic", "static")
-OPSET = 17
+from bloodcell.packaging.choices import OPSET, QUANTIZATIONS
 
 
 def metadata_for(meta: dict, folder: Path, quantization: str) -> dict[str, str]:

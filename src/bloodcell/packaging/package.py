@@ -41,6 +41,7 @@ from bloodcell.data import load_arrays, open_dataset
 from bloodcell.networks.loading import copy_model, load_model
 from bloodcell.ood.fit import fit_ood, save_head
 from bloodcell.packaging.card import card_metrics, check_evaluation_matches, training_record
+from bloodcell.packaging.choices import MAX_MB
 from bloodcell.packaging.onnx import export_onnx
 from bloodcell.prediction.onnx_backend import INT8_ONNX, OnnxModel
 from bloodcell.prediction.torch_backend import predict_proba
@@ -50,7 +51,6 @@ from bloodcell.training.data import measure_cell_share
 
 #: Sections the default model's card must have.
 REQUIRED_CARD = ("intended_use", "data", "metrics", "limitations", "citation", "licence")
-MAX_MB = 50.0  # a two-member ensemble with float16 weights, PyTorch and ONNX, and its int8 ONNX twin
 
 
 def read_card(path: str | Path) -> dict:
