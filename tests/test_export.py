@@ -386,3 +386,11 @@ def test_ood_is_fitted_on_cells_under_the_training_augmentation_when_the_model_l
     shifted = augmented_copies(images, cfg, seed=1)
     assert shifted.shape == images.shape and shifted.dtype == np.uint8 and not np.array_equal(shifted, images)
     np.testing.assert_array_equal(shifted, augmented_copies(images, cfg, seed=1))  # seeded
+
+
+def test_unknown_ood_augment_recipe_is_named_before_any_work(tmp_path):
+    from bloodcell.packaging.exporter import export
+
+    with pytest.raises(ConfigError, match="--ood-augment 'robust_defualt' is not a training recipe.*robust_default") as e:
+        export(tiny_model(), format="default", data=str(tmp_path), output=tmp_path / "pkg", ood_augment="robust_defualt")
+    assert "--config" not in str(e.value) and not (tmp_path / "pkg").exists()
