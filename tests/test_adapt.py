@@ -213,3 +213,10 @@ def test_jittered_copies_keep_the_cells_and_add_seeded_variations():
     assert not np.array_equal(out, jittered_copies(images, labels, 3, seed=8)[0])
     same, same_labels = jittered_copies(images, labels, 1)
     assert same is images and same_labels is labels
+
+
+@pytest.mark.parametrize("option, message", [({"copies": 0}, "--copies 0"), ({"epochs": -1}, "--epochs -1")])
+def test_bad_settings_name_the_option(lab, tmp_path, option, message):
+    with pytest.raises(ConfigError, match=f"{message}: must be a whole number of at least 1"):
+        adapt(lab, tmp_path / "out", model=tiny_model(), progress=False, **option)
+    assert not (tmp_path / "out").exists()

@@ -72,12 +72,13 @@ class TuneSettings:
             raise ConfigError(f"Adaptation method must be one of {list(METHODS)}, got {self.method!r}.")
         if self.batch_norm not in BATCH_NORM:
             raise ConfigError(f"Batch-norm statistics must be one of {list(BATCH_NORM)}, got {self.batch_norm!r}.")
-        numbers = {"epochs": self.epochs, "copies": self.copies, "batch_size": self.batch_size,
+        numbers = {"--epochs": self.epochs, "--copies": self.copies, "batch_size": self.batch_size,
                    "max_steps": self.max_steps}
-        bad = {k: v for k, v in numbers.items() if not (isinstance(v, int) and v >= 1)}
-        if bad or not (self.lr > 0 and self.head_lr > 0 and math.isfinite(self.lr) and math.isfinite(self.head_lr)):
-            raise ConfigError(f"Adaptation settings: epochs, copies, batch size and max steps must be whole numbers of at "
-                              f"least 1 and learning rates positive; got {asdict(self)}.")
+        bad = [f"{k} {v!r}" for k, v in numbers.items() if not (isinstance(v, int) and v >= 1)]
+        if bad:
+            raise ConfigError(f"Adaptation: {', '.join(bad)}: must be a whole number of at least 1.")
+        if not (self.lr > 0 and self.head_lr > 0 and math.isfinite(self.lr) and math.isfinite(self.head_lr)):
+            raise ConfigError(f"Adaptation learning rates must be positive; got lr {self.lr!r}, head_lr {self.head_lr!r}.")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -217,11 +218,10 @@ def tune_network(net: nn.Module, preprocess, images: np.ndarray, labels: np.ndar
         p.requires_grad_(False)
     renormalised = reestimate_batch_norm(net, images, preprocess) if settings.batch_norm == "lab" else 0
     front, back, head, where = split_network(net, len(preprocess.class_names))
-    y = torch.from_numpy(np.asarray(labels, np.int64))
+    images, labels = jittered_copies(images, np.asarray(labels, np.int64), settings.copies, settings.seed)
+    y = torch.from_numpy(labels)
     present = sorted(set(y.tolist()))
-    images, y = jittered_copies(images, y.numpy(), settings.copies, settings.seed)
-    y = torch.from_numpy(y)
-    report(0.0, f"computing the frozen part on 8 views of each cell and of its {settings.copies - 1} jittered copies")
+    report(0.0, f"computing the frozen part on 8 views of {len(images)} images ({settings.copies} per cell)")
     cached = _front_views(front, images, preprocess)
     _prototypes(head, _features(back, cached), y, present)
     steps = 0

@@ -160,9 +160,8 @@ def _settings(method: str, epochs: int | None, copies: int | None, batch_norm: s
               held_out: float) -> TuneSettings:
     if not 0.0 <= held_out < 1.0:
         raise ConfigError(f"--held-out must be a share in [0, 1), got {held_out!r}.")
-    settings = TuneSettings(method=method, batch_norm=batch_norm, seed=seed)
-    settings.epochs = settings.epochs if epochs is None else epochs
-    settings.copies = settings.copies if copies is None else copies
+    given = {k: v for k, v in {"epochs": epochs, "copies": copies}.items() if v is not None}
+    settings = TuneSettings(method=method, batch_norm=batch_norm, seed=seed, **given)
     settings.check()
     return settings
 

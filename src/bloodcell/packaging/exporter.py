@@ -16,7 +16,7 @@ from bloodcell.evaluation.comparison import read_evaluation
 from bloodcell.packaging.choices import FORMATS, MAX_MB, OPSET
 from bloodcell.packaging.onnx import export_onnx
 from bloodcell.packaging.package import package_default, read_card
-from bloodcell.training.config import load_config, recipe_names
+from bloodcell.training.config import load_config, recipe_hint, recipe_names
 
 
 def _say(message: str) -> None:
@@ -53,8 +53,8 @@ def _export_default(model, output, data, card, metrics, quantize, half_weights, 
     card = read_card(card) if card else None
     evaluation = read_evaluation(metrics) if metrics else None
     if ood_augment and ood_augment not in recipe_names():
-        raise ConfigError(f"--ood-augment {ood_augment!r} is not a training recipe; its augmentation is what the "
-                          f"check is fitted on. Recipes: {', '.join(recipe_names())}.")
+        raise ConfigError(f"--ood-augment {ood_augment!r} is not a training recipe (its augmentation is what the "
+                          f"check is fitted on). {recipe_hint(ood_augment)}.")
     augment = load_config(recipe=ood_augment).augment if ood_augment else None
     return package_default(model, data, output, card=card, evaluation=evaluation, quantize=quantize,
                            half_weights=half_weights, per_class=per_class, max_mb=max_mb, ood_augment=augment, say=say)

@@ -30,8 +30,9 @@ from bloodcell.server.uploads import png_bytes
 router = APIRouter(tags=["cases"])
 
 
-def _to_store(name: str, data: bytes, result: FieldResult) -> tuple[NewField, list[NewCell]]:
-    """A field and its classified cells as the store takes them (each cell: its crop as PNG)."""
+def _to_store(name: str, data: bytes, _image, result: FieldResult) -> tuple[NewField, list[NewCell]]:
+    """A field and its classified cells as the store takes them (each cell: its crop as PNG; the
+    field is stored as uploaded, so its decoded image is not needed)."""
     stem = Path(name).stem or "field"
     cells = []
     for c in result.cells:
@@ -60,9 +61,7 @@ async def add_fields(request: Request, case_id: int,
     await run_in_threadpool(cases.room, case_id)
     async with state.work_gate.enter():
         async with state.decode_gate.enter():
-            done, skipped = await run_in_threadpool(analyse_uploads, state, files, tile_overlap,
-                                                    lambda name, data, image, result: _to_store(name, data, result),
-                                                    True)
+            done, skipped = await run_in_threadpool(analyse_uploads, state, files, tile_overlap, _to_store, True)
     if not done:
         reasons = " ".join(s["detail"] for s in skipped)
         return error(422, f"No readable field in the upload. {reasons}".strip(), skipped)

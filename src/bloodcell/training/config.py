@@ -256,13 +256,18 @@ def recipe_names() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
+def recipe_hint(name: str) -> str:
+    """What to say of a name that is not a shipped recipe: the closest ones, then all of them."""
+    names = recipe_names()
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    hint = f"Did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+    return f"{hint}Recipes: {', '.join(names)}"
+
+
 def recipe_path(name: str) -> Path:
     """The file of a shipped recipe; unknown names get a "did you mean"."""
-    names = recipe_names()
-    if name not in names:
-        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ConfigError(f"Unknown recipe {name!r}.{hint} Recipes: {', '.join(names)} (or pass --config PATH).")
+    if name not in recipe_names():
+        raise ConfigError(f"Unknown recipe {name!r}. {recipe_hint(name)} (or pass --config PATH).")
     return Path(str(resources.files("bloodcell") / "configs" / f"{name}.yaml"))
 
 
