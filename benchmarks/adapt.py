@@ -67,7 +67,7 @@ def _manifest(path: Path, ds, indices: list[int]) -> Path:
 
 def method_name(args) -> str:
     return (args.method + ("+drop" if args.drop_absent else "") + ("+bn-keep" if args.batch_norm == "keep" else "")
-            + ("" if args.match_scale else "+no-scale")
+            + ("" if args.match_scale else "+no-scale") + ("+imagenet" if args.imagenet_member else "")
             + (f"+epochs{args.epochs}" if args.epochs is not None else "")
             + (f"+copies{args.copies}" if args.copies is not None else ""))
 
@@ -83,7 +83,7 @@ def one_draw(source: Path, k: int, seed: int, args) -> dict:
         result = adapt(data, work / "model", model=args.model, method=args.method, epochs=args.epochs,
                        copies=args.copies, seed=seed,
                        batch_norm=args.batch_norm, match_scale=args.match_scale,
-                       drop_absent=args.drop_absent, progress=False)
+                       drop_absent=args.drop_absent, imagenet_member=args.imagenet_member, progress=False)
         seconds = time.perf_counter() - start
         test = _manifest(work / "scored.csv", ds, scored)
         run = Classifier(work / "model").predict([test])
@@ -140,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--copies", type=int, default=None, help="adapt with --copies (default: adapt's own)")
     p.add_argument("--batch-norm", default="lab", choices=("keep", "lab"), help="adapt with --batch-norm")
     p.add_argument("--no-match-scale", dest="match_scale", action="store_false", help="adapt with --no-match-scale")
+    p.add_argument("--no-imagenet-member", dest="imagenet_member", action="store_false",
+                   help="adapt with --no-imagenet-member")
     p.add_argument("--drop-absent", action="store_true", help="adapt with --drop-absent (only the source's classes)")
     p.add_argument("--model", default=None, help="model folder to adapt (default: the packaged model)")
     p.add_argument("-o", "--output", default=str(RESULTS / "adapt.json"))

@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from sklearn.linear_model import LogisticRegression
 
 from _serve_helpers import cli, tiny_model
 from bloodcell import Classifier
 from bloodcell.adaptation import adapt
+from bloodcell.adaptation.generic import fit_classifier
 from bloodcell.adaptation.holdout import held_out_count, split_holdout
 from bloodcell.adaptation.network import split_network
 from bloodcell.core.errors import ConfigError, DataError
@@ -26,6 +28,7 @@ LAB = ("basophil", "eosinophil", "lymphocyte", "monocyte")
 @pytest.fixture(autouse=True)
 def _few_non_cells(monkeypatch):
     monkeypatch.setattr("bloodcell.adaptation.calibrate.NON_CELLS_PER_KIND", 4)
+    monkeypatch.setattr("bloodcell.adaptation.generic.IMAGE_SIZE", 48)  # the ImageNet member, small for speed
 
 
 @pytest.fixture
@@ -94,7 +97,7 @@ def test_drop_absent_keeps_only_the_data_classes(lab, tmp_path):
 
 def test_finetune_tunes_the_last_stages_of_every_member(lab, tmp_path):
     ens = _lite0_ensemble(tmp_path)
-    out = adapt(lab, tmp_path / "out", model=ens, epochs=1, progress=False).out
+    out = adapt(lab, tmp_path / "out", model=ens, epochs=1, imagenet_member=False, progress=False).out
     before, after = load_model(ens).module, load_model(out).module
     for old, new in zip(before.members, after.members):
         assert torch.equal(old.model.conv_stem.weight, new.model.conv_stem.weight)  # the frozen front
@@ -220,3 +223,39 @@ def test_bad_settings_name_the_option(lab, tmp_path, option, message):
     with pytest.raises(ConfigError, match=f"{message}: must be a whole number of at least 1"):
         adapt(lab, tmp_path / "out", model=tiny_model(), progress=False, **option)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_imagenet_classifier_is_the_logistic_regression_folded_into_the_layer():
+    rng = np.random.default_rng(0)
+    labels = np.repeat([1, 3, 4], 10)
+    feats = (rng.normal(size=(8, 30, 16)) + labels[None, :, None] * 0.7 * rng.normal(size=16)).astype(np.float32)
+    weight, bias = fit_classifier(feats, labels, 8)
+    x = feats.reshape(-1, 16).astype(np.float64)
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    clf = LogisticRegression(C=1.0, max_iter=3000).fit((x - mean) / std, np.tile(labels, 8))
+    logits = x @ weight.T.astype(np.float64) + bias
+    present = logits[:, [1, 3, 4]]
+    probs = np.exp(present - present.max(1, keepdims=True))
+    np.testing.assert_allclose(probs / probs.sum(1, keepdims=True), clf.predict_proba((x - mean) / std), atol=1e-4)
+    absent = [0, 2, 5, 6, 7]
+    assert not weight[absent].any()
+    own = logits[np.arange(len(x)), np.tile(labels, 8)]
+    assert own.min() - logits[:, absent].max() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_an_imagenet_network_votes_beside_the_adapted_model(lab, tmp_path):
+    out = adapt(lab, tmp_path / "out", model=tiny_model(), epochs=1, progress=False).out
+    meta = read_meta(out)
+    assert meta["ensemble"]["weights"] == pytest.approx([2 / 3, 1 / 3])
+    assert read_meta(out / "member_0")["architecture"] == read_meta(tiny_model())["architecture"]
+    member = load_model(out / "member_1")
+    assert member.meta["architecture"] == "efficientnet_lite0"
+    assert member.preprocess.crop_fraction == meta["preprocess"]["crop_fraction"]
+    imagenet = create_model("efficientnet_lite0", num_classes=8, pretrained=True)
+    assert torch.equal(member.module.conv_stem.weight, imagenet.conv_stem.weight)
+    rows = [member.class_names.index(c) for c in ("erythroblast", "ig", "neutrophil", "platelet")]
+    assert not member.module.classifier.weight[rows].any()
+    fitted = Classifier(out / "member_1").predict([lab])
+    assert np.mean([p.label == p.true_label for p in fitted.predictions]) >= 0.9
+    assert "ImageNet weights" in meta["model_card"]["summary"] and len(meta["adaptation"]["networks"]) == 2
+    assert len(Classifier(out).predict([lab / "monocyte"]).predictions) == 8

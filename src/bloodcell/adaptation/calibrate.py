@@ -86,6 +86,15 @@ def _scale_sentence(scale: dict) -> str:
             f"{crop['adapted']:g} of the image's shorter side.")
 
 
+def _imagenet_sentence(record: dict) -> str:
+    member = record.get("imagenet_member")
+    if not member:
+        return ""
+    share = member["weights"][1] / sum(member["weights"])
+    return (f" An {member['architecture']} network with its ImageNet weights, its classifier fitted to the same "
+            f"cells, votes beside it ({share:.0%} of the vote).")
+
+
 def _card(old: dict, record: dict) -> dict:
     name = old.get("name") or "bloodcell model"
     counts = ", ".join(f"{c} {n}" for c, n in record["fitting_cells"].items())
@@ -96,7 +105,7 @@ def _card(old: dict, record: dict) -> dict:
         "summary": (f"Adapted from {name} to the labelled cells in {record['data']} with `bloodcell adapt` "
                     f"(method {record['method']}): it is the original model's network with {record['networks'][0]['tuned']} "
                     "adapted to the lab's cells, then calibrated on cells held out from them."
-                    + _scale_sentence(record.get("scale") or {})),
+                    + _scale_sentence(record.get("scale") or {}) + _imagenet_sentence(record)),
         "data": (f"Fitting cells: {counts}. Held out for calibration: "
                  + ", ".join(f"{c} {n}" for c, n in record["held_out_cells"].items()) + "."),
         "metrics": {"held_out": after, "original_model_on_the_same_cells": record.get("held_out_before")},

@@ -10,6 +10,8 @@ import numpy as np
 from tqdm import tqdm
 
 from bloodcell.adaptation.calibrate import calibrate_adapted
+from bloodcell.adaptation.generic import ARCHITECTURE as IMAGENET_ARCHITECTURE
+from bloodcell.adaptation.generic import write_generic_member
 from bloodcell.adaptation.holdout import HELD_OUT_SHARE, split_holdout
 from bloodcell.adaptation.scale import matched_crop
 from bloodcell.adaptation.tree import adapt_tree, networks_in
@@ -18,7 +20,13 @@ from bloodcell.core.errors import ConfigError, DataError, ModelError
 from bloodcell.core.files import atomic_write_json, check_writable_folder, staged_folder
 from bloodcell.core.model_choice import resolve_model
 from bloodcell.core.model_folder import is_model_folder, read_meta, write_meta
+from bloodcell.core.preprocess import PreprocessConfig
 from bloodcell.data import open_dataset
+from bloodcell.networks.ensemble import write_ensemble_meta
+
+#: Votes of the adapted model and of the ImageNet member: each network of the default pair and the
+#: ImageNet network weigh the same.
+IMAGENET_WEIGHTS = [2.0, 1.0]
 
 
 @dataclass
@@ -95,8 +103,8 @@ def _reporter(progress: bool, status_file):
 
 
 def adapt(data, out, *, model=None, method: str = "finetune", epochs: int | None = None, copies: int | None = None,
-          batch_norm: str = "lab", match_scale: bool = True, drop_absent: bool = False, held_out: float = HELD_OUT_SHARE,
-          seed: int = 0, target_accuracy: float = 0.995, force: bool = False,
+          batch_norm: str = "lab", match_scale: bool = True, drop_absent: bool = False, imagenet_member: bool = True,
+          held_out: float = HELD_OUT_SHARE, seed: int = 0, target_accuracy: float = 0.995, force: bool = False,
           progress: bool = True, status_file=None) -> AdaptResult:
     """Adapt a model to a lab's labelled cells and write the result as a new model folder (``bloodcell adapt``).
 
@@ -113,6 +121,9 @@ def adapt(data, out, *, model=None, method: str = "finetune", epochs: int | None
         passes over the views; cells in all with jittered copies (:mod:`~bloodcell.adaptation.jitter`;
         ``None``: 5 and 2); keep the batch-norm statistics or re-estimate them on the lab's cells
         (``"lab"``); remove the classes the data lacks instead of keeping them.
+    imagenet_member : bool
+        Add an ImageNet-trained network whose classifier is fitted to the same cells as a voting member
+        (see :mod:`bloodcell.adaptation.generic`); the adapted model becomes ``member_0`` of the result.
     match_scale : bool
         Scale the crop so the lab's cells appear at the size the model learnt (see
         :mod:`bloodcell.adaptation.scale`); the adapted model keeps that crop.
@@ -143,8 +154,14 @@ def adapt(data, out, *, model=None, method: str = "finetune", epochs: int | None
     try:
         report(0.0, f"adapting {src.name} to {len(fit_idx)} cells, {len(held_idx)} held out")
         with staged_folder(out) as staging:
-            record["networks"] = adapt_tree(src, staging, ds.select(fit_idx.tolist()), settings, keep,
-                                            lambda f, m: report(0.85 * f, m), [0], networks_in(src), progress)
+            fit_data = ds.select(fit_idx.tolist())
+            adapted = staging / "member_0" if imagenet_member else staging
+            share = 0.75 if imagenet_member else 0.85
+            record["networks"] = adapt_tree(src, adapted, fit_data, settings, keep,
+                                            lambda f, m: report(share * f, m), [0], networks_in(src), progress)
+            if imagenet_member:
+                report(share, "fitting the ImageNet network's classifier to the same cells")
+                _add_imagenet_member(staging, src, fit_data, record, seed, progress)
             report(0.85, "calibrating on the held-out cells and refitting the out-of-distribution check")
             calibrate_adapted(staging, src, ds, fit_idx, held_idx, record, target_accuracy, progress)
             record["seconds"] = round(time.perf_counter() - start, 1)
@@ -154,6 +171,15 @@ def adapt(data, out, *, model=None, method: str = "finetune", epochs: int | None
         if bar is not None:
             bar.close()
     return AdaptResult(out, record, time.perf_counter() - start)
+
+
+def _add_imagenet_member(staging: Path, src: Path, fit_data, record: dict, seed: int, progress: bool) -> None:
+    """Write the ImageNet member beside the adapted model (``member_1``) and the ensemble that joins them."""
+    adapted = PreprocessConfig.from_dict(read_meta(staging / "member_0")["preprocess"])
+    record["networks"].append(write_generic_member(staging / "member_1", fit_data, adapted, seed, progress))
+    write_ensemble_meta(staging, 2, IMAGENET_WEIGHTS,
+                        sources=[f"{src}, adapted", f"{IMAGENET_ARCHITECTURE} with ImageNet weights"])
+    record["imagenet_member"] = {"architecture": IMAGENET_ARCHITECTURE, "weights": IMAGENET_WEIGHTS}
 
 
 def _settings(method: str, epochs: int | None, copies: int | None, batch_norm: str, seed: int,

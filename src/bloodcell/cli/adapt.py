@@ -26,6 +26,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-match-scale", dest="match_scale", action="store_false",
                         help="keep the model's crop (default: scale it so your cells appear at the size the model "
                              "learnt, measured on your images)")
+    parser.add_argument("--no-imagenet-member", dest="imagenet_member", action="store_false",
+                        help="adapt the model alone (default: an ImageNet-trained network, its classifier fitted to "
+                             "your cells, votes beside it)")
     parser.add_argument("--drop-absent", action="store_true",
                         help="predict only the classes present in DATA (default: keep the model's other classes)")
     parser.add_argument("--held-out", type=float, default=0.25,
@@ -67,7 +70,8 @@ def run(args) -> int:
     result = adapt(args.data, args.out, model=args.model, method=args.method, epochs=args.epochs,
                    copies=args.copies,
                    batch_norm=args.batch_norm, match_scale=args.match_scale,
-                   drop_absent=args.drop_absent, held_out=args.held_out, seed=args.seed,
+                   drop_absent=args.drop_absent,
+                   imagenet_member=args.imagenet_member, held_out=args.held_out, seed=args.seed,
                    target_accuracy=args.target_accuracy, force=args.force, progress=not args.quiet,
                    status_file=args.status_file)
     print(_summary(result))

@@ -37,6 +37,7 @@ __all__ = [
     "ensemble",
     "ensemble_preprocess",
     "make_ensemble",
+    "write_ensemble_meta",
     "normalize_weights",
     "resize_matrix",
 ]
@@ -155,6 +156,27 @@ def make_ensemble(
         write_meta(staging, meta)
         load_model(staging)  # every member loads and fits the ensemble, before anything is replaced
     return out
+
+
+def write_ensemble_meta(folder: str | Path, count: int, weights: list[float] | None = None,
+                        sources: list[str] | None = None) -> dict:
+    """Write ``folder/model.json`` for the ``count`` members already written in it as ``member_0/``...;
+    ``sources`` replaces the members' recorded origins (default: their paths). Returns the metadata.
+
+    Raises
+    ------
+    ModelError
+        A member is not a readable model, or members disagree on classes or crop.
+    """
+    folder = Path(folder)
+    folders = [folder / f"member_{i}" for i in range(count)]
+    normalize_weights(weights, count)
+    metas = [read_meta(f) for f in folders]
+    meta = _ensemble_meta(folders, metas, _member_configs(folders, metas), weights)
+    for member, source in zip(meta["config"]["members"], sources or []):
+        member["source"] = source
+    write_meta(folder, meta)
+    return meta
 
 
 def ensemble(members: list[str | Path], output: str | Path, *, weights: list[float] | None = None,
