@@ -13,7 +13,7 @@ from sklearn.linear_model import LogisticRegression
 from _serve_helpers import cli, tiny_model
 from bloodcell import Classifier
 from bloodcell.adaptation import adapt
-from bloodcell.adaptation.generic import fit_classifier
+from bloodcell.adaptation.imagenet import fit_classifier
 from bloodcell.adaptation.holdout import held_out_count, split_holdout
 from bloodcell.adaptation.network import split_network
 from bloodcell.core.errors import ConfigError, DataError
@@ -28,7 +28,7 @@ LAB = ("basophil", "eosinophil", "lymphocyte", "monocyte")
 @pytest.fixture(autouse=True)
 def _few_non_cells(monkeypatch):
     monkeypatch.setattr("bloodcell.adaptation.calibrate.NON_CELLS_PER_KIND", 4)
-    monkeypatch.setattr("bloodcell.adaptation.generic.IMAGE_SIZE", 48)  # the ImageNet member, small for speed
+    monkeypatch.setattr("bloodcell.adaptation.imagenet.IMAGE_SIZE", 48)  # the ImageNet member, small for speed
 
 
 @pytest.fixture

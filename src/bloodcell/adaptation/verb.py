@@ -10,8 +10,8 @@ import numpy as np
 from tqdm import tqdm
 
 from bloodcell.adaptation.calibrate import calibrate_adapted
-from bloodcell.adaptation.generic import ARCHITECTURE as IMAGENET_ARCHITECTURE
-from bloodcell.adaptation.generic import write_generic_member
+from bloodcell.adaptation.imagenet import ARCHITECTURE as IMAGENET_ARCHITECTURE
+from bloodcell.adaptation.imagenet import write_imagenet_member
 from bloodcell.adaptation.holdout import HELD_OUT_SHARE, split_holdout
 from bloodcell.adaptation.scale import matched_crop
 from bloodcell.adaptation.tree import adapt_tree, networks_in
@@ -121,17 +121,14 @@ def adapt(data, out, *, model=None, method: str = "finetune", epochs: int | None
         passes over the views; cells in all with jittered copies (:mod:`~bloodcell.adaptation.jitter`;
         ``None``: 5 and 2); keep the batch-norm statistics or re-estimate them on the lab's cells
         (``"lab"``); remove the classes the data lacks instead of keeping them.
-    imagenet_member : bool
-        Add an ImageNet-trained network whose classifier is fitted to the same cells as a voting member
-        (see :mod:`bloodcell.adaptation.generic`); the adapted model becomes ``member_0`` of the result.
-    match_scale : bool
-        Scale the crop so the lab's cells appear at the size the model learnt (see
-        :mod:`bloodcell.adaptation.scale`); the adapted model keeps that crop.
-    held_out : float
-        Share of each class held out to calibrate (see :mod:`bloodcell.adaptation.holdout`).
-    seed, target_accuracy, force, progress
-        Seed of the held-out draw and of training; accuracy the abstention threshold must reach on
-        the held-out cells; replace ``out`` if it exists; show a progress bar.
+    imagenet_member, match_scale : bool
+        Add an ImageNet network, its classifier fitted to the same cells, as a voting member (see
+        :mod:`bloodcell.adaptation.imagenet`); scale the crop so the lab's cells appear at the size the
+        model learnt (:mod:`bloodcell.adaptation.scale`).
+    held_out, seed, target_accuracy, force, progress
+        Share of each class held out to calibrate (:mod:`bloodcell.adaptation.holdout`); seed of that
+        draw and of training; accuracy the abstention threshold must reach on the held-out cells;
+        replace ``out`` if it exists; show a progress bar.
     status_file : str or Path, optional
         A JSON file rewritten with ``{"progress", "message"}`` as the work goes (for job runners).
 
@@ -154,14 +151,8 @@ def adapt(data, out, *, model=None, method: str = "finetune", epochs: int | None
     try:
         report(0.0, f"adapting {src.name} to {len(fit_idx)} cells, {len(held_idx)} held out")
         with staged_folder(out) as staging:
-            fit_data = ds.select(fit_idx.tolist())
-            adapted = staging / "member_0" if imagenet_member else staging
-            share = 0.75 if imagenet_member else 0.85
-            record["networks"] = adapt_tree(src, adapted, fit_data, settings, keep,
-                                            lambda f, m: report(share * f, m), [0], networks_in(src), progress)
-            if imagenet_member:
-                report(share, "fitting the ImageNet network's classifier to the same cells")
-                _add_imagenet_member(staging, src, fit_data, record, seed, progress)
+            _write_networks(staging, src, ds.select(fit_idx.tolist()), settings, keep, imagenet_member, record,
+                            report, progress)
             report(0.85, "calibrating on the held-out cells and refitting the out-of-distribution check")
             calibrate_adapted(staging, src, ds, fit_idx, held_idx, record, target_accuracy, progress)
             record["seconds"] = round(time.perf_counter() - start, 1)
@@ -173,10 +164,22 @@ def adapt(data, out, *, model=None, method: str = "finetune", epochs: int | None
     return AdaptResult(out, record, time.perf_counter() - start)
 
 
+def _write_networks(staging: Path, src: Path, fit_data, settings: TuneSettings, keep, imagenet_member: bool,
+                    record: dict, report, progress: bool) -> None:
+    """Write the adapted copy of ``src`` into ``staging`` (as ``member_0`` beside the ImageNet member, or alone)."""
+    adapted = staging / "member_0" if imagenet_member else staging
+    share = 0.75 if imagenet_member else 0.85
+    record["networks"] = adapt_tree(src, adapted, fit_data, settings, keep, lambda f, m: report(share * f, m), [0],
+                                    networks_in(src), progress)
+    if imagenet_member:
+        report(share, "fitting the ImageNet network's classifier to the same cells")
+        _add_imagenet_member(staging, src, fit_data, record, settings.seed, progress)
+
+
 def _add_imagenet_member(staging: Path, src: Path, fit_data, record: dict, seed: int, progress: bool) -> None:
     """Write the ImageNet member beside the adapted model (``member_1``) and the ensemble that joins them."""
     adapted = PreprocessConfig.from_dict(read_meta(staging / "member_0")["preprocess"])
-    record["networks"].append(write_generic_member(staging / "member_1", fit_data, adapted, seed, progress))
+    record["networks"].append(write_imagenet_member(staging / "member_1", fit_data, adapted, seed, progress))
     write_ensemble_meta(staging, 2, IMAGENET_WEIGHTS,
                         sources=[f"{src}, adapted", f"{IMAGENET_ARCHITECTURE} with ImageNet weights"])
     record["imagenet_member"] = {"architecture": IMAGENET_ARCHITECTURE, "weights": IMAGENET_WEIGHTS}

@@ -67,16 +67,16 @@ def fit_classifier(feats: np.ndarray, labels: np.ndarray, num_classes: int, seed
     return weight.astype(np.float32), bias.astype(np.float32)
 
 
-def generic_preprocess(adapted: PreprocessConfig) -> PreprocessConfig:
+def imagenet_preprocess(adapted: PreprocessConfig) -> PreprocessConfig:
     """The ImageNet member's preprocessing: the adapted model's crop and classes, its own size and statistics."""
     entry = get_entry(ARCHITECTURE)
     return dataclasses.replace(adapted, image_size=IMAGE_SIZE, mean=tuple(entry.mean), std=tuple(entry.std))
 
 
-def write_generic_member(folder: Path, fit_data, adapted: PreprocessConfig, seed: int, progress: bool,
+def write_imagenet_member(folder: Path, fit_data, adapted: PreprocessConfig, seed: int, progress: bool,
                          weights_file: str | None = None) -> dict:
     """Fit the ImageNet member's classifier to the fitting cells and write it as a model folder; returns its record."""
-    pre = generic_preprocess(adapted)
+    pre = imagenet_preprocess(adapted)
     names = pre.class_names
     net = create_model(ARCHITECTURE, len(names), pretrained=weights_file or True).eval()
     arrays = load_arrays(fit_data, pre, class_names=names, progress=progress)
