@@ -13,8 +13,8 @@ from sklearn.linear_model import LogisticRegression
 from _serve_helpers import cli, tiny_model
 from bloodcell import Classifier
 from bloodcell.adaptation import adapt
-from bloodcell.adaptation.imagenet import fit_classifier
 from bloodcell.adaptation.holdout import held_out_count, split_holdout
+from bloodcell.adaptation.imagenet import fit_classifier
 from bloodcell.adaptation.network import split_network
 from bloodcell.core.errors import ConfigError, DataError
 from bloodcell.core.model_folder import read_meta

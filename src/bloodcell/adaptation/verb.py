@@ -10,9 +10,9 @@ import numpy as np
 from tqdm import tqdm
 
 from bloodcell.adaptation.calibrate import calibrate_adapted
+from bloodcell.adaptation.holdout import HELD_OUT_SHARE, split_holdout
 from bloodcell.adaptation.imagenet import ARCHITECTURE as IMAGENET_ARCHITECTURE
 from bloodcell.adaptation.imagenet import write_imagenet_member
-from bloodcell.adaptation.holdout import HELD_OUT_SHARE, split_holdout
 from bloodcell.adaptation.scale import matched_crop
 from bloodcell.adaptation.tree import adapt_tree, networks_in
 from bloodcell.adaptation.tune import TuneSettings
