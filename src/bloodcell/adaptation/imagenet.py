@@ -31,7 +31,7 @@ from bloodcell.networks.registry import create_model, get_entry
 
 #: The ImageNet network added to an adapted model, and its input side in pixels.
 ARCHITECTURE = "efficientnet_lite0"
-IMAGE_SIZE = 224
+IMAGE_SIZE = 160
 #: Inverse regularisation strength of the logistic regression (on standardised features).
 C = 1.0
 
@@ -39,6 +39,7 @@ C = 1.0
 @torch.no_grad()
 def view_features(net, preprocess: PreprocessConfig, images: np.ndarray, batch: int = 64) -> np.ndarray:
     """Penultimate features ``(8, N, F)`` of the eight views of prepared ``uint8`` images (NHWC)."""
+    net = net.to(memory_format=torch.channels_last)  # about twice as fast on CPU; saving stores plain tensors
     front, back, _, _ = split_network(net, len(preprocess.class_names))
     parts = []
     for start in range(0, len(images), batch):
