@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from bloodcell.adaptation.network import dihedral_views, split_network
-from bloodcell.adaptation.tune import ABSENT_MARGIN
-from bloodcell.core.preprocess import PreprocessConfig, normalize
+from bloodcell.adaptation.network import split_network
+from bloodcell.adaptation.tune import ABSENT_MARGIN, _features, _front_views
+from bloodcell.core.preprocess import PreprocessConfig
 from bloodcell.data import load_arrays
 from bloodcell.networks.loading import save_model
 from bloodcell.networks.registry import create_model, get_entry
@@ -36,16 +36,11 @@ IMAGE_SIZE = 160
 C = 1.0
 
 
-@torch.no_grad()
-def view_features(net, preprocess: PreprocessConfig, images: np.ndarray, batch: int = 64) -> np.ndarray:
+def view_features(net, preprocess: PreprocessConfig, images: np.ndarray) -> np.ndarray:
     """Penultimate features ``(8, N, F)`` of the eight views of prepared ``uint8`` images (NHWC)."""
     net = net.to(memory_format=torch.channels_last)  # about twice as fast on CPU; saving stores plain tensors
     front, back, _, _ = split_network(net, len(preprocess.class_names))
-    parts = []
-    for start in range(0, len(images), batch):
-        x = normalize(torch.from_numpy(np.ascontiguousarray(images[start : start + batch])), preprocess)
-        parts.append(torch.stack([back(front(v.contiguous())) for v in dihedral_views(x)]))
-    return torch.cat(parts, 1).numpy()
+    return _features(back, _front_views(front, images, preprocess)).numpy()
 
 
 def fit_classifier(feats: np.ndarray, labels: np.ndarray, num_classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -74,12 +69,11 @@ def imagenet_preprocess(adapted: PreprocessConfig) -> PreprocessConfig:
     return dataclasses.replace(adapted, image_size=IMAGE_SIZE, mean=tuple(entry.mean), std=tuple(entry.std))
 
 
-def write_imagenet_member(folder: Path, fit_data, adapted: PreprocessConfig, seed: int, progress: bool,
-                         weights_file: str | None = None) -> dict:
+def write_imagenet_member(folder: Path, fit_data, adapted: PreprocessConfig, seed: int, progress: bool) -> dict:
     """Fit the ImageNet member's classifier to the fitting cells and write it as a model folder; returns its record."""
     pre = imagenet_preprocess(adapted)
     names = pre.class_names
-    net = create_model(ARCHITECTURE, len(names), pretrained=weights_file or True).eval()
+    net = create_model(ARCHITECTURE, len(names), pretrained=True).eval()
     arrays = load_arrays(fit_data, pre, class_names=names, progress=progress)
     weight, bias = fit_classifier(view_features(net, pre, arrays.images), arrays.labels, len(names), seed)
     with torch.no_grad():
