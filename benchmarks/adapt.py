@@ -69,7 +69,8 @@ def method_name(args) -> str:
     return (args.method + ("+drop" if args.drop_absent else "") + ("+bn-keep" if args.batch_norm == "keep" else "")
             + ("" if args.match_scale else "+no-scale") + ("+imagenet" if args.imagenet_member else "")
             + (f"+epochs{args.epochs}" if args.epochs is not None else "")
-            + (f"+copies{args.copies}" if args.copies is not None else ""))
+            + (f"+copies{args.copies}" if args.copies is not None else "")
+            + (f"+held-out{args.held_out:g}" if args.held_out is not None else ""))
 
 
 def one_draw(source: Path, k: int, seed: int, args) -> dict:
@@ -83,7 +84,8 @@ def one_draw(source: Path, k: int, seed: int, args) -> dict:
         result = adapt(data, work / "model", model=args.model, method=args.method, epochs=args.epochs,
                        copies=args.copies, seed=seed,
                        batch_norm=args.batch_norm, match_scale=args.match_scale,
-                       drop_absent=args.drop_absent, imagenet_member=args.imagenet_member, progress=False)
+                       drop_absent=args.drop_absent, imagenet_member=args.imagenet_member, progress=False,
+                       **({"held_out": args.held_out} if args.held_out is not None else {}))
         seconds = time.perf_counter() - start
         test = _manifest(work / "scored.csv", ds, scored)
         run = Classifier(work / "model").predict([test])
@@ -138,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--method", default="finetune", choices=("finetune", "linear", "prototype"))
     p.add_argument("--epochs", type=int, default=None, help="adapt with --epochs (default: adapt's own)")
     p.add_argument("--copies", type=int, default=None, help="adapt with --copies (default: adapt's own)")
+    p.add_argument("--held-out", type=float, default=None, help="adapt with --held-out (default: adapt's own)")
     p.add_argument("--batch-norm", default="lab", choices=("keep", "lab"), help="adapt with --batch-norm")
     p.add_argument("--no-match-scale", dest="match_scale", action="store_false", help="adapt with --no-match-scale")
     p.add_argument("--no-imagenet-member", dest="imagenet_member", action="store_false",

@@ -8,8 +8,10 @@ import torch
 
 from bloodcell import DataError, PreprocessConfig
 from bloodcell.networks import create_model, load_model, save_model
+from bloodcell.ood.fit import fit_head
+from bloodcell.ood.score import ScoredModel, extract_features, head_scores
 from bloodcell.prediction.explain import gradcam, overlay
-from bloodcell.prediction.torch_backend import predict_logits, predict_proba
+from bloodcell.prediction.torch_backend import predict_logits, predict_proba, probabilities_and_ood
 
 
 @pytest.fixture
@@ -51,6 +53,24 @@ def test_tta_is_the_mean_over_the_eight_views(tiny_model):
     np.testing.assert_allclose(predict_proba(tiny_model, x, tta=True), expected, atol=1e-5)
     # Random images are not rotation-invariant, so TTA must change the answer.
     assert not np.allclose(predict_proba(tiny_model, x, tta=True), predict_proba(tiny_model, x), atol=1e-6)
+
+
+def test_one_pass_gives_the_probabilities_and_scores_of_separate_passes(tiny_model):
+    x = images(9, seed=3)
+    plain = {k: v.detach().clone() for k, v in tiny_model.module.state_dict().items()}
+    feats = extract_features(tiny_model, images(40, seed=4))
+    head = fit_head(feats, np.arange(40) % 4, dims=4)
+    scored = ScoredModel(tiny_model.module, 4, head).eval()
+    probs, scores = probabilities_and_ood(tiny_model, scored, x, batch_size=4)
+    np.testing.assert_allclose(probs, predict_proba(tiny_model, x), atol=1e-5)
+    np.testing.assert_allclose(scores, head_scores(head, extract_features(tiny_model, x)), rtol=1e-4, atol=1e-5)
+    tta_probs, tta_scores = probabilities_and_ood(tiny_model, scored, x, tta=True)
+    np.testing.assert_allclose(tta_probs, predict_proba(tiny_model, x, tta=True), atol=1e-5)
+    np.testing.assert_allclose(tta_scores, scores, rtol=1e-4, atol=1e-5)
+    assert probabilities_and_ood(tiny_model, None, x)[1] is None
+    # the CPU runs channels-last; the weights keep their values
+    for k, v in tiny_model.module.state_dict().items():
+        assert torch.equal(v, plain[k])
 
 
 def test_wrong_size_is_a_clear_error(tiny_model):

@@ -184,6 +184,21 @@ def test_cli_predict_formats(image_tree, tmp_path):
     assert r.stdout.splitlines()[0] == "class,count,percent,ci95_low,ci95_high,uncertain"
 
 
+def test_cli_predict_reads_the_format_from_the_output_suffix(image_tree, tmp_path):
+    env = {"BLOODCELL_MODEL": str(tiny_model())}
+    out = tmp_path / "guessed.csv"
+    r = cli("predict", str(image_tree / "smear" / "*.png"), "-o", str(out), env=env)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert len(list(csv.DictReader(out.open()))) == 2
+    table_file = tmp_path / "table.txt"
+    r = cli("predict", str(image_tree / "smear" / "*.png"), "-o", str(table_file), env=env)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert "2 image(s) classified" in r.stderr and "a.png" in table_file.read_text()
+    r = cli("predict", str(image_tree / "cells.npz"), "--differential", "only", "-o", str(tmp_path / "d.json"), env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "d.json").read_text())["differential"]["counted"] == 4
+
+
 def test_cli_predict_nothing_readable(tmp_path):
     (tmp_path / "x.txt").write_text("hello")
     r = cli("predict", str(tmp_path / "x.txt"), env={"BLOODCELL_MODEL": str(tiny_model())})

@@ -24,10 +24,6 @@ from bloodcell.core.preprocess import PreprocessConfig
 from bloodcell.data import open_dataset
 from bloodcell.networks.ensemble import write_ensemble_meta
 
-#: Votes of the adapted model and of the ImageNet member: each network of the default pair and the
-#: ImageNet network weigh the same.
-IMAGENET_WEIGHTS = [2.0, 1.0]
-
 
 @dataclass
 class AdaptResult:
@@ -180,9 +176,10 @@ def _add_imagenet_member(staging: Path, src: Path, fit_data, record: dict, seed:
     """Write the ImageNet member beside the adapted model (``member_1``) and the ensemble that joins them."""
     adapted = PreprocessConfig.from_dict(read_meta(staging / "member_0")["preprocess"])
     record["networks"].append(write_imagenet_member(staging / "member_1", fit_data, adapted, seed, progress))
-    write_ensemble_meta(staging, 2, IMAGENET_WEIGHTS,
+    weights = [float(networks_in(src)), 1.0]  # each network of the adapted model and the ImageNet network one vote
+    write_ensemble_meta(staging, 2, weights,
                         sources=[f"{src}, adapted", f"{IMAGENET_ARCHITECTURE} with ImageNet weights"])
-    record["imagenet_member"] = {"architecture": IMAGENET_ARCHITECTURE, "weights": IMAGENET_WEIGHTS}
+    record["imagenet_member"] = {"architecture": IMAGENET_ARCHITECTURE, "weights": weights}
 
 
 def _settings(method: str, epochs: int | None, copies: int | None, batch_norm: str, seed: int,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from bloodcell.core.errors import ConfigError, DataError
 from bloodcell.fields import command as fields
 from bloodcell.prediction.classifier import predict
 
+FORMATS = ("table", "csv", "json", "jsonl", "parquet")
 HELP = "Classify images (files, folders, globs, .npz): class, probabilities, flags and a differential count."
 
 
@@ -17,9 +19,10 @@ def add_arguments(parser) -> None:
                              ".npz arrays or CSV manifests")
     parser.add_argument("-m", "--model", default=None,
                         help="model folder or exported .onnx file (default: the bundled model, or $BLOODCELL_MODEL)")
-    parser.add_argument("-f", "--format", choices=("table", "csv", "json", "jsonl", "parquet"), default="table",
-                        help="output format (default: table); with -o, csv/json/jsonl/parquet are written row by row "
-                             "and can be resumed; jsonl and parquet (a folder of shards) need -o")
+    parser.add_argument("-f", "--format", choices=FORMATS, default=None,
+                        help="output format (default: from the -o file's suffix, .csv .json .jsonl .parquet, else "
+                             "table); with -o, csv/json/jsonl/parquet are written row by row and can be resumed; "
+                             "jsonl and parquet (a folder of shards) need -o")
     parser.add_argument("-o", "--output", default=None, help="write to this file instead of standard output")
     parser.add_argument("--resume", action="store_true",
                         help="continue the unfinished run whose rows are in OUTPUT.partial (same command, same model)")
@@ -84,6 +87,12 @@ def _to_file(args) -> int:
     return 0
 
 
+def _format_of(output) -> str:
+    """The format an output file's suffix names (``results.csv`` -> csv), else the table."""
+    suffix = Path(output).suffix.lower().lstrip(".") if output else ""
+    return suffix if suffix in FORMATS else "table"
+
+
 def _check_args(args) -> bool:
     """Whether the run streams into a file; one-line errors for combinations that cannot work."""
     streamed = args.output is not None and args.format != "table" and args.differential != "only"
@@ -97,6 +106,8 @@ def _check_args(args) -> bool:
 
 
 def run(args) -> int:
+    if args.format is None:
+        args.format = _format_of(args.output)
     if fields.wants_fields(args):
         return fields.run(args)
     if _check_args(args):
@@ -121,6 +132,7 @@ def run(args) -> int:
     summary = f"{len(result.predictions)} image(s) classified"
     if result.problems:
         summary += f", {len(result.problems)} skipped"
-    summary += f"; {result.precision} on {result.backend}"
+    model = result.model or {}
+    summary += f"; {model.get('precision', 'fp32')} on {model.get('backend', 'the model')}"
     print(f"bloodcell predict: {summary} -> {args.output}", file=sys.stderr)
     return 0

@@ -29,6 +29,13 @@ def _check_images(images: np.ndarray, size: int) -> None:
         )
 
 
+def _ready(module: torch.nn.Module, device: torch.device) -> None:
+    """Channels-last weights on the CPU, where convolutions run about twice as fast in that layout
+    (a no-op once done; saved weights stay plain tensors)."""
+    if device.type == "cpu":
+        module.to(memory_format=torch.channels_last)
+
+
 def _views(x: torch.Tensor, tta: bool):
     if not tta:
         yield x
@@ -43,6 +50,7 @@ def predict_logits(loaded: LoadedModel, images: np.ndarray, batch_size: int = 64
     """Raw logits (N, C) of prepared uint8 images, without calibration or TTA."""
     _check_images(images, loaded.preprocess.image_size)
     device = torch.device(device) if device is not None else next(loaded.module.parameters()).device
+    _ready(loaded.module, device)
     out = []
     for x in tensor_batches(images, loaded.preprocess, batch_size, device):
         out.append(loaded.module(x).float().cpu())
@@ -64,6 +72,7 @@ def predict_view_logits(loaded: LoadedModel, images: np.ndarray, batch_size: int
     """
     _check_images(images, loaded.preprocess.image_size)
     device = torch.device(device) if device is not None else next(loaded.module.parameters()).device
+    _ready(loaded.module, device)
     out = []
     for x in tensor_batches(images, loaded.preprocess, batch_size, device):
         out.append(torch.stack([loaded.module(v).float().cpu() for v in _views(x, True)]))
@@ -101,6 +110,7 @@ def predict_proba(
     _check_images(images, loaded.preprocess.image_size)
     device = torch.device(device) if device is not None else next(loaded.module.parameters()).device
     temperature = (tta_temperature(loaded) if tta else loaded.temperature) if calibrated else 1.0
+    _ready(loaded.module, device)
     out = []
     for x in tensor_batches(images, loaded.preprocess, batch_size, device):
         probs = None
@@ -121,14 +131,25 @@ def probabilities_and_ood(loaded: LoadedModel, scored, images: np.ndarray, batch
 
     ``scored`` is the model with its fitted scoring head
     (:class:`bloodcell.ood.score.ScoredModel`), or ``None`` when the model has
-    none (the scores are then ``None``).
+    none (the scores are then ``None``). Without ``tta`` one forward pass gives both.
     """
-    probs = predict_proba(loaded, images, batch_size, tta=tta, calibrated=True, device=device)
-    if scored is None:
-        return probs, None
+    if scored is None or tta:
+        probs = predict_proba(loaded, images, batch_size, tta=tta, calibrated=True, device=device)
+        if scored is None:
+            return probs, None
+    else:
+        _check_images(images, loaded.preprocess.image_size)
     where = next(loaded.module.parameters()).device
-    out = []
+    _ready(scored, where)
+    logits, scores = [], []
     with torch.inference_mode():
         for x in tensor_batches(images, loaded.preprocess, batch_size, where):
-            out.append(scored(x)[1].float().cpu().numpy())
-    return probs, (np.concatenate(out) if out else np.zeros(0, np.float32))
+            out = scored(x)
+            logits.append(out[0].float().cpu())
+            scores.append(out[1].float().cpu().numpy())
+    scores = np.concatenate(scores) if scores else np.zeros(0, np.float32)
+    if not tta:
+        if not logits:
+            return np.zeros((0, len(loaded.class_names)), np.float32), scores
+        probs = torch.softmax(torch.cat(logits) / loaded.temperature, dim=1).numpy().astype(np.float32)
+    return probs, scores
