@@ -1,13 +1,34 @@
 """Training: recipes and config, augmentation, the epoch loop, checkpoints, resume and DDP.
 
 :func:`train` is ``bloodcell train`` in Python; :func:`fit` is the core on
-in-memory ``uint8`` arrays.
+in-memory ``uint8`` arrays. The config (:mod:`bloodcell.training.config`) loads
+without PyTorch; the rest loads on first use, so ``bloodcell train --help`` and
+reading a recipe stay fast.
 """
 
-from bloodcell.training.api import EnsembleResult, show_config, train
+from importlib import import_module
+
 from bloodcell.training.config import AugmentConfig, TrainConfig, load_config, recipe_names
-from bloodcell.training.run import run_training
-from bloodcell.training.trainer import FitResult, TrainData, Trainer, TrainingInterrupted, fit, make_preprocess
+
+_LAZY = {
+    "EnsembleResult": "bloodcell.training.api",
+    "show_config": "bloodcell.training.api",
+    "train": "bloodcell.training.api",
+    "run_training": "bloodcell.training.run",
+    "FitResult": "bloodcell.training.trainer",
+    "TrainData": "bloodcell.training.trainer",
+    "Trainer": "bloodcell.training.trainer",
+    "TrainingInterrupted": "bloodcell.training.trainer",
+    "fit": "bloodcell.training.trainer",
+    "make_preprocess": "bloodcell.training.trainer",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'bloodcell.training' has no attribute {name!r}")
+
 
 __all__ = [
     "AugmentConfig",
