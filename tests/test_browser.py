@@ -33,6 +33,8 @@ def _quick(page, server):
 def test_upload_shows_class_and_heatmap(page, server, tmp_path):
     _quick(page, server)
     page.wait_for_selector("#model-line:has-text('tiny test model')")
+    assert not page.is_checked("#quick-explain")  # Grad-CAM costs seconds per image: asked for, not by default
+    page.check("#quick-explain")
     (image,) = cell_images(tmp_path, 1)
     page.set_input_files("#quick-input", str(image))
     card = page.wait_for_selector("article.card")
@@ -45,6 +47,17 @@ def test_upload_shows_class_and_heatmap(page, server, tmp_path):
     shot = screenshot_dir(tmp_path) / "page_single.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 5000
+
+
+def test_a_tiff_upload_is_classified_and_says_it_has_no_preview(page, server, tmp_path):
+    from PIL import Image
+
+    _quick(page, server)
+    tiff = tmp_path / "cell.tif"
+    Image.fromarray(cells(1, seed=8)[0][0]).save(tiff, "TIFF")
+    page.set_input_files("#quick-input", str(tiff))
+    card = page.wait_for_selector("article.card:has(.no-preview)")
+    assert "cannot show the file" in card.inner_text() and card.query_selector(".label").inner_text().strip()
 
 
 def test_batch_shows_differential(page, server, tmp_path):

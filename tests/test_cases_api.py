@@ -137,6 +137,20 @@ def test_image_and_gradcam(client, images):
     assert Image.open(io.BytesIO(r.content)).size == (32, 32)
 
 
+def test_a_tiff_cell_is_shown_as_png_and_exported_as_uploaded(client, images):
+    cid = new_case(client)["id"]
+    buf = io.BytesIO()
+    Image.fromarray(images[3]).save(buf, "TIFF")
+    tiff = buf.getvalue()
+    cell = client.post(f"/v1/cases/{cid}/cells", files=upload([("c.tif", tiff)], "image/tiff")).json()["cells"][0]
+    r = client.get(f"/v1/cases/{cid}/cells/{cell['id']}/image")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB")), images[3])
+    client.patch(f"/v1/cases/{cid}/cells/{cell['id']}", json={"label": "neutrophil", "reviewer": "A"})
+    with zipfile.ZipFile(io.BytesIO(client.get(f"/v1/cases/{cid}/dataset.zip").content)) as z:
+        assert [z.read(n) for n in z.namelist() if n.endswith(".tif")] == [tiff]
+
+
 def test_exports(client, images, tmp_path):
     cid = new_case(client, accession="ACC<9>")["id"]
     added = client.post(f"/v1/cases/{cid}/cells", files=upload([(f"{i}.png", png(images[i])) for i in range(4)]))

@@ -6,6 +6,7 @@ import csv
 import io
 import sqlite3
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -58,6 +59,18 @@ def test_a_field_adds_one_cell_per_white_cell_with_its_box(client):
     client.patch(f"/v1/cases/{case_id}/cells/{cell['id']}", json={"label": "monocyte"})
     listed = client.get(f"/v1/cases/{case_id}/fields").json()["fields"][0]["cells"]
     assert {c["id"]: c["final_label"] for c in listed}[cell["id"]] == "monocyte"
+
+
+def test_a_tiff_field_is_shown_as_png(client):
+    case_id = new_case(client)
+    image, _ = make_field(seed=4, whites=((100, 90),))
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, "TIFF")
+    r = client.post(f"/v1/cases/{case_id}/fields", files=[("files", ("slide.tif", buf.getvalue(), "image/tiff"))])
+    (field,) = r.json()["fields"]
+    got = client.get(f"/v1/cases/{case_id}/fields/{field['id']}/image")
+    assert got.status_code == 200 and got.headers["content-type"] == "image/png"
+    assert (np.asarray(Image.open(io.BytesIO(got.content)).convert("RGB")) == image).all()
 
 
 def test_a_field_past_the_target_adds_nothing(client):

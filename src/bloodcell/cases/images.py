@@ -18,12 +18,17 @@ from PIL import Image, UnidentifiedImageError
 
 from bloodcell.core.errors import DataError
 from bloodcell.core.files import atomic_write_bytes
+from bloodcell.core.preprocess import decode_image
 
 IMAGES = "images"
 #: File extension of each image format the store keeps (others keep PIL's format name).
 EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "TIFF": ".tif", "BMP": ".bmp", "GIF": ".gif", "WEBP": ".webp"}
 MEDIA_TYPES = {".jpg": "image/jpeg", ".png": "image/png", ".tif": "image/tiff", ".bmp": "image/bmp",
                ".gif": "image/gif", ".webp": "image/webp"}
+#: Formats a browser shows as they are; the others (TIFF, from many microscope cameras) are sent to the
+#: page as PNG, or as JPEG above :data:`DISPLAY_PNG_PIXELS`, while the stored file stays as uploaded.
+BROWSER_SHOWS = {".jpg", ".png", ".gif", ".webp", ".bmp"}
+DISPLAY_PNG_PIXELS = 1_000_000
 #: Files no row names are removed at open only when older than this (seconds): another process
 #: sharing the store may have written an image whose row it has not committed yet.
 ORPHAN_AGE = 3600.0
@@ -61,6 +66,21 @@ def facts(data: bytes, name: str) -> ImageFacts:
 
 def media_type(ext: str) -> str:
     return MEDIA_TYPES.get(ext, "application/octet-stream")
+
+
+def for_display(path: Path) -> tuple[bytes | None, str]:
+    """``(None, media type)`` when a browser shows the stored file as it is, else ``(bytes, media type)``
+    of a PNG (JPEG for large images) of it, decoded as the model decodes it (upright, RGB, 8 bits)."""
+    ext = path.suffix.lower()
+    if ext in BROWSER_SHOWS:
+        return None, media_type(ext)
+    rgb = decode_image(path)
+    out = io.BytesIO()
+    if rgb.shape[0] * rgb.shape[1] <= DISPLAY_PNG_PIXELS:
+        Image.fromarray(rgb).save(out, format="PNG")
+        return out.getvalue(), "image/png"
+    Image.fromarray(rgb).save(out, format="JPEG", quality=90)
+    return out.getvalue(), "image/jpeg"
 
 
 def image_path(folder: Path, sha256: str, ext: str) -> Path:

@@ -22,7 +22,7 @@ from bloodcell.cases.fields import NewField, add_field, field_image, fields_of
 from bloodcell.cases.images import facts
 from bloodcell.fields.analyse import FieldResult
 from bloodcell.server import cases_models as m
-from bloodcell.server.cases_routes import model_name, store
+from bloodcell.server.cases_routes import image_response, model_name, store
 from bloodcell.server.errors import UPLOAD_ERRORS, error, too_many_files
 from bloodcell.server.fields_routes import analyse_uploads
 from bloodcell.server.uploads import png_bytes
@@ -84,8 +84,8 @@ def list_fields(request: Request, case_id: int):
     return {"fields": fields_of(store(request), case_id)}
 
 
-@router.get("/v1/cases/{case_id}/fields/{field_id}/image", summary="The stored image of a field",
+@router.get("/v1/cases/{case_id}/fields/{field_id}/image", summary="The stored image of a field (a TIFF as PNG/JPEG)",
             response_class=FileResponse, responses={200: {"content": {"image/*": {}}}, **m.NOT_FOUND})
 def get_field_image(request: Request, case_id: int, field_id: int):
-    path, media_type = field_image(store(request), case_id, field_id)
-    return FileResponse(path, media_type=media_type, headers={"Cache-Control": "private, max-age=86400"})
+    path, _ = field_image(store(request), case_id, field_id)
+    return image_response(path)

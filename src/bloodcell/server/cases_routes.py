@@ -31,7 +31,7 @@ from starlette.concurrency import run_in_threadpool
 
 from bloodcell.cases import CaseStore, NewCell, allowed_labels
 from bloodcell.cases.export import case_csv, case_document, media, write_dataset_zip
-from bloodcell.cases.images import facts
+from bloodcell.cases.images import facts, for_display
 from bloodcell.cases.report import CSS, case_report
 from bloodcell.cases.store import CaseNotFound, OverTarget
 from bloodcell.core import __version__
@@ -53,6 +53,15 @@ def store(request: Request) -> CaseStore:
         if getattr(state, "cases_store", None) is None:
             state.cases_store = CaseStore(state.cases_dir)
     return state.cases_store
+
+
+def image_response(path: Path) -> Response:
+    """A stored image as the page can show it: the file itself, or a PNG/JPEG of a TIFF (see ``for_display``)."""
+    headers = {"Cache-Control": "private, max-age=86400"}
+    data, media_type = for_display(path)
+    if data is None:
+        return FileResponse(path, media_type=media_type, headers=headers)
+    return Response(data, media_type=media_type, headers=headers)
 
 
 def install(app: FastAPI, cases_dir: str | Path | None) -> None:
@@ -160,11 +169,11 @@ def review_cell(request: Request, case_id: int, cell_id: int, body: m.Review):
     return store(request).review(case_id, cell_id, body.label, body.reviewer, allowed=allowed)
 
 
-@router.get(CELL + "/image", summary="The stored image of a cell", response_class=FileResponse,
+@router.get(CELL + "/image", summary="The stored image of a cell (a TIFF as PNG/JPEG)", response_class=FileResponse,
             responses={200: {"content": {"image/*": {}}}, **m.NOT_FOUND})
 def cell_image(request: Request, case_id: int, cell_id: int):
-    path, media_type = store(request).image(case_id, cell_id)
-    return FileResponse(path, media_type=media_type, headers={"Cache-Control": "private, max-age=86400"})
+    path, _ = store(request).image(case_id, cell_id)
+    return image_response(path)
 
 
 def _gradcam_png(clf, path: Path) -> tuple[bytes, tuple[int, int, int, int]]:

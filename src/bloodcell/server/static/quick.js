@@ -43,13 +43,16 @@ function card(pred, file) {
   const images = el("div", { class: "images" });
   if (file) {
     const img = el("img", { class: "original", alt: `uploaded image ${pred.filename}` });
+    img.addEventListener("error", () => img.replaceWith(el("p", {
+      class: "no-preview", text: "No preview: this browser cannot show the file (TIFF); the cell was classified." })),
+    { once: true });
     img.src = URL.createObjectURL(file);
     images.append(el("figure", {}, img, el("figcaption", { text: "image" })));
   }
   if (pred.gradcam_png) {
     const heat = el("img", { class: "heatmap", alt: `Grad-CAM heatmap for ${pred.filename}` });
     heat.src = pred.gradcam_png;
-    images.append(el("figure", {}, heat, el("figcaption", { text: "Grad-CAM" })));
+    images.append(el("figure", {}, heat, el("figcaption", { text: "Grad-CAM on the model's crop" })));
   }
   return el("article", { class: "card" + (pred.not_a_blood_cell ? " is-ood" : "") + (pred.uncertain ? " is-uncertain" : "") },
     el("h3", { class: "filename", text: pred.filename }),
