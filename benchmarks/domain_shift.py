@@ -312,7 +312,8 @@ def plot(rows: list[dict], baseline: dict | None, out: Path) -> None:
     ax.axvline(85, color="#888888", lw=0.8, ls="--")
     ax.text(85, len(rows) - 0.4, " 85%", fontsize=7, color="#666666")
     ax.set_xlabel("balanced accuracy (%) over the classes each source has")
-    ax.set_title("Domain shift: PBC test, synthetic shifts, other labs")
+    measured = rows[0]["source"].removeprefix("PBC ").removesuffix(" split") if rows else "test"
+    ax.set_title(f"Domain shift: PBC {measured}, synthetic shifts, other labs")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
