@@ -44,6 +44,7 @@ def test_adapt_job_then_switch_the_service_to_its_model(client, make_folder_data
     view = _wait(client, r.json()["id"])
     assert view["state"] == "done", view["message"]
     assert view["progress"] == 1.0 and view["model_dir"].endswith("model")
+    assert view["message"] == "adapted model written and exported to ONNX"
     assert client.get("/v1/jobs").json()["jobs"][0]["id"] == view["id"]
 
     assert "adapted" not in client.get("/v1/model").json()["name"]
@@ -56,6 +57,7 @@ def test_adapt_job_then_switch_the_service_to_its_model(client, make_folder_data
     Image.fromarray(x[0]).save(buf, "PNG")
     r = client.post("/v1/predict", files=[("files", ("a.png", buf.getvalue(), "image/png"))])
     assert r.status_code == 200 and "adapted" in r.json()["model"]["name"]
+    assert r.json()["model"]["backend"] == "onnx"  # the job exported it, so the switched service runs onnxruntime
 
 
 def test_failed_job_reports_the_one_line_error(client, make_folder_dataset):

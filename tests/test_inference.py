@@ -68,9 +68,10 @@ def test_one_pass_gives_the_probabilities_and_scores_of_separate_passes(tiny_mod
     np.testing.assert_allclose(tta_probs, predict_proba(tiny_model, x, tta=True), atol=1e-5)
     np.testing.assert_allclose(tta_scores, scores, rtol=1e-4, atol=1e-5)
     assert probabilities_and_ood(tiny_model, None, x)[1] is None
-    # the CPU runs channels-last; the weights keep their values
+    # the CPU runs channels-last; the weights keep their values and still serve autograd (Grad-CAM)
     for k, v in tiny_model.module.state_dict().items():
-        assert torch.equal(v, plain[k])
+        assert torch.equal(v, plain[k]) and not v.is_inference()
+    assert gradcam(tiny_model, x[:2]).shape == (2, 32, 32)
 
 
 def test_wrong_size_is_a_clear_error(tiny_model):

@@ -33,7 +33,8 @@ def _ready(module: torch.nn.Module, device: torch.device) -> None:
     """Channels-last weights on the CPU, where convolutions run about twice as fast in that layout
     (a no-op once done; saved weights stay plain tensors)."""
     if device.type == "cpu":
-        module.to(memory_format=torch.channels_last)
+        with torch.inference_mode(False):  # weights made here must stay usable by autograd (Grad-CAM, training)
+            module.to(memory_format=torch.channels_last)
 
 
 def _views(x: torch.Tensor, tta: bool):

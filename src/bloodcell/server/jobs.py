@@ -9,8 +9,9 @@ Each job runs ``python -m bloodcell adapt`` as a fresh subprocess (the service's
 own threads are never forked), one at a time, in a folder of its own under the
 jobs folder (``bloodcell-jobs`` in the working folder, or ``$BLOODCELL_JOBS``):
 ``status.json`` (progress, rewritten by the subprocess), ``log.txt`` (its output)
-and ``model/`` (the adapted model). A failed job's message is the subprocess's
-one-line error.
+and ``model/`` (the adapted model). The adapted model is then exported to ONNX
+(``python -m bloodcell export``, about 10 s), so a service switched to it predicts on
+onnxruntime. A failed job's message is the subprocess's one-line error.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from starlette.concurrency import run_in_threadpool
 
 from bloodcell.cases.export import write_dataset_zip
 from bloodcell.core.errors import BloodcellError
+from bloodcell.core.files import atomic_write_json
 from bloodcell.core.model_folder import is_model_folder
 from bloodcell.prediction.classifier import Classifier
 from bloodcell.server.batching import Batcher
@@ -151,26 +153,44 @@ class JobRunner:
                 continue
             self._run(job)
 
+    def _spawn(self, job: Job, verb: list[str], log) -> int | None:
+        """Run ``python -m bloodcell VERB...`` for ``job`` with its output in ``log``; ``None`` when the
+        service is shutting down and nothing was started."""
+        with self._lock:
+            if self._stopping:
+                return None
+            self._process = subprocess.Popen([sys.executable, "-m", "bloodcell", *verb], stdout=log,
+                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=dict(os.environ))
+        try:
+            return self._process.wait()
+        finally:
+            self._process = None
+
     def _run(self, job: Job) -> None:
         log = job.folder / "log.txt"
+        job.state, job.message = "running", "starting"
         try:
-            with open(log, "wb") as out, self._lock:
-                if self._stopping:
-                    job.state, job.message = "failed", STOPPED
-                    return
-                job.state, job.message = "running", "starting"
-                self._process = subprocess.Popen([sys.executable, "-m", "bloodcell", "adapt", *job.args], stdout=out,
-                                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                                 env=dict(os.environ))
-            job.returncode = self._process.wait()
+            with open(log, "wb") as out:
+                job.returncode = self._spawn(job, ["adapt", *job.args], out)
+                ok = job.returncode == 0 and is_model_folder(job.folder / "model")
+                exported = self._export(job, out) if ok else None
         except OSError as e:
             job.state, job.message = "failed", f"could not start the adaptation process ({e})"
             return
-        finally:
-            self._process = None
-        ok = job.returncode == 0 and is_model_folder(job.folder / "model")
+        if job.returncode is None or self._stopping:
+            job.state, job.message = "failed", STOPPED
+            return
         job.state = "done" if ok else "failed"
-        job.message = "adapted model written" if ok else STOPPED if self._stopping else _last_line(log)
+        job.message = (f"adapted model written{exported}" if ok else _last_line(log))
+
+    def _export(self, job: Job, log) -> str:
+        """Export the adapted model to ONNX in its folder (a switched service then predicts on onnxruntime);
+        returns the end of the job's message. A failed export leaves a model that predicts through PyTorch."""
+        atomic_write_json(job.folder / "status.json", {"progress": 0.99, "message": "exporting to ONNX"})
+        code = self._spawn(job, ["export", str(job.folder / "model")], log)
+        if code == 0 and (job.folder / "model" / "model.onnx").is_file():
+            return " and exported to ONNX"
+        return f" (ONNX export failed, it predicts through PyTorch: {_last_line(job.folder / 'log.txt')})"
 
     def stop(self, grace: float = 10.0) -> None:
         """Stop at the service's shutdown: queued jobs fail as not run, a running adaptation is
