@@ -153,9 +153,9 @@ class JobRunner:
                 continue
             self._run(job)
 
-    def _spawn(self, job: Job, verb: list[str], log) -> int | None:
-        """Run ``python -m bloodcell VERB...`` for ``job`` with its output in ``log``; ``None`` when the
-        service is shutting down and nothing was started."""
+    def _spawn(self, verb: list[str], log) -> int | None:
+        """Run ``python -m bloodcell VERB...`` with its output in ``log`` and return its exit code; ``None``
+        when the service is shutting down and nothing was started."""
         with self._lock:
             if self._stopping:
                 return None
@@ -171,7 +171,7 @@ class JobRunner:
         job.state, job.message = "running", "starting"
         try:
             with open(log, "wb") as out:
-                job.returncode = self._spawn(job, ["adapt", *job.args], out)
+                job.returncode = self._spawn(["adapt", *job.args], out)
                 ok = job.returncode == 0 and is_model_folder(job.folder / "model")
                 exported = self._export(job, out) if ok else None
         except OSError as e:
@@ -181,13 +181,13 @@ class JobRunner:
             job.state, job.message = "failed", STOPPED
             return
         job.state = "done" if ok else "failed"
-        job.message = (f"adapted model written{exported}" if ok else _last_line(log))
+        job.message = f"adapted model written{exported}" if ok else _last_line(log)
 
     def _export(self, job: Job, log) -> str:
         """Export the adapted model to ONNX in its folder (a switched service then predicts on onnxruntime);
         returns the end of the job's message. A failed export leaves a model that predicts through PyTorch."""
         atomic_write_json(job.folder / "status.json", {"progress": 0.99, "message": "exporting to ONNX"})
-        code = self._spawn(job, ["export", str(job.folder / "model")], log)
+        code = self._spawn(["export", str(job.folder / "model")], log)
         if code == 0 and (job.folder / "model" / "model.onnx").is_file():
             return " and exported to ONNX"
         return f" (ONNX export failed, it predicts through PyTorch: {_last_line(job.folder / 'log.txt')})"
