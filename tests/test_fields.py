@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +21,7 @@ from bloodcell.fields.api import predict
 from bloodcell.fields.detect import detect, quick_white_count
 from bloodcell.fields.measure import average_precision, iou, match, read_boxes, score_fields
 from bloodcell.fields.output import render
-from bloodcell.fields.overlay import draw, overlay_name, write_overlay
+from bloodcell.fields.overlay import COLOURS, NOT_A_CELL, draw, overlay_name, write_overlay
 from bloodcell.fields.tiles import ALL_SHARED, Edges, offset, owns, shared_edges
 
 
@@ -224,3 +226,12 @@ def test_a_stopped_run_keeps_the_cells_of_finished_fields(tmp_path):
     assert {r["source"] for r in rows} == {str(tmp_path / "f0.png")} and len(rows) == 3 and not out.exists()
     done = predict_fields([tmp_path / "f0.png", tmp_path / "f1.png"], format="csv", output_path=out, classifier=FakeClassifier())
     assert len(done.fields) == 2 and out.exists() and not (tmp_path / "cells.csv.partial").exists()
+
+
+def test_the_page_draws_field_boxes_in_the_overlay_colours():
+    """The review page's field boxes (fields.js) and the overlay images share one class-colour table."""
+    script = (Path(__file__).resolve().parents[1] / "src" / "bloodcell" / "server" / "static" / "fields.js").read_text()
+    table = script[script.index("const COLOURS = {"):script.index("};", script.index("const COLOURS = {"))]
+    page = {name: tuple(map(int, rgb.split(","))) for name, rgb in re.findall(r'(\w+): "rgb\(([\d,]+)\)"', table)}
+    assert page == COLOURS
+    assert re.search(r'const EXCLUDED = "rgb\(([\d,]+)\)"', script).group(1) == ",".join(map(str, NOT_A_CELL))
