@@ -80,6 +80,9 @@ def test_cli_warns_when_an_image_is_a_field(tmp_path):
     assert len(warnings) == 1 and "field.png" in warnings[0] and "4 white cells" in warnings[0] and "--fields" in warnings[0]
     bad = bloodcell("predict", str(tmp_path / "cell.png"), "--overlay", str(tmp_path / "o"))
     assert bad.returncode == 2 and "add --fields" in bad.stderr and "Traceback" not in bad.stderr
+    bad = bloodcell("predict", str(tmp_path / "field.png"), "--fields", "-o", str(tmp_path / "cells.jsonl"))
+    assert bad.returncode == 2 and "not jsonl (-f, or the suffix of" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "cells.jsonl").exists()
 
 
 def test_cli_tiles_count_a_cell_in_the_overlap_once(tmp_path):

@@ -22,6 +22,10 @@ def add_arguments(parser) -> None:
                             "overlap is counted by one tile only (tile offsets are read from names like *_x1024_y512.png)")
 
 
+#: Output formats of a whole-field run.
+FORMATS = ("table", "csv", "json")
+
+
 def wants_fields(args) -> bool:
     """Whether the command line asks for a whole-field run (an error when a field option comes without --fields)."""
     if not getattr(args, "fields", False):
@@ -31,6 +35,9 @@ def wants_fields(args) -> bool:
     if args.differential == "only":
         raise ConfigError("--differential only is for single-cell images; a --fields run prints the counts "
                           "and differential after the cells.")
+    if args.format not in FORMATS:
+        named = f" (-f, or the suffix of {args.output})" if args.output else ""
+        raise ConfigError(f"A --fields run writes table, csv or json, not {args.format}{named}; pass -f csv or -f json.")
     return True
 
 
