@@ -16,7 +16,6 @@ import datetime as _dt
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from bloodcell.core.model_folder import read_meta, write_meta
 from bloodcell.data import load_arrays
@@ -126,7 +125,6 @@ def calibrate_adapted(folder: Path, src: Path, ds, fit_idx, held_idx, record: di
                       progress: bool) -> None:
     """Calibrate the adapted model in ``folder`` on the held-out cells and write its record and card."""
     loaded = load_model(folder, "cpu")
-    loaded.module.to(memory_format=torch.channels_last)  # about twice as fast on CPU for the features below
     names = loaded.class_names
     fit = load_arrays(ds.select(fit_idx.tolist()), loaded.preprocess, class_names=names, progress=progress)
     meta = read_meta(folder)

@@ -7,9 +7,12 @@ from pathlib import Path
 
 from bloodcell.core.errors import ConfigError, DataError
 from bloodcell.fields import command as fields
+from bloodcell.prediction.archive import FORMATS as STREAMED_FORMATS
 from bloodcell.prediction.classifier import predict
+from bloodcell.prediction.outputs import FORMATS as OUTPUT_FORMATS
 
-FORMATS = ("table", "csv", "json", "jsonl", "parquet")
+#: What -f takes: the formats printed whole, then those only streamed into a file.
+FORMATS = (*OUTPUT_FORMATS, *(f for f in STREAMED_FORMATS if f not in OUTPUT_FORMATS))
 HELP = "Classify images (files, folders, globs, .npz): class, probabilities, flags and a differential count."
 
 

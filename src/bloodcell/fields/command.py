@@ -7,6 +7,7 @@ import sys
 
 from bloodcell.core.errors import ConfigError, DataError
 from bloodcell.fields.api import field_warnings, predict_fields
+from bloodcell.prediction.outputs import FORMATS
 
 
 def add_arguments(parser) -> None:
@@ -22,10 +23,6 @@ def add_arguments(parser) -> None:
                             "overlap is counted by one tile only (tile offsets are read from names like *_x1024_y512.png)")
 
 
-#: Output formats of a whole-field run.
-FORMATS = ("table", "csv", "json")
-
-
 def wants_fields(args) -> bool:
     """Whether the command line asks for a whole-field run (an error when a field option comes without --fields)."""
     if not getattr(args, "fields", False):
@@ -37,7 +34,7 @@ def wants_fields(args) -> bool:
                           "and differential after the cells.")
     if args.format not in FORMATS:
         named = f" (-f, or the suffix of {args.output})" if args.output else ""
-        raise ConfigError(f"A --fields run writes table, csv or json, not {args.format}{named}; pass -f csv or -f json.")
+        raise ConfigError(f"A --fields run writes {', '.join(FORMATS)}, not {args.format}{named}; pass -f csv or -f json.")
     return True
 
 

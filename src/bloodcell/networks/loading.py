@@ -86,6 +86,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         except RuntimeError as e:
             raise ModelError(f"{weights}: weights do not fit architecture {meta['architecture']!r} ({str(e)[:300]}).") from None
     module.to(device).eval()
+    if torch.device(device).type == "cpu":
+        # convolutions run about twice as fast in this layout on the CPU; saving stores plain tensors, and
+        # outside inference mode the weights stay usable by autograd (Grad-CAM, fine-tuning)
+        with torch.inference_mode(False):
+            module.to(memory_format=torch.channels_last)
     return LoadedModel(module, meta, folder)
 
 
