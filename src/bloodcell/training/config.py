@@ -119,6 +119,13 @@ class TrainConfig:
     max_train_samples: int = _f(0, "use a stratified subset of this many training images (0 = all)", lo=0)
     max_val_samples: int = _f(0, "use a stratified subset of this many validation images (0 = all)", lo=0)
     augment: AugmentConfig = _f(AugmentConfig(), "training augmentation")
+    # distillation
+    teacher: str | None = _f(None, "a model folder ('default' = the packaged model) whose probabilities on the training "
+                             "images the network also learns (knowledge distillation)")
+    teacher_tta: bool = _f(True, "the teacher's probabilities averaged over the 8 flips and rotations")
+    distill_weight: float = _f(0.5, "share of the loss that matches the teacher (the rest: the labels)", lo=0, hi=1,
+                               lo_open=True)
+    distill_temperature: float = _f(2.0, "temperature both sides of the teacher match are softened by", lo=0.1, hi=20)
     # reproducibility and hardware
     seed: int = _f(0, "random seed (initialisation, split, order, augmentation, dropout)", lo=0, hi=2**31 - 1)
     device: str = _f("auto", "auto, cpu, cuda or cuda:N", example="cpu")

@@ -157,6 +157,8 @@ class EpochContext:
     seed: int
     rank: int = 0
     world: int = 1
+    #: The teacher's probabilities per training image (distillation), or ``None``.
+    soft_targets: torch.Tensor | None = None
 
 
 def _all_reduce(values: list[float], device) -> list[float]:
@@ -189,7 +191,10 @@ def train_one_epoch(ctx: EpochContext, images: torch.Tensor, labels: torch.Tenso
             x = rt.input(ctx.normalizer(x01))
         with rt.autocast():
             logits = model(x)
-            loss = ctx.criterion(logits.float(), target)
+            if ctx.soft_targets is None:
+                loss = ctx.criterion(logits.float(), target)
+            else:
+                loss = ctx.criterion(logits.float(), target, ctx.soft_targets[index].to(rt.device))
         bad = not torch.isfinite(loss).item()
         if ctx.world > 1:
             bad = _all_reduce([float(bad)], rt.device)[0] > 0

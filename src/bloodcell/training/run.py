@@ -6,6 +6,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from bloodcell.core.classes import CLASSES
 from bloodcell.core.errors import ConfigError
 from bloodcell.core.files import check_writable_folder
@@ -71,7 +73,16 @@ def _train_into(cfg: TrainConfig, out: Path, resume: bool, explicit: tuple[str, 
     if info.is_main and progress:
         _report_data(data.info)
     split_ids = ids if data.info.get("split") == "stratified" else None
-    return fit(cfg, data, out, pre=pre, init=init, resume=resume, progress=progress, split_ids=split_ids)
+
+    def teacher_images(teacher_pre: PreprocessConfig) -> np.ndarray:
+        other, other_ids = load_training_data(cfg, teacher_pre, progress=progress and info.is_main)
+        if list(other_ids["train"]) != list(ids["train"]):
+            raise ConfigError(f"{cfg.data}: the teacher's copy of the training images came out in another order; "
+                              "give the data as a split manifest (bloodcell split) so both read the same rows.")
+        return other.train_images
+
+    return fit(cfg, data, out, pre=pre, init=init, resume=resume, progress=progress, split_ids=split_ids,
+               teacher_images=teacher_images)
 
 
 def run_training(cfg: TrainConfig, out: str | Path, *, resume: bool = False, explicit: tuple[str, ...] = (),

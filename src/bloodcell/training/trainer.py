@@ -63,6 +63,7 @@ from bloodcell.training.prepare import (
     resolve_runtime,
 )
 from bloodcell.training.state import has_checkpoint, read_checkpoint, write_checkpoint
+from bloodcell.training.teacher import with_teacher
 from bloodcell.training.warmstart import InitSource, apply_init, open_init
 
 __all__ = ["FitResult", "TrainData", "Trainer", "TrainingInterrupted", "fit", "make_preprocess"]
@@ -88,9 +89,10 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, data: TrainData, run_dir: str | Path, *, pre: PreprocessConfig | None = None,
                  init: InitSource | None = None, resume: bool = False, progress: bool = True, log=None,
-                 split_ids: dict | None = None):
+                 split_ids: dict | None = None, teacher_images=None):
         self.cfg, self.data, self.run_dir = cfg, data, Path(run_dir)
         self.pre, self.init, self.resume, self.split_ids = pre, init, resume, split_ids
+        self.teacher_images = teacher_images
         self.info = distributed.current()
         self.progress = progress and self.info.is_main
         self.say = (log or (lambda msg: tqdm.write(msg, file=sys.stderr))) if self.info.is_main else (lambda msg: None)
@@ -170,9 +172,11 @@ class Trainer:
         if self.ckpt is not None:
             self.restore(self.ckpt)
         criterion = make_criterion(cfg, data.train_labels, len(data.class_names), rt.device)
+        criterion, soft = with_teacher(cfg, criterion, data, self.pre, self.run_dir, self.info.is_main,
+                                       self.teacher_images, self.progress, self.say)
         self.ctx = EpochContext(self.net, self.optimizer, self.scheduler, criterion, BatchAugment(cfg.augment),
                                 Normalizer(self.pre, rt.device), rt, self.scaler, cfg.grad_clip, cfg.seed,
-                                info.rank, info.world)
+                                info.rank, info.world, soft)
 
     def restore(self, ckpt) -> None:
         self.optimizer.load_state_dict(ckpt.state["optimizer"])
@@ -352,7 +356,7 @@ class Trainer:
 
 def fit(cfg: TrainConfig, data: TrainData, run_dir: str | Path, *, pre: PreprocessConfig | None = None,
         init: InitSource | None = None, resume: bool = False, progress: bool = True, log=None,
-        split_ids: dict | None = None) -> FitResult:
+        split_ids: dict | None = None, teacher_images=None) -> FitResult:
     """Train ``cfg.model`` on ``data``, writing a model folder and a resumable checkpoint to ``run_dir``.
 
     Parameters
@@ -377,6 +381,8 @@ def fit(cfg: TrainConfig, data: TrainData, run_dir: str | Path, *, pre: Preproce
         Receives each progress line instead of stderr.
     split_ids : dict, optional
         ``{"train": ids, "val": ids}`` of a split drawn for this run, saved as ``split.csv``.
+    teacher_images : callable, optional
+        ``teacher_images(teacher_preprocess)``: the training images prepared for a teacher that crops differently.
 
     Raises
     ------
@@ -388,6 +394,6 @@ def fit(cfg: TrainConfig, data: TrainData, run_dir: str | Path, *, pre: Preproce
         On Ctrl-C/SIGTERM, after making sure the last complete epoch is saved.
     """
     trainer = Trainer(cfg, data, run_dir, pre=pre, init=init, resume=resume, progress=progress, log=log,
-                      split_ids=split_ids)
+                      split_ids=split_ids, teacher_images=teacher_images)
     with undone_on_failure(trainer.run_dir, active=trainer.info.is_main):
         return trainer.run()
