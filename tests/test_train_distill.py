@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from _train_helpers import _env, tiny_config, tiny_data  # noqa: F401 - _env: each test's own cache
-from bloodcell import ConfigError
+from bloodcell import BloodcellError, ConfigError
 from bloodcell.networks import load_model
 from bloodcell.training import fit
 from bloodcell.training.teacher import TEACHER_FILE, DistillLoss, teacher_probabilities
@@ -81,3 +81,26 @@ def test_a_teacher_must_know_every_class_it_teaches(teacher, tmp_path):
     with pytest.raises(ConfigError, match="does not predict eosinophil"):
         fit(tiny_config(epochs=1, teacher=str(teacher)), data, tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "model.json").exists()
+
+
+def test_a_missing_or_onnx_teacher_is_one_line_before_any_data_loads(tmp_path):
+    from bloodcell.training.teacher import teacher_folder
+
+    with pytest.raises(BloodcellError, match="no such model"):
+        teacher_folder(str(tmp_path / "nowhere"))
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(b"not really")
+    with pytest.raises(ConfigError, match="not an exported .onnx file"):
+        teacher_folder(str(onnx))
+
+
+def test_cli_names_a_missing_teacher_without_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "bloodcell", "train", "--model", "basic_cnn", "--data",
+                          str(tmp_path / "cells"), "--teacher", str(tmp_path / "nowhere"), "--out",
+                          str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "nowhere: no such model" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "run").exists()

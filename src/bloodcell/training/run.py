@@ -20,6 +20,7 @@ from bloodcell.training.data import load_training_data, measure_cell_share
 from bloodcell.training.outputs import undone_on_failure
 from bloodcell.training.prepare import check_image_size, existing_run, make_preprocess
 from bloodcell.training.state import latest_meta
+from bloodcell.training.teacher import teacher_folder
 from bloodcell.training.trainer import FitResult, fit
 from bloodcell.training.warmstart import InitSource, open_init
 
@@ -64,6 +65,8 @@ def _train_into(cfg: TrainConfig, out: Path, resume: bool, explicit: tuple[str, 
         cfg, init = _with_init(cfg, explicit)
         pre0 = with_framing(make_preprocess(cfg, CLASSES, init, explicit=set(explicit)), cfg, explicit)
     check_image_size(cfg.model, pre0.image_size)
+    if cfg.teacher:
+        teacher_folder(cfg.teacher)  # a missing teacher is said before the data loads
     if not info.is_main:
         distributed.barrier()  # rank 0 fills the decoded-image cache first
     data, ids = load_training_data(cfg, pre0, progress=progress and info.is_main)

@@ -90,6 +90,20 @@ def teacher_probabilities(loaded, images: np.ndarray, tta: bool, batch_size: int
     return softmax(logits.astype(np.float64), loaded.temperature).astype(np.float32)
 
 
+def teacher_folder(teacher: str) -> Path:
+    """The model folder ``--teacher`` names: ``default`` (the packaged model) or a trained model folder."""
+    from bloodcell.core.model_choice import default_model_dir, resolve_model
+    from bloodcell.core.model_folder import is_model_folder
+
+    if teacher == "default":
+        return default_model_dir()
+    folder = resolve_model(teacher)
+    if not is_model_folder(folder):
+        raise ConfigError(f"--teacher {teacher}: a teacher is a model folder (model.json and weights, as "
+                          "`bloodcell train` writes), not an exported .onnx file.")
+    return folder
+
+
 def _read_cached(path: Path, key: str, n: int) -> np.ndarray | None:
     try:
         with np.load(path) as z:
@@ -108,10 +122,9 @@ def soft_targets(teacher: str, tta: bool, images: np.ndarray, pre: PreprocessCon
     teacher that crops or sizes differently needs them prepared its way:
     ``load_images(teacher_pre)`` returns them, in the same order.
     """
-    from bloodcell.core.model_choice import resolve_model
     from bloodcell.networks.loading import load_model
 
-    folder = resolve_model(None if teacher == "default" else teacher)
+    folder = teacher_folder(teacher)
     key = _key(folder.resolve(), tta, manifest, pre.class_names)
     cache = Path(run_dir) / TEACHER_FILE
     cached = _read_cached(cache, key, len(images))
