@@ -10,7 +10,8 @@ and each seeded draw: k cells per class are drawn, `bloodcell.adapt` adapts the 
 packaged one, or --model) to them (it holds out its own share of them for calibration), and the
 adapted model classifies every remaining cell of that source. Reported per (source, k): balanced
 accuracy (mean recall over the scored classes), accuracy and macro-F1 over them (a prediction into
-any other class is an error), mean and range over the draws, and the wall time of `adapt`.
+any other class is an error), mean and range over the draws, and the wall time of `adapt` (without
+the ONNX export the command adds afterwards; the adapted model is scored through PyTorch).
 
 Scoring rule: a class gives at most (its size - 5) cells to adaptation, so at least 5 remain to
 score it; a class of 5 cells or fewer gives all of them to adaptation and is not scored (Jiangxi's
@@ -84,7 +85,8 @@ def one_draw(source: Path, k: int, seed: int, args) -> dict:
         result = adapt(data, work / "model", model=args.model, method=args.method, epochs=args.epochs,
                        copies=args.copies, seed=seed,
                        batch_norm=args.batch_norm, match_scale=args.match_scale,
-                       drop_absent=args.drop_absent, imagenet_member=args.imagenet_member, progress=False,
+                       drop_absent=args.drop_absent, imagenet_member=args.imagenet_member, export=False,
+                       progress=False,
                        **({"held_out": args.held_out} if args.held_out is not None else {}))
         seconds = time.perf_counter() - start
         test = _manifest(work / "scored.csv", ds, scored)

@@ -17,10 +17,11 @@ from bloodcell.adaptation.holdout import held_out_count, split_holdout
 from bloodcell.adaptation.imagenet import fit_classifier
 from bloodcell.adaptation.network import split_network
 from bloodcell.core.errors import ConfigError, DataError
-from bloodcell.core.model_folder import read_meta
+from bloodcell.core.model_folder import read_meta, weights_digest
 from bloodcell.core.preprocess import PreprocessConfig
 from bloodcell.networks import create_model, load_model, save_model
 from bloodcell.networks.ensemble import make_ensemble
+from bloodcell.prediction.onnx_backend import OnnxModel
 
 LAB = ("basophil", "eosinophil", "lymphocyte", "monocyte")
 
@@ -79,8 +80,11 @@ def test_adapt_writes_a_calibrated_model_that_predict_loads(lab, tmp_path):
     cal = meta["calibration"]
     assert cal["validation"]["n_images"] == 8 and cal["temperature"] != 1.5  # refitted, not the old model's
     assert meta["ood"]["fitted_on_images"] == 24 * 8 and (result.out / "ood.safetensors").is_file()
-    assert not (result.out / "model.onnx").exists()  # the old export would describe other weights
+    # exported afresh from the adapted weights (a copy of the old export would describe other weights)
+    assert result.onnx == f"written: {result.out / 'model.onnx'}"
+    assert OnnxModel(result.out).weights_sha256 == weights_digest(result.out)
     clf = Classifier(result.out)
+    assert clf.backend == "onnx"
     assert clf.temperature == pytest.approx(cal["temperature"])
     assert clf.abstain_threshold == pytest.approx(cal["abstain_threshold"])
     run = clf.predict([lab / "monocyte"])
@@ -90,14 +94,14 @@ def test_adapt_writes_a_calibrated_model_that_predict_loads(lab, tmp_path):
 
 def test_drop_absent_keeps_only_the_data_classes(lab, tmp_path):
     out = adapt(lab, tmp_path / "out", model=tiny_model(), method="linear", epochs=2, drop_absent=True,
-                progress=False).out
+                export=False, progress=False).out
     assert Classifier(out).class_names == LAB
     assert read_meta(out)["adaptation"]["absent_classes"] == "dropped"
 
 
 def test_finetune_tunes_the_last_stages_of_every_member(lab, tmp_path):
     ens = _lite0_ensemble(tmp_path)
-    out = adapt(lab, tmp_path / "out", model=ens, epochs=1, imagenet_member=False, progress=False).out
+    out = adapt(lab, tmp_path / "out", model=ens, epochs=1, imagenet_member=False, export=False, progress=False).out
     before, after = load_model(ens).module, load_model(out).module
     for old, new in zip(before.members, after.members):
         assert torch.equal(old.model.conv_stem.weight, new.model.conv_stem.weight)  # the frozen front
@@ -173,12 +177,12 @@ def test_the_crop_is_scaled_so_the_labs_cells_appear_at_the_training_size(tmp_pa
                {"architecture": "basic_cnn", "preprocess": PreprocessConfig(image_size=32).to_dict()})
     meta = read_meta(model)
     write_meta(model, {**meta, "training_cell_share": share / 2})  # training cells looked half as large
-    out = adapt(data, tmp_path / "out", model=model, method="prototype", progress=False).out
+    out = adapt(data, tmp_path / "out", model=model, method="prototype", export=False, progress=False).out
     scale = read_meta(out)["adaptation"]["scale"]
     assert scale["applied"] and scale["ratio"] == pytest.approx(2.0, rel=0.01)
     assert Classifier(out).preprocess.crop_fraction == pytest.approx(2.0, rel=0.01)
     assert "scaled from 1 to 2" in read_meta(out)["model_card"]["summary"]
-    same = adapt(data, tmp_path / "same", model=model, method="prototype", match_scale=False, progress=False).out
+    same = adapt(data, tmp_path / "same", model=model, method="prototype", match_scale=False, export=False, progress=False).out
     assert Classifier(same).preprocess.crop_fraction == 1.0 and not read_meta(same)["adaptation"]["scale"]["applied"]
 
 
@@ -244,7 +248,7 @@ def test_the_imagenet_classifier_is_the_logistic_regression_folded_into_the_laye
 
 
 def test_an_imagenet_network_votes_beside_the_adapted_model(lab, tmp_path):
-    out = adapt(lab, tmp_path / "out", model=tiny_model(), epochs=1, progress=False).out
+    out = adapt(lab, tmp_path / "out", model=tiny_model(), epochs=1, export=False, progress=False).out
     meta = read_meta(out)
     assert meta["ensemble"]["weights"] == pytest.approx([1 / 2, 1 / 2])  # one network each: one vote each
     assert read_meta(out / "member_0")["architecture"] == read_meta(tiny_model())["architecture"]
@@ -259,3 +263,20 @@ def test_an_imagenet_network_votes_beside_the_adapted_model(lab, tmp_path):
     assert np.mean([p.label == p.true_label for p in fitted.predictions]) >= 0.9
     assert "ImageNet weights" in meta["model_card"]["summary"] and len(meta["adaptation"]["networks"]) == 2
     assert len(Classifier(out).predict([lab / "monocyte"]).predictions) == 8
+
+
+def test_a_failed_onnx_export_keeps_the_adapted_model_and_says_so(lab, tmp_path, monkeypatch):
+    import bloodcell.packaging.onnx as onnx_export
+
+    def broken(*args, **kwargs):
+        raise ConfigError("the exporter broke")
+
+    monkeypatch.setattr(onnx_export, "export_onnx", broken)
+    result = adapt(lab, tmp_path / "out", model=tiny_model(), method="prototype", imagenet_member=False,
+                   progress=False)
+    assert result.onnx == "failed (the exporter broke); it predicts through PyTorch"
+    assert not (result.out / "model.onnx").exists()
+    assert Classifier(result.out).backend == "torch"
+    skipped = adapt(lab, tmp_path / "plain", model=tiny_model(), method="prototype", imagenet_member=False,
+                    export=False, progress=False)
+    assert skipped.onnx is None and not (skipped.out / "model.onnx").exists()

@@ -38,6 +38,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the held-out draw and of training (default 0)")
     parser.add_argument("--status-file", default=None,
                         help="JSON file rewritten with the progress as the work goes (for job runners)")
+    parser.add_argument("--no-export", dest="export", action="store_false",
+                        help="leave out model.onnx (default: export the adapted model to ONNX, about 10 s, so "
+                             "predict and serve run it on onnxruntime)")
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -59,6 +62,8 @@ def _summary(result) -> str:
                      f"in training: crop {crop['model']:g} -> {crop['adapted']:g} of the shorter side")
     if a["classes_absent_from_data"]:
         lines.append(f"  classes not in the data, {a['absent_classes']}: {', '.join(a['classes_absent_from_data'])}")
+    if result.onnx is not None:
+        lines.append(f"  ONNX export {result.onnx}")
     lines.append(f"  use it: bloodcell predict --model {result.out} IMAGES")
     return "\n".join(lines)
 
@@ -72,7 +77,8 @@ def run(args) -> int:
                    batch_norm=args.batch_norm, match_scale=args.match_scale,
                    drop_absent=args.drop_absent,
                    imagenet_member=args.imagenet_member, held_out=args.held_out, seed=args.seed,
-                   target_accuracy=args.target_accuracy, force=args.force, progress=not args.quiet,
+                   target_accuracy=args.target_accuracy, force=args.force, export=args.export,
+                   progress=not args.quiet,
                    status_file=args.status_file)
     print(_summary(result))
     return 0

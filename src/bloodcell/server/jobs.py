@@ -127,7 +127,7 @@ class JobRunner:
         folder = self.folder / job_id
         folder.mkdir(parents=True, exist_ok=True)
         args = [str(data), "--out", str(folder / "model"), "--method", method,
-                "--status-file", str(folder / "status.json"), "--quiet", "--force"]
+                "--status-file", str(folder / "status.json"), "--quiet", "--force", "--no-export"]
         if epochs is not None:
             args += ["--epochs", str(epochs)]
         if model:
