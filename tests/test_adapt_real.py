@@ -34,6 +34,7 @@ def test_adapt_cli_on_a_slice_of_lisc(lisc_slice, tmp_path):
     done = cli("adapt", str(lisc_slice), "--out", str(out), "--epochs", "3", "--quiet", timeout=900)
     assert done.returncode == 0, done.stderr
     assert "held-out cells (5)" in done.stdout and "kept: erythroblast, ig, platelet" in done.stdout
+    assert f"ONNX export written: {out / 'model.onnx'}" in done.stdout
     meta = json.loads((out / "model.json").read_text())
     assert meta["adaptation"]["fitting_cells"] == {c: 3 for c in ("basophil", "eosinophil", "lymphocyte", "monocyte",
                                                                   "neutrophil")}
@@ -41,5 +42,6 @@ def test_adapt_cli_on_a_slice_of_lisc(lisc_slice, tmp_path):
     predicted = cli("predict", str(lisc_slice / "eosinophil"), "--model", str(out), "-f", "json", timeout=600)
     assert predicted.returncode == 0, predicted.stderr
     assert len(json.loads(predicted.stdout)["predictions"]) == 4
+    assert json.loads(predicted.stdout)["model"]["backend"] == "onnx"  # the fresh export, not PyTorch
     info = cli("info", str(out))
     assert info.returncode == 0 and "adapted to lisc" in info.stdout

@@ -104,3 +104,32 @@ def test_cli_names_a_missing_teacher_without_a_traceback(tmp_path):
     assert out.returncode != 0
     assert "nowhere: no such model" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_the_teachers_onnx_export_gives_its_pytorch_probabilities(teacher, tmp_path):
+    import shutil
+
+    from bloodcell.evaluation.calibration import view_probs
+    from bloodcell.networks import save_model
+    from bloodcell.packaging.onnx import export_onnx
+    from bloodcell.prediction.onnx_backend import OnnxModel
+    from bloodcell.prediction.torch_backend import predict_view_logits, tta_temperature
+    from bloodcell.training.teacher import load_teacher
+
+    folder = tmp_path / "teacher"
+    shutil.copytree(teacher, folder)
+    assert not isinstance(load_teacher(folder), OnnxModel)  # no export yet: PyTorch
+    export_onnx(folder)
+    onnx, torch_model = load_teacher(folder), load_model(folder)
+    assert isinstance(onnx, OnnxModel)
+    images = tiny_data(classes=CLASSES).val_images
+    for tta in (False, True):
+        np.testing.assert_allclose(teacher_probabilities(onnx, images, tta, progress=False),
+                                   teacher_probabilities(torch_model, images, tta, progress=False), atol=1e-4)
+    evaluation_tta = view_probs(predict_view_logits(torch_model, images), tta_temperature(torch_model))
+    np.testing.assert_allclose(teacher_probabilities(torch_model, images, True, progress=False), evaluation_tta,
+                               atol=1e-5)  # the same eight views as evaluation's TTA
+    with torch.no_grad():
+        next(torch_model.module.parameters()).add_(0.5)
+    save_model(folder, torch_model.module, torch_model.meta)
+    assert not isinstance(load_teacher(folder), OnnxModel)  # an export of other weights is not used

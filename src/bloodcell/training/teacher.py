@@ -74,20 +74,53 @@ def same_geometry(a: PreprocessConfig, b: PreprocessConfig) -> bool:
     return all(getattr(a, k) == getattr(b, k) for k in GEOMETRY)
 
 
-def teacher_probabilities(loaded, images: np.ndarray, tta: bool, batch_size: int = 64,
+def _view(images: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    """One test-time-augmentation view of ``uint8`` NHWC images (as the PyTorch backend makes it on NCHW)."""
+    v = images[:, :, ::-1] if flip else images
+    return np.ascontiguousarray(np.rot90(v, k, axes=(1, 2)))
+
+
+def teacher_probabilities(model, images: np.ndarray, tta: bool, batch_size: int = 64,
                           progress: bool = True) -> np.ndarray:
-    """The teacher's calibrated probabilities ``(N, C)`` on prepared ``uint8`` images, TTA-averaged if asked."""
+    """The teacher's calibrated probabilities ``(N, C)`` on prepared ``uint8`` images, TTA-averaged if asked.
+
+    ``model`` is a loaded model folder (PyTorch) or its fresh ONNX export (onnxruntime, about
+    three times faster on the CPU); both give the same probabilities.
+    """
     from bloodcell.evaluation.calibration import view_probs
     from bloodcell.evaluation.scoring import in_chunks
-    from bloodcell.prediction.onnx_backend import softmax
-    from bloodcell.prediction.torch_backend import predict_logits, predict_view_logits, tta_temperature
+    from bloodcell.prediction.onnx_backend import OnnxModel, softmax
+    from bloodcell.prediction.torch_backend import TTA_VIEWS, predict_logits, tta_temperature
 
+    if isinstance(model, OnnxModel):
+        def logits_of(x):
+            return model.run(x, batch_size)[0]
+    else:
+        def logits_of(x):
+            return predict_logits(model, x, batch_size=batch_size)
     if tta:
-        views = in_chunks(lambda x: predict_view_logits(loaded, x, batch_size=batch_size).transpose(1, 0, 2),
+        views = in_chunks(lambda x: np.stack([logits_of(_view(x, k, f)) for k, f in TTA_VIEWS], axis=1),
                           images, progress, "teacher, 8 views").transpose(1, 0, 2)
-        return view_probs(views, tta_temperature(loaded))
-    logits = in_chunks(lambda x: predict_logits(loaded, x, batch_size=batch_size), images, progress, "teacher")
-    return softmax(logits.astype(np.float64), loaded.temperature).astype(np.float32)
+        return view_probs(views, tta_temperature(model))
+    logits = in_chunks(logits_of, images, progress, "teacher")
+    return softmax(logits.astype(np.float64), model.temperature).astype(np.float32)
+
+
+def load_teacher(folder: Path):
+    """The teacher's fresh float32 ONNX export when it has one (faster), else the PyTorch model."""
+    from bloodcell.core.errors import ModelError
+    from bloodcell.core.model_folder import weights_digest
+    from bloodcell.networks.loading import load_model
+    from bloodcell.prediction.onnx_backend import ONNX_FILE, OnnxModel
+
+    if (folder / ONNX_FILE).is_file():
+        try:
+            onnx = OnnxModel(folder)
+        except ModelError:
+            onnx = None
+        if onnx is not None and onnx.precision == "fp32" and onnx.weights_sha256 == weights_digest(folder):
+            return onnx
+    return load_model(folder)
 
 
 def teacher_folder(teacher: str) -> Path:
@@ -122,8 +155,6 @@ def soft_targets(teacher: str, tta: bool, images: np.ndarray, pre: PreprocessCon
     teacher that crops or sizes differently needs them prepared its way:
     ``load_images(teacher_pre)`` returns them, in the same order.
     """
-    from bloodcell.networks.loading import load_model
-
     folder = teacher_folder(teacher)
     key = _key(folder.resolve(), tta, manifest, pre.class_names)
     cache = Path(run_dir) / TEACHER_FILE
@@ -131,7 +162,7 @@ def soft_targets(teacher: str, tta: bool, images: np.ndarray, pre: PreprocessCon
     if cached is not None:
         say(f"Teacher probabilities of {folder} read from {cache}.")
         return cached
-    loaded = load_model(folder)
+    loaded = load_teacher(folder)
     columns = _class_columns(loaded.class_names, pre.class_names, folder)
     tpre = loaded.preprocess
     if not same_geometry(tpre, pre):
@@ -139,7 +170,8 @@ def soft_targets(teacher: str, tta: bool, images: np.ndarray, pre: PreprocessCon
             raise ConfigError(f"--teacher {folder} crops or sizes images differently from this run "
                               f"({tpre.image_size} px, crop {tpre.crop_fraction}, {tpre.framing} framing).")
         images = load_images(dataclasses.replace(tpre, class_names=pre.class_names))
-    say(f"Teacher: {folder} ({'with TTA, ' if tta else ''}{len(images)} training images, computed once).")
+    engine = "PyTorch" if hasattr(loaded, "module") else "onnxruntime"
+    say(f"Teacher: {folder} ({engine}, {'with TTA, ' if tta else ''}{len(images)} training images, computed once).")
     probs = teacher_probabilities(loaded, images, tta, progress=progress)[:, columns]
     probs = probs / probs.sum(axis=1, keepdims=True)
     if not np.isfinite(probs).all():
