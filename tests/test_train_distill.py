@@ -11,7 +11,7 @@ from _train_helpers import _env, tiny_config, tiny_data  # noqa: F401 - _env: ea
 from bloodcell import BloodcellError, ConfigError
 from bloodcell.networks import load_model
 from bloodcell.training import fit
-from bloodcell.training.teacher import TEACHER_FILE, DistillLoss, teacher_probabilities
+from bloodcell.training.teacher import TEACHER_FILE, DistillLoss, _key, teacher_probabilities
 
 CLASSES = ("basophil", "lymphocyte", "platelet")
 
@@ -129,7 +129,9 @@ def test_the_teachers_onnx_export_gives_its_pytorch_probabilities(teacher, tmp_p
     evaluation_tta = view_probs(predict_view_logits(torch_model, images), tta_temperature(torch_model))
     np.testing.assert_allclose(teacher_probabilities(torch_model, images, True, progress=False), evaluation_tta,
                                atol=1e-5)  # the same eight views as evaluation's TTA
+    key = _key(folder, True, "m", CLASSES)
     with torch.no_grad():
         next(torch_model.module.parameters()).add_(0.5)
     save_model(folder, torch_model.module, torch_model.meta)
+    assert _key(folder, True, "m", CLASSES) != key  # cached probabilities of the old weights are not reused
     assert not isinstance(load_teacher(folder), OnnxModel)  # an export of other weights is not used

@@ -55,7 +55,10 @@ class DistillLoss(nn.Module):
 
 
 def _key(teacher: Path, tta: bool, manifest: str | None, class_names) -> str:
-    text = json.dumps([str(teacher), bool(tta), manifest, list(class_names)])
+    """What the cached probabilities depend on: the teacher and its weights, TTA, the training images, the classes."""
+    from bloodcell.core.model_folder import weights_digest
+
+    text = json.dumps([str(teacher), weights_digest(teacher), bool(tta), manifest, list(class_names)])
     return hashlib.sha256(text.encode()).hexdigest()
 
 
