@@ -84,12 +84,12 @@ def _record(src: Path, data, settings: TuneSettings, names, labels, split, held_
 
 
 def _reporter(progress: bool, status_file):
-    bar = tqdm(total=100, desc="adapting", unit="%", disable=None) if progress else None
+    bar = tqdm(total=100, desc="adapting", unit="%", disable=None if progress else True)
     state = {"last": 0}
 
     def report(fraction: float, message: str) -> None:
         fraction = float(min(max(fraction, 0.0), 1.0))
-        if bar is not None:
+        if not bar.disable:
             step = int(round(fraction * 100))
             bar.update(max(0, step - state["last"]))
             state["last"] = max(state["last"], step)
@@ -108,10 +108,9 @@ def adapt(data, out, *, model=None, method: str = "finetune", epochs: int | None
 
     Parameters
     ----------
-    data : str or Path
-        The lab's labelled cells: a class-folder tree, ``.npz`` or CSV manifest, a few images per class or more.
-    out : str or Path
-        The model folder to write (``predict``, ``serve``, ``evaluate``, ``export`` take it).
+    data, out : str or Path
+        The lab's labelled cells (class folders, ``.npz`` or CSV manifest; a few per class or more); the model
+        folder to write (``predict``, ``serve``, ``evaluate``, ``export`` take it).
     model : str or Path, optional
         The model folder to start from (default: the packaged model, or ``$BLOODCELL_MODEL``).
     method, epochs, copies, batch_norm, drop_absent
@@ -123,36 +122,32 @@ def adapt(data, out, *, model=None, method: str = "finetune", epochs: int | None
         Add an ImageNet network, its classifier fitted to the same cells, as a voting member (see
         :mod:`bloodcell.adaptation.imagenet`); scale the crop so the lab's cells appear at the size the
         model learnt (:mod:`bloodcell.adaptation.scale`).
-    held_out, seed, target_accuracy, force, progress
+    held_out, seed, target_accuracy, force, export, progress
         Share of each class held out to calibrate (:mod:`bloodcell.adaptation.holdout`); seed of that
         draw and of training; accuracy the abstention threshold must reach on the held-out cells;
-        replace ``out`` if it exists; show a progress bar.
-    export : bool
-        Export the adapted model to ``model.onnx`` (about 10 s for the default model), so ``predict``
-        and ``serve`` run it on onnxruntime; a failed export leaves a model that predicts through PyTorch.
+        replace ``out`` if it exists; write ``model.onnx`` (about 10 s; a failed export is said in
+        ``AdaptResult.onnx`` and the model predicts through PyTorch); show a progress bar.
     status_file : str or Path, optional
-        A JSON file rewritten with ``{"progress", "message"}`` as the work goes (for job runners).
+        A JSON file rewritten with ``{"progress", "message"}`` as the work goes (job runners).
 
     Returns
     -------
     AdaptResult
-        The folder written, the adaptation record stored in its ``model.json``, the wall time and
-        what became of the ONNX export (the record's ``seconds`` are the adaptation's alone).
+        The folder, the record stored in its ``model.json`` (its ``seconds``: the adaptation's), wall time, export.
     """
-    start = time.perf_counter()
-    settings = _settings(method, epochs, copies, batch_norm, seed, held_out)
+    start, settings = time.perf_counter(), _settings(method, epochs, copies, batch_norm, seed, held_out)
     src, out = _model_folder(model), Path(out)
     _check_out(out, src, force)
     names = tuple(read_meta(src)["preprocess"]["class_names"])
     ds, labels = _read_data(data, names)
     fit_idx, held_idx = split_holdout(labels, held_out, seed)
-    scale = _scale(src, ds.select(fit_idx.tolist()), settings, match_scale)
+    scale = _scale(src, ds.select(fit_idx.tolist()), settings, match_scale)  # sets the crop the record shows
     record = {**_record(src, data, settings, names, labels, (fit_idx, held_idx), held_out, drop_absent), "scale": scale}
     keep = [c for i, c in enumerate(names) if i in set(labels.tolist())] if drop_absent else None
     report, bar = _reporter(progress, status_file)
     try:
-        report(0.0, f"adapting {src.name} to {len(fit_idx)} cells, {len(held_idx)} held out")
         with staged_folder(out) as staging:
+            report(0.0, f"adapting {src.name} to {len(fit_idx)} cells, {len(held_idx)} held out")
             _write_networks(staging, src, ds.select(fit_idx.tolist()), settings, keep, imagenet_member, record,
                             report, progress)
             report(0.85, "calibrating on the held-out cells and refitting the out-of-distribution check")
@@ -162,8 +157,7 @@ def adapt(data, out, *, model=None, method: str = "finetune", epochs: int | None
         onnx = _export(out, report) if export else None
         report(1.0, f"done: {out}")
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     return AdaptResult(out, record, time.perf_counter() - start, onnx)
 
 
