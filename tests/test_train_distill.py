@@ -135,3 +135,23 @@ def test_the_teachers_onnx_export_gives_its_pytorch_probabilities(teacher, tmp_p
     save_model(folder, torch_model.module, torch_model.meta)
     assert _key(folder, True, "m", CLASSES) != key  # cached probabilities of the old weights are not reused
     assert not isinstance(load_teacher(folder), OnnxModel)  # an export of other weights is not used
+
+
+def test_a_teacher_that_sizes_images_otherwise_gets_them_prepared_its_way(teacher, tmp_path):
+    student_data = tiny_data(classes=CLASSES, size=24)
+    teacher_view = tiny_data(classes=CLASSES, size=16).train_images
+    asked = []
+
+    def teacher_images(pre):
+        asked.append(pre)
+        return teacher_view
+
+    with pytest.raises(ConfigError, match="crops or sizes images differently"):
+        fit(tiny_config(epochs=1, image_size=24, teacher=str(teacher)), student_data, tmp_path / "refused",
+            progress=False)
+    fit(tiny_config(epochs=1, image_size=24, teacher=str(teacher), teacher_tta=False), student_data,
+        tmp_path / "run", progress=False, teacher_images=teacher_images)
+    assert [p.image_size for p in asked] == [16]
+    cached = np.load(tmp_path / "run" / TEACHER_FILE)["probs"]
+    expected = teacher_probabilities(load_model(teacher), teacher_view, tta=False, progress=False)
+    np.testing.assert_allclose(cached, expected, atol=1e-5)
