@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from bloodcell.core.model_folder import read_meta, write_meta
+from bloodcell.core.preprocess import tta_views
 from bloodcell.data import load_arrays
 from bloodcell.evaluation.calibration import softmax
 from bloodcell.evaluation.fit_calibration import fit_calibration
@@ -56,8 +57,7 @@ def _calibration(logits: np.ndarray, labels: np.ndarray, target: float, data) ->
 
 def views(images: np.ndarray) -> np.ndarray:
     """The eight rotations by multiples of 90 degrees, plain and mirrored, of NHWC images (view-major)."""
-    return np.concatenate([np.flip(np.rot90(images, k, (1, 2)), 2) if flip else np.rot90(images, k, (1, 2))
-                           for k in range(4) for flip in (False, True)])
+    return np.concatenate(tta_views(images))
 
 
 def _ood(loaded, fit, held) -> dict | None:

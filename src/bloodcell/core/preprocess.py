@@ -56,6 +56,9 @@ MIN_IMAGE_STD = 0.02
 
 #: Largest ``crop_fraction``: a square four times the image's shorter side.
 MAX_CROP_FRACTION = 4.0
+#: The eight symmetries of the square: (number of 90° rotations, horizontal flip), identity first.
+#: A cell on a smear has no preferred orientation, so each is an equally valid view (test-time augmentation).
+TTA_VIEWS: tuple[tuple[int, bool], ...] = tuple((k, f) for f in (False, True) for k in range(4))
 
 
 @dataclass(frozen=True)
@@ -331,6 +334,13 @@ def input_need(cfg: PreprocessConfig) -> int:
 def load_prepared(source: str | Path | bytes, cfg: PreprocessConfig, name: str | None = None) -> np.ndarray:
     """Decode and prepare in one step: the path every stage shares."""
     return prepare(decode_image(source, name), cfg)
+
+
+def tta_views(images: np.ndarray) -> list[np.ndarray]:
+    """The eight views of ``uint8`` NHWC images in :data:`TTA_VIEWS` order: mirrored left-right, then turned
+    (as the PyTorch backend turns NCHW tensors)."""
+    return [np.ascontiguousarray(np.rot90(images[:, :, ::-1] if flip else images, k, axes=(1, 2)))
+            for k, flip in TTA_VIEWS]
 
 
 def normalize(batch, cfg: PreprocessConfig):

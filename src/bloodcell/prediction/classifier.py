@@ -33,7 +33,7 @@ import numpy as np
 from bloodcell.core.errors import ConfigError, DataError, ModelError
 from bloodcell.core.files import check_writable_file
 from bloodcell.core.model_choice import resolve_model
-from bloodcell.core.model_folder import META, ONNX, is_model_folder, read_meta, weights_digest
+from bloodcell.core.model_folder import META, ONNX, is_model_folder, read_meta
 from bloodcell.core.preprocess import prepare, prepare_with_info
 from bloodcell.prediction import outputs
 from bloodcell.prediction.differential import Differential, differential
@@ -164,7 +164,7 @@ class Classifier:
     def _onnx_fresh(self, onnx_file: Path, threads: int | None) -> bool:
         """Whether ``model.onnx`` was exported from the folder's current weights (warns when not)."""
         self._onnx = OnnxModel(onnx_file, threads, spin=False)
-        if self._onnx.weights_sha256 is None or self._onnx.weights_sha256 == weights_digest(self.folder):
+        if self._onnx.exported_from(self.folder):
             return True
         warnings.warn(
             f"{onnx_file} was exported from other weights than {self.folder}; using PyTorch. "

@@ -18,6 +18,7 @@ import numpy as np
 from bloodcell.core.errors import DataError, ModelError
 from bloodcell.core.model_folder import ONNX as ONNX_FILE
 from bloodcell.core.model_folder import ONNX_FORMAT as FORMAT
+from bloodcell.core.model_folder import weights_digest
 from bloodcell.core.preprocess import PreprocessConfig, normalize
 
 #: The int8 twin of ``model.onnx`` in a model folder (static QDQ, calibrated on training images when
@@ -139,6 +140,11 @@ class OnnxModel:
         if not logits:
             return np.zeros((0, n_classes), np.float32), (np.zeros(0, np.float32) if self.has_ood else None)
         return np.concatenate(logits), (np.concatenate(scores) if self.has_ood else None)
+
+    def exported_from(self, folder: str | Path) -> bool:
+        """Whether this export was made from the present weights of the model ``folder`` (exports older
+        than the recorded digest are taken as such)."""
+        return self.weights_sha256 is None or self.weights_sha256 == weights_digest(folder)
 
     def predict_proba(self, images: np.ndarray, batch_size: int = 64, calibrated: bool = True) -> np.ndarray:
         """Class probabilities ``(N, C)``, the model's temperature applied when ``calibrated``."""

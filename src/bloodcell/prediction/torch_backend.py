@@ -10,12 +10,9 @@ import numpy as np
 import torch
 
 from bloodcell.core.errors import DataError
+from bloodcell.core.preprocess import TTA_VIEWS
 from bloodcell.networks.batches import tensor_batches
 from bloodcell.networks.loading import LoadedModel
-
-#: The eight symmetries of the square: (number of 90° rotations, horizontal flip).
-#: A cell on a smear has no preferred orientation, so each is an equally valid view.
-TTA_VIEWS: tuple[tuple[int, bool], ...] = tuple((k, f) for f in (False, True) for k in range(4))
 
 
 def _check_images(images: np.ndarray, size: int) -> None:

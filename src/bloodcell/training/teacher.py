@@ -25,7 +25,7 @@ from torch import nn
 from bloodcell.core.classes import canonical_class
 from bloodcell.core.errors import ConfigError, DataError
 from bloodcell.core.files import atomic_write_bytes
-from bloodcell.core.preprocess import PreprocessConfig
+from bloodcell.core.preprocess import PreprocessConfig, tta_views
 
 #: The run folder's cache of the teacher's probabilities on the training images.
 TEACHER_FILE = "teacher.npz"
@@ -77,42 +77,31 @@ def same_geometry(a: PreprocessConfig, b: PreprocessConfig) -> bool:
     return all(getattr(a, k) == getattr(b, k) for k in GEOMETRY)
 
 
-def _view(images: np.ndarray, k: int, flip: bool) -> np.ndarray:
-    """One test-time-augmentation view of ``uint8`` NHWC images (as the PyTorch backend makes it on NCHW)."""
-    v = images[:, :, ::-1] if flip else images
-    return np.ascontiguousarray(np.rot90(v, k, axes=(1, 2)))
-
-
 def teacher_probabilities(model, images: np.ndarray, tta: bool, batch_size: int = 64,
                           progress: bool = True) -> np.ndarray:
     """The teacher's calibrated probabilities ``(N, C)`` on prepared ``uint8`` images, TTA-averaged if asked.
 
-    ``model`` is a loaded model folder (PyTorch) or its fresh ONNX export (onnxruntime, about
-    three times faster on the CPU); both give the same probabilities.
+    ``model`` is a loaded model folder (PyTorch) or its ONNX export (onnxruntime, about twice
+    as fast on the CPU); both give the same probabilities.
     """
     from bloodcell.evaluation.calibration import view_probs
     from bloodcell.evaluation.scoring import in_chunks
-    from bloodcell.prediction.onnx_backend import OnnxModel, softmax
-    from bloodcell.prediction.torch_backend import TTA_VIEWS, predict_logits, tta_temperature
+    from bloodcell.prediction.onnx_backend import OnnxModel
+    from bloodcell.prediction.torch_backend import predict_proba, tta_temperature
 
-    if isinstance(model, OnnxModel):
-        def logits_of(x):
-            return model.run(x, batch_size)[0]
-    else:
-        def logits_of(x):
-            return predict_logits(model, x, batch_size=batch_size)
-    if tta:
-        views = in_chunks(lambda x: np.stack([logits_of(_view(x, k, f)) for k, f in TTA_VIEWS], axis=1),
-                          images, progress, "teacher, 8 views").transpose(1, 0, 2)
-        return view_probs(views, tta_temperature(model))
-    logits = in_chunks(logits_of, images, progress, "teacher")
-    return softmax(logits.astype(np.float64), model.temperature).astype(np.float32)
+    def probabilities(x: np.ndarray) -> np.ndarray:
+        if not isinstance(model, OnnxModel):
+            return predict_proba(model, x, batch_size, tta=tta)
+        if not tta:
+            return model.predict_proba(x, batch_size)
+        return view_probs(np.stack([model.run(v, batch_size)[0] for v in tta_views(x)]), tta_temperature(model))
+
+    return in_chunks(probabilities, images, progress, "teacher, 8 views" if tta else "teacher")
 
 
 def load_teacher(folder: Path):
-    """The teacher's fresh float32 ONNX export when it has one (faster), else the PyTorch model."""
+    """The teacher's float32 ONNX export of its present weights when it has one (faster), else the PyTorch model."""
     from bloodcell.core.errors import ModelError
-    from bloodcell.core.model_folder import weights_digest
     from bloodcell.networks.loading import load_model
     from bloodcell.prediction.onnx_backend import ONNX_FILE, OnnxModel
 
@@ -121,7 +110,7 @@ def load_teacher(folder: Path):
             onnx = OnnxModel(folder)
         except ModelError:
             onnx = None
-        if onnx is not None and onnx.precision == "fp32" and onnx.weights_sha256 == weights_digest(folder):
+        if onnx is not None and onnx.precision == "fp32" and onnx.exported_from(folder):
             return onnx
     return load_model(folder)
 
