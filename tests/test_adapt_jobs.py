@@ -119,3 +119,17 @@ def test_shutdown_stops_the_running_adaptation_and_the_queued_ones(tmp_path, mon
     for job_id in ids:
         view = app.state.jobs.jobs[job_id].view()
         assert view["state"] == "failed" and "shut down" in view["message"]
+
+
+def test_a_done_jobs_message_says_whether_adapt_exported_the_model(tmp_path):
+    from bloodcell.server.jobs import _export_note
+
+    model, log = tmp_path / "model", tmp_path / "log.txt"
+    model.mkdir()
+    log.write_text("bloodcell adapt: model written in 12 s\n  ONNX export failed (opset 99 unknown); it predicts "
+                   "through PyTorch\n  use it: bloodcell predict --model model IMAGES\n")
+    assert _export_note(model, log) == " (ONNX export failed (opset 99 unknown); it predicts through PyTorch)"
+    log.write_text("bloodcell adapt: model written in 12 s\n")
+    assert _export_note(model, log) == " (no ONNX export: it predicts through PyTorch)"
+    (model / "model.onnx").write_bytes(b"onnx")
+    assert _export_note(model, log) == " and exported to ONNX"

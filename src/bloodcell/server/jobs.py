@@ -9,9 +9,9 @@ Each job runs ``python -m bloodcell adapt`` as a fresh subprocess (the service's
 own threads are never forked), one at a time, in a folder of its own under the
 jobs folder (``bloodcell-jobs`` in the working folder, or ``$BLOODCELL_JOBS``):
 ``status.json`` (progress, rewritten by the subprocess), ``log.txt`` (its output)
-and ``model/`` (the adapted model). The adapted model is then exported to ONNX
-(``python -m bloodcell export``, about 10 s), so a service switched to it predicts on
-onnxruntime. A failed job's message is the subprocess's one-line error.
+and ``model/`` (the adapted model, exported to ONNX by ``adapt`` itself, so a service
+switched to it predicts on onnxruntime). A failed job's message is the subprocess's
+one-line error.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from starlette.concurrency import run_in_threadpool
 
 from bloodcell.cases.export import write_dataset_zip
 from bloodcell.core.errors import BloodcellError
-from bloodcell.core.files import atomic_write_json
 from bloodcell.core.model_folder import is_model_folder
 from bloodcell.prediction.classifier import Classifier
 from bloodcell.server.batching import Batcher
@@ -109,6 +108,14 @@ def _last_line(path: Path) -> str:
     return (errors or lines or ["the adaptation process left no output"])[-1][:500]
 
 
+def _export_note(model: Path, log: Path) -> str:
+    """The end of a done job's message: whether ``adapt`` exported the model to ONNX (its summary says why not)."""
+    if (model / "model.onnx").is_file():
+        return " and exported to ONNX"
+    said = [x.strip() for x in log.read_text(errors="replace").splitlines() if "ONNX export" in x]
+    return f" ({said[-1]})" if said else " (no ONNX export: it predicts through PyTorch)"
+
+
 class JobRunner:
     """Runs queued jobs one at a time in one daemon thread, each as a ``python -m bloodcell adapt`` subprocess."""
 
@@ -127,7 +134,7 @@ class JobRunner:
         folder = self.folder / job_id
         folder.mkdir(parents=True, exist_ok=True)
         args = [str(data), "--out", str(folder / "model"), "--method", method,
-                "--status-file", str(folder / "status.json"), "--quiet", "--force", "--no-export"]
+                "--status-file", str(folder / "status.json"), "--quiet", "--force"]
         if epochs is not None:
             args += ["--epochs", str(epochs)]
         if model:
@@ -172,8 +179,7 @@ class JobRunner:
         try:
             with open(log, "wb") as out:
                 job.returncode = self._spawn(["adapt", *job.args], out)
-                ok = job.returncode == 0 and is_model_folder(job.folder / "model")
-                exported = self._export(job, out) if ok else None
+            ok = job.returncode == 0 and is_model_folder(job.folder / "model")
         except OSError as e:
             job.state, job.message = "failed", f"could not start the adaptation process ({e})"
             return
@@ -181,16 +187,7 @@ class JobRunner:
             job.state, job.message = "failed", STOPPED
             return
         job.state = "done" if ok else "failed"
-        job.message = f"adapted model written{exported}" if ok else _last_line(log)
-
-    def _export(self, job: Job, log) -> str:
-        """Export the adapted model to ONNX in its folder (a switched service then predicts on onnxruntime);
-        returns the end of the job's message. A failed export leaves a model that predicts through PyTorch."""
-        atomic_write_json(job.folder / "status.json", {"progress": 0.99, "message": "exporting to ONNX"})
-        code = self._spawn(["export", str(job.folder / "model")], log)
-        if code == 0 and (job.folder / "model" / "model.onnx").is_file():
-            return " and exported to ONNX"
-        return f" (ONNX export failed, it predicts through PyTorch: {_last_line(job.folder / 'log.txt')})"
+        job.message = f"adapted model written{_export_note(job.folder / 'model', log)}" if ok else _last_line(log)
 
     def stop(self, grace: float = 10.0) -> None:
         """Stop at the service's shutdown: queued jobs fail as not run, a running adaptation is
