@@ -13,11 +13,10 @@ and both run the same code::
 The verbs load on first use, so ``import bloodcell`` stays light (no PyTorch).
 """
 
-from importlib import import_module
-
 from bloodcell.core import __version__
 from bloodcell.core.classes import CLASSES, canonical_class
 from bloodcell.core.errors import BloodcellError, ConfigError, DataError, ModelError
+from bloodcell.core.lazy import lazy_names
 from bloodcell.core.preprocess import PreprocessConfig, decode_image, prepare
 
 # name -> module that defines it (loaded on first use)
@@ -45,10 +44,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'bloodcell' has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _LAZY)
 
 
 __all__ = [

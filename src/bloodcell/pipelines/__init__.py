@@ -16,7 +16,7 @@ skips the finished members and resumes the interrupted ones (:mod:`bloodcell.pip
 
 from __future__ import annotations
 
-from importlib import import_module
+from bloodcell.core.lazy import lazy_names
 
 #: The pipelines :func:`pipeline` runs.
 PIPELINES = ("default", "zoo", "zoo-table")
@@ -24,11 +24,8 @@ PIPELINES = ("default", "zoo", "zoo-table")
 _LAZY = {"pipeline": "bloodcell.pipelines.verb", "MemberFailed": "bloodcell.pipelines.members"}
 
 
-def __getattr__(name: str):
-    # the pipelines' steps load PyTorch; the names load on first use so the CLI's parser stays light
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'bloodcell.pipelines' has no attribute {name!r}")
+# the pipelines' steps load PyTorch; the names load on first use so the CLI's parser stays light
+__getattr__ = lazy_names(__name__, _LAZY)
 
 
 __all__ = ["PIPELINES", "MemberFailed", "pipeline"]

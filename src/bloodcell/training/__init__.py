@@ -6,8 +6,7 @@ without PyTorch; the rest loads on first use, so ``bloodcell train --help`` and
 reading a recipe stay fast.
 """
 
-from importlib import import_module
-
+from bloodcell.core.lazy import lazy_names
 from bloodcell.training.config import AugmentConfig, TrainConfig, load_config, recipe_names
 
 _LAZY = {
@@ -24,10 +23,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'bloodcell.training' has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _LAZY)
 
 
 __all__ = [
