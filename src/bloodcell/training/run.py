@@ -65,10 +65,10 @@ def _train_into(cfg: TrainConfig, out: Path, resume: bool, explicit: tuple[str, 
         cfg, init = _with_init(cfg, explicit)
         pre0 = with_framing(make_preprocess(cfg, CLASSES, init, explicit=set(explicit)), cfg, explicit)
     check_image_size(cfg.model, pre0.image_size)
-    if cfg.teacher and cfg.teacher != "default":  # a missing teacher is said before the data loads
-        cfg = dataclasses.replace(cfg, teacher=str(teacher_folder(cfg.teacher).resolve()))
-    elif cfg.teacher:
-        teacher_folder(cfg.teacher)
+    if cfg.teacher:  # a missing teacher is said before the data loads; a path is stored resolved for --resume
+        folder = teacher_folder(cfg.teacher)
+        if cfg.teacher != "default":
+            cfg = dataclasses.replace(cfg, teacher=str(folder.resolve()))
     if not info.is_main:
         distributed.barrier()  # rank 0 fills the decoded-image cache first
     data, ids = load_training_data(cfg, pre0, progress=progress and info.is_main)
