@@ -30,12 +30,14 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
 
 from bloodcell import Classifier, canonical_class, decode_image
+from bloodcell.adaptation.tune import reestimate_batch_norm
 from bloodcell.core.locate import HED_FROM_RGB, RGB_FROM_HED, crop_box, locate_cell, typical_share
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -242,6 +244,30 @@ def measure(clf: Classifier, items, shift=None, batch: int = 64, frame: CellFram
     return row
 
 
+@contextmanager
+def source_batch_norm(clf: Classifier, items, shift=None, frame: CellFraming | None = None):
+    """While open, the PyTorch model's batch-norm statistics are those of this source's own images
+    (test-time re-estimation over their eight views, no labels used); restored on leaving."""
+    import torch
+
+    modules = [clf._load_torch().module] + ([clf._scored] if clf._scored is not None else [])  # the scorer holds a copy
+    saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in modules]
+    images = [decode_image(path) for path, _ in items]
+    images = [shift(img) for img in images] if shift is not None else images
+    images = [frame(img) for img in images] if frame is not None else images
+    try:
+        reestimate_batch_norm(modules[0], np.stack([clf.prepare(img) for img in images]), clf.preprocess)
+        for copy in modules[1:]:
+            norms = [[m for m in x.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)] for x in (modules[0], copy)]
+            for new, old in zip(*norms, strict=True):
+                old.running_mean.copy_(new.running_mean)
+                old.running_var.copy_(new.running_var)
+        yield
+    finally:
+        for m, state in zip(modules, saved):
+            m.load_state_dict(state)
+
+
 def ensure_split(split: Path, data: Path) -> Path:
     if not split.is_file():
         print(f"{split} missing: making it with `bloodcell split {data}`", file=sys.stderr)
@@ -332,15 +358,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="which split of the split CSV is measured and shifted (default test)")
     parser.add_argument("--framing", default="centre", choices=("centre", "cell"),
                         help="cell: frame each image around the located cell before the model's preprocessing")
+    parser.add_argument("--batch-norm", default="model", choices=("model", "source"),
+                        help="source: re-estimate the batch-norm statistics on each source's own images before "
+                             "classifying them (no labels; PyTorch)")
     parser.add_argument("--baseline", help="an earlier run's JSON, drawn as 'before'")
     parser.add_argument("-o", "--out", default=str(RESULTS / "domain_shift.json"))
     args = parser.parse_args(argv)
-    clf = Classifier(args.model)
+    clf = Classifier(args.model, backend="torch" if args.batch_norm == "source" else "auto")
     frame = cell_framing(ensure_split(Path(args.split), Path(args.data))) if args.framing == "cell" else None
     rows = []
     for group, name, items, shift in sources(args):
         start = time.perf_counter()
-        row = {"group": group, "source": name, **measure(clf, items, shift, frame=frame)}
+        with source_batch_norm(clf, items, shift, frame) if args.batch_norm == "source" else nullcontext():
+            row = {"group": group, "source": name, **measure(clf, items, shift, frame=frame)}
         row["seconds"] = round(time.perf_counter() - start, 1)
         rows.append(row)
         print(f"{name:<32} n={row['images']:>5}  acc {100 * row['accuracy']['value']:5.1f}%  "
@@ -351,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         baseline = {r["source"]: r for r in json.loads(Path(args.baseline).read_text())["rows"]}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    run = {"model": clf.describe(), "rows": rows}
+    run = {"model": clf.describe(), "batch_norm": args.batch_norm, "rows": rows}
     if frame is not None:
         run["framing"] = {"kind": "cell", "share": frame.share, "split": args.split_name}
     out.write_text(json.dumps(run, indent=1, default=str))
