@@ -18,6 +18,8 @@ default test). --framing cell first frames every image around the cell the locat
 come out close to their own field) and hands that to the model's own preprocessing; images with
 no cell found go in unchanged. With a model trained on centred crops this is a diagnostic of
 where its errors come from, not the design a cell-framing model would use.
+--batch-norm source re-estimates the model's batch-norm statistics on each source's own images
+(their eight views, no labels; PyTorch) before classifying them, and restores them afterwards.
 """
 
 from __future__ import annotations
