@@ -148,6 +148,35 @@ def test_ood_statistics_round_trip(tmp_path):
     assert head_scores(head, far).min() > np.percentile(head_scores(head, feats), 99)
 
 
+def test_cell_check_round_trip_tells_cells_from_non_cells(tmp_path):
+    from bloodcell.ood.fit import fit_cell_check, save_head
+    from bloodcell.ood.score import CellCheckHead, head_scores, load_head
+
+    rng = np.random.default_rng(1)
+    cells_f = rng.normal(size=(120, 16)) + np.r_[3.0, np.zeros(15)]
+    others = rng.normal(size=(60, 16)) - np.r_[3.0, np.zeros(15)]
+    head = fit_cell_check(cells_f, others)
+    save_head(tmp_path, head)
+    again = load_head(tmp_path)
+    assert isinstance(again, CellCheckHead) and again.dims == 16
+    np.testing.assert_allclose(head_scores(again, cells_f), head_scores(head, cells_f), rtol=1e-6)
+    fresh_cells = rng.normal(size=(50, 16)) + np.r_[3.0, np.zeros(15)]
+    fresh_others = rng.normal(size=(50, 16)) - np.r_[3.0, np.zeros(15)]
+    low, high = head_scores(head, fresh_cells), head_scores(head, fresh_others)  # probabilities of not being a cell
+    assert 0 < low.min() and high.max() < 1 and np.median(low) < 0.5 < np.median(high)
+    assert (low[:, None] < high[None, :]).mean() > 0.97  # ranks fresh non-cells above fresh cells
+    with pytest.raises(ModelError, match="needs real cells and non-cell images"):
+        fit_cell_check(cells_f, others[:0])
+
+
+def test_unknown_ood_method_is_named(tmp_path):
+    from bloodcell.ood.fit import fit_ood
+
+    with pytest.raises(ModelError, match="Unknown out-of-distribution method 'knn'"):
+        fit_ood(load_model(tiny_model(), "cpu"), _prepared(12), np.arange(12) % 4, _prepared(12, seed=4),
+                per_kind=2, progress=False, method="knn")
+
+
 def test_choose_threshold_separates():
     from bloodcell.ood.fit import choose_threshold, evaluate_threshold
 
@@ -177,6 +206,12 @@ def test_package_default(tmp_path):
     meta = read_meta(out)
     assert meta["model_card"]["name"] == "packaged" and meta["model_card"]["licence"] == CARD["licence"]
     assert meta["ood"]["threshold"] > 0 and meta["onnx"]["argmax_agreement"] == 1.0
+    assert meta["ood"]["method"] == "logistic-cell-vs-non-cell-penultimate"
+    held = _prepared(6, seed=9)  # the ONNX graph scores like PyTorch
+    from bloodcell import Classifier
+
+    _, torch_scores = Classifier(out, backend="torch").scores(held)
+    np.testing.assert_allclose(OnnxModel(out / ONNX).run(held)[1], torch_scores, atol=1e-4)
     assert (out / META).stat().st_mode & 0o044  # readable by others once installed
 
     meta_src = read_meta(src)

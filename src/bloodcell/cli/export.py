@@ -36,9 +36,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--per-class", type=int, default=300,
                         help="--format default: training images per class for the out-of-distribution fit (default: 300)")
     parser.add_argument("--ood-augment", default=None, metavar="RECIPE",
-                        help="--format default: fit the out-of-distribution check also on copies of the cells drawn "
-                             "through this recipe's augmentation (e.g. robust_default), so other labs' cells are not "
-                             "flagged (default: the model's own training augmentation, when it imitates other labs)")
+                        help="--format default: the recipe whose augmentation draws the copies of the cells (other "
+                             "labs' colour, stain, scale and optics) that the cell-vs-non-cell check is fitted on, so "
+                             "other labs' cells are not flagged (default: robust_default)")
     parser.add_argument("--max-mb", type=float, default=MAX_MB, help=f"--format default: size budget in MB (default: {MAX_MB:g})")
 
 

@@ -14,13 +14,28 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save
 from sklearn.covariance import LedoitWolf
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from bloodcell.core.errors import ModelError
 from bloodcell.core.files import atomic_write_bytes
 from bloodcell.core.stats import wilson_interval
 from bloodcell.ood.noncell import non_cell_images
-from bloodcell.ood.score import FILE, METHOD, STORED, MahalanobisHead, extract_features, head_scores
+from bloodcell.ood.score import (
+    CELL_CHECK,
+    FILE,
+    METHOD,
+    CellCheckHead,
+    MahalanobisHead,
+    extract_features,
+    head_scores,
+    stored_names,
+)
+
+#: Inverse regularisation strength of the cell check's logistic regression (standardised features).
+CELL_CHECK_C = 0.01
+#: Seed offset of the non-cell images the cell check is fitted on (the threshold's are other draws).
+FIT_DRAW = 1000
 
 
 def default_dims(feature_dim: int) -> int:
@@ -64,6 +79,19 @@ def fit_head(features: np.ndarray, labels: np.ndarray, dims: int | None = None) 
     whiten = evecs / np.sqrt(np.maximum(evals, 1e-12 * evals.max()))
     scale = float(residual.mean()) if residual.mean() > 1e-12 else 1.0
     return MahalanobisHead(center, basis, whiten, means @ whiten, scale)
+
+
+def fit_cell_check(cell_features: np.ndarray, other_features: np.ndarray, c: float = CELL_CHECK_C) -> CellCheckHead:
+    """A logistic regression telling cells (0) from non-cell images (1) on standardised features,
+    classes weighted equally, its standardisation folded into one weight vector and bias."""
+    x = np.concatenate([cell_features, other_features]).astype(np.float64)
+    if not len(cell_features) or not len(other_features):
+        raise ModelError("Fitting the cell check needs real cells and non-cell images.")
+    y = np.r_[np.zeros(len(cell_features)), np.ones(len(other_features))]
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    clf = LogisticRegression(C=c, max_iter=5000, class_weight="balanced").fit((x - mean) / std, y)
+    weight = clf.coef_[0] / std
+    return CellCheckHead(weight, float(clf.intercept_[0] - weight @ mean))
 
 
 def choose_threshold(cell_scores: np.ndarray, other_scores: np.ndarray, max_false_flag: float = 0.02) -> float:
@@ -121,7 +149,7 @@ def evaluate_threshold(threshold: float, cell_scores: np.ndarray, other_scores: 
 
 def save_head(folder: str | Path, head: MahalanobisHead) -> Path:
     """Write the head's statistics to ``folder/ood.safetensors`` (atomically)."""
-    tensors = {k: np.ascontiguousarray(head.state_dict()[k].cpu().numpy()) for k in STORED}
+    tensors = {k: np.ascontiguousarray(head.state_dict()[k].cpu().numpy()) for k in stored_names(head)}
     path = Path(folder) / FILE
     atomic_write_bytes(path, save(tensors))
     return path
@@ -140,6 +168,16 @@ def _halves(n_cells: int, kinds: list[str], seed: int) -> tuple[np.ndarray, np.n
     return cell_perm[: n_cells // 2], cell_perm[n_cells // 2 :], choose_o, report_o
 
 
+def _fit_score(method: str, loaded, train_feats, train_labels, dims, per_kind: int, seed: int, batch_size: int,
+               progress: bool) -> MahalanobisHead | CellCheckHead:
+    if method == CELL_CHECK:
+        fit_others, _ = non_cell_images(per_kind, size=loaded.preprocess.image_size, seed=seed + FIT_DRAW)
+        return fit_cell_check(train_feats, extract_features(loaded, fit_others, batch_size, progress))
+    if method != METHOD:
+        raise ModelError(f"Unknown out-of-distribution method {method!r}; choose {METHOD!r} or {CELL_CHECK!r}.")
+    return fit_head(train_feats, train_labels, dims)
+
+
 def fit_ood(
     loaded,
     train_images: np.ndarray,
@@ -152,7 +190,8 @@ def fit_ood(
     seed: int = 0,
     batch_size: int = 64,
     progress: bool = True,
-) -> tuple[MahalanobisHead, dict]:
+    method: str = METHOD,
+) -> tuple[MahalanobisHead | CellCheckHead, dict]:
     """Fit the score on training images and measure its threshold.
 
     Parameters
@@ -162,25 +201,24 @@ def fit_ood(
     train_images, train_labels : ndarray
         Prepared ``uint8`` training images ``(N, S, S, 3)`` and their class indices.
     heldout_images : ndarray
-        Prepared real cells not used for fitting: half choose the threshold
-        with half of the non-cell images, the other halves measure it.
+        Real cells not fitted on: half choose the threshold with half of the non-cells, the rest measure it.
     per_kind : int
         Generated non-cell images per kind (see :data:`bloodcell.ood.noncell.KINDS`).
     max_false_flag : float
         Largest share of held-out real cells the threshold may flag.
+    method : str
+        :data:`~bloodcell.ood.score.METHOD` (distance to the training features' statistics) or
+        :data:`~bloodcell.ood.score.CELL_CHECK` (cells against non-cell images of other draws).
 
-    Returns
-    -------
-    head : MahalanobisHead
-    info : dict
-        For ``model.json["ood"]``: method, threshold, sizes and the evaluation on the reporting halves.
+    Returns ``(head, info)``: the fitted head and, for ``model.json["ood"]``, the method, threshold,
+    sizes and the evaluation on the reporting halves.
     """
     if len(heldout_images) < 10:
         raise ModelError(
             f"Measuring the out-of-distribution threshold needs at least 10 held-out real cells; got {len(heldout_images)}."
         )
     train_feats = extract_features(loaded, train_images, batch_size, progress)
-    head = fit_head(train_feats, train_labels, dims)
+    head = _fit_score(method, loaded, train_feats, train_labels, dims, per_kind, seed, batch_size, progress)
     cells = head_scores(head, extract_features(loaded, heldout_images, batch_size, progress))
     others, kinds = non_cell_images(per_kind, size=loaded.preprocess.image_size, seed=seed)
     other_scores = head_scores(head, extract_features(loaded, others, batch_size, progress))
@@ -188,7 +226,7 @@ def fit_ood(
     threshold = choose_threshold(cells[choose_c], other_scores[choose_o], max_false_flag)
     evaluation = evaluate_threshold(threshold, cells[report_c], other_scores[report_o], [kinds[i] for i in report_o])
     info = {
-        "method": METHOD,
+        "method": method,
         "threshold": round(threshold, 6),
         "feature_dim": int(train_feats.shape[1]),
         "dims": head.dims,

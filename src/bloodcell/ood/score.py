@@ -17,6 +17,15 @@ text, shapes, checkerboards, natural photographs) score far higher; the
 threshold is chosen between them and held-out real cells, on one half of each,
 and the false-flag and detection rates are measured on the other half.
 
+The packaged default model uses a second kind of head instead (``CELL_CHECK``,
+:class:`CellCheckHead`): a logistic regression on the same penultimate features that
+tells cells from non-cells, fitted on training cells (and copies of them under
+augmentation that imitates other labs' colour, stain, scale and optics) against
+generated non-cell images of other draws than those that choose the threshold. Its
+score is the probability that the image is not a cell, so a cell that only looks
+unlike PBC is not flagged for that alone, where a distance to PBC's feature
+statistics flags most of other labs' cells.
+
 The statistics live in the model folder (``ood.safetensors``, and the
 threshold and its evaluation in ``model.json["ood"]``). The scoring head is an
 ``nn.Module``, so the same computation is exported into the ONNX graph as a
@@ -40,6 +49,7 @@ from bloodcell.core.model_folder import OOD as FILE
 from bloodcell.networks.batches import tensor_batches
 
 METHOD = "mahalanobis-penultimate"
+CELL_CHECK = "logistic-cell-vs-non-cell-penultimate"
 
 
 class _Tap(nn.Module):
@@ -86,6 +96,23 @@ class FeatureModel(nn.Module):
         for t in self._taps:
             t.features = None
         return logits, feats[0] if len(feats) == 1 else torch.cat(feats, 1)
+
+
+class CellCheckHead(nn.Module):
+    """Score penultimate features by the probability that the image is not a cell (0 to 1):
+    ``sigmoid(features @ weight + bias)``, a logistic regression with its standardisation folded in."""
+
+    def __init__(self, weight, bias):
+        super().__init__()
+        self.register_buffer("weight", torch.as_tensor(weight).float().reshape(-1).contiguous())
+        self.register_buffer("bias", torch.as_tensor(bias).float().reshape(()))
+
+    @property
+    def dims(self) -> int:
+        return int(self.weight.shape[0])
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(features @ self.weight + self.bias)
 
 
 class MahalanobisHead(nn.Module):
@@ -157,6 +184,13 @@ def head_scores(head: MahalanobisHead, features: np.ndarray, batch_size: int = 4
 
 #: The head's buffers stored in ``ood.safetensors``, in :class:`MahalanobisHead` argument order.
 STORED = ("center", "basis", "whiten", "class_means", "residual_scale")
+#: The same for :class:`CellCheckHead`.
+CELL_CHECK_STORED = ("weight", "bias")
+
+
+def stored_names(head: nn.Module) -> tuple[str, ...]:
+    """The buffers of ``head`` that ``ood.safetensors`` stores."""
+    return CELL_CHECK_STORED if isinstance(head, CellCheckHead) else STORED
 
 
 def load_head(folder: str | Path) -> MahalanobisHead | None:
@@ -166,6 +200,8 @@ def load_head(folder: str | Path) -> MahalanobisHead | None:
         return None
     try:
         t = load_file(str(path))
+        if set(t) == set(CELL_CHECK_STORED):
+            return CellCheckHead(*(torch.from_numpy(t[k]) for k in CELL_CHECK_STORED))
         return MahalanobisHead(*(torch.from_numpy(t[k]) for k in STORED))
     except Exception as e:  # noqa: BLE001 - any decoding failure is the file's fault
         raise ModelError(

@@ -40,6 +40,7 @@ from bloodcell.core.model_folder import ONNX, read_meta, weight_files, weights_d
 from bloodcell.data import load_arrays, open_dataset
 from bloodcell.networks.loading import copy_model, load_model
 from bloodcell.ood.fit import fit_ood, save_head
+from bloodcell.ood.score import CELL_CHECK
 from bloodcell.packaging.card import card_metrics, check_evaluation_matches, training_record
 from bloodcell.packaging.choices import MAX_MB
 from bloodcell.packaging.onnx import export_onnx
@@ -161,7 +162,7 @@ def _with_lab_shifts(images: np.ndarray, labels, augment: AugmentConfig, seed: i
 
 
 def _fit_ood(staging: Path, loaded, train, held, per_kind: int, max_false_flag: float, seed: int, say,
-             augment: AugmentConfig | None = None) -> dict:
+             augment: AugmentConfig | None = None, method: str = CELL_CHECK) -> dict:
     """Fit the out-of-distribution score, store its head in ``staging`` and return its record.
 
     Cells also enter as copies under ``augment`` (default: the model's own training augmentation)
@@ -177,7 +178,7 @@ def _fit_ood(staging: Path, loaded, train, held, per_kind: int, max_false_flag: 
         f"{' (half of them under other-lab augmentation)' if shifted else ''}; threshold from "
         f"{len(held_images)} held-out cells ...")
     head, info = fit_ood(loaded, train_images, train_labels, held_images, per_kind=per_kind, seed=seed,
-                         max_false_flag=max_false_flag)
+                         max_false_flag=max_false_flag, method=method)
     info["cells_under_training_augmentation"] = shifted
     save_head(staging, head)
     return info
@@ -245,7 +246,7 @@ def package_default(model: str | Path, data: str | Path, out: str | Path | None 
                     evaluation: dict | None = None, quantize: str = "none", half_weights: bool = False,
                     per_class: int = 300, heldout_per_class: int = 150, max_false_flag: float = 0.01,
                     non_cells_per_kind: int = 60, max_mb: float = MAX_MB, seed: int = 0,
-                    ood_augment: AugmentConfig | None = None, say=print) -> Path:
+                    ood_augment: AugmentConfig | None = None, ood_method: str = CELL_CHECK, say=print) -> Path:
     """Package ``model`` as a self-contained default model folder at ``out``.
 
     Parameters
@@ -274,6 +275,9 @@ def package_default(model: str | Path, data: str | Path, out: str | Path | None 
         Augmentation whose copies of the cells join the out-of-distribution fit (default: the
         model's own, when it imitates other labs). ``model.json["training_cell_share"]`` records
         how much of the crop a training cell fills (what ``bloodcell adapt`` matches a lab to).
+    ood_method : str
+        The check's kind (:mod:`bloodcell.ood.score`): ``CELL_CHECK`` (default: cells against
+        non-cell images) or ``METHOD`` (distance to the training features' statistics).
     """
     src = Path(model)
     read_meta(src)
@@ -289,7 +293,7 @@ def package_default(model: str | Path, data: str | Path, out: str | Path | None 
         say(f"Reading fitting images from {data} ...")
         train, held = fitting_arrays(data, loaded.preprocess, loaded.class_names, per_class, heldout_per_class, seed)
         meta["ood"] = info = _fit_ood(staging, loaded, train, held, non_cells_per_kind, max_false_flag, seed, say,
-                                      ood_augment)
+                                      ood_augment, ood_method)
         meta["training_cell_share"] = round(measure_cell_share(str(data), loaded.preprocess.crop_fraction), 4)
         meta["model_card"] = card
         write_meta(staging, meta)
