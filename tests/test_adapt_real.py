@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from pathlib import Path
@@ -45,3 +46,28 @@ def test_adapt_cli_on_a_slice_of_lisc(lisc_slice, tmp_path):
     assert json.loads(predicted.stdout)["model"]["backend"] == "onnx"  # the fresh export, not PyTorch
     info = cli("info", str(out))
     assert info.returncode == 0 and "adapted to lisc" in info.stdout
+
+
+def _slice(source: Path, root: Path, per_class: int) -> Path:
+    for folder in sorted(p for p in source.iterdir() if p.is_dir()):
+        (root / folder.name).mkdir(parents=True)
+        for image in sorted(folder.iterdir())[:per_class]:
+            (root / folder.name / image.name).symlink_to(image)
+    return root
+
+
+def test_predict_warns_when_another_labs_cells_are_mostly_uncertain(tmp_path):
+    pbc = Path(os.environ.get("BLOODCELL_DATA", REPO.parent / "shared" / "data" / "pbc"))
+    if not LISC.is_dir() or not pbc.is_dir():
+        pytest.skip(f"LISC or PBC not found ({LISC}, {pbc})")
+    other = cli("predict", str(_slice(LISC, tmp_path / "lisc", 8)), "-o", str(tmp_path / "lisc.csv"))
+    assert other.returncode == 0, other.stderr
+    assert "warning: " in other.stderr and "uncertain, against 1.1% of the model's validation images" in other.stderr
+    assert "bloodcell adapt" in other.stderr and "Traceback" not in other.stderr
+    # the cell check does not call another lab's cells non-cells
+    with open(tmp_path / "lisc.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 40 and sum(r["not_a_blood_cell"] == "1" for r in rows) <= 2
+    own = cli("predict", str(_slice(pbc, tmp_path / "pbc", 5)), "-o", str(tmp_path / "pbc.csv"))
+    assert own.returncode == 0, own.stderr
+    assert "warning" not in own.stderr

@@ -242,3 +242,23 @@ def test_hidden_image_named_files_in_a_plain_folder_are_reported(tmp_path):
     items, problems = collect([tmp_path])
     assert [Path(i.path).name for i in items] == ["cell.png"]
     assert any(p.kind == "hidden" and "._cell.png: skipped, a hidden or system file" in p.message for p in problems)
+
+
+def test_a_run_mostly_uncertain_is_said_to_look_unlike_the_training_data():
+    from bloodcell.prediction.differential import unfamiliar_warning
+
+    def run(n, unsure):
+        return differential([Prediction(f"{i}.png", "neutrophil", 0.5, {}, i < unsure, False, 0.1) for i in range(n)],
+                            ["neutrophil", "lymphocyte"])
+
+    warning = unfamiliar_warning(run(40, 20), 0.011)
+    assert warning.startswith("50% of these 40 cells are uncertain, against 1.1% of the model's validation images")
+    assert unfamiliar_warning(run(40, 2), 0.011) is None  # as many as the model's own images
+    assert unfamiliar_warning(run(40, 6), 0.011) is None  # 15%: its lower bound is under the 10% floor
+    assert unfamiliar_warning(run(40, 20), None) is None  # nothing to compare with (a threshold given)
+    assert unfamiliar_warning(run(12, 12), 0.011) is None  # too few cells to say
+
+
+def test_describe_gives_the_validation_share_of_uncertain_images_only_for_the_calibrated_threshold():
+    assert Classifier().describe()["validation_uncertain"] == pytest.approx(0.011, abs=1e-3)
+    assert Classifier(abstain_threshold=0.5).describe()["validation_uncertain"] is None

@@ -59,6 +59,14 @@ def _print_problems(problems) -> None:
         print(f"bloodcell predict: skipped {q.message}", file=sys.stderr)
 
 
+def _warn_unfamiliar(diff, model: dict | None) -> None:
+    from bloodcell.prediction.differential import unfamiliar_warning
+
+    warning = unfamiliar_warning(diff, (model or {}).get("validation_uncertain")) if diff is not None else None
+    if warning:
+        print(f"bloodcell predict: warning: {warning}", file=sys.stderr)
+
+
 def _summary(result, args) -> str:
     model = result.model
     line = f"{result.images} image(s) classified"
@@ -87,6 +95,7 @@ def _to_file(args) -> int:
                                  abstain_threshold=args.abstain_threshold, ood_threshold=args.ood_threshold)
     _print_problems(result.problems)
     print(f"bloodcell predict: {_summary(result, args)}", file=sys.stderr)
+    _warn_unfamiliar(getattr(result, "differential", None), result.model)
     return 0
 
 
@@ -129,6 +138,7 @@ def run(args) -> int:
         raise
     _print_problems(result.problems)
     fields.warn(args.paths)
+    _warn_unfamiliar(result.differential, result.model)
     if result.output is None:
         sys.stdout.write(result.text)
         return 0

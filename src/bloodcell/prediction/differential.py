@@ -54,6 +54,29 @@ def differential(predictions, class_names) -> Differential:
     return Differential(rows, total, n, total - n, sum(unsure.values()))
 
 
+#: A run whose share of uncertain cells is surely (95% Wilson lower bound) above this many times the
+#: model's share on its validation images, and above the floor, is said to look unlike its training data.
+UNFAMILIAR_FACTOR, UNFAMILIAR_FLOOR, UNFAMILIAR_MIN_CELLS = 5.0, 0.10, 20
+
+
+def unfamiliar_warning(diff: Differential, validation_uncertain: float | None) -> str | None:
+    """A warning when far more of a run's cells are uncertain than the model's validation images were
+    (``validation_uncertain``: their share, or ``None`` when unknown or the threshold was given); else ``None``.
+
+    The out-of-distribution check tells cells from non-cells, so another lab's cells pass it; this is
+    what says that the model is reading images unlike its training data, where its labels are unreliable.
+    """
+    if validation_uncertain is None or diff.counted < UNFAMILIAR_MIN_CELLS:
+        return None
+    low, _ = wilson_interval(diff.uncertain, diff.counted)
+    if low <= max(UNFAMILIAR_FLOOR, UNFAMILIAR_FACTOR * validation_uncertain):
+        return None
+    return (f"{diff.uncertain / diff.counted:.0%} of these {diff.counted} cells are uncertain, against "
+            f"{validation_uncertain:.1%} of the model's validation images: they probably come from another "
+            "microscope, camera or stain than its training data, where its labels are unreliable. Review them, "
+            "or adapt the model to your lab's cells (`bloodcell adapt`).")
+
+
 #: The white cells of a lab differential, in the order a report lists them.
 WHITE_CELLS = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil", "ig")
 #: Labels a reviewer gives to an image that is not a countable cell.
