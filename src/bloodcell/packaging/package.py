@@ -275,9 +275,7 @@ def package_default(model: str | Path, data: str | Path, out: str | Path | None 
         Augmentation whose copies of the cells join the out-of-distribution fit (default: the
         model's own, when it imitates other labs). ``model.json["training_cell_share"]`` records
         how much of the crop a training cell fills (what ``bloodcell adapt`` matches a lab to).
-    ood_method : str
-        The check's kind (:mod:`bloodcell.ood.score`): ``CELL_CHECK`` (default: cells against
-        non-cell images) or ``METHOD`` (distance to the training features' statistics).
+        ``ood_method``: :mod:`bloodcell.ood.score`'s ``CELL_CHECK`` (default) or ``METHOD``.
     """
     src = Path(model)
     read_meta(src)

@@ -40,7 +40,7 @@ from bloodcell.prediction.differential import Differential, differential
 from bloodcell.prediction.onnx_backend import INT8_ONNX, PRECISIONS, OnnxModel, softmax
 from bloodcell.prediction.results import Prediction, PredictionRun, PredictResult
 from bloodcell.prediction.stream import classify_stream
-from bloodcell.prediction.thresholds import BACKENDS, DEFAULT_ABSTAIN, check_options, resolve_thresholds
+from bloodcell.prediction.thresholds import BACKENDS, DEFAULT_ABSTAIN, check_options, resolve_thresholds, validation_uncertain
 
 __all__ = ["BACKENDS", "DEFAULT_ABSTAIN", "Classifier", "Differential", "PredictResult", "Prediction",
            "PredictionRun", "differential", "predict"]
@@ -220,19 +220,8 @@ class Classifier:
             "abstain_threshold": self.abstain_threshold,
             "abstain_threshold_source": self.abstain_source,
             "ood_threshold": self.ood_threshold,
-            "validation_uncertain": self.validation_uncertain(),
+            "validation_uncertain": validation_uncertain(self.meta, self.abstain_source),
         }
-
-    def validation_uncertain(self) -> float | None:
-        """The share of the model's validation images its calibrated abstention threshold calls uncertain
-        (``None`` when not recorded, or when the threshold in use is not the calibrated one)."""
-        calibration = self.meta.get("calibration") or {}
-        if self.abstain_source == "calibrated for TTA":
-            calibration = calibration.get("tta") or {}
-        elif self.abstain_source != "calibrated":
-            return None
-        coverage = (calibration.get("validation") or {}).get("coverage")
-        return None if coverage is None else round(1.0 - float(coverage), 4)
 
     # -- inference -------------------------------------------------------------------------------
 

@@ -61,3 +61,15 @@ def resolve_thresholds(meta: dict, tta: bool, abstain_threshold: float | None, o
     if ood_threshold is None and ood.get("threshold") is not None:
         ood_threshold = ood["threshold"]
     return Thresholds(temperature, abstain, source, None if ood_threshold is None else float(ood_threshold))
+
+
+def validation_uncertain(meta: dict, abstain_source: str) -> float | None:
+    """The share of the model's validation images its calibrated abstention threshold calls uncertain
+    (``None`` when not recorded, or when the threshold in use is not the calibrated one)."""
+    calibration = meta.get("calibration") or {}
+    if abstain_source == "calibrated for TTA":
+        calibration = calibration.get("tta") or {}
+    elif abstain_source != "calibrated":
+        return None
+    coverage = (calibration.get("validation") or {}).get("coverage")
+    return None if coverage is None else round(1.0 - float(coverage), 4)
