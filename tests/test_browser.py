@@ -74,6 +74,7 @@ def test_batch_shows_differential(page, server, tmp_path):
     if not_cells:
         assert f"{not_cells} image(s) left out" in page.inner_text("#quick-diff-summary")
     assert len(page.query_selector_all("#quick-diff-chart .col-fill")) == 8
+    assert page.is_hidden("#quick-diff-warning")  # the tiny model records no validation share to compare with
     shot = screenshot_dir(tmp_path) / "page_batch.png"
     page.screenshot(path=str(shot), full_page=True)
 
@@ -111,3 +112,27 @@ def test_refused_uploads_show_the_server_message(page, server, tmp_path):
     shot = screenshot_dir(tmp_path) / "page_refused.png"
     page.screenshot(path=str(shot), full_page=True)
     page.unroute("**/v1/predict*")
+
+
+def test_a_batch_mostly_uncertain_shows_the_warning(tmp_path):
+    import json
+
+    from _serve_helpers import copy_model
+
+    model = copy_model(tmp_path / "model")
+    meta = json.loads((model / "model.json").read_text())
+    meta["calibration"].update(abstain_threshold=0.999, validation={"coverage": 0.99})  # every upload is uncertain
+    meta.pop("ood", None)  # no cell check: the tiny model's would leave most real cells out of the count
+    (model / "ood.safetensors").unlink(missing_ok=True)
+    (model / "model.json").write_text(json.dumps(meta))
+    with serving("--model", str(model), "--max-files", "40") as url, chromium() as browser:
+        page = new_page(browser)
+        _quick(page, url)
+        page.set_input_files("#quick-input", [str(p) for p in cell_images(tmp_path, 32)])
+        page.wait_for_selector("#quick-differential:not([hidden])")
+        counted = 32 - len(page.query_selector_all("article.card.is-ood"))
+        warning = page.inner_text("#quick-diff-warning")
+        assert counted == 32
+        assert warning.startswith(f"100% of these {counted} cells are uncertain, against 1.0% of the model's")
+        assert "bloodcell adapt" in warning and page.is_visible("#quick-diff-warning")
+        page.screenshot(path=str(screenshot_dir(tmp_path) / "page_unfamiliar.png"), full_page=True)

@@ -97,6 +97,7 @@ def test_predict_many_with_explain(client, images):
     assert img.size == (32, 32)
     assert body["differential"]["counted"] == 3
     assert sum(r["count"] for r in body["differential"]["classes"]) == 3
+    assert body["warning"] is None  # three cells are too few to say the images look unlike the training data
 
 
 def test_differential_endpoint(client, images):
@@ -104,6 +105,7 @@ def test_differential_endpoint(client, images):
     assert r.status_code == 200
     d = r.json()["differential"]
     assert d["total"] == 4 and abs(sum(x["percent"] for x in d["classes"]) - 100) < 0.1
+    assert "warning" in r.json() and r.json()["warning"] is None
 
 
 def test_mixed_batch_skips_bad_file(client, images):

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from bloodcell.core import __version__
 from bloodcell.packaging.card import card
-from bloodcell.prediction.differential import lab_differential_of
+from bloodcell.prediction.differential import lab_differential_of, unfamiliar_warning
 from bloodcell.server.errors import UPLOAD_ERRORS, error, too_many_files
 from bloodcell.server.uploads import Upload, decode_uploads, png_base64
 
@@ -87,11 +87,17 @@ async def predict(
         if explain:
             for entry, png in zip(out, await run_in_threadpool(_gradcam, clf, upload.images)):
                 entry["gradcam_png"] = png
-    diff = clf.differential(preds).to_dict() if len(preds) >= 2 else None
+    diff = clf.differential(preds) if len(preds) >= 2 else None
     lab = lab_differential_of(preds) if len(preds) >= 2 else None
     return {"model": {"name": info["name"], "backend": info["backend"], "classes": info["classes"],
                       "abstain_threshold": clf.abstain_threshold, "ood_threshold": clf.ood_threshold},
-            "predictions": out, "skipped": upload.skipped, "differential": diff, "lab_differential": lab}
+            "predictions": out, "skipped": upload.skipped, "differential": diff.to_dict() if diff else None,
+            "lab_differential": lab, "warning": _warning(diff, info)}
+
+
+def _warning(diff, info: dict) -> str | None:
+    """The run's warning when far more cells are uncertain than the model's validation images were."""
+    return unfamiliar_warning(diff, info.get("validation_uncertain")) if diff is not None else None
 
 
 @router.post("/v1/differential", summary="Differential count of the uploaded images", responses=UPLOAD_ERRORS)
@@ -100,5 +106,6 @@ async def differential(request: Request, files: list[UploadFile] = File(..., des
         upload, preds = await _classify(request, files)
     if upload is None:
         return preds
-    return {"differential": request.app.state.classifier.differential(preds).to_dict(),
-            "lab_differential": lab_differential_of(preds), "skipped": upload.skipped}
+    diff = request.app.state.classifier.differential(preds)
+    return {"differential": diff.to_dict(), "lab_differential": lab_differential_of(preds), "skipped": upload.skipped,
+            "warning": _warning(diff, request.app.state.info)}

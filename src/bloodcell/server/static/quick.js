@@ -64,13 +64,15 @@ function card(pred, file) {
     probabilityBars(pred.probabilities, pred.label));
 }
 
-function renderDifferential(d) {
+function renderDifferential(d, warning) {
   if (!d) { q("differential").hidden = true; return; }
   q("differential").hidden = false;
   let summary = `${d.counted} cells counted`;
   if (d.excluded_not_a_blood_cell) summary += `, ${d.excluded_not_a_blood_cell} image(s) left out as not blood cells`;
   if (d.uncertain) summary += `, ${d.uncertain} uncertain (counted, flagged for review)`;
   q("diff-summary").textContent = summary + ".";
+  q("diff-warning").hidden = !warning;
+  q("diff-warning").textContent = warning || "";
   const body = q("differential").querySelector("tbody");
   body.textContent = "";
   const chart = q("diff-chart");
@@ -129,7 +131,7 @@ async function upload(fileList) {
     for (const s of body.skipped) list.append(el("li", { text: s.detail }));
     q("skipped").append(list);
   }
-  renderDifferential(body.differential);
+  renderDifferential(body.differential, body.warning);
   q("status").textContent = `${body.predictions.length} image${body.predictions.length > 1 ? "s" : ""} classified.`;
 }
 
