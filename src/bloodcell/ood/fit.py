@@ -147,8 +147,8 @@ def evaluate_threshold(threshold: float, cell_scores: np.ndarray, other_scores: 
     }
 
 
-def save_head(folder: str | Path, head: MahalanobisHead) -> Path:
-    """Write the head's statistics to ``folder/ood.safetensors`` (atomically)."""
+def save_head(folder: str | Path, head: MahalanobisHead | CellCheckHead) -> Path:
+    """Write the head's buffers to ``folder/ood.safetensors`` (atomically)."""
     tensors = {k: np.ascontiguousarray(head.state_dict()[k].cpu().numpy()) for k in stored_names(head)}
     path = Path(folder) / FILE
     atomic_write_bytes(path, save(tensors))
