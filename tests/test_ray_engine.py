@@ -41,6 +41,7 @@ def test_ray_engine_gives_the_rows_of_the_local_path(tmp_path, real_data):
     assert record["model"]["precision"] == "fp32" and record["images"] == len(files)
     assert [s["source"] for s in record["skipped"]] == [str(tmp_path / "gone.jpg")]
     assert record["differential"]["total"] == len(files)
+    assert "warning" in record and record["warning"] is None  # too few cells to judge
 
 
 def test_ray_engine_needs_parquet_output(tmp_path):
