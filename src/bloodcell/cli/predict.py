@@ -60,9 +60,9 @@ def _print_problems(problems) -> None:
 
 
 def _warn_unfamiliar(diff, model: dict | None) -> None:
-    from bloodcell.prediction.differential import unfamiliar_warning
+    from bloodcell.prediction.differential import run_warning
 
-    warning = unfamiliar_warning(diff, (model or {}).get("validation_uncertain")) if diff is not None else None
+    warning = run_warning(diff, model)
     if warning:
         print(f"bloodcell predict: warning: {warning}", file=sys.stderr)
 
@@ -95,7 +95,7 @@ def _to_file(args) -> int:
                                  abstain_threshold=args.abstain_threshold, ood_threshold=args.ood_threshold)
     _print_problems(result.problems)
     print(f"bloodcell predict: {_summary(result, args)}", file=sys.stderr)
-    _warn_unfamiliar(getattr(result, "differential", None), result.model)
+    _warn_unfamiliar(result.differential, result.model)
     return 0
 
 

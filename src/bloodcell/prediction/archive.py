@@ -30,7 +30,7 @@ from bloodcell.core.errors import ConfigError, DataError
 from bloodcell.core.files import atomic_write_json, atomic_write_with, check_writable_file, staged_folder
 from bloodcell.prediction import outputs
 from bloodcell.prediction.classifier import Classifier
-from bloodcell.prediction.differential import Differential, differential, lab_differential_of, unfamiliar_warning
+from bloodcell.prediction.differential import Differential, differential, lab_differential_of, run_warning
 from bloodcell.prediction.outputs import _csv_header, _csv_row
 from bloodcell.prediction.rowfile import RowFile
 
@@ -76,7 +76,7 @@ def _indented(obj, pad: str) -> str:
     return json.dumps(obj, indent=2).replace("\n", "\n" + pad)
 
 
-def _write_json(path: Path, rows: RowFile, problems, diff: Differential, lab: dict) -> None:
+def _write_json(path: Path, rows: RowFile, problems, diff: Differential, lab: dict, warning: str | None) -> None:
     """The ``-f json`` document, written prediction by prediction."""
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8", newline="\n") as f:
@@ -86,19 +86,15 @@ def _write_json(path: Path, rows: RowFile, problems, diff: Differential, lab: di
             skipped = [{"source": q.item, "reason": q.message} for q in problems]
             f.write('\n  ],\n  "skipped": ' + _indented(skipped, "  ") + ',\n  "differential": '
                     + _indented(diff.to_dict(), "  ") + ',\n  "lab_differential": '
-                    + _indented(lab, "  ") + ',\n  "warning": ' + json.dumps(_warning(rows, diff)) + "\n}\n")
+                    + _indented(lab, "  ") + ',\n  "warning": ' + json.dumps(warning) + "\n}\n")
 
     atomic_write_with(path, write)
-
-
-def _warning(rows: RowFile, diff: Differential) -> str | None:
-    return unfamiliar_warning(diff, (rows.model or {}).get("validation_uncertain"))
 
 
 def _run_record(rows: RowFile, problems, diff: Differential, lab: dict, images: int) -> dict:
     return {"model": rows.model, "images": images,
             "skipped": [{"source": q.item, "reason": q.message} for q in problems],
-            "differential": diff.to_dict(), "lab_differential": lab, "warning": _warning(rows, diff)}
+            "differential": diff.to_dict(), "lab_differential": lab, "warning": run_warning(diff, rows.model)}
 
 
 def _finish(fmt: str, output: Path, rows: RowFile, problems) -> tuple[Differential, Path | None, int]:
@@ -117,7 +113,7 @@ def _finish(fmt: str, output: Path, rows: RowFile, problems) -> tuple[Differenti
     elif fmt == "jsonl":
         _write_jsonl(output, rows)
     elif fmt == "json":
-        _write_json(output, rows, problems, diff, lab)
+        _write_json(output, rows, problems, diff, lab, record["warning"])
     else:
         from bloodcell.prediction.parquet import write_shards  # deferred: needs the optional pyarrow
 

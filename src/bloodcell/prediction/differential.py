@@ -77,6 +77,12 @@ def unfamiliar_warning(diff: Differential, validation_uncertain: float | None) -
             "or adapt the model to your lab's cells (`bloodcell adapt`).")
 
 
+def run_warning(diff: Differential | None, model: dict | None) -> str | None:
+    """:func:`unfamiliar_warning` for a run of the model ``model`` describes
+    (:meth:`~bloodcell.prediction.classifier.Classifier.describe`); ``None`` without a differential."""
+    return unfamiliar_warning(diff, (model or {}).get("validation_uncertain")) if diff is not None else None
+
+
 #: The white cells of a lab differential, in the order a report lists them.
 WHITE_CELLS = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil", "ig")
 #: Labels a reviewer gives to an image that is not a countable cell.

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from bloodcell.core.files import atomic_write_with
-from bloodcell.prediction.differential import Differential, lab_differential_of, lab_table, unfamiliar_warning
+from bloodcell.prediction.differential import Differential, lab_differential_of, lab_table, run_warning
 from bloodcell.prediction.results import Prediction, PredictionRun
 
 SHORT = {
@@ -134,7 +134,7 @@ def as_json(model: dict, predictions: list[Prediction], problems, d: Differentia
         "skipped": [{"source": q.item, "reason": q.message} for q in problems],
         "differential": d.to_dict() if d is not None else None,
         "lab_differential": lab,
-        "warning": unfamiliar_warning(d, model.get("validation_uncertain")) if d is not None else None,
+        "warning": run_warning(d, model),
     }, indent=2)
 
 

@@ -27,7 +27,7 @@ from bloodcell.core.errors import ConfigError, DataError
 from bloodcell.core.files import atomic_write_json, staged_folder
 from bloodcell.prediction.archive import ArchiveResult
 from bloodcell.prediction.classifier import Classifier
-from bloodcell.prediction.differential import differential, unfamiliar_warning
+from bloodcell.prediction.differential import differential, run_warning
 from bloodcell.prediction.results import Prediction
 from bloodcell.prediction.stream import decode_batch
 
@@ -162,10 +162,9 @@ def predict_ray(paths, output, *, model=None, workers: int | None = None, progre
         ds.write_parquet(str(staging), ray_remote_args=LIGHT)
         diff, written = _rows_back(staging, clf)
         skipped = _skipped(paths, named, written)
-        warning = unfamiliar_warning(diff, describe.get("validation_uncertain"))
         atomic_write_json(staging / "_run.json", {"model": describe, "engine": "ray", "images": diff.total,
                                                   "skipped": skipped, "differential": diff.to_dict(),
-                                                  "warning": warning}, indent=2)
+                                                  "warning": run_warning(diff, describe)}, indent=2)
     seconds = time.perf_counter() - start
     problems = [_Skip(s["source"], s["reason"]) for s in skipped]
     return ArchiveResult(output, diff.total, diff.total, problems, diff, describe, seconds, output / "_run.json")

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from bloodcell.core import __version__
 from bloodcell.packaging.card import card
-from bloodcell.prediction.differential import lab_differential_of, unfamiliar_warning
+from bloodcell.prediction.differential import lab_differential_of, run_warning
 from bloodcell.server.errors import UPLOAD_ERRORS, error, too_many_files
 from bloodcell.server.uploads import Upload, decode_uploads, png_base64
 
@@ -92,12 +92,7 @@ async def predict(
     return {"model": {"name": info["name"], "backend": info["backend"], "classes": info["classes"],
                       "abstain_threshold": clf.abstain_threshold, "ood_threshold": clf.ood_threshold},
             "predictions": out, "skipped": upload.skipped, "differential": diff.to_dict() if diff else None,
-            "lab_differential": lab, "warning": _warning(diff, info)}
-
-
-def _warning(diff, info: dict) -> str | None:
-    """The run's warning when far more cells are uncertain than the model's validation images were."""
-    return unfamiliar_warning(diff, info.get("validation_uncertain")) if diff is not None else None
+            "lab_differential": lab, "warning": run_warning(diff, info)}
 
 
 @router.post("/v1/differential", summary="Differential count of the uploaded images", responses=UPLOAD_ERRORS)
@@ -108,4 +103,4 @@ async def differential(request: Request, files: list[UploadFile] = File(..., des
         return preds
     diff = request.app.state.classifier.differential(preds)
     return {"differential": diff.to_dict(), "lab_differential": lab_differential_of(preds), "skipped": upload.skipped,
-            "warning": _warning(diff, request.app.state.info)}
+            "warning": run_warning(diff, request.app.state.info)}
