@@ -386,6 +386,7 @@ def test_export_output_that_cannot_be_written_is_refused_before_work(tmp_path):
 
 
 def test_ood_is_fitted_on_cells_under_the_training_augmentation_when_the_model_learnt_lab_shifts(tmp_path):
+    from bloodcell.ood.score import METHOD
     from bloodcell.packaging.package import package_default
     from bloodcell.training.augment import augmented_copies
     from bloodcell.training.config import AugmentConfig
@@ -401,7 +402,7 @@ def test_ood_is_fitted_on_cells_under_the_training_augmentation_when_the_model_l
         meta["config"] = {"augment": augment}
         write_meta(src, meta)
         out = package_default(src, tmp_path / "data.npz", tmp_path / f"pkg_{name}", per_class=6, heldout_per_class=3,
-                              non_cells_per_kind=4, say=lambda m: None)
+                              non_cells_per_kind=4, ood_method=METHOD, say=lambda m: None)  # the distance check
         records[name] = read_meta(out)["ood"]
     assert records["plain"]["cells_under_training_augmentation"] is False
     assert records["shifted"]["cells_under_training_augmentation"] is True
@@ -416,6 +417,13 @@ def test_ood_is_fitted_on_cells_under_the_training_augmentation_when_the_model_l
     assert told["ood"]["cells_under_training_augmentation"] is True
     assert told["ood"]["fitted_on_images"] == records["shifted"]["fitted_on_images"]
     assert 0.05 < told["training_cell_share"] <= 1.0
+    # The cell check needs other-lab copies: a model that never learnt lab shifts gets robust_default's.
+    out = package_default(src, tmp_path / "data.npz", tmp_path / "pkg_cell_check", per_class=6, heldout_per_class=3,
+                          non_cells_per_kind=4, say=lambda m: None)
+    cell_check = read_meta(out)["ood"]
+    assert cell_check["method"] == "logistic-cell-vs-non-cell-penultimate"
+    assert cell_check["cells_under_training_augmentation"] is True
+    assert cell_check["fitted_on_images"] == records["shifted"]["fitted_on_images"]
     images = _prepared(4)
     cfg = AugmentConfig(white_balance=0.3)
     shifted = augmented_copies(images, cfg, seed=1)

@@ -38,7 +38,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ood-augment", default=None, metavar="RECIPE",
                         help="--format default: the recipe whose augmentation draws the copies of the cells (other "
                              "labs' colour, stain, scale and optics) that the cell-vs-non-cell check is fitted on, so "
-                             "other labs' cells are not flagged (default: robust_default)")
+                             "other labs' cells are not flagged (default: the model's own training augmentation when it "
+                             "imitates other labs, else robust_default)")
     parser.add_argument("--max-mb", type=float, default=MAX_MB, help=f"--format default: size budget in MB (default: {MAX_MB:g})")
 
 

@@ -18,10 +18,6 @@ from bloodcell.packaging.onnx import export_onnx
 from bloodcell.packaging.package import package_default, read_card
 from bloodcell.training.config import load_config, recipe_hint, recipe_names
 
-#: The recipe whose augmentation draws the other-lab copies of the cells the cell check is fitted on,
-#: unless ``--ood-augment`` names another.
-CELL_CHECK_AUGMENT = "robust_default"
-
 
 def _say(message: str) -> None:
     print(message, file=sys.stderr)
@@ -59,7 +55,7 @@ def _export_default(model, output, data, card, metrics, quantize, half_weights, 
     if ood_augment and ood_augment not in recipe_names():
         raise ConfigError(f"--ood-augment {ood_augment!r} is not a training recipe (its augmentation is what the "
                           f"check is fitted on). {recipe_hint(ood_augment)}.")
-    augment = load_config(recipe=ood_augment or CELL_CHECK_AUGMENT).augment
+    augment = load_config(recipe=ood_augment).augment if ood_augment else None
     return package_default(model, data, output, card=card, evaluation=evaluation, quantize=quantize,
                            half_weights=half_weights, per_class=per_class, max_mb=max_mb, ood_augment=augment, say=say)
 
@@ -92,8 +88,7 @@ def export(model: str | Path, *, format: str = "onnx", output: str | Path | None
     data, card, metrics, per_class, max_mb, ood_augment
         ``format="default"``: see :func:`bloodcell.packaging.package.package_default` (``card`` and
         ``metrics`` as files; ``ood_augment`` a training recipe's name, whose augmentation draws the
-        other-lab copies of the cells the out-of-distribution check is fitted on; default
-        :data:`CELL_CHECK_AUGMENT`).
+        other-lab copies of the cells the out-of-distribution check is fitted on).
     half_weights : bool
         Store the weights as float16 (not with int8 quantization).
     say : callable

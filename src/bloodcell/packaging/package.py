@@ -47,7 +47,7 @@ from bloodcell.packaging.onnx import export_onnx
 from bloodcell.prediction.onnx_backend import INT8_ONNX, OnnxModel
 from bloodcell.prediction.torch_backend import predict_proba
 from bloodcell.training.augment import augmented_copies, shifts_lab_appearance
-from bloodcell.training.config import AugmentConfig
+from bloodcell.training.config import AugmentConfig, load_config
 from bloodcell.training.data import measure_cell_share
 
 #: Sections the default model's card must have.
@@ -161,15 +161,29 @@ def _with_lab_shifts(images: np.ndarray, labels, augment: AugmentConfig, seed: i
     return np.concatenate([images, shifted]), None if labels is None else np.concatenate([labels, labels])
 
 
+#: The recipe whose augmentation draws the other-lab copies of the cells the cell check is fitted on,
+#: when neither the caller nor the model's own training augmentation imitates other labs.
+CELL_CHECK_AUGMENT = "robust_default"
+
+
+def _copies_augment(staging: Path, augment: AugmentConfig | None, method: str) -> AugmentConfig | None:
+    """The augmentation of the cells' other-lab copies: ``augment``, else the model's own training
+    augmentation, else (for the cell check, which needs them) :data:`CELL_CHECK_AUGMENT`'s."""
+    augment = augment or training_augment(staging, read_meta(staging))
+    if method == CELL_CHECK and not (augment is not None and shifts_lab_appearance(augment)):
+        return load_config(recipe=CELL_CHECK_AUGMENT).augment
+    return augment
+
+
 def _fit_ood(staging: Path, loaded, train, held, per_kind: int, max_false_flag: float, seed: int, say,
              augment: AugmentConfig | None = None, method: str = CELL_CHECK) -> dict:
     """Fit the out-of-distribution score, store its head in ``staging`` and return its record.
 
-    Cells also enter as copies under ``augment`` (default: the model's own training augmentation)
-    when it imitates other labs, so the score learns what a cell is rather than what PBC looks like.
+    Cells also enter as copies under an augmentation that imitates other labs (:func:`_copies_augment`),
+    so the score learns what a cell is rather than what PBC looks like.
     """
     train_images, train_labels, held_images = train.images, train.labels, held.images
-    augment = augment or training_augment(staging, read_meta(staging))
+    augment = _copies_augment(staging, augment, method)
     shifted = augment is not None and shifts_lab_appearance(augment)
     if shifted:
         train_images, train_labels = _with_lab_shifts(train_images, train_labels, augment, seed)
@@ -272,10 +286,9 @@ def package_default(model: str | Path, data: str | Path, out: str | Path | None 
     max_mb : float
         Size budget of the whole folder (MB).
     ood_augment : AugmentConfig, optional
-        Augmentation whose copies of the cells join the out-of-distribution fit (default: the
-        model's own, when it imitates other labs). ``model.json["training_cell_share"]`` records
-        how much of the crop a training cell fills (what ``bloodcell adapt`` matches a lab to).
+        Augmentation of the cells' copies in the out-of-distribution fit (see :func:`_copies_augment`);
         ``ood_method``: :mod:`bloodcell.ood.score`'s ``CELL_CHECK`` (default) or ``METHOD``.
+        ``model.json["training_cell_share"]`` records the share of the crop a training cell fills.
     """
     src = Path(model)
     read_meta(src)
