@@ -84,9 +84,9 @@ def fit_head(features: np.ndarray, labels: np.ndarray, dims: int | None = None) 
 def fit_cell_check(cell_features: np.ndarray, other_features: np.ndarray, c: float = CELL_CHECK_C) -> CellCheckHead:
     """A logistic regression telling cells (0) from non-cell images (1) on standardised features,
     classes weighted equally, its standardisation folded into one weight vector and bias."""
-    x = np.concatenate([cell_features, other_features]).astype(np.float64)
     if not len(cell_features) or not len(other_features):
         raise ModelError("Fitting the cell check needs real cells and non-cell images.")
+    x = np.concatenate([cell_features, other_features]).astype(np.float64)
     y = np.r_[np.zeros(len(cell_features)), np.ones(len(other_features))]
     mean, std = x.mean(0), x.std(0) + 1e-6
     clf = LogisticRegression(C=c, max_iter=5000, class_weight="balanced").fit((x - mean) / std, y)
