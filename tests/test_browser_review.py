@@ -249,3 +249,69 @@ def test_phone_viewport_does_not_scroll_sideways(browser, server, tmp_path):
     page.click(".quick summary")
     assert page.evaluate(overflow)
     page.context.close()
+
+
+def test_a_case_mostly_uncertain_shows_the_warning(browser, tmp_path):
+    import json
+
+    from _serve_helpers import copy_model
+
+    model = copy_model(tmp_path / "model")
+    meta = json.loads((model / "model.json").read_text())
+    meta["calibration"].update(abstain_threshold=0.999, validation={"coverage": 0.99})  # every cell is uncertain
+    meta.pop("ood", None)  # no cell check: the tiny model's would leave most real cells out of the count
+    (model / "ood.safetensors").unlink(missing_ok=True)
+    (model / "model.json").write_text(json.dumps(meta))
+    images = [(p.name, p.read_bytes()) for p in cell_images(tmp_path, 24)]
+    with serving("--model", str(model), "--max-files", "24", "--cases", str(tmp_path / "cases")) as url:
+        kase = _case_via_api(url, "H24-UNSURE", images)
+        page = new_page(browser)
+        page.goto(f"{url}/#case={kase['id']}")
+        page.wait_for_selector("#case-count:has-text('24 / 100 cells')")
+        warning = page.inner_text("#case-warning")
+        assert " of these 24 cells are uncertain, against 1.0% of the model's" in warning
+        assert page.is_visible("#case-warning")
+        page.screenshot(path=str(screenshot_dir(tmp_path) / "review_unfamiliar.png"), full_page=True)
+        page.context.close()
+
+
+def test_a_confident_case_shows_no_warning(browser, server, tmp_path):
+    kase = _case_via_api(server, "H24-SURE", [(p.name, p.read_bytes()) for p in cell_images(tmp_path, 3)])
+    page = new_page(browser)
+    page.goto(f"{server}/#case={kase['id']}")
+    page.wait_for_selector("#case-count:has-text('3 / 100 cells')")
+    assert page.is_hidden("#case-warning") and page.inner_text("#case-warning") == ""
+    page.context.close()
+
+
+def test_adapt_to_the_reviewed_cells_and_switch_the_service(browser, tmp_path):
+    from _serve_helpers import tiny_model
+
+    env = {"BLOODCELL_MODEL": str(tiny_model()), "BLOODCELL_JOBS": str(tmp_path / "jobs")}
+    images = [(p.name, p.read_bytes()) for p in cell_images(tmp_path, 8)]
+    with serving("--cases", str(tmp_path / "cases"), env=env) as url:
+        kase = _case_via_api(url, "H24-ADAPT", images)
+        page = new_page(browser)
+        page.goto(f"{url}/#case={kase['id']}")
+        page.wait_for_selector("#case-count:has-text('8 / 100 cells')")
+        page.click("#adapt-box summary")
+        assert page.is_disabled("#adapt-start") and "review some cells first" in page.inner_text("#adapt-cells")
+        for i, cell_id in enumerate(sorted(_api_cells(url, kase["id"]), key=int)[:6]):
+            label = "lymphocyte" if i % 2 else "neutrophil"
+            httpx.patch(f"{url}/v1/cases/{kase['id']}/cells/{cell_id}", json={"label": label}).raise_for_status()
+        page.reload()
+        page.click("#adapt-box summary")
+        page.wait_for_selector("#adapt-cells:has-text('6 reviewed cells with a class: ')")
+        page.select_option("#adapt-method", "prototype")
+        page.click("#adapt-start")
+        page.wait_for_selector("#adapt-status:has-text('Adapting'), #adapt-status:has-text('Done')")
+        page.wait_for_selector("#adapt-status:has-text('Done: adapted model written')", timeout=240_000)
+        assert page.is_visible("#adapt-switch") and page.is_hidden("#adapt-progress")
+        page.screenshot(path=str(screenshot_dir(tmp_path) / "review_adapt_done.png"), full_page=True)
+        page.reload()  # the case's job is followed again after a reload
+        page.wait_for_selector("#adapt-status:has-text('Done: adapted model written')")
+        page.click("#adapt-switch")
+        page.wait_for_selector("#model-line:has-text('adapted')")
+        assert "now serves" in page.inner_text("#adapt-status")
+        assert "adapted" in httpx.get(f"{url}/v1/model").json()["name"]
+        page.context.close()

@@ -82,7 +82,7 @@ def test_upload_review_undo_and_filters(client, images):
     first = body["cells"][0]
     assert set(first) == {"id", "case_id", "filename", "sha256", "width", "height", "predicted", "probabilities",
                           "confidence", "uncertain", "not_a_blood_cell", "framing", "label", "final_label",
-                          "reviewer", "reviewed_at", "created", "field_id", "box", "at_border"}
+                          "reviewer", "reviewed_at", "created", "model", "field_id", "box", "at_border"}
     assert first["field_id"] is None and first["box"] is None and first["at_border"] is None
     assert (first["width"], first["height"]) == (48, 48) and first["label"] is None
     assert first["final_label"] == first["predicted"] and len(first["probabilities"]) == 8
@@ -197,3 +197,36 @@ def test_rest_differential_carries_the_lab_block(client, images):
     body = r.json()
     assert r.status_code == 200 and body["lab_differential"]["total"] == 3
     assert body["differential"]["total"] == 3
+
+
+def test_a_case_mostly_uncertain_carries_the_warning_of_the_model_that_classified_it(tmp_path):
+    import json
+    import re
+
+    from fastapi.testclient import TestClient
+
+    from _serve_helpers import copy_model, tiny_model
+    from bloodcell.server import create_app
+
+    model = copy_model(tmp_path / "unsure")
+    meta = json.loads((model / "model.json").read_text())
+    meta["calibration"].update(abstain_threshold=0.999, validation={"coverage": 0.99})  # every cell is uncertain
+    meta.pop("ood", None)
+    (model / "ood.safetensors").unlink(missing_ok=True)
+    (model / "model.json").write_text(json.dumps(meta))
+    x, _ = cells(3, seed=5)
+    folder = tmp_path / "cases"
+    with TestClient(create_app(model, max_files=40, allowed_hosts=["testserver"], cases_dir=folder)) as c:
+        cid = new_case(c)["id"]
+        added = c.post(f"/v1/cases/{cid}/cells", files=upload([(f"{i}.png", png(x[i])) for i in range(19)])).json()
+        assert added["case"]["warning"] is None  # 19 cells are too few to say
+        added = c.post(f"/v1/cases/{cid}/cells", files=upload([(f"{i}.png", png(x[i])) for i in range(19, 24)]))
+        warning = added.json()["case"]["warning"]
+        assert re.match(r"9\d% of these 24 cells are uncertain, against 1\.0% of the model's validation", warning)
+        assert c.get(f"/v1/cases/{cid}").json()["warning"] == warning
+        assert c.patch(f"/v1/cases/{cid}", json={"note": "n"}).json()["warning"] == warning
+        (who,) = {cell["model"] for cell in c.get(f"/v1/cases/{cid}/cells").json()["cells"]}
+        assert who.startswith(c.get("/v1/model").json()["name"] + " (bloodcell ")
+        assert c.get("/v1/cases").json()["cases"][0]["warning"] is None  # lists carry no differential or warning
+    with TestClient(create_app(tiny_model(), allowed_hosts=["testserver"], cases_dir=folder)) as c:
+        assert c.get(f"/v1/cases/{cid}").json()["warning"] is None  # another model classified those cells

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -235,3 +236,22 @@ def test_the_page_draws_field_boxes_in_the_overlay_colours():
     page = {name: tuple(map(int, rgb.split(","))) for name, rgb in re.findall(r'(\w+): "rgb\(([\d,]+)\)"', table)}
     assert page == COLOURS
     assert re.search(r'const EXCLUDED = "rgb\(([\d,]+)\)"', script).group(1) == ",".join(map(str, NOT_A_CELL))
+
+
+class UnsureClassifier(FakeClassifier):
+    """Every crop uncertain, against 1% of the validation images."""
+
+    def describe(self) -> dict:
+        return {**super().describe(), "validation_uncertain": 0.01}
+
+    def predict_arrays(self, images, sources=None):
+        return [replace(p, uncertain=True) for p in super().predict_arrays(images, sources)]
+
+
+def test_fields_mostly_uncertain_carry_the_warning():
+    image, _ = make_field(whites=((60, 120), (180, 120)))
+    for clf, fields, expected in ((UnsureClassifier(), 12, "100% of these 24 cells are uncertain"),
+                                  (UnsureClassifier(), 9, None), (FakeClassifier(), 12, None)):
+        results = [analyse_image(clf, image, f"f{i}.png") for i in range(fields)]
+        warning = json.loads(render("json", clf.describe(), results, [], clf.class_names))["warning"]
+        assert (warning or "").startswith(expected or "") and (warning is None) == (expected is None), (fields, warning)

@@ -90,7 +90,7 @@ def _cell(row: sqlite3.Row) -> dict:
             "uncertain": bool(row["uncertain"]), "not_a_blood_cell": None if nabc is None else bool(nabc),
             "framing": row["framing"], "label": row["label"], "final_label": row["label"] or row["predicted"],
             "reviewer": row["reviewer"], "reviewed_at": row["reviewed_at"], "created": row["created"],
-            "field_id": row["field_id"], "box": json.loads(row["box"]) if row["box"] else None,
+            "model": row["model"], "field_id": row["field_id"], "box": json.loads(row["box"]) if row["box"] else None,
             "at_border": None if row["at_border"] is None else bool(row["at_border"])}
 
 

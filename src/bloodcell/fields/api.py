@@ -29,6 +29,7 @@ from bloodcell.fields.output import fields_csv, render
 from bloodcell.fields.overlay import overlay_name, write_overlay
 from bloodcell.fields.tiles import ALL_SHARED, shared_edges
 from bloodcell.prediction import classifier as single
+from bloodcell.prediction.differential import run_warning
 from bloodcell.prediction.inputs import collect
 from bloodcell.prediction.outputs import FORMATS, write_text
 
@@ -48,6 +49,8 @@ class FieldsRun:
     text: str
     output: Path | None
     overlays: list[Path] = field(default_factory=list)
+    #: Said when the white cells look unlike the model's training data (see :func:`run_warning`).
+    warning: str | None = None
 
 
 def iter_fields(classifier, inputs, tile_overlap: float = 0.0, progress: bool = False) -> Iterator[tuple]:
@@ -149,8 +152,9 @@ def predict_fields(paths, model=None, *, format: str = "table", output_path=None
             partial.close(keep=True)
             raise
         partial.close(keep=False)
-    return FieldsRun(results, problems, overall_counts(results), overall_differential(results, clf.class_names),
-                     text, output_path, written)
+    diff = overall_differential(results, clf.class_names)
+    return FieldsRun(results, problems, overall_counts(results), diff, text, output_path, written,
+                     run_warning(diff, clf.describe()))
 
 
 def _run(clf, paths, tile_overlap: float, progress: bool, partial: PartialFields | None, folder: Path | None):

@@ -56,9 +56,11 @@ def run(args) -> int:
         print(f"bloodcell predict: {len(result.overlays)} overlay(s) -> {args.overlay}", file=sys.stderr)
     if result.output is None:
         sys.stdout.write(result.text)
-        return 0
-    cells = sum(len(r.cells) for r in result.fields)
-    print(f"bloodcell predict: {len(result.fields)} field(s), {cells} cell(s) -> {args.output}", file=sys.stderr)
+    else:
+        cells = sum(len(r.cells) for r in result.fields)
+        print(f"bloodcell predict: {len(result.fields)} field(s), {cells} cell(s) -> {args.output}", file=sys.stderr)
+    if result.warning:
+        print(f"bloodcell predict: warning: {result.warning}", file=sys.stderr)
     return 0
 
 

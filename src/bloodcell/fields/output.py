@@ -8,7 +8,7 @@ import json
 
 from bloodcell.fields.analyse import FieldResult, lab_of, overall_counts, overall_differential, white_differential
 from bloodcell.prediction import outputs
-from bloodcell.prediction.differential import lab_table
+from bloodcell.prediction.differential import lab_table, run_warning
 
 BOX = ("x0", "y0", "x1", "y1")
 
@@ -36,14 +36,17 @@ def fields_csv(results: list[FieldResult], class_names) -> str:
 
 def fields_json(model: dict, results: list[FieldResult], problems, class_names) -> str:
     """Every field with its cells (``box: [x0, y0, x1, y1]``, ``at_border``, the prediction), its
-    counts and differentials (white cells only, and lab-style), then the totals over all fields."""
+    counts and differentials (white cells only, and lab-style), then the totals over all fields and the
+    warning when the white cells look unlike the model's training data (``null`` otherwise)."""
+    diff = overall_differential(results, class_names)
     return json.dumps({
         "model": model,
         "fields": [r.to_dict(class_names) for r in results],
         "counts": overall_counts(results),
-        "differential": overall_differential(results, class_names).to_dict(),
+        "differential": diff.to_dict(),
         "lab_differential": lab_of([c for r in results for c in r.cells]),
         "skipped": [{"source": q.item, "reason": q.message} for q in problems],
+        "warning": run_warning(diff, model),
     }, indent=2)
 
 

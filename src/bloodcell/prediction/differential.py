@@ -66,12 +66,18 @@ def unfamiliar_warning(diff: Differential, validation_uncertain: float | None) -
     The out-of-distribution check tells cells from non-cells, so another lab's cells pass it; this is
     what says that the model is reading images unlike its training data, where its labels are unreliable.
     """
-    if validation_uncertain is None or diff.counted < UNFAMILIAR_MIN_CELLS:
+    return uncertain_share_warning(diff.uncertain, diff.counted, validation_uncertain)
+
+
+def uncertain_share_warning(uncertain: int, counted: int, validation_uncertain: float | None) -> str | None:
+    """:func:`unfamiliar_warning` from the counts: ``uncertain`` of ``counted`` cells (those not flagged
+    not a blood cell) against the model's share on its validation images."""
+    if validation_uncertain is None or counted < UNFAMILIAR_MIN_CELLS:
         return None
-    low, _ = wilson_interval(diff.uncertain, diff.counted)
+    low, _ = wilson_interval(uncertain, counted)
     if low <= max(UNFAMILIAR_FLOOR, UNFAMILIAR_FACTOR * validation_uncertain):
         return None
-    return (f"{diff.uncertain / diff.counted:.0%} of these {diff.counted} cells are uncertain, against "
+    return (f"{uncertain / counted:.0%} of these {counted} cells are uncertain, against "
             f"{validation_uncertain:.1%} of the model's validation images: they probably come from another "
             "microscope, camera or stain than its training data, where its labels are unreliable. Review them, "
             "or adapt the model to your lab's cells (`bloodcell adapt`).")

@@ -22,7 +22,7 @@ from bloodcell.cases.fields import NewField, add_field, field_image, fields_of
 from bloodcell.cases.images import facts
 from bloodcell.fields.analyse import FieldResult
 from bloodcell.server import cases_models as m
-from bloodcell.server.cases_routes import image_response, model_name, store
+from bloodcell.server.cases_routes import case_of, image_response, model_name, store
 from bloodcell.server.errors import UPLOAD_ERRORS, error, too_many_files
 from bloodcell.server.fields_routes import analyse_uploads
 from bloodcell.server.uploads import png_bytes
@@ -75,7 +75,7 @@ async def add_fields(request: Request, case_id: int,
         f, added = await run_in_threadpool(add_field, cases, case_id, field, new, model_name(request))
         fields.append(f)
         cells += added
-    return {"fields": fields, "cells": cells, "skipped": skipped, "case": await run_in_threadpool(cases.case, case_id)}
+    return {"fields": fields, "cells": cells, "skipped": skipped, "case": await run_in_threadpool(case_of, request, case_id)}
 
 
 @router.get("/v1/cases/{case_id}/fields", response_model=m.FieldList, summary="The whole fields of a case",

@@ -65,6 +65,9 @@ class Case(BaseModel):
     n_cells: int
     n_reviewed: int
     differential: LabDifferential | None = Field(description="lab differential of the case's cells (null in lists)")
+    warning: str | None = Field(None, description="said when far more of the cells the serving model classified "
+                                "are uncertain than its validation images were: they look unlike its training "
+                                "data (null otherwise, and in lists)")
 
 
 class CaseList(BaseModel):
@@ -103,6 +106,7 @@ class Cell(BaseModel):
     reviewer: str | None
     reviewed_at: str | None
     created: str
+    model: str = Field("", description="the model that classified it")
     field_id: int | None = Field(None, description="the whole field the cell was found in (null: a single-cell image)")
     box: list[int] | None = Field(None, description="[x0, y0, x1, y1] in the field's pixels (cells of fields)")
     at_border: bool | None = Field(None, description="the cell touches the field's border (cells of fields)")

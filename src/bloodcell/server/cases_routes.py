@@ -37,6 +37,7 @@ from bloodcell.cases.store import CaseNotFound, OverTarget
 from bloodcell.core import __version__
 from bloodcell.core.errors import ConfigError, DataError
 from bloodcell.core.preprocess import decode_image, prepare_with_info
+from bloodcell.prediction.differential import uncertain_share_warning
 from bloodcell.server import cases_models as m
 from bloodcell.server.errors import UPLOAD_ERRORS, error, too_many_files
 from bloodcell.server.uploads import decode_uploads
@@ -91,13 +92,25 @@ def report_css():
 @router.get("/v1/cases/{case_id}", response_model=m.Case, summary="A case with its lab differential",
             responses=m.NOT_FOUND)
 def get_case(request: Request, case_id: int):
-    return store(request).case(case_id)
+    return case_of(request, case_id)
+
+
+def case_of(request: Request, case_id: int) -> dict:
+    """The case with its warning: far more of the cells the serving model classified are uncertain than its
+    validation images were (:func:`~bloodcell.prediction.differential.uncertain_share_warning`)."""
+    cases = store(request)
+    case = cases.case(case_id)
+    mine = [c for c in cases.cells(case_id) if c["model"] == model_name(request) and not c["not_a_blood_cell"]]
+    case["warning"] = uncertain_share_warning(sum(c["uncertain"] for c in mine), len(mine),
+                                              request.app.state.info.get("validation_uncertain"))
+    return case
 
 
 @router.patch("/v1/cases/{case_id}", response_model=m.Case, summary="Change a case's accession, note or target",
               responses={**m.NOT_FOUND, **m.BAD_INPUT})
 def update_case(request: Request, case_id: int, body: m.CaseChange):
-    return store(request).update_case(case_id, accession=body.accession, note=body.note, target=body.target)
+    store(request).update_case(case_id, accession=body.accession, note=body.note, target=body.target)
+    return case_of(request, case_id)
 
 
 def _decode(clf, files: list[UploadFile], max_pixels: int) -> tuple[list[tuple], list[dict]]:
@@ -146,7 +159,7 @@ async def add_cells(request: Request, case_id: int,
     new = [NewCell(k[0], k[1], k[2], p.label, p.probabilities, p.probability, p.uncertain, p.not_a_blood_cell,
                    p.framing) for k, p in zip(kept, preds)]
     cells = await run_in_threadpool(cases.add_cells, case_id, new, model_name(request))
-    return {"cells": cells, "skipped": skipped, "case": await run_in_threadpool(cases.case, case_id)}
+    return {"cells": cells, "skipped": skipped, "case": await run_in_threadpool(case_of, request, case_id)}
 
 
 @router.get("/v1/cases/{case_id}/cells", response_model=m.CellList, summary="The cells of a case",

@@ -1,5 +1,6 @@
 // The review page: wires the case bar, the gallery, reviewing, the differential and Grad-CAM.
 
+import { initAdapt, renderAdapt } from "./adapt.js";
 import { followHash, initCaseBar, renderCaseSummary } from "./casebar.js";
 import { renderDifferential } from "./differential.js";
 import { $, api, el, labelName } from "./dom.js";
@@ -50,6 +51,7 @@ function render(what) {
   if (what !== "summary") { renderGallery(); renderFields(); }
   renderCaseSummary();
   renderDifferential(state.kase);
+  renderAdapt();
   $("undo").disabled = !state.undo.length;
 }
 
@@ -64,6 +66,7 @@ async function main() {
   initReview();
   initGradcam();
   initQuick(state.limits);
+  initAdapt({ onSwitched: loadModel });
   await followHash();
 }
 

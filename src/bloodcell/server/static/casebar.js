@@ -44,6 +44,8 @@ export function renderCaseSummary() {
   $("case-count").textContent = `${n} / ${k.target} cells`;
   const d = k.differential || {};
   $("case-reviewed").textContent = `${k.n_reviewed ?? d.reviewed ?? 0} reviewed · ${d.wbc_total ?? 0} white cells`;
+  $("case-warning").hidden = !k.warning;
+  $("case-warning").textContent = k.warning || "";
   for (const [id, name] of [["export-csv", "export.csv"], ["export-json", "export.json"], ["export-report", "report"],
     ["export-zip", "dataset.zip"]]) $(id).href = exportUrl(name);
   const option = [...$("case-select").options].find(o => o.value === String(k.id));
