@@ -246,6 +246,8 @@ def test_phone_viewport_does_not_scroll_sideways(browser, server, tmp_path):
     assert page.eval_on_selector("#cam-dialog", "d => d.getBoundingClientRect().right") <= 390
     page.screenshot(path=str(screenshot_dir(tmp_path) / "review_phone_gradcam.png"))
     page.keyboard.press("Escape")
+    page.click("#adapt-box summary")
+    assert page.is_visible("#adapt-method") and page.evaluate(overflow)
     page.click(".quick summary")
     assert page.evaluate(overflow)
     page.context.close()
