@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import socket
@@ -108,6 +109,18 @@ def copy_model(dst: Path) -> Path:
     """A private copy of the tiny model that a test may change."""
     shutil.copytree(tiny_model(), dst)
     return dst
+
+
+def unsure_model(dst: Path) -> Path:
+    """A copy of the tiny model that calls every image uncertain, against 1% of its validation images, and
+    has no cell check (the tiny model's would leave most real cells out of the count)."""
+    model = copy_model(dst)
+    meta = json.loads((model / "model.json").read_text())
+    meta["calibration"].update(abstain_threshold=0.999, validation={"coverage": 0.99})
+    meta.pop("ood", None)
+    (model / "ood.safetensors").unlink(missing_ok=True)
+    (model / "model.json").write_text(json.dumps(meta))
+    return model
 
 
 def write_png(path: Path, image: np.ndarray) -> Path:

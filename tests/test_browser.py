@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
 from _browser_helpers import cell_images, chromium, need_browser, new_page, screenshot_dir, serving
-from _serve_helpers import cells, copy_model, write_png
+from _serve_helpers import cells, unsure_model, write_png
 
 pytestmark = pytest.mark.browser
 
@@ -117,12 +115,7 @@ def test_refused_uploads_show_the_server_message(page, server, tmp_path):
 
 
 def test_a_batch_mostly_uncertain_shows_the_warning(page, tmp_path):
-    model = copy_model(tmp_path / "model")
-    meta = json.loads((model / "model.json").read_text())
-    meta["calibration"].update(abstain_threshold=0.999, validation={"coverage": 0.99})  # every upload is uncertain
-    meta.pop("ood", None)  # no cell check: the tiny model's would leave most real cells out of the count
-    (model / "ood.safetensors").unlink(missing_ok=True)
-    (model / "model.json").write_text(json.dumps(meta))
+    model = unsure_model(tmp_path / "model")
     with serving("--model", str(model), "--max-files", "40") as url:
         _quick(page, url)  # the module's browser page, on a second server
         page.set_input_files("#quick-input", [str(p) for p in cell_images(tmp_path, 32)])

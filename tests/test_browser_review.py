@@ -254,16 +254,9 @@ def test_phone_viewport_does_not_scroll_sideways(browser, server, tmp_path):
 
 
 def test_a_case_mostly_uncertain_shows_the_warning(browser, tmp_path):
-    import json
+    from _serve_helpers import unsure_model
 
-    from _serve_helpers import copy_model
-
-    model = copy_model(tmp_path / "model")
-    meta = json.loads((model / "model.json").read_text())
-    meta["calibration"].update(abstain_threshold=0.999, validation={"coverage": 0.99})  # every cell is uncertain
-    meta.pop("ood", None)  # no cell check: the tiny model's would leave most real cells out of the count
-    (model / "ood.safetensors").unlink(missing_ok=True)
-    (model / "model.json").write_text(json.dumps(meta))
+    model = unsure_model(tmp_path / "model")
     images = [(p.name, p.read_bytes()) for p in cell_images(tmp_path, 24)]
     with serving("--model", str(model), "--max-files", "24", "--cases", str(tmp_path / "cases")) as url:
         kase = _case_via_api(url, "H24-UNSURE", images)

@@ -200,20 +200,14 @@ def test_rest_differential_carries_the_lab_block(client, images):
 
 
 def test_a_case_mostly_uncertain_carries_the_warning_of_the_model_that_classified_it(tmp_path):
-    import json
     import re
 
     from fastapi.testclient import TestClient
 
-    from _serve_helpers import copy_model, tiny_model
+    from _serve_helpers import tiny_model, unsure_model
     from bloodcell.server import create_app
 
-    model = copy_model(tmp_path / "unsure")
-    meta = json.loads((model / "model.json").read_text())
-    meta["calibration"].update(abstain_threshold=0.999, validation={"coverage": 0.99})  # every cell is uncertain
-    meta.pop("ood", None)
-    (model / "ood.safetensors").unlink(missing_ok=True)
-    (model / "model.json").write_text(json.dumps(meta))
+    model = unsure_model(tmp_path / "unsure")
     x, _ = cells(3, seed=5)
     folder = tmp_path / "cases"
     with TestClient(create_app(model, max_files=40, allowed_hosts=["testserver"], cases_dir=folder)) as c:
