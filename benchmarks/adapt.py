@@ -4,7 +4,6 @@
     python benchmarks/adapt.py --sources lisc --draws 3 --method linear
     python benchmarks/adapt.py --first-seed 100              # other draws (the ones the method was chosen on)
     python benchmarks/adapt.py --merge results/adapt_lisc.json results/adapt_jiangxi.json   # sources run apart
-    python benchmarks/adapt.py --unlabelled half             # half of the remaining cells also given, unlabelled
 
 For each class-folder source under BLOODCELL_EXTERNAL (default ../shared/data/external), each k
 and each seeded draw: k cells per class are drawn, `bloodcell.adapt` adapts the model (default: the
@@ -18,12 +17,6 @@ Scoring rule: a class gives at most (its size - 5) cells to adaptation, so at le
 score it; a class of 5 cells or fewer gives all of them to adaptation and is not scored (Jiangxi's
 one basophil). Results are saved after every draw (a rerun skips the draws already done) to
 benchmarks/results/adapt.json, and a Markdown table is printed.
-
-Every draw also splits the remaining cells of each scored class in two seeded halves and scores
-each apart: with --unlabelled half, the first half ("pool") is given to `adapt --unlabelled` without
-its labels, so the second ("unseen") measures the adapted model on cells it never saw in any form,
-and the pool how it reads the cells it learnt from without labels; without it, the same halves
-give the figures to compare with.
 """
 
 from __future__ import annotations
@@ -64,29 +57,13 @@ def draw(labels: list[str], k: int, seed: int) -> tuple[list[int], list[int], li
     return sorted(labelled), sorted(scored), classes
 
 
-def halves(scored: list[int], labels: list[str], seed: int) -> tuple[list[int], list[int]]:
-    """``(pool, unseen)``: each class's scored cells split in two seeded halves (the pool gets the smaller)."""
-    rng = np.random.default_rng(seed + 7919)
-    pool: list[int] = []
-    for c in sorted({labels[i] for i in scored}):
-        idx = rng.permutation([i for i in scored if labels[i] == c]).tolist()
-        pool += idx[: len(idx) // 2]
-    return sorted(pool), sorted(set(scored) - set(pool))
-
-
-def _manifest(path: Path, ds, indices: list[int], with_labels: bool = True) -> Path:
+def _manifest(path: Path, ds, indices: list[int]) -> Path:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["path", "label"] if with_labels else ["path"])
+        w.writerow(["path", "label"])
         for i in indices:
-            w.writerow([str(ds.samples[i].path), ds.samples[i].label][: 2 if with_labels else 1])
+            w.writerow([str(ds.samples[i].path), ds.samples[i].label])
     return path
-
-
-def _scores(truth: list[str], pred: list[str], classes: list[str]) -> dict:
-    return {"balanced_accuracy": float(recall_score(truth, pred, labels=classes, average="macro", zero_division=0)),
-            "accuracy": float(np.mean([t == p for t, p in zip(truth, pred)])),
-            "macro_f1": float(f1_score(truth, pred, labels=classes, average="macro", zero_division=0))}
 
 
 def method_name(args) -> str:
@@ -94,43 +71,38 @@ def method_name(args) -> str:
             + ("" if args.match_scale else "+no-scale") + ("+imagenet" if args.imagenet_member else "")
             + (f"+epochs{args.epochs}" if args.epochs is not None else "")
             + (f"+copies{args.copies}" if args.copies is not None else "")
-            + (f"+held-out{args.held_out:g}" if args.held_out is not None else "")
-            + ("+unlabelled-half" if args.unlabelled == "half" else ""))
+            + (f"+held-out{args.held_out:g}" if args.held_out is not None else ""))
 
 
 def one_draw(source: Path, k: int, seed: int, args) -> dict:
     ds = open_dataset(source)
     labels = [s.label for s in ds.samples]
     labelled, scored, classes = draw(labels, k, seed)
-    pool, unseen = halves(scored, labels, seed)
     work = Path(tempfile.mkdtemp(prefix="bloodcell-adapt-bench-"))
     try:
         data = _manifest(work / "labelled.csv", ds, labelled)
-        more = _manifest(work / "unlabelled.csv", ds, pool, with_labels=False) if args.unlabelled == "half" else None
         start = time.perf_counter()
         result = adapt(data, work / "model", model=args.model, method=args.method, epochs=args.epochs,
                        copies=args.copies, seed=seed,
                        batch_norm=args.batch_norm, match_scale=args.match_scale,
                        drop_absent=args.drop_absent, imagenet_member=args.imagenet_member, export=False,
-                       progress=False, unlabelled=more,
+                       progress=False,
                        **({"held_out": args.held_out} if args.held_out is not None else {}))
         seconds = time.perf_counter() - start
         test = _manifest(work / "scored.csv", ds, scored)
         run = Classifier(work / "model").predict([test])
-        truth = {p.source: p.true_label for p in run.predictions}
-        pred = {p.source: p.label for p in run.predictions}
+        truth = [p.true_label for p in run.predictions]
+        pred = [p.label for p in run.predictions]
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    part = {name: [str(ds.samples[i].path) for i in idx] for name, idx in (("pool", pool), ("unseen", unseen))}
     return {
         "source": source.name, "k": k, "seed": seed, "method": method_name(args),
-        "labelled": len(labelled), "into_absent_classes": float(np.mean([p not in set(labels) for p in pred.values()])),
+        "labelled": len(labelled), "into_absent_classes": float(np.mean([p not in set(labels) for p in pred])),
         "scored": len(scored), "scored_classes": classes,
-        **_scores(list(truth.values()), list(pred.values()), classes),
-        **{f"{name}_half": _scores([truth[s] for s in paths], [pred[s] for s in paths], classes)
-           for name, paths in part.items()},
+        "balanced_accuracy": float(recall_score(truth, pred, labels=classes, average="macro", zero_division=0)),
+        "accuracy": float(np.mean([t == p for t, p in zip(truth, pred)])),
+        "macro_f1": float(f1_score(truth, pred, labels=classes, average="macro", zero_division=0)),
         "seconds": round(seconds, 1), "held_out": result.adaptation.get("held_out"),
-        "pseudo_labelled": (result.adaptation.get("unlabelled") or {}).get("pseudo_labelled"),
     }
 
 
@@ -145,8 +117,6 @@ def summary(rows: list[dict]) -> list[dict]:
                     "balanced_accuracy": float(np.mean(b)), "balanced_min": float(np.min(b)),
                     "balanced_max": float(np.max(b)), "accuracy": float(np.mean([r["accuracy"] for r in rs])),
                     "macro_f1": float(np.mean([r["macro_f1"] for r in rs])),
-                    **{f"{h}_half_balanced": float(np.mean([r[f"{h}_half"]["balanced_accuracy"] for r in rs]))
-                       for h in ("pool", "unseen") if all(f"{h}_half" in r for r in rs)},
                     "seconds_mean": float(np.mean([r["seconds"] for r in rs])),
                     "seconds_max": float(np.max([r["seconds"] for r in rs]))})
     return out
@@ -154,14 +124,12 @@ def summary(rows: list[dict]) -> list[dict]:
 
 def table(groups: list[dict]) -> str:
     lines = ["| source | method | k per class | draws | balanced accuracy (min-max) | accuracy | macro-F1 "
-             "| balanced: pool half / unseen half | adapt time mean (max) |",
-             "| --- | --- | ---: | ---: | --- | ---: | ---: | --- | --- |"]
+             "| adapt time mean (max) |",
+             "| --- | --- | ---: | ---: | --- | ---: | ---: | --- |"]
     for g in groups:
-        halves_ = (f"{g['pool_half_balanced']:.1%} / {g['unseen_half_balanced']:.1%}"
-                   if "unseen_half_balanced" in g else "-")
         lines.append(f"| {g['source']} | {g['method']} | {g['k']} | {g['draws']} | {g['balanced_accuracy']:.1%} "
                      f"({g['balanced_min']:.1%}-{g['balanced_max']:.1%}) | {g['accuracy']:.1%} | {g['macro_f1']:.1%} | "
-                     f"{halves_} | {g['seconds_mean']:.0f} s ({g['seconds_max']:.0f} s) |")
+                     f"{g['seconds_mean']:.0f} s ({g['seconds_max']:.0f} s) |")
     return "\n".join(lines)
 
 
@@ -181,8 +149,6 @@ def main(argv: list[str] | None = None) -> int:
                    help="adapt with --no-imagenet-member")
     p.add_argument("--drop-absent", action="store_true", help="adapt with --drop-absent (only the source's classes)")
     p.add_argument("--model", default=None, help="model folder to adapt (default: the packaged model)")
-    p.add_argument("--unlabelled", choices=("none", "half"), default="none",
-                   help="half: give adapt half of the remaining cells without labels (--unlabelled)")
     p.add_argument("-o", "--output", default=str(RESULTS / "adapt.json"))
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                    help="only combine the draws of these result files (e.g. sources run in parallel) into --output")

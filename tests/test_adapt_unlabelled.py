@@ -92,19 +92,3 @@ def test_adapt_learns_from_unlabelled_cells_and_says_so(make_folder_dataset, tmp
     bad = cli("adapt", str(lab), "--out", str(tmp_path / "bad"), "--model", str(tiny_model()), "--unlabelled",
               str(tmp_path / "nowhere"), "--quiet")
     assert bad.returncode != 0 and "nowhere" in bad.stderr and "Traceback" not in bad.stderr
-
-
-def test_the_benchmark_splits_the_scored_cells_into_two_halves_per_class():
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("adapt_bench", Path(__file__).parents[1] / "benchmarks" / "adapt.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    labels = ["a"] * 30 + ["b"] * 7 + ["c"] * 4
-    labelled, scored, classes = bench.draw(labels, 5, seed=1)
-    assert classes == ["a", "b"] and len(labelled) == 5 + 2 + 4 and len(scored) == 25 + 5
-    pool, unseen = bench.halves(scored, labels, seed=1)
-    assert sorted(pool + unseen) == sorted(scored) and not set(pool) & set(unseen)
-    assert [sum(labels[i] == c for i in pool) for c in "ab"] == [12, 2]
-    assert (pool, unseen) == bench.halves(scored, labels, seed=1) != bench.halves(scored, labels, seed=2)
