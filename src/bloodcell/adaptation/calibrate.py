@@ -95,14 +95,6 @@ def _imagenet_sentence(record: dict) -> str:
             f"cells, votes beside it ({share:.0%} of the vote).")
 
 
-def _unlabelled_sentence(unlabelled: dict | None) -> str:
-    if not unlabelled:
-        return ""
-    taken = ", ".join(f"{c} {n}" for c, n in unlabelled["pseudo_labelled"].items()) or "none"
-    return (f" Also learnt from {unlabelled['cells']} unlabelled cells in {unlabelled['data']}, of which these joined "
-            f"the fitting cells with the class the model gave them: {taken}.")
-
-
 def _card(old: dict, record: dict) -> dict:
     name = old.get("name") or "bloodcell model"
     counts = ", ".join(f"{c} {n}" for c, n in record["fitting_cells"].items())
@@ -115,8 +107,7 @@ def _card(old: dict, record: dict) -> dict:
                     "adapted to the lab's cells, then calibrated on cells held out from them."
                     + _scale_sentence(record.get("scale") or {}) + _imagenet_sentence(record)),
         "data": (f"Fitting cells: {counts}. Held out for calibration: "
-                 + ", ".join(f"{c} {n}" for c, n in record["held_out_cells"].items()) + "."
-                 + _unlabelled_sentence(record.get("unlabelled"))),
+                 + ", ".join(f"{c} {n}" for c, n in record["held_out_cells"].items()) + "."),
         "metrics": {"held_out": after, "original_model_on_the_same_cells": record.get("held_out_before")},
         "limitations": ("Figures come from a few held-out cells of the lab's own data, so their uncertainty is wide. "
                         + ("Classes absent from the adaptation data ("

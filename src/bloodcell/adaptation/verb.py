@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,6 @@ from bloodcell.adaptation.calibrate import calibrate_adapted
 from bloodcell.adaptation.holdout import HELD_OUT_SHARE, split_holdout
 from bloodcell.adaptation.imagenet import ARCHITECTURE as IMAGENET_ARCHITECTURE
 from bloodcell.adaptation.imagenet import write_imagenet_member
-from bloodcell.adaptation.pseudo import classify, open_unlabelled, pick, summary, with_pseudo_labels
 from bloodcell.adaptation.scale import matched_crop
 from bloodcell.adaptation.tree import adapt_tree, networks_in
 from bloodcell.adaptation.tune import TuneSettings
@@ -105,15 +103,16 @@ def _reporter(progress: bool, status_file):
 def adapt(data, out, *, model=None, method: str = "finetune", epochs: int | None = None, copies: int | None = None,
           batch_norm: str = "lab", match_scale: bool = True, drop_absent: bool = False, imagenet_member: bool = True,
           held_out: float = HELD_OUT_SHARE, seed: int = 0, target_accuracy: float = 0.995, force: bool = False,
-          export: bool = True, progress: bool = True, status_file=None, unlabelled=None) -> AdaptResult:
+          export: bool = True, progress: bool = True, status_file=None) -> AdaptResult:
     """Adapt a model to a lab's labelled cells and write the result as a new model folder (``bloodcell adapt``).
 
     Parameters
     ----------
-    data, out, model : str or Path
+    data, out : str or Path
         The lab's labelled cells (class folders, ``.npz`` or CSV manifest; a few per class or more); the model
-        folder to write (``predict``, ``serve``, ``evaluate``, ``export`` take it); the model folder to start
-        from (default: the packaged model, or ``$BLOODCELL_MODEL``).
+        folder to write (``predict``, ``serve``, ``evaluate``, ``export`` take it).
+    model : str or Path, optional
+        The model folder to start from (default: the packaged model, or ``$BLOODCELL_MODEL``).
     method, epochs, copies, batch_norm, drop_absent
         How the networks are adapted (:mod:`~bloodcell.adaptation.tune`): finetune, linear or prototype;
         passes over the views; cells in all with jittered copies (:mod:`~bloodcell.adaptation.jitter`;
@@ -128,9 +127,8 @@ def adapt(data, out, *, model=None, method: str = "finetune", epochs: int | None
         draw and of training; accuracy the abstention threshold must reach on the held-out cells;
         replace ``out`` if it exists; write ``model.onnx`` (about 10 s; a failed export is said in
         ``AdaptResult.onnx`` and the model predicts through PyTorch); show a progress bar.
-    status_file, unlabelled : str or Path, optional
-        A JSON file rewritten with ``{"progress", "message"}`` as the work goes (job runners); more of the
-        lab's cells without labels, learnt from through pseudo-labels (:mod:`~bloodcell.adaptation.pseudo`).
+    status_file : str or Path, optional
+        A JSON file rewritten with ``{"progress", "message"}`` as the work goes (job runners).
 
     Returns
     -------
@@ -142,7 +140,6 @@ def adapt(data, out, *, model=None, method: str = "finetune", epochs: int | None
     _check_out(out, src, force)
     names = tuple(read_meta(src)["preprocess"]["class_names"])
     ds, labels = _read_data(data, names)
-    more = (open_unlabelled(unlabelled, ds), unlabelled) if unlabelled is not None else None
     fit_idx, held_idx = split_holdout(labels, held_out, seed)
     scale = _scale(src, ds.select(fit_idx.tolist()), settings, match_scale)  # sets the crop the record shows
     record = {**_record(src, data, settings, names, labels, (fit_idx, held_idx), held_out, drop_absent), "scale": scale}
@@ -151,37 +148,17 @@ def adapt(data, out, *, model=None, method: str = "finetune", epochs: int | None
     try:
         with staged_folder(out) as staging:
             report(0.0, f"adapting {src.name} to {len(fit_idx)} cells, {len(held_idx)} held out")
-            fit_data, tell = _pseudo_round(src, ds.select(fit_idx.tolist()), more, settings, (keep, imagenet_member),
-                                           record, report, progress, _counts(labels, names))
-            _write_networks(staging, src, fit_data, settings, keep, imagenet_member, record, tell, progress)
+            _write_networks(staging, src, ds.select(fit_idx.tolist()), settings, keep, imagenet_member, record,
+                            report, progress)
             report(0.85, "calibrating on the held-out cells and refitting the out-of-distribution check")
             calibrate_adapted(staging, src, ds, fit_idx, held_idx, record, target_accuracy, progress)
-            record["seconds"] = _store_seconds(staging, time.perf_counter() - start)
+            record["seconds"] = round(time.perf_counter() - start, 1)
+            _store_seconds(staging, record["seconds"])
         onnx = _export(out, report) if export else None
         report(1.0, f"done: {out}")
     finally:
         bar.close()
     return AdaptResult(out, record, time.perf_counter() - start, onnx)
-
-
-def _pseudo_round(src: Path, fit_data, more, settings: TuneSettings, options: tuple, record: dict, report,
-                  progress: bool, wanted: dict[str, int]):
-    """Round one of learning from unlabelled cells ``more`` (``(dataset, path)``, or ``None``: no round): adapt on
-    ``fit_data`` into a scratch folder, classify the unlabelled cells with it, and return ``fit_data`` with the
-    chosen ones pseudo-labelled (see ``pseudo``) and the progress report for round two."""
-    if more is None:
-        return fit_data, report
-    (cells, path), (keep, imagenet_member) = more, options
-    with tempfile.TemporaryDirectory(prefix="bloodcell-adapt-round-one-") as tmp:
-        first = Path(tmp) / "model"
-        _write_networks(first, src, fit_data, settings, keep, imagenet_member, {},
-                        lambda f, m: report(0.35 * f, f"round one: {m}"), progress)
-        report(0.35, f"round one: classifying {len(cells)} unlabelled cells")
-        predictions = classify(first, cells)
-    chosen = pick(predictions, wanted)
-    record["unlabelled"] = summary(cells, predictions, chosen, path)
-    report(0.4, f"round two: adapting to {len(fit_data) + len(chosen)} cells")
-    return with_pseudo_labels(fit_data, cells, chosen), lambda f, m: report(0.4 + 0.45 * f, f"round two: {m}")
 
 
 def _export(out: Path, report) -> str:
@@ -238,11 +215,9 @@ def _scale(src: Path, fit_data, settings: TuneSettings, match_scale: bool) -> di
     return scale
 
 
-def _store_seconds(folder: Path, seconds: float) -> float:
-    seconds = round(seconds, 1)
+def _store_seconds(folder: Path, seconds: float) -> None:
     meta = read_meta(folder)
     meta["adaptation"]["seconds"] = seconds
     meta["model_card"]["adaptation"]["seconds"] = seconds
     write_meta(folder, meta)
-    return seconds
 

@@ -29,9 +29,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-imagenet-member", dest="imagenet_member", action="store_false",
                         help="adapt the model alone (default: an ImageNet-trained network, its classifier fitted to "
                              "your cells, votes beside it)")
-    parser.add_argument("--unlabelled", default=None, metavar="MORE",
-                        help="more of your lab's cells without labels (a folder, .npz or manifest), learnt from "
-                             "through one round of pseudo-labels; about doubles the time")
     parser.add_argument("--drop-absent", action="store_true",
                         help="predict only the classes present in DATA (default: keep the model's other classes)")
     parser.add_argument("--held-out", type=float, default=0.25,
@@ -63,11 +60,6 @@ def _summary(result) -> str:
         crop = scale["crop_fraction"]
         lines.append(f"  your cells fill {scale['lab_cell_share']:.0%} of the crop against {scale['training_cell_share']:.0%} "
                      f"in training: crop {crop['model']:g} -> {crop['adapted']:g} of the shorter side")
-    more = a.get("unlabelled")
-    if more:
-        taken = ", ".join(f"{c} {n}" for c, n in more["pseudo_labelled"].items()) or "none"
-        lines.append(f"  unlabelled cells: {more['cells']}; joined the fitting cells with the class the model gave "
-                     f"them: {taken}")
     if a["classes_absent_from_data"]:
         lines.append(f"  classes not in the data, {a['absent_classes']}: {', '.join(a['classes_absent_from_data'])}")
     if result.onnx is not None:
@@ -87,6 +79,6 @@ def run(args) -> int:
                    imagenet_member=args.imagenet_member, held_out=args.held_out, seed=args.seed,
                    target_accuracy=args.target_accuracy, force=args.force, export=args.export,
                    progress=not args.quiet,
-                   status_file=args.status_file, unlabelled=args.unlabelled)
+                   status_file=args.status_file)
     print(_summary(result))
     return 0
