@@ -168,3 +168,16 @@ def test_the_image_is_on_disk_before_its_row(tmp_path, monkeypatch):
     assert written.read_bytes() == data and store.cells(cid) == []
     CaseStore(tmp_path / "s", orphan_age=0)
     assert not written.exists() and store.verify() == []
+
+
+def test_uncertain_share_counts_the_cells_one_model_classified(tmp_path):
+    from dataclasses import replace
+
+    store = CaseStore(tmp_path)
+    cid = store.create_case("S-U")["id"]
+    cells = [replace(new_cell(png(i), f"{i}.png"), uncertain=i % 2 == 0, not_a_blood_cell=i == 4) for i in range(6)]
+    store.add_cells(cid, cells[:5], "model A")
+    store.add_cells(cid, cells[5:], "model B")
+    assert store.uncertain_share(cid, "model A") == (2, 4)  # cell 4 is flagged not a blood cell: left out
+    assert store.uncertain_share(cid, "model B") == (0, 1)
+    assert store.uncertain_share(cid, "model C") == (0, 0)

@@ -377,6 +377,12 @@ class CaseStore:
             return [r[0] for r in db.execute("SELECT DISTINCT model FROM cells WHERE case_id = ? AND model != '' "
                                              "ORDER BY model", (case_id,))]
 
+    def uncertain_share(self, case_id: int, model: str) -> tuple[int, int]:
+        """``(uncertain, counted)`` of the case's cells ``model`` classified, those flagged not a blood cell left out."""
+        with self._db() as db:
+            return tuple(db.execute("SELECT COALESCE(SUM(uncertain), 0), COUNT(*) FROM cells WHERE case_id = ? AND "
+                                    "model = ? AND COALESCE(not_a_blood_cell, 0) = 0", (case_id, model)).fetchone())
+
     def verify(self) -> list[str]:
         """Problems with the store: SQLite's integrity check, and rows whose image is missing or whose
         bytes no longer match their hash (empty when all is well)."""

@@ -100,8 +100,7 @@ def case_of(request: Request, case_id: int) -> dict:
     validation images were (:func:`~bloodcell.prediction.differential.uncertain_share_warning`)."""
     cases = store(request)
     case = cases.case(case_id)
-    mine = [c for c in cases.cells(case_id) if c["model"] == model_name(request) and not c["not_a_blood_cell"]]
-    case["warning"] = uncertain_share_warning(sum(c["uncertain"] for c in mine), len(mine),
+    case["warning"] = uncertain_share_warning(*cases.uncertain_share(case_id, model_name(request)),
                                               request.app.state.info.get("validation_uncertain"))
     return case
 

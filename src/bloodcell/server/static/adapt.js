@@ -6,7 +6,8 @@ import { state } from "./store.js";
 
 const JOB_KEY = id => `bloodcell.adapt.${id}`;   // the case's latest job, so a reload keeps following it
 const POLL_MS = 1000;
-let polling = null;     // {caseId, jobId, timer}
+let polling = null;     // {jobId, timer}
+let shownCase = null;   // the case whose adaptation the panel shows
 let onSwitched = () => {};
 
 /** Reviewed cells with a class of the model, per class. */
@@ -21,16 +22,15 @@ function reviewedByClass() {
 /** The line saying what the adaptation would learn from, and whether it can start. */
 export function renderAdapt() {
   if (!state.kase) return;
+  showCase();
   const counts = reviewedByClass();
   const total = [...counts.values()].reduce((a, b) => a + b, 0);
   const parts = [...counts].map(([label, n]) => `${labelName(label)} ${n}`).join(", ");
   $("adapt-cells").textContent = total
     ? `${total} reviewed cell${total === 1 ? "" : "s"} with a class: ${parts}.`
     : "No cell is reviewed with a class yet: review some cells first.";
-  const running = polling && polling.caseId === state.caseId;
-  $("adapt-start").disabled = counts.size < 2 || !!running;
+  $("adapt-start").disabled = counts.size < 2 || !!polling;
   if (counts.size === 1) $("adapt-cells").textContent += " Adapting needs cells of at least two classes.";
-  if (!running) followStored();
 }
 
 function show(view) {
@@ -54,12 +54,15 @@ function stop() {
   polling = null;
 }
 
+const current = jobId => polling && polling.jobId === jobId;  // the panel still follows this job
+
 async function poll(caseId, jobId) {
-  if (!polling || polling.jobId !== jobId) return;
+  if (!current(jobId)) return;
   let view;
   try {
     view = await api(`/v1/jobs/${encodeURIComponent(jobId)}`);
   } catch (e) {
+    if (!current(jobId)) return;
     if (e.status === 404) {  // the service restarted: its jobs are gone
       localStorage.removeItem(JOB_KEY(caseId));
       stop();
@@ -71,10 +74,11 @@ async function poll(caseId, jobId) {
     polling.timer = setTimeout(() => poll(caseId, jobId), POLL_MS * 3);
     return;
   }
-  if (state.caseId === caseId) show(view);
+  if (!current(jobId)) return;  // another case was opened meanwhile
+  show(view);
   if (view.state === "done" || view.state === "failed") {
     stop();
-    if (state.caseId === caseId) renderAdapt();
+    renderAdapt();
     return;
   }
   polling.timer = setTimeout(() => poll(caseId, jobId), POLL_MS);
@@ -82,23 +86,23 @@ async function poll(caseId, jobId) {
 
 function follow(caseId, jobId) {
   stop();
-  polling = { caseId, jobId, timer: null };
+  polling = { jobId, timer: null };
   $("adapt-start").disabled = true;
   poll(caseId, jobId);
 }
 
-/** Follow the open case's stored job, if any (once per case opened). */
-function followStored() {
-  const jobId = localStorage.getItem(JOB_KEY(state.caseId));
-  if (jobId && $("adapt-box").dataset.caseId !== String(state.caseId)) {
-    $("adapt-box").dataset.caseId = String(state.caseId);
+/** When another case is opened: clear the panel, and follow that case's last job if it has one. */
+function showCase() {
+  if (shownCase === state.caseId) return;
+  shownCase = state.caseId;
+  stop();
+  $("adapt-status").textContent = "";
+  $("adapt-progress").hidden = true;
+  $("adapt-switch").hidden = true;
+  const jobId = localStorage.getItem(JOB_KEY(shownCase));
+  if (jobId) {
     $("adapt-box").open = true;
-    follow(state.caseId, jobId);
-  } else if ($("adapt-box").dataset.caseId !== String(state.caseId)) {
-    $("adapt-box").dataset.caseId = String(state.caseId);
-    $("adapt-status").textContent = "";
-    $("adapt-progress").hidden = true;
-    $("adapt-switch").hidden = true;
+    follow(shownCase, jobId);
   }
 }
 
@@ -109,7 +113,6 @@ async function start() {
     const view = await api(`/v1/cases/${encodeURIComponent(caseId)}/adapt`,
       { method: "POST", json: { method: $("adapt-method").value } });
     localStorage.setItem(JOB_KEY(caseId), view.id);
-    $("adapt-box").dataset.caseId = String(caseId);
     show(view);
     follow(caseId, view.id);
   } catch (e) {
