@@ -144,7 +144,8 @@ def predict_fields(paths, model=None, *, format: str = "table", output_path=None
         error = DataError(f"no field could be read ({len(problems)} input(s) skipped, reasons above).")
         error.problems = problems
         raise error
-    text = render(format, clf.describe(), results, problems, clf.class_names)
+    described = clf.describe()
+    text = render(format, described, results, problems, clf.class_names)
     if partial is not None:
         try:
             write_text(output_path, text)
@@ -154,7 +155,7 @@ def predict_fields(paths, model=None, *, format: str = "table", output_path=None
         partial.close(keep=False)
     diff = overall_differential(results, clf.class_names)
     return FieldsRun(results, problems, overall_counts(results), diff, text, output_path, written,
-                     run_warning(diff, clf.describe()))
+                     run_warning(diff, described))
 
 
 def _run(clf, paths, tile_overlap: float, progress: bool, partial: PartialFields | None, folder: Path | None):
