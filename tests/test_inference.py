@@ -74,6 +74,15 @@ def test_one_pass_gives_the_probabilities_and_scores_of_separate_passes(tiny_mod
     assert gradcam(tiny_model, x[:2]).shape == (2, 32, 32)
 
 
+def test_the_scored_model_holds_the_network_once_and_leaves_the_classifier_alone(tiny_model):
+    head = fit_head(extract_features(tiny_model, images(40, seed=4)), np.arange(40) % 4, dims=4)
+    scored = ScoredModel(tiny_model.module, 4, head)
+    own = {t.data_ptr() for t in (*tiny_model.module.parameters(), *tiny_model.module.buffers())}
+    assert own and all(t.data_ptr() in own for t in scored.features.parameters())
+    assert not any(type(m).__name__ == "_Tap" for m in tiny_model.module.modules())  # the taps are in the copy only
+    assert sum(type(m).__name__ == "_Tap" for m in scored.modules()) == 1
+
+
 def test_wrong_size_is_a_clear_error(tiny_model):
     with pytest.raises(DataError, match="Images are 16x16 but the model expects 32x32"):
         predict_proba(tiny_model, images(1, 16))

@@ -71,11 +71,17 @@ def head_layers(module: nn.Module, num_classes: int) -> list[str]:
 
 
 class FeatureModel(nn.Module):
-    """A copy of a classifier whose forward returns ``(logits, penultimate features)``."""
+    """A classifier whose forward returns ``(logits, penultimate features)``.
+
+    Its final layers are wrapped in a copy of the classifier's module structure that shares
+    every weight and buffer with the classifier, so the network is held once in memory and the
+    classifier itself is left as it was.
+    """
 
     def __init__(self, module: nn.Module, num_classes: int):
         super().__init__()
-        self.model = copy.deepcopy(module).eval()
+        shared = {id(t): t for t in (*module.parameters(), *module.buffers())}
+        self.model = copy.deepcopy(module, memo=shared).eval()
         names = head_layers(self.model, num_classes)
         if not names:
             raise ModelError(
