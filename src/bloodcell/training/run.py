@@ -32,11 +32,12 @@ def _with_init(cfg: TrainConfig, explicit: tuple[str, ...]) -> tuple[TrainConfig
     if not cfg.init:
         return cfg, None
     init = open_init(cfg.init)
-    if "model" in explicit and cfg.model != init.architecture:
+    model = cfg.model if "model" in explicit else init.architecture
+    if not init.fits(model):
         raise ConfigError(f"--model {cfg.model} contradicts --init {cfg.init}, a {init.architecture!r} "
                           "model. Drop --model (the init model's architecture is used).")
     init_spec = cfg.init if cfg.init == "default" else str(Path(cfg.init).resolve())
-    return dataclasses.replace(cfg, model=init.architecture, init=init_spec), init
+    return dataclasses.replace(cfg, model=model, init=init_spec), init
 
 
 def with_framing(pre: PreprocessConfig, cfg: TrainConfig, explicit) -> PreprocessConfig:

@@ -114,7 +114,7 @@ class Trainer:
                               "weights (pretrained), not both.")
         if self.init is None and cfg.init and not (self.resume and has_checkpoint(run_dir)):
             self.init = open_init(cfg.init)
-        if self.init is not None and cfg.model != self.init.architecture:
+        if self.init is not None and not self.init.fits(cfg.model):
             raise ConfigError(f"model is {cfg.model!r} but the init model {self.init.folder} is a "
                               f"{self.init.architecture!r}; training from an init model keeps its architecture. "
                               "Drop the model setting.")
@@ -137,8 +137,10 @@ class Trainer:
         self.model = create_model(cfg.model, num_classes=len(class_names),
                                   pretrained=cfg.pretrained if ckpt is None else False)
         if self.init is not None and ckpt is None:
-            self.init_summary = summary = apply_init(self.model, self.init, class_names)
+            self.init_summary = summary = apply_init(self.model, self.init, class_names, self.pre, self.data.train_images)
             new = f"; new classes {', '.join(summary['new_classes'])}" if summary["new_classes"] else ""
+            new += f"; {summary['matched_norm_layers']} group-norm layers matched to its batch norm" * bool(
+                summary["matched_norm_layers"])
             self.say(f"Starting from {summary['from']} ({summary['architecture']}){new}.")
         self.cfg, self.rt = resolve_runtime(cfg, self.pre, self.model, self.info)
         if ckpt is not None:

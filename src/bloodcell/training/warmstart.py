@@ -17,7 +17,10 @@ from torch import nn
 from bloodcell.core.errors import ModelError
 from bloodcell.core.model_choice import default_model_dir
 from bloodcell.core.model_folder import META, WEIGHTS, is_model_folder, read_meta
+from bloodcell.core.preprocess import PreprocessConfig
 from bloodcell.networks.loading import load_model
+from bloodcell.networks.registry import get_entry
+from bloodcell.training.norm_transfer import match_norm_statistics
 
 
 @dataclass
@@ -32,6 +35,11 @@ class InitSource:
     @property
     def class_names(self) -> tuple[str, ...]:
         return tuple(self.meta["preprocess"]["class_names"])
+
+    def fits(self, architecture: str) -> bool:
+        """Whether ``architecture`` can start from this model's weights: the same one, or the same
+        layers with other normalisation (a registered ``weights_of`` this model's architecture)."""
+        return architecture == self.architecture or get_entry(architecture).weights_of == self.architecture
 
 
 #: The ``--init`` value that stands for the model shipped in the package.
@@ -102,15 +110,21 @@ def classifier_name(model: nn.Module, num_classes: int) -> str:
     return found
 
 
-def apply_init(model: nn.Module, source: InitSource, class_names: tuple[str, ...]) -> dict:
+def apply_init(model: nn.Module, source: InitSource, class_names: tuple[str, ...],
+               pre: PreprocessConfig | None = None, images=None) -> dict:
     """Copy ``source``'s weights into ``model`` (built for ``class_names``); returns a summary.
+
+    A group-norm variant of the source's architecture also gets its norm layers' scale and
+    shift matched to the source's batch-norm outputs on a sample of ``images`` (the training
+    images, prepared with ``pre``), see :mod:`~bloodcell.training.norm_transfer`.
 
     Raises
     ------
     ModelError
         When the weights are damaged or do not fit the architecture.
     """
-    old = load_model(source.folder).module.state_dict()
+    reference = load_model(source.folder)
+    old = reference.module.state_dict()
     old_names = source.class_names
     head = classifier_name(model, len(class_names))
     new_state = model.state_dict()
@@ -135,8 +149,12 @@ def apply_init(model: nn.Module, source: InitSource, class_names: tuple[str, ...
             if c in old_names:
                 fresh[i] = src[old_names.index(c)]
         mapped[key] = fresh
-    model.load_state_dict(mapped)
+    model.load_state_dict(mapped, strict=True)
+    matched = 0
+    if images is not None and pre is not None:
+        matched = match_norm_statistics(model, pre, reference.module, reference.preprocess, images)
     return {
+        "matched_norm_layers": matched,
         "from": str(source.folder),
         "architecture": source.architecture,
         "kept_classes": kept,
