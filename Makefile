@@ -18,7 +18,7 @@ lint:
 	$(PYTHON) -m ruff check .
 
 test:
-	$(PYTHON) -m pytest -q -p no:cacheprovider
+	$(PYTHON) -m pytest -q -p no:cacheprovider --durations=15
 
 test-fast:
 	$(PYTHON) -m pytest -q -p no:cacheprovider -m "not integration and not browser"
