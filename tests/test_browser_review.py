@@ -309,4 +309,7 @@ def test_adapt_to_the_reviewed_cells_and_switch_the_service(browser, tmp_path):
         page.wait_for_selector("#model-line:has-text('adapted')")
         assert "now serves" in page.inner_text("#adapt-status")
         assert "adapted" in httpx.get(f"{url}/v1/model").json()["name"]
+        page.reload()  # the job's model is the one served: said, and not offered again
+        page.wait_for_selector("#adapt-status:has-text('the service serves this adapted model')")
+        assert page.is_hidden("#adapt-switch")
         page.context.close()

@@ -2,7 +2,7 @@
 
 ``POST /v1/jobs/adapt``          adapt a model to labelled cells in a folder or manifest on the server
 ``POST /v1/cases/{id}/adapt``    adapt to the reviewed cells of a case (exported as class folders first)
-``GET /v1/jobs``, ``/v1/jobs/{id}``  ``{id, state: queued|running|done|failed, progress: 0..1, message, model_dir}``
+``GET /v1/jobs``, ``/v1/jobs/{id}``  ``{id, state: queued|running|done|failed, progress: 0..1, message, model_dir, serving}``
 ``POST /v1/model/switch``        load a model folder (e.g. a finished job's) into the running service
 
 Each job runs ``python -m bloodcell adapt`` as a fresh subprocess (the service's
@@ -75,6 +75,7 @@ class JobView(BaseModel):
     progress: float = Field(ge=0, le=1)
     message: str
     model_dir: str | None = Field(None, description="the adapted model folder, once the job is done")
+    serving: bool = Field(False, description="whether the service serves this job's adapted model now")
 
 
 @dataclass
@@ -259,7 +260,12 @@ def list_jobs(request: Request):
             responses={404: {"model": ErrorBody}})
 def job(request: Request, job_id: str):
     found = _runner(request).jobs.get(job_id)
-    return found.view() if found else error(404, f"No job {job_id!r}; GET /v1/jobs lists them.")
+    if not found:
+        return error(404, f"No job {job_id!r}; GET /v1/jobs lists them.")
+    view = found.view()
+    serving = Path(request.app.state.info.get("path") or "")
+    view["serving"] = bool(view["model_dir"]) and serving.resolve() == Path(view["model_dir"]).resolve()
+    return view
 
 
 def _switch(state, model_dir: str) -> None:

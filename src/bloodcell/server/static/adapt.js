@@ -44,8 +44,9 @@ function show(view) {
     done: `Done: ${view.message}. Adapted model: ${view.model_dir}`,
     failed: `Adaptation failed: ${view.message}`,
   }[view.state];
-  $("adapt-status").textContent = text;
-  $("adapt-switch").hidden = view.state !== "done" || !view.model_dir;
+  $("adapt-status").textContent = view.serving
+    ? `Done: the service serves this adapted model (${view.model_dir}).` : text;
+  $("adapt-switch").hidden = view.state !== "done" || !view.model_dir || view.serving;
   $("adapt-switch").dataset.modelDir = view.model_dir || "";
 }
 
