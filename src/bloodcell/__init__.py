@@ -31,6 +31,7 @@ _LAZY = {
     "models": "bloodcell.networks.registry",
     "train": "bloodcell.training",
     "ensemble": "bloodcell.networks.ensemble",
+    "soup": "bloodcell.networks.soup",
     "evaluate": "bloodcell.evaluation",
     "calibrate": "bloodcell.evaluation",
     "compare": "bloodcell.evaluation",
