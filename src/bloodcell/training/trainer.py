@@ -64,7 +64,7 @@ from bloodcell.training.prepare import (
 )
 from bloodcell.training.state import has_checkpoint, read_checkpoint, write_checkpoint
 from bloodcell.training.teacher import with_teacher
-from bloodcell.training.warmstart import InitSource, apply_init, open_init
+from bloodcell.training.warmstart import InitSource, apply_init, init_message, open_init
 
 __all__ = ["FitResult", "TrainData", "Trainer", "TrainingInterrupted", "fit", "make_preprocess"]
 
@@ -137,11 +137,8 @@ class Trainer:
         self.model = create_model(cfg.model, num_classes=len(class_names),
                                   pretrained=cfg.pretrained if ckpt is None else False)
         if self.init is not None and ckpt is None:
-            self.init_summary = summary = apply_init(self.model, self.init, class_names, self.pre, self.data.train_images)
-            new = f"; new classes {', '.join(summary['new_classes'])}" if summary["new_classes"] else ""
-            new += f"; {summary['matched_norm_layers']} group-norm layers matched to its batch norm" * bool(
-                summary["matched_norm_layers"])
-            self.say(f"Starting from {summary['from']} ({summary['architecture']}){new}.")
+            self.init_summary = apply_init(self.model, self.init, class_names, self.pre, self.data.train_images)
+            self.say(init_message(self.init_summary))
         self.cfg, self.rt = resolve_runtime(cfg, self.pre, self.model, self.info)
         if ckpt is not None:
             check_resume(ckpt.meta, self.cfg, self.data, self.run_dir)

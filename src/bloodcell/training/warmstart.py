@@ -161,3 +161,11 @@ def apply_init(model: nn.Module, source: InitSource, class_names: tuple[str, ...
         "new_classes": [c for c in class_names if c not in old_names],
         "dropped_classes": [c for c in old_names if c not in class_names],
     }
+
+
+def init_message(summary: dict) -> str:
+    """The line that says where training starts from (:func:`apply_init`'s summary)."""
+    new = f"; new classes {', '.join(summary['new_classes'])}" if summary["new_classes"] else ""
+    if summary.get("matched_norm_layers"):
+        new += f"; {summary['matched_norm_layers']} group-norm layers matched to its batch norm"
+    return f"Starting from {summary['from']} ({summary['architecture']}){new}."
