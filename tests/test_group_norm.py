@@ -102,6 +102,7 @@ def test_matched_layers_have_the_reference_moments_on_the_sample():
         hook.remove()
     assert torch.allclose(seen["gn"], seen["bn"], atol=1e-3, rtol=1e-3)
     assert match_norm_statistics(create_model("basic_cnn", num_classes=3), pre, reference, pre, images) == 0
+    assert match_norm_statistics(create_model("efficientnet_lite0_gn", num_classes=3), pre, model, pre, images) == 0
 
 
 def test_training_a_group_norm_variant_from_a_batch_norm_model(lite0_parent, tmp_path):

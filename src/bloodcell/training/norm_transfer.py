@@ -25,8 +25,11 @@ class _Reached(Exception):
     """Raised by a hook to stop a forward pass once the layer being matched has run."""
 
 
-def _norm_names(model: nn.Module) -> list[str]:
-    return [name for name, m in model.named_modules() if isinstance(m, nn.GroupNorm)]
+def _norm_names(model: nn.Module, reference: nn.Module) -> list[str]:
+    """The group-norm layers of ``model`` whose same-named layer in ``reference`` is a batch norm."""
+    theirs = dict(reference.named_modules())
+    return [name for name, m in model.named_modules()
+            if isinstance(m, nn.GroupNorm) and isinstance(theirs.get(name), nn.BatchNorm2d)]
 
 
 def _channel_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,13 +85,14 @@ def _own_moments(model: nn.Module, name: str, x: torch.Tensor) -> tuple[torch.Te
 @torch.no_grad()
 def match_norm_statistics(model: nn.Module, pre: PreprocessConfig, reference: nn.Module,
                           reference_pre: PreprocessConfig, images: np.ndarray, seed: int = 0) -> int:
-    """Set every group-norm layer of ``model`` to reproduce ``reference``'s same-named layer's
-    per-channel output mean and spread on a sample of ``images`` (``uint8`` NHWC, the training
-    images). ``reference`` must have a norm layer of the same name and width for each.
+    """Set every group-norm layer of ``model`` whose same-named layer in ``reference`` is a batch
+    norm (of the same width) to reproduce that layer's per-channel output mean and spread on a
+    sample of ``images`` (``uint8`` NHWC, the training images).
 
-    Returns the number of layers matched (0 when ``model`` has no group norm).
+    Returns the number of layers matched (0 when there are none: no group norm, or a group-norm
+    reference whose weights were copied as they are).
     """
-    names = _norm_names(model)
+    names = _norm_names(model, reference)
     if not names:
         return 0
     rng = np.random.default_rng(seed)
