@@ -44,6 +44,9 @@ def test_the_soup_is_the_weighted_mean_of_the_weights(runs, tmp_path):
     meta = read_meta(out)
     assert meta["soup"]["weights"] == [0.5, 0.5] and "calibration" not in meta
     assert meta["architecture"] == read_meta(runs[0])["architecture"]
+    from bloodcell.packaging.card import card
+
+    assert card(meta)["soup"] == {"members": [str(r.resolve()) for r in runs[:2]], "weights": [0.5, 0.5]}
     images = tiny_data(seed=7).val_images
     probs = predict_proba(load_model(out), images)
     assert probs.shape == (len(images), 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
