@@ -118,3 +118,12 @@ def test_training_a_group_norm_variant_from_a_batch_norm_model(lite0_parent, tmp
     wrong = InitSource(lite0_parent, {**source.meta, "architecture": "basic_cnn"})
     with pytest.raises(ConfigError, match="keeps its architecture"):
         fit(cfg, data, tmp_path / "refused", pre=pre, init=wrong, progress=False)
+
+
+def test_a_model_the_init_weights_do_not_fit_is_refused_naming_the_variant(lite0_parent, tmp_path, make_folder_dataset):
+    import bloodcell
+
+    data = make_folder_dataset(per_class=4, classes=CLASSES, size=32, seed=6)
+    with pytest.raises(ConfigError, match=r"contradicts --init .* or give --model efficientnet_lite0_gn \(the same"):
+        bloodcell.train(init=str(lite0_parent), model="resnet50", data=str(data), out=str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()

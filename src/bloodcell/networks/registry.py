@@ -69,6 +69,11 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def variants_of(name: str) -> list[str]:
+    """Architectures that take ``name``'s trained weights (``weights_of``), sorted."""
+    return sorted(n for n, e in _REGISTRY.items() if e.weights_of == name)
+
+
 def get_entry(name: str) -> ModelEntry:
     """The registry entry for ``name``; unknown names get a "did you mean"."""
     if name not in _REGISTRY:
