@@ -33,6 +33,12 @@ def meta_path(path: str | Path) -> Path:
     return path if path.name == META and not path.is_dir() else path / META
 
 
+def folder_of(path: str | Path) -> Path:
+    """The model folder ``path`` names: the folder itself, or the folder of a given ``model.json``."""
+    path = Path(path)
+    return path.parent if path.name == META and path.is_file() else path
+
+
 def is_model_folder(path: str | Path) -> bool:
     path = Path(path)
     return path.is_dir() and (path / META).is_file()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bloodcell.core.errors import ConfigError, ModelError
 from bloodcell.core.files import staged_folder
-from bloodcell.core.model_folder import FORMAT, META, read_meta, write_meta
+from bloodcell.core.model_folder import FORMAT, META, folder_of, read_meta, write_meta
 from bloodcell.core.preprocess import PreprocessConfig
 from bloodcell.networks.loading import copy_model, load_model
 from bloodcell.networks.voting import (
@@ -34,6 +34,7 @@ __all__ = [
     "EnsembleModule",
     "build_ensemble_module",
     "check_compatible",
+    "check_output",
     "ensemble",
     "ensemble_preprocess",
     "make_ensemble",
@@ -43,22 +44,19 @@ __all__ = [
 ]
 
 
-def _model_folder(path: str | Path) -> Path:
-    path = Path(path)
-    return path.parent if path.is_file() and path.name == META else path
-
-
 def _inside(a: Path, b: Path) -> bool:
     return a == b or b in a.parents
 
 
-def _check_output(folders: list[Path], out: Path, overwrite: bool) -> None:
-    """Refuse an output that overlaps a member, or that exists without ``overwrite``."""
+def check_output(folders: list[Path], out: Path, overwrite: bool, what: str = "ensemble") -> None:
+    """Refuse an output (of an ``ensemble`` or a ``soup``) that overlaps a given model folder, or
+    that exists without ``overwrite``."""
     target = out.resolve()
     for f in folders:
         if f.exists() and (_inside(target, f.resolve()) or _inside(f.resolve(), target)):
             raise ConfigError(
-                f"The ensemble output {out} overlaps member folder {f}; choose an output folder outside every member."
+                f"The {what} output {out} overlaps member folder {f}: it is one of the given models or holds or "
+                "lies inside one; choose an output folder outside every member."
             )
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ConfigError(f"{out} already exists; choose another output folder or pass --force to replace it.")
@@ -139,7 +137,7 @@ def make_ensemble(
     ModelError
         A member is not a readable model, or members disagree on classes or crop.
     """
-    folders = [_model_folder(m) for m in members]
+    folders = [folder_of(m) for m in members]
     if len(folders) < 2:
         raise ConfigError(
             f"An ensemble needs at least two member models, got {len(folders)}. "
@@ -147,7 +145,7 @@ def make_ensemble(
         )
     normalize_weights(weights, len(folders))
     out = Path(out)
-    _check_output(folders, out, overwrite)
+    check_output(folders, out, overwrite)
     metas = [read_meta(f) for f in folders]
     meta = _ensemble_meta(folders, metas, _member_configs(folders, metas), weights)
     with staged_folder(out) as staging:

@@ -21,8 +21,9 @@ from safetensors.torch import load_file
 
 from bloodcell.core.errors import ConfigError, ModelError
 from bloodcell.core.files import staged_folder
-from bloodcell.core.model_folder import META, WEIGHTS, read_meta
-from bloodcell.networks.loading import load_model, save_model
+from bloodcell.core.model_folder import WEIGHTS, folder_of, read_meta
+from bloodcell.networks.ensemble import check_output
+from bloodcell.networks.loading import build_module, load_model, save_model
 from bloodcell.networks.voting import member_dir, normalize_weights
 
 #: preprocessing entries the members must share exactly (their networks see the same input)
@@ -34,7 +35,7 @@ def _ingredients(models: list[str | Path], weights) -> tuple[list[Path], list[fl
     folders: list[Path] = []
     given: list[float] = []
     for i, m in enumerate(models):
-        folder = Path(m).parent if Path(m).name == META else Path(m)
+        folder = folder_of(m)
         meta = read_meta(folder)
         w = 1.0 if weights is None else float(weights[i])
         ens = meta.get("ensemble")
@@ -118,10 +119,7 @@ def soup(models: list[str | Path], output: str | Path, *, weights: list[float] |
         raise ConfigError(f"--weights gives {len(weights)} weight(s) for {len(models)} model(s); give one per model.")
     folders, w = _ingredients(models, weights)
     out = Path(output)
-    if any(out.resolve() == f.resolve() or out.resolve() in f.resolve().parents for f in folders):
-        raise ConfigError(f"The soup output {out} is one of the given models; choose another folder.")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise ConfigError(f"{out} already exists; choose another output folder or pass --force to replace it.")
+    check_output(folders, out, force, what="soup")
     metas = [read_meta(f) for f in folders]
     _check_alike(folders, metas)
     state = _mean_state(folders, w)
@@ -130,9 +128,9 @@ def soup(models: list[str | Path], output: str | Path, *, weights: list[float] |
     meta.update(history=[], metrics={}, data_manifest_sha256=hashes.pop() if len(hashes) == 1 else None,
                 soup={"members": [str(f.resolve()) for f in folders], "weights": w,
                       "member_metrics": [m.get("metrics") or {} for m in metas]})
+    module = build_module(meta)
+    module.load_state_dict(state)
     with staged_folder(out) as staging:
-        module = load_model(folders[0]).module.float()
-        module.load_state_dict(state)
         save_model(staging, module, meta)
         load_model(staging)
     return out

@@ -16,7 +16,7 @@ from torch import nn
 
 from bloodcell.core.errors import ModelError
 from bloodcell.core.model_choice import default_model_dir
-from bloodcell.core.model_folder import META, WEIGHTS, is_model_folder, read_meta
+from bloodcell.core.model_folder import META, WEIGHTS, folder_of, is_model_folder, read_meta
 from bloodcell.core.preprocess import PreprocessConfig
 from bloodcell.networks.loading import load_model
 from bloodcell.networks.registry import get_entry
@@ -50,9 +50,7 @@ def resolve_init_dir(spec: str | Path) -> Path:
     """The model folder ``--init`` names: ``default`` (the packaged model) or a model folder (or its metadata file)."""
     if str(spec) == DEFAULT_MODEL:
         return default_model_dir()
-    folder = Path(spec).expanduser()
-    if folder.is_file() and folder.name == META:
-        folder = folder.parent
+    folder = folder_of(Path(spec).expanduser())
     if not is_model_folder(folder):
         raise ModelError(
             f"{folder}: no model here (expected a folder with {META} and {WEIGHTS}, as written by "
