@@ -51,6 +51,7 @@ def test_adapt_job_then_switch_the_service_to_its_model(client, make_folder_data
     switched = client.post("/v1/model/switch", json={"model_dir": view["model_dir"]})
     assert switched.status_code == 200 and "adapted" in switched.json()["model"]["name"]
     assert client.get(f"/v1/jobs/{view['id']}").json()["serving"] is True
+    assert client.get("/v1/jobs").json()["jobs"][0]["serving"] is True  # the list says the same
     card = client.get("/v1/model").json()
     assert "adapted" in card["name"] and card["adaptation"]["method"] == "linear"
     x, _ = cells(1, seed=8)

@@ -87,7 +87,8 @@ class Job:
     message: str = "waiting for the job before it"
     returncode: int | None = field(default=None, repr=False)
 
-    def view(self) -> dict:
+    def view(self, served: str | None = None) -> dict:
+        """The job as the API shows it; ``served`` is the folder of the model the service serves now."""
         progress, message = (1.0 if self.state == "done" else 0.0), self.message
         if self.state == "running":
             try:
@@ -96,8 +97,10 @@ class Job:
             except (OSError, ValueError, KeyError, TypeError):
                 message = "starting"
         model = self.folder / "model"
+        done = self.state == "done" and is_model_folder(model)
         return {"id": self.id, "state": self.state, "progress": progress, "message": message,
-                "model_dir": str(model) if self.state == "done" and is_model_folder(model) else None}
+                "model_dir": str(model) if done else None,
+                "serving": done and bool(served) and Path(served).resolve() == model.resolve()}
 
 
 def _last_line(path: Path) -> str:
@@ -253,7 +256,8 @@ def adapt_case(request: Request, case_id: int, body: CaseAdaptRequest | None = N
 
 @router.get("/v1/jobs", summary="Every job of this service run")
 def list_jobs(request: Request):
-    return {"jobs": [j.view() for j in _runner(request).jobs.values()]}
+    served = request.app.state.info.get("path")
+    return {"jobs": [j.view(served) for j in _runner(request).jobs.values()]}
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobView, summary="A job's state and progress",
@@ -262,10 +266,7 @@ def job(request: Request, job_id: str):
     found = _runner(request).jobs.get(job_id)
     if not found:
         return error(404, f"No job {job_id!r}; GET /v1/jobs lists them.")
-    view = found.view()
-    serving = Path(request.app.state.info.get("path") or "")
-    view["serving"] = bool(view["model_dir"]) and serving.resolve() == Path(view["model_dir"]).resolve()
-    return view
+    return found.view(request.app.state.info.get("path"))
 
 
 def _switch(state, model_dir: str) -> None:
