@@ -14,7 +14,6 @@ from bloodcell.core.files import check_writable_folder
 from bloodcell.core.model_folder import is_trained, read_meta
 from bloodcell.core.preprocess import PreprocessConfig
 from bloodcell.networks import make_ensemble
-from bloodcell.networks.registry import variants_of
 from bloodcell.training import distributed
 from bloodcell.training.config import TrainConfig, load_config
 from bloodcell.training.data import load_training_data, measure_cell_share
@@ -34,11 +33,7 @@ def _with_init(cfg: TrainConfig, explicit: tuple[str, ...]) -> tuple[TrainConfig
         return cfg, None
     init = open_init(cfg.init)
     model = cfg.model if "model" in explicit else init.architecture
-    if not init.fits(model):
-        variants = " or ".join(variants_of(init.architecture))
-        also = f", or give --model {variants} (the same layers with other normalisation)" if variants else ""
-        raise ConfigError(f"--model {cfg.model} contradicts --init {cfg.init}, a {init.architecture!r} "
-                          f"model. Drop --model (the init model's architecture is used){also}.")
+    init.check_fits(model)
     init_spec = cfg.init if cfg.init == "default" else str(Path(cfg.init).resolve())
     return dataclasses.replace(cfg, model=model, init=init_spec), init
 

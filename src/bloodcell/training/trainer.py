@@ -114,10 +114,8 @@ class Trainer:
                               "weights (pretrained), not both.")
         if self.init is None and cfg.init and not (self.resume and has_checkpoint(run_dir)):
             self.init = open_init(cfg.init)
-        if self.init is not None and not self.init.fits(cfg.model):
-            raise ConfigError(f"model is {cfg.model!r} but the init model {self.init.folder} is a "
-                              f"{self.init.architecture!r}; training from an init model keeps its architecture. "
-                              "Drop the model setting.")
+        if self.init is not None:
+            self.init.check_fits(cfg.model)
         self.pre = self.pre or make_preprocess(cfg, self.data.class_names, self.init)
         check_data(self.data, self.pre)
         check_image_size(cfg.model, self.pre.image_size)

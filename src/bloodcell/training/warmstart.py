@@ -14,12 +14,12 @@ from pathlib import Path
 
 from torch import nn
 
-from bloodcell.core.errors import ModelError
+from bloodcell.core.errors import ConfigError, ModelError
 from bloodcell.core.model_choice import default_model_dir
 from bloodcell.core.model_folder import META, WEIGHTS, folder_of, is_model_folder, read_meta
 from bloodcell.core.preprocess import PreprocessConfig
 from bloodcell.networks.loading import load_model
-from bloodcell.networks.registry import get_entry
+from bloodcell.networks.registry import get_entry, variants_of
 from bloodcell.training.norm_transfer import match_norm_statistics
 
 
@@ -40,6 +40,16 @@ class InitSource:
         """Whether ``architecture`` can start from this model's weights: the same one, or the same
         layers with other normalisation (a registered ``weights_of`` this model's architecture)."""
         return architecture == self.architecture or get_entry(architecture).weights_of == self.architecture
+
+    def check_fits(self, architecture: str) -> None:
+        """Refuse an ``architecture`` this model's weights do not fit, naming those they do fit."""
+        if self.fits(architecture):
+            return
+        variants = " or ".join(variants_of(self.architecture))
+        also = f", or give --model {variants} (the same layers with other normalisation)" if variants else ""
+        raise ConfigError(f"--model {architecture} contradicts --init {self.folder}, a {self.architecture!r} model: "
+                          "training from an init model keeps its architecture. Drop --model (the init model's "
+                          f"architecture is used){also}.")
 
 
 #: The ``--init`` value that stands for the model shipped in the package.
