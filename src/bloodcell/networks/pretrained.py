@@ -92,7 +92,7 @@ def map_state_dict(source: dict[str, torch.Tensor], model: nn.Module) -> dict[st
         pairs = list(zip(src_keys, tgt_keys))
     mapped: dict[str, torch.Tensor] = {}
     for s, t in pairs:
-        if s.rsplit(".", 1)[-1] != t.rsplit(".", 1)[-1] or src[s].shape != target[t].shape:
+        if _role(s) != _role(t) or src[s].shape != target[t].shape:
             raise ModelError(
                 f"Weight {s!r} {tuple(src[s].shape)} does not fit model tensor {t!r} "
                 f"{tuple(target[t].shape)}; the weight file is for another architecture."

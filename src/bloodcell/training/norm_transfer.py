@@ -64,8 +64,7 @@ def _reference_moments(reference: nn.Module, names: list[str], x: torch.Tensor) 
 
 
 @torch.no_grad()
-def _own_moments(model: nn.Module, name: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    layer = dict(model.named_modules())[name]
+def _own_moments(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     seen = {}
 
     def stop(_m, args, _out):
@@ -104,11 +103,12 @@ def match_norm_statistics(model: nn.Module, pre: PreprocessConfig, reference: nn
     try:
         targets = _reference_moments(reference, names, torch.from_numpy(normalize(sample, reference_pre)))
         x = torch.from_numpy(normalize(sample, pre))
+        layers = dict(model.named_modules())
         for name in names:
-            layer = dict(model.named_modules())[name]
+            layer = layers[name]
             layer.weight.fill_(1.0)
             layer.bias.zero_()
-            mean, std = _own_moments(model, name, x)
+            mean, std = _own_moments(model, layer, x)
             want_mean, want_std = targets[name]
             layer.weight.copy_(want_std / std)
             layer.bias.copy_(want_mean - layer.weight * mean)

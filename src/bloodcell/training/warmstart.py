@@ -157,7 +157,7 @@ def apply_init(model: nn.Module, source: InitSource, class_names: tuple[str, ...
             if c in old_names:
                 fresh[i] = src[old_names.index(c)]
         mapped[key] = fresh
-    model.load_state_dict(mapped, strict=True)
+    model.load_state_dict(mapped)
     matched = 0
     if images is not None and pre is not None:
         matched = match_norm_statistics(model, pre, reference.module, reference.preprocess, images)
