@@ -70,6 +70,8 @@ def test_networks_that_cannot_be_averaged_are_refused(runs, tmp_path):
         bloodcell.soup(runs[:1], tmp_path / "one")
     with pytest.raises(ConfigError, match="one per model"):
         bloodcell.soup(runs[:2], tmp_path / "w", weights=[1.0])
+    with pytest.raises(ConfigError, match=r"Soup weights must be positive finite numbers; got \[1.0, -1.0\]"):
+        bloodcell.soup(runs[:2], tmp_path / "w", weights=[1.0, -1.0])
     with pytest.raises(ConfigError, match="is one of the given models"):
         bloodcell.soup(runs[:2], runs[0])
     other = tmp_path / "other_classes"

@@ -117,6 +117,8 @@ def soup(models: list[str | Path], output: str | Path, *, weights: list[float] |
     """
     if weights is not None and len(weights) != len(models):
         raise ConfigError(f"--weights gives {len(weights)} weight(s) for {len(models)} model(s); give one per model.")
+    if weights is not None:
+        normalize_weights(weights, len(models), what="Soup weights")  # the user's numbers, before ensembles expand
     folders, w = _ingredients(models, weights)
     out = Path(output)
     check_output(folders, out, force, what="soup")

@@ -102,8 +102,9 @@ class EnsembleModule(nn.Module):
         return torch.logsumexp(torch.stack([m(x) for m in self.members]), dim=0)
 
 
-def normalize_weights(weights, n: int) -> list[float]:
-    """Check ensemble weights (one positive finite number per member) and scale them to sum 1.
+def normalize_weights(weights, n: int, what: str = "Ensemble weights") -> list[float]:
+    """Check ensemble weights (one positive finite number per member) and scale them to sum 1;
+    ``what`` names them in the error.
 
     Raises
     ------
@@ -117,12 +118,12 @@ def normalize_weights(weights, n: int) -> list[float]:
     try:
         values = [float(w) for w in weights]
     except (TypeError, ValueError):
-        raise ConfigError(f"Ensemble weights must be numbers; got {weights!r}. {fix}") from None
+        raise ConfigError(f"{what} must be numbers; got {weights!r}. {fix}") from None
     if len(values) != n:
-        raise ConfigError(f"Ensemble weights: expected {n} (one per member), got {len(values)}: {values}. {fix}")
+        raise ConfigError(f"{what}: expected {n} (one per member), got {len(values)}: {values}. {fix}")
     bad = [w for w in values if not (math.isfinite(w) and w > 0)]
     if bad:
-        raise ConfigError(f"Ensemble weights must be positive finite numbers; got {values} (bad: {bad}). {fix}")
+        raise ConfigError(f"{what} must be positive finite numbers; got {values} (bad: {bad}). {fix}")
     total = sum(values)
     return [w / total for w in values]
 
