@@ -39,8 +39,8 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from bloodcell import Classifier, canonical_class, decode_image
-from bloodcell.adaptation.tune import reestimate_batch_norm
 from bloodcell.core.locate import HED_FROM_RGB, RGB_FROM_HED, crop_box, locate_cell, typical_share
+from bloodcell.networks.batch_norm import reestimate_batch_norm
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

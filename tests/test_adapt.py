@@ -132,8 +132,8 @@ def test_existing_output_needs_force(lab, tmp_path):
 
 def test_batch_norm_statistics_are_reestimated_on_the_cells_eight_views():
     from bloodcell.adaptation.network import dihedral_views
-    from bloodcell.adaptation.tune import reestimate_batch_norm
     from bloodcell.core.preprocess import PreprocessConfig, normalize
+    from bloodcell.networks.batch_norm import reestimate_batch_norm
 
     torch.manual_seed(0)
     conv, bn = torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)

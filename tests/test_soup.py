@@ -106,3 +106,59 @@ def test_the_cli_writes_the_soup_and_says_what_to_do_next(runs, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "bloodcell", "soup", str(runs[0]), "-o", str(tmp_path / "x")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "at least two networks" in bad.stderr and "Traceback" not in bad.stderr
+
+
+
+@pytest.fixture(scope="module")
+def bn_runs(tmp_path_factory):
+    """Two tiny networks with batch norm, and an .npz of the cells they trained on."""
+    root = tmp_path_factory.mktemp("soup_bn")
+    data = tiny_data(size=32)
+    for seed in (0, 1):
+        fit(tiny_config(model="enhanced_cnn", image_size=32, epochs=1, seed=seed), data, root / f"s{seed}",
+            progress=False)
+    np.savez(root / "cells.npz", images=data.train_images, labels=data.train_labels)
+    return [root / "s0", root / "s1"], root / "cells.npz"
+
+
+def test_batch_norm_statistics_are_reestimated_on_the_datas_images_when_asked(bn_runs, tmp_path):
+    from bloodcell.core.preprocess import PreprocessConfig
+    from bloodcell.data.cache import sample_arrays
+    from bloodcell.networks.batch_norm import batch_norm_layers, reestimate_batch_norm
+    from bloodcell.packaging.card import card
+
+    runs, data = bn_runs
+    plain = bloodcell.soup(runs, tmp_path / "plain")
+    fresh = bloodcell.soup(runs, tmp_path / "fresh", batch_norm_data=data, batch_norm_images=6, seed=3)
+    meta = read_meta(fresh)
+    net = load_model(plain).module
+    layers = len(batch_norm_layers(net))
+    assert layers > 0 and meta["soup"]["batch_norm"] == {"reestimated_on_images": 6, "layers": layers}
+    assert card(meta)["soup"]["batch_norm"]["reestimated_on_images"] == 6
+    a, b = _state(plain), _state(fresh)
+    means = [k for k in a if k.endswith("running_mean")]
+    assert all(torch.equal(a[k], b[k]) for k in a if "running" not in k and "num_batches" not in k)
+    assert not any(torch.allclose(a[k], b[k]) for k in means)
+    # the statistics are those of the same six images: re-estimating the plain soup on them gives them
+    pre = PreprocessConfig.from_dict(meta["preprocess"])
+    assert reestimate_batch_norm(net, sample_arrays(data, pre, 6, 3), pre) == layers
+    state = net.state_dict()
+    assert all(torch.allclose(state[k].float(), b[k].float(), atol=1e-5) for k in means)
+
+
+def test_the_cli_reestimates_batch_norm_and_refuses_an_image_count_without_data(bn_runs, tmp_path):
+    runs, data = bn_runs
+    out = tmp_path / "cli_bn"
+    done = subprocess.run([sys.executable, "-m", "bloodcell", "soup", *map(str, runs), "-o", str(out),
+                           "--batch-norm-data", str(data), "--batch-norm-images", "4"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"re-estimated on 4 images of {data}" in done.stdout
+    bad = subprocess.run([sys.executable, "-m", "bloodcell", "soup", *map(str, runs), "-o", str(tmp_path / "x"),
+                          "--batch-norm-images", "4"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "--batch-norm-images goes with --batch-norm-data" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    zero = subprocess.run([sys.executable, "-m", "bloodcell", "soup", *map(str, runs), "-o", str(tmp_path / "z"),
+                           "--batch-norm-data", str(data), "--batch-norm-images", "0"],
+                          capture_output=True, text=True, timeout=120)
+    assert zero.returncode != 0 and "must be at least 1, got 0" in zero.stderr and not (tmp_path / "z").exists()

@@ -31,7 +31,7 @@ _LAZY = {
     "models": "bloodcell.networks.registry",
     "train": "bloodcell.training",
     "ensemble": "bloodcell.networks.ensemble",
-    "soup": "bloodcell.networks.soup",
+    "soup": "bloodcell.training.soup",
     "evaluate": "bloodcell.evaluation",
     "calibrate": "bloodcell.evaluation",
     "compare": "bloodcell.evaluation",

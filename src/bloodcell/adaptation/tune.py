@@ -41,6 +41,7 @@ from bloodcell.adaptation.jitter import jittered_copies
 from bloodcell.adaptation.network import dihedral_views, split_network
 from bloodcell.core.errors import ConfigError
 from bloodcell.core.preprocess import normalize
+from bloodcell.networks.batch_norm import reestimate_batch_norm
 
 METHODS = ("finetune", "linear", "prototype")
 BATCH_NORM = ("keep", "lab")
@@ -92,30 +93,6 @@ def _front_views(front: nn.Module, images: np.ndarray, preprocess, batch: int = 
         x = normalize(torch.from_numpy(np.ascontiguousarray(images[start : start + batch])), preprocess)
         parts.append(torch.stack([front(v.contiguous()) for v in dihedral_views(x)]))
     return torch.cat(parts, 1)
-
-
-@torch.no_grad()
-def reestimate_batch_norm(net: nn.Module, images: np.ndarray, preprocess, batch: int = 64) -> int:
-    """Replace every batch-norm layer's running statistics by those of the eight views of prepared
-    ``uint8`` images (NHWC), averaged over all batches; returns how many layers changed."""
-    layers = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not layers:
-        return 0
-    momentum = {m: m.momentum for m in layers}
-    for m in layers:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average over every batch seen
-        m.train()
-    try:
-        for start in range(0, len(images), batch):
-            x = normalize(torch.from_numpy(np.ascontiguousarray(images[start : start + batch])), preprocess)
-            for view in dihedral_views(x):
-                net(view.contiguous())
-    finally:
-        for m in layers:
-            m.momentum = momentum[m]
-            m.eval()
-    return len(layers)
 
 
 @torch.no_grad()

@@ -43,7 +43,7 @@ def card(meta: dict, path: str | Path | None = None) -> dict:
     if meta.get("ensemble"):
         facts["ensemble"] = meta["ensemble"]
     if meta.get("soup"):  # the mean of these networks' weights (bloodcell soup)
-        facts["soup"] = {k: meta["soup"][k] for k in ("members", "weights")}
+        facts["soup"] = {k: meta["soup"][k] for k in ("members", "weights", "batch_norm") if k in meta["soup"]}
     if path is not None:
         facts["path"] = str(path)
     ordered = {k: given.pop(k) for k in ORDER if k in given}

@@ -11,7 +11,7 @@ from bloodcell.core.errors import ConfigError
 from bloodcell.core.files import check_writable_file
 from bloodcell.core.model_folder import ONNX, read_meta
 from bloodcell.core.preprocess import PreprocessConfig
-from bloodcell.data import load_arrays, open_dataset
+from bloodcell.data.cache import sample_arrays
 from bloodcell.evaluation.comparison import read_evaluation
 from bloodcell.packaging.choices import FORMATS, MAX_MB, OPSET
 from bloodcell.packaging.onnx import export_onnx
@@ -24,18 +24,12 @@ def _say(message: str) -> None:
 
 
 def calibration_sample(source: str | Path, model: str | Path, n: int = 256, seed: int = 0) -> np.ndarray:
-    """Up to ``n`` images of ``source``, chosen at random (seeded) and prepared for ``model``,
-    for static int8 quantization; from the ``train`` rows only when ``source`` is a split manifest,
-    so no validation or test image shapes the int8 model."""
+    """Up to ``n`` images of ``source`` prepared for ``model``, for static int8 quantization
+    (:func:`bloodcell.data.cache.sample_arrays`: the ``train`` rows of a split manifest)."""
     if n < 1:
         raise ConfigError(f"--calibration-images must be at least 1, got {n}.")
     pre = PreprocessConfig.from_dict(read_meta(model)["preprocess"])
-    ds = open_dataset(source)
-    pool = np.asarray(ds.split_indices("train") if ds.has_splits else range(len(ds)), dtype=int)
-    if not len(pool):
-        raise ConfigError(f"{source}: the split manifest has no 'train' rows to calibrate on.")
-    pick = np.sort(pool[np.random.default_rng(seed).permutation(len(pool))[:n]])
-    return load_arrays(ds.select(pick.tolist()), pre, require_labels=False).images
+    return sample_arrays(source, pre, n, seed, purpose="calibrate on")
 
 
 def _check_onnx_options(quantize: str, half_weights: bool, calibration_data) -> None:
