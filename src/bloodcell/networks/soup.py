@@ -94,36 +94,11 @@ def _mean_state(folders: list[Path], weights: list[float]) -> dict[str, torch.Te
 
 def average_weights(models: list[str | Path], output: str | Path, *, weights: list[float] | None = None,
                     force: bool = False, batch_norm_images: Callable[[PreprocessConfig], np.ndarray] | None = None) -> Path:
-    """Average networks' weights into one model folder (the work of ``bloodcell soup``).
-
-    Parameters
-    ----------
-    models : list of str or Path
-        Two or more model folders of one architecture and the same preprocessing, best
-        fine-tuned from the same pretrained weights; an ensemble folder stands for its members.
-    output : str or Path
-        The model folder to write (uncalibrated: run ``bloodcell calibrate`` on it).
-    weights : list of float, optional
-        One positive weight per given folder (scaled to sum 1; default: equal; an ensemble's
-        members share its weight as the ensemble weights them).
-    force : bool
-        Replace ``output`` if it exists.
-    batch_norm_images : callable, optional
-        Given the soup's preprocessing, returns prepared ``uint8`` images (NHWC) on which the
-        batch-norm statistics are re-estimated (:func:`~bloodcell.networks.batch_norm.reestimate_batch_norm`)
-        instead of averaged.
-
-    Returns
-    -------
-    Path
-        ``output``, a model folder every command accepts.
-
-    Raises
-    ------
-    ConfigError
-        Fewer than two networks, bad weights, or ``output`` exists (without ``force``) or is a given folder.
-    ModelError
-        A folder is not a readable model, or the networks differ in architecture, input or tensors.
+    """Average networks' weights into one model folder: the work of :func:`bloodcell.training.soup.soup`
+    (``bloodcell soup``), whose documentation gives ``models``, ``output``, ``weights``, ``force``,
+    what it returns and raises. ``batch_norm_images``, given the soup's preprocessing, returns prepared
+    ``uint8`` images (NHWC) on which the batch-norm statistics are re-estimated
+    (:func:`~bloodcell.networks.batch_norm.reestimate_batch_norm`) instead of averaged.
     """
     if weights is not None and len(weights) != len(models):
         raise ConfigError(f"--weights gives {len(weights)} weight(s) for {len(models)} model(s); give one per model.")
