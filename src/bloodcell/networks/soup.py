@@ -119,6 +119,7 @@ def average_weights(models: list[str | Path], output: str | Path, *, weights: li
     module.load_state_dict(state)
     if batch_norm_images is not None:
         images = batch_norm_images(PreprocessConfig.from_dict(meta["preprocess"]))
+        module.to(memory_format=torch.channels_last)  # as load_model runs it on the CPU: about twice as fast
         layers = reestimate_batch_norm(module, images, PreprocessConfig.from_dict(meta["preprocess"]))
         meta["soup"]["batch_norm"] = {"reestimated_on_images": len(images), "layers": layers}
     with staged_folder(out) as staging:
