@@ -123,7 +123,7 @@ def bn_runs(tmp_path_factory):
 
 def test_batch_norm_statistics_are_reestimated_on_the_datas_images_when_asked(bn_runs, tmp_path):
     from bloodcell.core.preprocess import PreprocessConfig
-    from bloodcell.data.cache import sample_arrays
+    from bloodcell.data.cache import load_arrays, sample_rows
     from bloodcell.networks.batch_norm import batch_norm_layers, reestimate_batch_norm
     from bloodcell.packaging.card import card
 
@@ -141,7 +141,7 @@ def test_batch_norm_statistics_are_reestimated_on_the_datas_images_when_asked(bn
     assert not any(torch.allclose(a[k], b[k]) for k in means)
     # the statistics are those of the same six images: re-estimating the plain soup on them gives them
     pre = PreprocessConfig.from_dict(meta["preprocess"])
-    assert reestimate_batch_norm(net, sample_arrays(data, pre, 6, 3), pre) == layers
+    assert reestimate_batch_norm(net, load_arrays(sample_rows(data, 6, 3), pre, require_labels=False).images, pre) == layers
     state = net.state_dict()
     assert all(torch.allclose(state[k].float(), b[k].float(), atol=1e-5) for k in means)
 

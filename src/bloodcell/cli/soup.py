@@ -32,7 +32,7 @@ def run(args) -> int:
         raise ConfigError("--batch-norm-images goes with --batch-norm-data (the images to re-estimate on).")
     out = soup(args.models, args.output, weights=args.weights, batch_norm_data=args.batch_norm_data,
                batch_norm_images=BATCH_NORM_IMAGES if args.batch_norm_images is None else args.batch_norm_images,
-               force=args.force)
+               force=args.force, progress=True)
     meta = read_meta(out)
     for source, w in zip(meta["soup"]["members"], meta["soup"]["weights"]):
         print(f"  {w:.3f}  {source}")

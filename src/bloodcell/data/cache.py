@@ -259,15 +259,15 @@ def cache_folders(root: Path) -> list[dict]:
     return out
 
 
-def sample_arrays(source, preprocess: PreprocessConfig, n: int, seed: int = 0, purpose: str = "use") -> np.ndarray:
-    """Up to ``n`` images of ``source``, chosen at random (seeded) and prepared with ``preprocess``
-    (``uint8`` NHWC); from the ``train`` rows only when ``source`` is a split manifest, so no
-    validation or test image shapes what they are used for (``purpose`` names it in errors)."""
+def sample_rows(source, n: int, seed: int = 0, option: str = "n") -> Dataset:
+    """Up to ``n`` rows of ``source`` chosen at random (seeded), as a dataset; from the ``train``
+    rows only when ``source`` is a split manifest, so no validation or test image shapes what they
+    are used for. ``option`` names ``n`` in the errors. Nothing is decoded."""
     if n < 1:
-        raise ConfigError(f"The number of images to {purpose} must be at least 1, got {n}.")
+        raise ConfigError(f"{option} must be at least 1, got {n}.")
     ds = open_dataset(source)
     pool = np.asarray(ds.split_indices("train") if ds.has_splits else range(len(ds)), dtype=int)
     if not len(pool):
-        raise ConfigError(f"{source}: the split manifest has no 'train' rows to {purpose}.")
+        raise ConfigError(f"{source}: the split manifest has no 'train' rows to draw {option} images from.")
     pick = np.sort(pool[np.random.default_rng(seed).permutation(len(pool))[:n]])
-    return load_arrays(ds.select(pick.tolist()), preprocess, require_labels=False, progress=False).images
+    return ds.select(pick.tolist())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from bloodcell.core.preprocess import normalize, tta_views
 
@@ -21,10 +22,11 @@ def batch_norm_layers(net: nn.Module) -> list[nn.Module]:
 
 
 @torch.no_grad()
-def reestimate_batch_norm(net: nn.Module, images: np.ndarray, preprocess, batch: int = 64) -> int:
+def reestimate_batch_norm(net: nn.Module, images: np.ndarray, preprocess, batch: int = 64, progress: bool = False) -> int:
     """Replace every batch-norm layer's running statistics by those of the eight views of prepared
     ``uint8`` images (NHWC), averaged over all batches; returns how many layers changed. Every other
-    layer runs as in inference (dropout off), and the network is left in eval mode."""
+    layer runs as in inference (dropout off), and the network is left in eval mode; ``progress``
+    shows a bar on stderr."""
     layers = batch_norm_layers(net)
     net.eval()
     if not layers:
@@ -35,7 +37,8 @@ def reestimate_batch_norm(net: nn.Module, images: np.ndarray, preprocess, batch:
         m.momentum = None  # a cumulative average over every batch seen
         m.train()
     try:
-        for start in range(0, len(images), batch):
+        starts = range(0, len(images), batch)
+        for start in tqdm(starts, desc="batch-norm statistics", unit="batch", disable=not progress, leave=False):
             for view in tta_views(images[start : start + batch]):
                 net(normalize(torch.from_numpy(view), preprocess).contiguous())
     finally:

@@ -93,12 +93,14 @@ def _mean_state(folders: list[Path], weights: list[float]) -> dict[str, torch.Te
 
 
 def average_weights(models: list[str | Path], output: str | Path, *, weights: list[float] | None = None,
-                    force: bool = False, batch_norm_images: Callable[[PreprocessConfig], np.ndarray] | None = None) -> Path:
+                    force: bool = False, batch_norm_images: Callable[[PreprocessConfig], np.ndarray] | None = None,
+                    progress: bool = False) -> Path:
     """Average networks' weights into one model folder: the work of :func:`bloodcell.training.soup.soup`
     (``bloodcell soup``), whose documentation gives ``models``, ``output``, ``weights``, ``force``,
     what it returns and raises. ``batch_norm_images``, given the soup's preprocessing, returns prepared
     ``uint8`` images (NHWC) on which the batch-norm statistics are re-estimated
-    (:func:`~bloodcell.networks.batch_norm.reestimate_batch_norm`) instead of averaged.
+    (:func:`~bloodcell.networks.batch_norm.reestimate_batch_norm`, with a progress bar when
+    ``progress``) instead of averaged.
     """
     if weights is not None and len(weights) != len(models):
         raise ConfigError(f"--weights gives {len(weights)} weight(s) for {len(models)} model(s); give one per model.")
@@ -118,9 +120,10 @@ def average_weights(models: list[str | Path], output: str | Path, *, weights: li
     module = build_module(meta)
     module.load_state_dict(state)
     if batch_norm_images is not None:
-        images = batch_norm_images(PreprocessConfig.from_dict(meta["preprocess"]))
+        pre = PreprocessConfig.from_dict(meta["preprocess"])
+        images = batch_norm_images(pre)
         module.to(memory_format=torch.channels_last)  # as load_model runs it on the CPU: about twice as fast
-        layers = reestimate_batch_norm(module, images, PreprocessConfig.from_dict(meta["preprocess"]))
+        layers = reestimate_batch_norm(module, images, pre, progress=progress)
         meta["soup"]["batch_norm"] = {"reestimated_on_images": len(images), "layers": layers}
     with staged_folder(out) as staging:
         save_model(staging, module, meta)

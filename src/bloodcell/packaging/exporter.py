@@ -11,7 +11,7 @@ from bloodcell.core.errors import ConfigError
 from bloodcell.core.files import check_writable_file
 from bloodcell.core.model_folder import ONNX, read_meta
 from bloodcell.core.preprocess import PreprocessConfig
-from bloodcell.data.cache import sample_arrays
+from bloodcell.data.cache import load_arrays, sample_rows
 from bloodcell.evaluation.comparison import read_evaluation
 from bloodcell.packaging.choices import FORMATS, MAX_MB, OPSET
 from bloodcell.packaging.onnx import export_onnx
@@ -25,11 +25,10 @@ def _say(message: str) -> None:
 
 def calibration_sample(source: str | Path, model: str | Path, n: int = 256, seed: int = 0) -> np.ndarray:
     """Up to ``n`` images of ``source`` prepared for ``model``, for static int8 quantization
-    (:func:`bloodcell.data.cache.sample_arrays`: the ``train`` rows of a split manifest)."""
-    if n < 1:
-        raise ConfigError(f"--calibration-images must be at least 1, got {n}.")
+    (:func:`bloodcell.data.cache.sample_rows`: the ``train`` rows of a split manifest)."""
+    rows = sample_rows(source, n, seed, option="--calibration-images")
     pre = PreprocessConfig.from_dict(read_meta(model)["preprocess"])
-    return sample_arrays(source, pre, n, seed, purpose="calibrate on")
+    return load_arrays(rows, pre, require_labels=False).images
 
 
 def _check_onnx_options(quantize: str, half_weights: bool, calibration_data) -> None:

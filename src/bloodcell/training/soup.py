@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bloodcell.core.errors import ConfigError
-from bloodcell.data.cache import sample_arrays
+from bloodcell.data.cache import load_arrays, sample_rows
 from bloodcell.networks.soup import average_weights
 
 #: Training images the batch-norm statistics are re-estimated on (eight views each).
@@ -15,7 +14,7 @@ BATCH_NORM_IMAGES = 3000
 
 def soup(models: list[str | Path], output: str | Path, *, weights: list[float] | None = None,
          batch_norm_data: str | Path | None = None, batch_norm_images: int = BATCH_NORM_IMAGES, seed: int = 0,
-         force: bool = False) -> Path:
+         force: bool = False, progress: bool = False) -> Path:
     """Average networks' weights into one model folder (``bloodcell soup``).
 
     Parameters
@@ -35,6 +34,8 @@ def soup(models: list[str | Path], output: str | Path, *, weights: list[float] |
         on other labs' looks do.
     force : bool
         Replace ``output`` if it exists.
+    progress : bool
+        Show progress bars on stderr while the images are read and the statistics re-estimated.
 
     Returns
     -------
@@ -52,10 +53,9 @@ def soup(models: list[str | Path], output: str | Path, *, weights: list[float] |
         ``batch_norm_data`` cannot be read.
     """
     images = None
-    if batch_norm_data is not None and batch_norm_images < 1:
-        raise ConfigError(f"--batch-norm-images must be at least 1, got {batch_norm_images}.")
-    if batch_norm_data is not None:
+    if batch_norm_data is not None:  # every check of the data before any weight is read
+        rows = sample_rows(batch_norm_data, batch_norm_images, seed, option="--batch-norm-images")
+
         def images(preprocess):
-            return sample_arrays(batch_norm_data, preprocess, batch_norm_images, seed,
-                                 purpose="re-estimate batch-norm statistics on")
-    return average_weights(models, output, weights=weights, force=force, batch_norm_images=images)
+            return load_arrays(rows, preprocess, require_labels=False, progress=progress).images
+    return average_weights(models, output, weights=weights, force=force, batch_norm_images=images, progress=progress)
