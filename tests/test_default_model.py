@@ -12,7 +12,7 @@ import pytest
 
 from bloodcell.core import model_choice as bundled
 from bloodcell.core.classes import CLASSES
-from bloodcell.core.model_folder import ONNX, read_meta
+from bloodcell.core.model_folder import ONNX, adapt_start, read_meta
 from bloodcell.packaging.choices import MAX_MB
 from bloodcell.packaging.package import REQUIRED_CARD
 
@@ -30,6 +30,17 @@ def test_packaged_model_is_complete_and_small():
     total = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
     assert total <= MAX_MB * 1e6, f"default model is {total / 1e6:.1f} MB"
     assert (folder / ONNX).is_file()
+
+
+def test_packaged_model_predicts_with_one_network_and_adapts_from_the_ensemble_it_learnt_from():
+    folder = bundled.packaged_model_dir()
+    meta = read_meta(folder)
+    assert "ensemble" not in meta and meta["config"]["teacher"]  # one network, distilled
+    inside = read_meta(adapt_start(folder))
+    assert adapt_start(folder) != folder and inside["ensemble"]["members"] == ["member_0", "member_1"]
+    assert meta["adapt_from"]["weights_sha256"]
+    assert "calibration" in inside and inside["training_cell_share"] == pytest.approx(meta["training_cell_share"])
+    assert inside["preprocess"] == meta["preprocess"]  # the same crop and classes, so adapting keeps what predict sees
 
 
 @pytest.mark.integration

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from PIL import Image
 
 import bloodcell
 from bloodcell.core.classes import CLASSES
-from bloodcell.core.model_folder import ONNX, WEIGHTS, is_trained, read_meta, write_meta
+from bloodcell.core.model_folder import ONNX, WEIGHTS, adapt_start, is_trained, read_meta, write_meta
 from bloodcell.pipelines import members as runner
 from bloodcell.pipelines.spec import Member, Spec, compare_list, default_spec, zoo_spec
 from conftest import synthetic_cell
@@ -44,9 +45,20 @@ def test_the_compare_list_is_the_zoo_and_default_specs():
     assert compare_list(zoo, default) == [
         "z/basic_cnn", "z/basic_cnn_augmented", "z/complex_cnn", "z/enhanced_cnn",
         "z/ensemble_3arch/efficientnet_b3", "z/ensemble_3arch/mobilenetv2_100", "z/ensemble_3arch/resnet50",
-        "z/ensemble_3arch/ensemble", "d/lite0_seed0", "d/lite0_seed1", "d/ensemble", "d/test_metrics.json"]
+        "z/ensemble_3arch/ensemble", "d/lite0_seed0", "d/lite0_seed1", "d/ensemble", "d/distilled"]
     assert [m.args[:2] for m in zoo.members] == [("--epochs", "10"), ("--epochs", "10"), ("--epochs", "8"),
                                                  ("--epochs", "8"), ("--epochs", "4")]
+
+
+def test_members_train_on_one_thread_each_and_the_distilled_network_on_every_core():
+    spec = default_spec("s.csv", "d")
+    member, distilled = spec.members[0], spec.distilled
+    assert runner.train_command(spec, member)[-3:] == ["--threads", "1", "--no-progress"]
+    command = runner.train_command(spec, distilled)
+    assert command[-3:] == ["--threads", str(os.cpu_count() or 1), "--no-progress"]
+    # it learns from the members' ensemble, with its own seed
+    assert command[command.index("--teacher") + 1] == str(Path("d") / "ensemble")
+    assert command[command.index("--seed") + 1] == "2" and command[command.index("--out") + 1] == str(Path("d/distilled"))
 
 
 def test_bad_specs_are_refused():
@@ -119,6 +131,16 @@ def test_default_pipeline_end_to_end_resuming_after_a_member_finished(split_mani
     assert (run / seed0.name / WEIGHTS).stat().st_mtime_ns == kept
     assert all(is_trained(run / m) and "calibration" in read_meta(run / m) for m in ("lite0_seed0", "lite0_seed1"))
     assert (run / "lite0_seed1.log").is_file() and (run / "test_metrics.json").is_file()
+    # the network distilled from the members' ensemble is what the package predicts with
+    distilled = read_meta(run / "distilled")
+    assert distilled["config"]["teacher"] == str(run / "ensemble") and "calibration" in distilled
+    assert result["distilled"] == str(run / "distilled") and (run / "distilled.log").is_file()
     meta = read_meta(package)
-    assert meta["ensemble"]["members"] == ["member_0", "member_1"] and meta["model_card"]["metrics"]
-    assert "ood" in meta and (package / ONNX).is_file()
+    assert "ensemble" not in meta and meta["architecture"] == "basic_cnn" and meta["model_card"]["metrics"]
+    assert "ood" in meta and (package / ONNX).is_file() and (package / WEIGHTS).is_file()
+    assert "test split" in meta["model_card"]["metrics"]["evaluated_on"]
+    # and the ensemble it learnt from ships inside it, for `adapt` to start from
+    assert adapt_start(package) == package / "adapt_from"
+    inside = read_meta(package / "adapt_from")
+    assert inside["ensemble"]["members"] == ["member_0", "member_1"] and "calibration" in inside
+    assert inside["training_cell_share"] > 0 and "ood" not in inside and not (package / "adapt_from" / ONNX).exists()

@@ -123,7 +123,8 @@ def _card(old: dict, record: dict) -> dict:
 
 def calibrate_adapted(folder: Path, src: Path, ds, fit_idx, held_idx, record: dict, target: float,
                       progress: bool) -> None:
-    """Calibrate the adapted model in ``folder`` on the held-out cells and write its record and card."""
+    """Calibrate the adapted model in ``folder`` on the held-out cells and write its record and card; ``src`` is
+    the model the user named (its figures on the same cells and its card are kept beside the adapted ones)."""
     loaded = load_model(folder, "cpu")
     names = loaded.class_names
     fit = load_arrays(ds.select(fit_idx.tolist()), loaded.preprocess, class_names=names, progress=progress)

@@ -19,7 +19,7 @@ from bloodcell.adaptation.tune import TuneSettings
 from bloodcell.core.errors import ConfigError, DataError, ModelError
 from bloodcell.core.files import atomic_write_json, check_writable_folder, staged_folder
 from bloodcell.core.model_choice import resolve_model
-from bloodcell.core.model_folder import is_model_folder, read_meta, write_meta
+from bloodcell.core.model_folder import adapt_start, is_model_folder, read_meta, write_meta
 from bloodcell.core.preprocess import PreprocessConfig
 from bloodcell.data import open_dataset
 from bloodcell.networks.ensemble import write_ensemble_meta
@@ -44,11 +44,13 @@ def _check_out(out: Path, model: Path, force: bool) -> None:
     check_writable_folder(out.parent, "output folder's parent", "--out")
 
 
-def _model_folder(model) -> Path:
+def _model_folders(model) -> tuple[Path, Path]:
+    """The model named (or the default model) and the folder adaptation starts from: itself, or the model
+    it ships for adaptation (:func:`~bloodcell.core.model_folder.adapt_start`)."""
     path = resolve_model(model)
     if not is_model_folder(path):
         raise ModelError(f"{path}: adaptation needs a model folder (model.json + weights), not an .onnx file.")
-    return path
+    return path, adapt_start(path)
 
 
 def _read_data(data, class_names: tuple[str, ...]):
@@ -112,7 +114,9 @@ def adapt(data, out, *, model=None, method: str = "finetune", epochs: int | None
         The lab's labelled cells (class folders, ``.npz`` or CSV manifest; a few per class or more); the model
         folder to write (``predict``, ``serve``, ``evaluate``, ``export`` take it).
     model : str or Path, optional
-        The model folder to start from (default: the packaged model, or ``$BLOODCELL_MODEL``).
+        The model folder to start from (default: the packaged model, or ``$BLOODCELL_MODEL``); a model
+        that ships another for adaptation (``model.json["adapt_from"]``, as the default model ships the
+        ensemble its network was distilled from) starts from that one.
     method, epochs, copies, batch_norm, drop_absent
         How the networks are adapted (:mod:`~bloodcell.adaptation.tune`): finetune, linear or prototype;
         passes over the views; cells in all with jittered copies (:mod:`~bloodcell.adaptation.jitter`;
@@ -136,22 +140,24 @@ def adapt(data, out, *, model=None, method: str = "finetune", epochs: int | None
         The folder, the record stored in its ``model.json`` (its ``seconds``: the adaptation's), wall time, export.
     """
     start, settings = time.perf_counter(), _settings(method, epochs, copies, batch_norm, seed, held_out)
-    src, out = _model_folder(model), Path(out)
-    _check_out(out, src, force)
+    (named, src), out = _model_folders(model), Path(out)
+    _check_out(out, named, force)
     names = tuple(read_meta(src)["preprocess"]["class_names"])
     ds, labels = _read_data(data, names)
     fit_idx, held_idx = split_holdout(labels, held_out, seed)
     scale = _scale(src, ds.select(fit_idx.tolist()), settings, match_scale)  # sets the crop the record shows
     record = {**_record(src, data, settings, names, labels, (fit_idx, held_idx), held_out, drop_absent), "scale": scale}
+    if named != src:
+        record["original_model"] = str(named)
     keep = [c for i, c in enumerate(names) if i in set(labels.tolist())] if drop_absent else None
     report, bar = _reporter(progress, status_file)
     try:
         with staged_folder(out) as staging:
-            report(0.0, f"adapting {src.name} to {len(fit_idx)} cells, {len(held_idx)} held out")
+            report(0.0, f"adapting {named.name} to {len(fit_idx)} cells, {len(held_idx)} held out")
             _write_networks(staging, src, ds.select(fit_idx.tolist()), settings, keep, imagenet_member, record,
                             report, progress)
             report(0.85, "calibrating on the held-out cells and refitting the out-of-distribution check")
-            calibrate_adapted(staging, src, ds, fit_idx, held_idx, record, target_accuracy, progress)
+            calibrate_adapted(staging, named, ds, fit_idx, held_idx, record, target_accuracy, progress)
             record["seconds"] = round(time.perf_counter() - start, 1)
             _store_seconds(staging, record["seconds"])
         onnx = _export(out, report) if export else None

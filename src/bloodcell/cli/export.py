@@ -40,6 +40,10 @@ def add_arguments(parser) -> None:
                              "labs' colour, stain, scale and optics) that the cell-vs-non-cell check is fitted on, so "
                              "other labs' cells are not flagged (default: the model's own training augmentation when it "
                              "imitates other labs, else robust_default)")
+    parser.add_argument("--adapt-from", default=None, metavar="MODEL",
+                        help="--format default: a calibrated model folder shipped inside the package for `bloodcell "
+                             "adapt` to start from (the default model ships the ensemble its network was distilled "
+                             "from); default: adapt starts from the packaged model itself")
     parser.add_argument("--max-mb", type=float, default=MAX_MB, help=f"--format default: size budget in MB (default: {MAX_MB:g})")
 
 
@@ -49,5 +53,6 @@ def run(args) -> int:
     export(args.model, format=args.format, output=args.output, quantize=args.quantize,
            calibration_data=args.calibration_data, calibration_images=args.calibration_images, opset=args.opset,
            data=args.data, card=args.card, metrics=args.metrics, half_weights=args.half_weights,
-           per_class=args.per_class, max_mb=args.max_mb, ood_augment=args.ood_augment)
+           per_class=args.per_class, max_mb=args.max_mb, ood_augment=args.ood_augment,
+           adapt_from=args.adapt_from)
     return 0

@@ -37,6 +37,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--report", default="reports/zoo", metavar="DIR", help="zoo-table: output folder (default reports/zoo)")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(specs.DEFAULT_SEEDS),
                         help="default: one member per seed (default: 0 1)")
+    parser.add_argument("--distilled-seed", type=int, default=specs.DISTILLED_SEED,
+                        help=f"default: seed of the network distilled from the members' ensemble, which the default "
+                             f"model predicts with (default: {specs.DISTILLED_SEED})")
     parser.add_argument("--recipe", default=specs.DEFAULT_RECIPE, help="default: the members' recipe (default: default)")
     parser.add_argument("--study", nargs="+", default=list(specs.ZOO_STUDY), metavar="RECIPE:EPOCHS",
                         help=f"zoo: the study CNNs (default: {' '.join(specs.ZOO_STUDY)})")
@@ -58,7 +61,8 @@ def run(args) -> int:
 
     result = pipeline(args.name, data=args.data, default_run=args.default_run, zoo_run=args.zoo_run,
                       package=args.package, card=args.card or None, report=args.report, seeds=args.seeds,
-                      recipe=args.recipe, study=args.study, ensemble_epochs=args.ensemble_epochs,
+                      recipe=args.recipe, distilled_seed=args.distilled_seed, study=args.study,
+                      ensemble_epochs=args.ensemble_epochs,
                       zoo_args=shlex.split(args.zoo_args), train_args=shlex.split(args.train_args),
                       jobs=args.jobs, timeout=args.timeout, say=lambda m: print(m, file=sys.stderr, flush=True))
     if args.json:

@@ -25,6 +25,9 @@ WEIGHTS = "model.safetensors"
 ONNX = "model.onnx"
 OOD = "ood.safetensors"
 FINISHED = ("completed", "early_stopping")
+#: Sub-folder of a packaged model holding the model ``bloodcell adapt`` starts from, when that is not the
+#: model itself (the default model predicts with one network distilled from the ensemble it adapts from).
+ADAPT_FROM = "adapt_from"
 
 
 def meta_path(path: str | Path) -> Path:
@@ -68,6 +71,26 @@ def read_meta(folder: str | Path) -> dict:
         found = meta.get("format") if isinstance(meta, dict) else None
         raise ModelError(f"{path}: not a bloodcell model file (format {found!r}, expected {FORMAT!r}).")
     return meta
+
+
+def adapt_start(folder: str | Path) -> Path:
+    """The model folder ``bloodcell adapt`` starts from: the one ``model.json["adapt_from"]`` names inside
+    ``folder``, else ``folder`` itself.
+
+    Raises
+    ------
+    ModelError
+        When ``model.json`` names a sub-folder that holds no model.
+    """
+    folder = Path(folder)
+    start = (read_meta(folder).get("adapt_from") or {}).get("folder")
+    if not start:
+        return folder
+    path = folder / start
+    if not (path / META).is_file():
+        raise ModelError(f"{folder}: {META} says adaptation starts from {path}, which holds no model; restore it "
+                         "or reinstall bloodcell.")
+    return path
 
 
 def write_meta(folder: str | Path, meta: dict) -> Path:

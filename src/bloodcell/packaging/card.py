@@ -42,6 +42,9 @@ def card(meta: dict, path: str | Path | None = None) -> dict:
     }
     if meta.get("ensemble"):
         facts["ensemble"] = meta["ensemble"]
+    if meta.get("adapt_from"):  # the model `bloodcell adapt` starts from, shipped inside this one
+        facts["adapt_from"] = {k: meta["adapt_from"][k] for k in ("folder", "architecture", "members")
+                               if k in meta["adapt_from"]}
     if meta.get("soup"):  # the mean of these networks' weights (bloodcell soup)
         facts["soup"] = {k: meta["soup"][k] for k in ("members", "weights", "batch_norm") if k in meta["soup"]}
     if path is not None:

@@ -40,7 +40,7 @@ def _check_onnx_options(quantize: str, half_weights: bool, calibration_data) -> 
 
 
 def _export_default(model, output, data, card, metrics, quantize, half_weights, per_class, max_mb, ood_augment,
-                    say) -> Path:
+                    adapt_from, say) -> Path:
     if not data:
         raise ConfigError("--format default needs --data: the training dataset or its split manifest.")
     card = read_card(card) if card else None
@@ -50,14 +50,15 @@ def _export_default(model, output, data, card, metrics, quantize, half_weights, 
                           f"check is fitted on). {recipe_hint(ood_augment)}.")
     augment = load_config(recipe=ood_augment).augment if ood_augment else None
     return package_default(model, data, output, card=card, evaluation=evaluation, quantize=quantize,
-                           half_weights=half_weights, per_class=per_class, max_mb=max_mb, ood_augment=augment, say=say)
+                           half_weights=half_weights, per_class=per_class, max_mb=max_mb, ood_augment=augment,
+                           adapt_from=adapt_from, say=say)
 
 
 def export(model: str | Path, *, format: str = "onnx", output: str | Path | None = None, quantize: str = "none",
            calibration_data: str | Path | None = None, calibration_images: int = 256, opset: int = OPSET,
            data: str | Path | None = None, card: str | Path | None = None, metrics: str | Path | None = None,
            half_weights: bool = False, per_class: int = 300, max_mb: float = MAX_MB, ood_augment: str | None = None,
-           say=_say) -> Path:
+           adapt_from: str | Path | None = None, say=_say) -> Path:
     """Export a model to ONNX, or package it as the default model (``bloodcell export``).
 
     Parameters
@@ -78,10 +79,11 @@ def export(model: str | Path, *, format: str = "onnx", output: str | Path | None
         Images sampled (seeded) from ``calibration_data``.
     opset : int
         ONNX opset (17 or newer).
-    data, card, metrics, per_class, max_mb, ood_augment
+    data, card, metrics, per_class, max_mb, ood_augment, adapt_from
         ``format="default"``: see :func:`bloodcell.packaging.package.package_default` (``card`` and
         ``metrics`` as files; ``ood_augment`` a training recipe's name, whose augmentation draws the
-        other-lab copies of the cells the out-of-distribution check is fitted on).
+        other-lab copies of the cells the out-of-distribution check is fitted on; ``adapt_from`` a
+        calibrated model folder shipped inside for ``bloodcell adapt`` to start from).
     half_weights : bool
         Store the weights as float16 (not with int8 quantization).
     say : callable
@@ -103,7 +105,10 @@ def export(model: str | Path, *, format: str = "onnx", output: str | Path | None
         raise ConfigError(f"format must be one of {list(FORMATS)}, got {format!r}.")
     if format == "default":
         return _export_default(model, output, data, card, metrics, quantize, half_weights, per_class, max_mb,
-                               ood_augment, say)
+                               ood_augment, adapt_from, say)
+    if adapt_from is not None:
+        raise ConfigError("--adapt-from belongs to --format default (a packaged model ships the model adapt starts "
+                          "from); an .onnx file has no room for it.")
     _check_onnx_options(quantize, half_weights, calibration_data)
     read_meta(model)
     check_writable_file(Path(output) if output is not None else Path(model) / ONNX, "ONNX file", "-o")

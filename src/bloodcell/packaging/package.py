@@ -19,7 +19,11 @@ runs :func:`package_default`:
    ``model.onnx``, writes its int8 twin ``model.int8.onnx`` (static QDQ,
    calibrated on training images; ``bloodcell predict --precision int8``) and
    records its agreement with float32 on the held-out images;
-5. checks the size budget, makes the files world-readable and swaps the
+5. with ``adapt_from`` (the default model: the ensemble its network was distilled from), copies that
+   model into ``adapt_from/`` (float16 with ``half_weights``; no exports), recording the share of its
+   crop a training cell fills, and names it in ``model.json["adapt_from"]``: ``bloodcell adapt``
+   starts from it (:func:`bloodcell.core.model_folder.adapt_start`);
+6. checks the size budget, makes the files world-readable and swaps the
    folder into place (``bloodcell/default_model/`` by default).
 """
 
@@ -36,7 +40,7 @@ from safetensors.torch import load_file, save_file
 from bloodcell.core.errors import ConfigError, DataError, ModelError
 from bloodcell.core.files import check_writable_folder, staged_folder
 from bloodcell.core.model_choice import packaged_model_dir
-from bloodcell.core.model_folder import ONNX, read_meta, weight_files, weights_digest, write_meta
+from bloodcell.core.model_folder import ADAPT_FROM, ONNX, read_meta, weight_files, weights_digest, write_meta
 from bloodcell.data import load_arrays, open_dataset
 from bloodcell.networks.loading import copy_model, load_model
 from bloodcell.ood.fit import fit_ood, save_head
@@ -228,6 +232,33 @@ def _export_int8(staging: Path, meta: dict, train, held, say, calibration_images
     return meta["onnx_int8"]
 
 
+def _check_adapt_from(model: Path, classes) -> None:
+    """Refuse, before any work, a model for ``adapt_from`` that is uncalibrated or knows other classes."""
+    meta = read_meta(model)
+    if "calibration" not in meta:
+        raise ConfigError(f"{model}: the model adaptation starts from must be calibrated first "
+                          f"(`bloodcell calibrate {model} SPLIT.csv`).")
+    if list(meta["preprocess"]["class_names"]) != list(classes):
+        raise ConfigError(f"{model}: the model adaptation starts from must know the packaged model's classes "
+                          f"{list(classes)}, in that order; it has {list(meta['preprocess']['class_names'])}.")
+
+
+def _add_adapt_from(staging: Path, model: Path, data, half_weights: bool, say) -> dict:
+    """Copy ``model`` into ``staging/adapt_from`` for ``bloodcell adapt`` and return its record."""
+    meta = read_meta(model)
+    say(f"Adding the model adaptation starts from: {model} -> {ADAPT_FROM}/ ...")
+    folder = copy_model(model, staging / ADAPT_FROM)
+    if half_weights:
+        _half_weights(folder)
+    crop = float(meta["preprocess"].get("crop_fraction", 1.0))
+    meta["training_cell_share"] = round(measure_cell_share(str(data), crop), 4)
+    for stale in ("onnx", "onnx_int8", "ood"):  # its exports and cell check are not copied
+        meta.pop(stale, None)
+    write_meta(folder, meta)
+    return {"folder": ADAPT_FROM, "from": str(model), "architecture": meta.get("architecture"),
+            "members": (meta.get("ensemble") or {}).get("members") or [], "weights_sha256": weights_digest(model)}
+
+
 def _check_size(folder: Path, max_mb: float) -> float:
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
     if size > max_mb:
@@ -260,7 +291,8 @@ def package_default(model: str | Path, data: str | Path, out: str | Path | None 
                     evaluation: dict | None = None, quantize: str = "none", half_weights: bool = False,
                     per_class: int = 300, heldout_per_class: int = 150, max_false_flag: float = 0.01,
                     non_cells_per_kind: int = 60, max_mb: float = MAX_MB, seed: int = 0,
-                    ood_augment: AugmentConfig | None = None, ood_method: str = CELL_CHECK, say=print) -> Path:
+                    ood_augment: AugmentConfig | None = None, ood_method: str = CELL_CHECK,
+                    adapt_from: str | Path | None = None, say=print) -> Path:
     """Package ``model`` as a self-contained default model folder at ``out``.
 
     Parameters
@@ -289,9 +321,14 @@ def package_default(model: str | Path, data: str | Path, out: str | Path | None 
         Augmentation of the cells' copies in the out-of-distribution fit (see :func:`_copies_augment`);
         ``ood_method``: :mod:`bloodcell.ood.score`'s ``CELL_CHECK`` (default) or ``METHOD``.
         ``model.json["training_cell_share"]`` records the share of the crop a training cell fills.
+    adapt_from : str or Path, optional
+        A calibrated model folder shipped inside the package for ``bloodcell adapt`` to start from
+        (the default model: the ensemble its network was distilled from); see step 5 above.
     """
     src = Path(model)
-    read_meta(src)
+    classes = read_meta(src)["preprocess"]["class_names"]
+    if adapt_from is not None:
+        _check_adapt_from(Path(adapt_from), classes)
     digest = weights_digest(src)
     out = _destination(src, out)
     with staged_folder(out) as staging:
@@ -309,6 +346,9 @@ def package_default(model: str | Path, data: str | Path, out: str | Path | None 
         meta["model_card"] = card
         write_meta(staging, meta)
         check = _export_checked(staging, meta, quantize, half_weights, train, held, say)
+        if adapt_from is not None:
+            meta["adapt_from"] = _add_adapt_from(staging, Path(adapt_from), data, half_weights, say)
+            write_meta(staging, meta)
         size = _check_size(staging, max_mb)
         _make_readable(staging)
     ev = info["evaluation"]

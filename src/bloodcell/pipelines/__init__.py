@@ -4,11 +4,13 @@ and the README's table, resumable.
 ``bloodcell pipeline default`` (``make train-default``)
     trains the default model's members side by side, calibrates each on the validation
     split, combines them, calibrates the ensemble (plain and with test-time augmentation),
-    evaluates it once on the test split and packages it as the default model.
+    distils it into one network (on every core), calibrates that, evaluates it once on the test
+    split and packages it as the default model, with the ensemble inside for ``bloodcell adapt``.
 ``bloodcell pipeline zoo`` (``make zoo``)
     trains the study CNNs and the three-architecture ensemble and calibrates every model.
 ``bloodcell pipeline zoo-table`` (``make zoo-table``)
-    compares every zoo model, each default member and the default ensemble on the test split.
+    compares every zoo model, each default member, their ensemble and the distilled network on the
+    test split.
 
 What each pipeline trains is one spec (:mod:`bloodcell.pipelines.spec`); a rerun after a stop
 skips the finished members and resumes the interrupted ones (:mod:`bloodcell.pipelines.members`).

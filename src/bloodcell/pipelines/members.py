@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bloodcell.core.errors import BloodcellError
 from bloodcell.core.model_folder import is_model_folder, is_trained
-from bloodcell.pipelines.spec import MEMBER_ARGS, Member, Spec
+from bloodcell.pipelines.spec import Member, Spec
 
 POLL_SECONDS = 0.5
 STOP_SECONDS = 30.0  # how long a stopped member may take to save its epoch before it is killed
@@ -49,13 +49,15 @@ def is_finished(spec: Spec, member: Member) -> bool:
 
 
 def train_command(spec: Spec, member: Member) -> list[str]:
-    """The ``bloodcell train`` command of a member: ``--resume`` when its folder exists, else a fresh run."""
+    """The ``bloodcell train`` command of a member: ``--resume`` when its folder exists, else a fresh run;
+    on the member's threads, without progress bars (its log is a file)."""
     folder = spec.folder(member)
     command = [sys.executable, "-m", "bloodcell", "train"]
+    quiet = ("--threads", str(member.threads), "--no-progress")
     if folder.exists():
-        return [*command, "--resume", str(folder), *MEMBER_ARGS]
+        return [*command, "--resume", str(folder), *quiet]
     return [*command, "--recipe", member.recipe, "--data", str(spec.data), "--out", str(folder), *member.args,
-            *spec.train_args, *MEMBER_ARGS]
+            *spec.train_args, *quiet]
 
 
 def log_tail(path: Path, lines: int = TAIL_LINES) -> str:
@@ -68,6 +70,7 @@ def log_tail(path: Path, lines: int = TAIL_LINES) -> str:
 
 def _start(job: Job, env: dict) -> None:
     job.log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**env, "OMP_NUM_THREADS": str(job.member.threads)}
     with open(job.log, "ab") as log:
         job.process = subprocess.Popen(job.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                        env=env)
@@ -92,7 +95,6 @@ def _child_env() -> dict:
     env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])
-    env["OMP_NUM_THREADS"] = "1"
     return env
 
 

@@ -8,6 +8,7 @@ specs, so a member added here is trained, calibrated and compared without anothe
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,9 @@ from bloodcell.training.config import read_yaml, recipe_path
 DEFAULT_SEEDS = (0, 1)
 DEFAULT_RECIPE = "default"
 DEFAULT_RUN = "runs/default"
+#: The default model's network: distilled from the members' ensemble (with TTA), with its own seed.
+DISTILLED = "distilled"
+DISTILLED_SEED = 2
 ZOO_RUN = "runs/zoo"
 #: The study CNNs of the model zoo, each with its number of epochs.
 ZOO_STUDY = ("basic_cnn:10", "basic_cnn_augmented:10", "complex_cnn:8", "enhanced_cnn:8")
@@ -29,8 +33,6 @@ ZOO_ENSEMBLE_ARGS = ("--pretrained", "false", "--lr", "0.001")
 #: The zoo at a CPU-feasible size.
 ZOO_CPU = ("--image-size", "64", "--crop-fraction", "0.7", "--batch-size", "32", "--schedule", "cosine",
            "--warmup-epochs", "0.3")
-#: Every member process trains on one thread without progress bars (they run side by side).
-MEMBER_ARGS = ("--threads", "1", "--no-progress")
 
 
 @dataclass(frozen=True)
@@ -48,23 +50,29 @@ class Member:
     parts : tuple of str
         For an ensemble recipe, the member runs it trains into sub-folders (its soft-voting
         model is the ``ensemble`` sub-folder); empty for a single model.
+    threads : int
+        CPU threads of its training process: one when members train side by side (the default),
+        every core for a run that trains alone.
     """
 
     name: str
     recipe: str
     args: tuple[str, ...] = ()
     parts: tuple[str, ...] = ()
+    threads: int = 1
 
 
 @dataclass(frozen=True)
 class Spec:
-    """A pipeline's members, where they are trained, and on which data."""
+    """A pipeline's members, where they are trained, and on which data; ``distilled``: a network trained
+    after them with their ensemble as its teacher (the default model's)."""
 
     name: str
     run: Path
     data: Path
     members: tuple[Member, ...]
     train_args: tuple[str, ...] = field(default=())
+    distilled: Member | None = None
 
     def folder(self, member: Member) -> Path:
         return self.run / member.name
@@ -87,13 +95,17 @@ def recipe_parts(recipe: str) -> tuple[str, ...]:
 
 
 def default_spec(data, run=DEFAULT_RUN, *, seeds=DEFAULT_SEEDS, recipe: str = DEFAULT_RECIPE,
-                 train_args=()) -> Spec:
-    """The packaged default model: one ``lite0_seed<S>`` member per seed, all from ``recipe``."""
+                 distilled_seed: int = DISTILLED_SEED, train_args=()) -> Spec:
+    """The packaged default model: one ``lite0_seed<S>`` member per seed, all from ``recipe``, and the
+    network distilled from their ensemble (``distilled``, seed ``distilled_seed``, on every core)."""
     seeds = [int(s) for s in seeds]
     if len(seeds) < 2 or len(set(seeds)) != len(seeds):
-        raise ConfigError(f"The default model is an ensemble: give two or more different seeds, got {seeds}.")
+        raise ConfigError(f"The default model is distilled from an ensemble: give two or more different seeds, "
+                          f"got {seeds}.")
     members = tuple(Member(f"lite0_seed{s}", recipe, ("--seed", str(s))) for s in seeds)
-    return Spec("default", Path(run), Path(data), members, tuple(train_args))
+    distilled = Member(DISTILLED, recipe, ("--seed", str(int(distilled_seed)), "--teacher", str(Path(run) / "ensemble")),
+                       threads=max(1, os.cpu_count() or 1))
+    return Spec("default", Path(run), Path(data), members, tuple(train_args), distilled)
 
 
 def parse_study(study) -> list[tuple[str, int]]:
@@ -118,7 +130,7 @@ def zoo_spec(data, run=ZOO_RUN, *, study=ZOO_STUDY, ensemble_epochs: int = ZOO_E
 
 
 def compare_list(zoo: Spec, default: Spec) -> list[str]:
-    """What the README's model-zoo table compares: every zoo model, each default member alone, and
-    the default ensemble (plain, and its test evaluation with TTA)."""
-    runs = zoo.all_models() + default.all_models() + [default.run / "ensemble", default.run / "test_metrics.json"]
+    """What the README's model-zoo table compares: every zoo model, each default member alone, their
+    ensemble, and the network distilled from it (the default model's)."""
+    runs = zoo.all_models() + default.all_models() + [default.run / "ensemble", default.folder(default.distilled)]
     return [str(p) for p in runs]

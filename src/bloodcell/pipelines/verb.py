@@ -21,7 +21,8 @@ def _check_data(data: Path) -> Path:
 def pipeline(name: str, *, data: str | Path = "runs/pbc_split.csv", default_run: str | Path = specs.DEFAULT_RUN,
              zoo_run: str | Path = specs.ZOO_RUN, package: str | Path | None = None,
              card: str | Path | None = "cards/default.yaml", report: str | Path = "reports/zoo",
-             seeds=specs.DEFAULT_SEEDS, recipe: str = specs.DEFAULT_RECIPE, study=specs.ZOO_STUDY,
+             seeds=specs.DEFAULT_SEEDS, recipe: str = specs.DEFAULT_RECIPE,
+             distilled_seed: int = specs.DISTILLED_SEED, study=specs.ZOO_STUDY,
              ensemble_epochs: int = specs.ZOO_ENSEMBLE_EPOCHS, zoo_args=specs.ZOO_CPU, train_args=(),
              jobs: int | None = None, timeout: float | None = None, say=print) -> dict:
     """Run a pipeline (resumable: rerun it after a stop); ``bloodcell pipeline NAME``.
@@ -37,8 +38,9 @@ def pipeline(name: str, *, data: str | Path = "runs/pbc_split.csv", default_run:
     package, card, report : str or Path
         Where ``default`` packages the model (default: the package's ``bloodcell/default_model``)
         and its model card; ``zoo-table``'s output folder.
-    seeds, recipe : sequence of int, str
-        The default model: one member per seed, each trained from ``recipe``.
+    seeds, recipe, distilled_seed : sequence of int, str, int
+        The default model: one member per seed, each trained from ``recipe``; the seed of the network
+        distilled from their ensemble (the default model predicts with it, ``adapt`` starts from the ensemble).
     study, ensemble_epochs, zoo_args
         The zoo: study CNNs as ``RECIPE:EPOCHS``; epochs of the three-architecture ensemble
         (0 leaves it out); ``bloodcell train`` arguments of every zoo member.
@@ -54,7 +56,8 @@ def pipeline(name: str, *, data: str | Path = "runs/pbc_split.csv", default_run:
     -------
     dict
         ``pipeline``, ``trained`` (members trained by this call), ``calibrated`` and the
-        later steps' outputs (``ensemble``, ``test_metrics``, ``package``; ``compared``, ``report``).
+        later steps' outputs (``ensemble``, ``distilled``, ``trained_distilled``, ``test_metrics``,
+        ``package``; ``compared``, ``report``).
 
     Raises
     ------
@@ -66,7 +69,8 @@ def pipeline(name: str, *, data: str | Path = "runs/pbc_split.csv", default_run:
     if name not in PIPELINES:
         raise ConfigError(f"Unknown pipeline {name!r}; choose one of {', '.join(PIPELINES)}.")
     data = _check_data(Path(data))
-    default = specs.default_spec(data, default_run, seeds=seeds, recipe=recipe, train_args=train_args)
+    default = specs.default_spec(data, default_run, seeds=seeds, recipe=recipe, distilled_seed=distilled_seed,
+                                 train_args=train_args)
     zoo = specs.zoo_spec(data, zoo_run, study=study, ensemble_epochs=ensemble_epochs, cpu_args=zoo_args,
                          train_args=train_args)
     if name == "zoo-table":
