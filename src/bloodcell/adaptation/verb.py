@@ -73,15 +73,19 @@ def _counts(labels: np.ndarray, names) -> dict[str, int]:
     return {names[c]: int((labels == c).sum()) for c in sorted(set(labels.tolist()))}
 
 
-def _record(src: Path, data, settings: TuneSettings, names, labels, split, held_out: float, drop_absent: bool) -> dict:
-    """The adaptation's record for ``model.json`` and the card (the networks and figures are added later)."""
+def _record(models: tuple[Path, Path], data, settings: TuneSettings, names, labels, split, held_out: float,
+            drop_absent: bool, scale: dict) -> dict:
+    """The adaptation's record for ``model.json`` and the card (the networks and figures are added later);
+    ``models``: the model named and the one adapted (``original_model`` is recorded when they differ)."""
+    named, src = models
     present = {names[i] for i in labels}
     return {
+        **({"original_model": str(named)} if named != src else {}),
         "adapted_from": str(src), "data": str(data), "method": settings.method, "settings": settings.to_dict(),
         "classes_absent_from_data": [c for c in names if c not in present],
         "absent_classes": "dropped" if drop_absent else "kept",
         "fitting_cells": _counts(labels[split[0]], names), "held_out_cells": _counts(labels[split[1]], names),
-        "held_out_share": held_out, "seed": settings.seed,
+        "held_out_share": held_out, "seed": settings.seed, "scale": scale,
     }
 
 
@@ -114,9 +118,8 @@ def adapt(data, out, *, model=None, method: str = "finetune", epochs: int | None
         The lab's labelled cells (class folders, ``.npz`` or CSV manifest; a few per class or more); the model
         folder to write (``predict``, ``serve``, ``evaluate``, ``export`` take it).
     model : str or Path, optional
-        The model folder to start from (default: the packaged model, or ``$BLOODCELL_MODEL``); a model
-        that ships another for adaptation (``model.json["adapt_from"]``, as the default model ships the
-        ensemble its network was distilled from) starts from that one.
+        The model folder to start from (default: the packaged model, or ``$BLOODCELL_MODEL``), or the model
+        it ships for adaptation (``model.json["adapt_from"]``: the default model's is its teacher ensemble).
     method, epochs, copies, batch_norm, drop_absent
         How the networks are adapted (:mod:`~bloodcell.adaptation.tune`): finetune, linear or prototype;
         passes over the views; cells in all with jittered copies (:mod:`~bloodcell.adaptation.jitter`;
@@ -146,9 +149,7 @@ def adapt(data, out, *, model=None, method: str = "finetune", epochs: int | None
     ds, labels = _read_data(data, names)
     fit_idx, held_idx = split_holdout(labels, held_out, seed)
     scale = _scale(src, ds.select(fit_idx.tolist()), settings, match_scale)  # sets the crop the record shows
-    record = {**_record(src, data, settings, names, labels, (fit_idx, held_idx), held_out, drop_absent), "scale": scale}
-    if named != src:
-        record["original_model"] = str(named)
+    record = _record((named, src), data, settings, names, labels, (fit_idx, held_idx), held_out, drop_absent, scale)
     keep = [c for i, c in enumerate(names) if i in set(labels.tolist())] if drop_absent else None
     report, bar = _reporter(progress, status_file)
     try:

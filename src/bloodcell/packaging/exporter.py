@@ -31,7 +31,10 @@ def calibration_sample(source: str | Path, model: str | Path, n: int = 256, seed
     return load_arrays(rows, pre, require_labels=False).images
 
 
-def _check_onnx_options(quantize: str, half_weights: bool, calibration_data) -> None:
+def _check_onnx_options(quantize: str, half_weights: bool, calibration_data, adapt_from=None) -> None:
+    if adapt_from is not None:
+        raise ConfigError("--adapt-from belongs to --format default (a packaged model ships the model adapt starts "
+                          "from); an .onnx file has no room for it.")
     if half_weights and quantize != "none":
         raise ConfigError(f"--half-weights stores float32 weights as float16; an int8 graph (--quantize {quantize}) "
                           "has none to store. Use one or the other.")
@@ -106,10 +109,7 @@ def export(model: str | Path, *, format: str = "onnx", output: str | Path | None
     if format == "default":
         return _export_default(model, output, data, card, metrics, quantize, half_weights, per_class, max_mb,
                                ood_augment, adapt_from, say)
-    if adapt_from is not None:
-        raise ConfigError("--adapt-from belongs to --format default (a packaged model ships the model adapt starts "
-                          "from); an .onnx file has no room for it.")
-    _check_onnx_options(quantize, half_weights, calibration_data)
+    _check_onnx_options(quantize, half_weights, calibration_data, adapt_from)
     read_meta(model)
     check_writable_file(Path(output) if output is not None else Path(model) / ONNX, "ONNX file", "-o")
     calibration = calibration_sample(calibration_data, model, calibration_images) if quantize == "static" else None

@@ -259,6 +259,14 @@ def _add_adapt_from(staging: Path, model: Path, data, half_weights: bool, say) -
             "members": (meta.get("ensemble") or {}).get("members") or [], "weights_sha256": weights_digest(model)}
 
 
+def _staged_copy(src: Path, staging: Path, half_weights: bool):
+    """Copy the model into ``staging`` (float16 with ``half_weights``) and load it: ``(loaded, meta)``."""
+    copy_model(src, staging)
+    if half_weights:
+        _half_weights(staging)
+    return load_model(staging, "cpu"), read_meta(staging)
+
+
 def _check_size(folder: Path, max_mb: float) -> float:
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
     if size > max_mb:
@@ -322,28 +330,20 @@ def package_default(model: str | Path, data: str | Path, out: str | Path | None 
         ``ood_method``: :mod:`bloodcell.ood.score`'s ``CELL_CHECK`` (default) or ``METHOD``.
         ``model.json["training_cell_share"]`` records the share of the crop a training cell fills.
     adapt_from : str or Path, optional
-        A calibrated model folder shipped inside the package for ``bloodcell adapt`` to start from
-        (the default model: the ensemble its network was distilled from); see step 5 above.
+        A calibrated model shipped inside the package for ``bloodcell adapt`` to start from (step 5 above).
     """
     src = Path(model)
-    classes = read_meta(src)["preprocess"]["class_names"]
     if adapt_from is not None:
-        _check_adapt_from(Path(adapt_from), classes)
-    digest = weights_digest(src)
-    out = _destination(src, out)
+        _check_adapt_from(Path(adapt_from), read_meta(src)["preprocess"]["class_names"])
+    digest, out = weights_digest(src), _destination(src, out)
     with staged_folder(out) as staging:
-        copy_model(src, staging)
-        if half_weights:
-            _half_weights(staging)
-        loaded = load_model(staging, "cpu")
-        meta = read_meta(staging)
-        card = _card_for(staging, meta, card, evaluation, digest)
+        loaded, meta = _staged_copy(src, staging, half_weights)
+        meta["model_card"] = _card_for(staging, meta, card, evaluation, digest)
         say(f"Reading fitting images from {data} ...")
         train, held = fitting_arrays(data, loaded.preprocess, loaded.class_names, per_class, heldout_per_class, seed)
         meta["ood"] = info = _fit_ood(staging, loaded, train, held, non_cells_per_kind, max_false_flag, seed, say,
                                       ood_augment, ood_method)
         meta["training_cell_share"] = round(measure_cell_share(str(data), loaded.preprocess.crop_fraction), 4)
-        meta["model_card"] = card
         write_meta(staging, meta)
         check = _export_checked(staging, meta, quantize, half_weights, train, held, say)
         if adapt_from is not None:

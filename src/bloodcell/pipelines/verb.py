@@ -11,7 +11,10 @@ from bloodcell.pipelines.members import train_members
 from bloodcell.pipelines.steps import calibrate_models, compare_models, package_default_model
 
 
-def _check_data(data: Path) -> Path:
+def _check_request(name: str, data: Path) -> Path:
+    """The split manifest, once the pipeline's name and the manifest are known good."""
+    if name not in PIPELINES:
+        raise ConfigError(f"Unknown pipeline {name!r}; choose one of {', '.join(PIPELINES)}.")
     if not data.exists():
         raise ConfigError(f"{data}: the training data is not there. Make the split manifest first, e.g. "
                           f"`bloodcell split DATA -o {data}` (`make` does it), or pass --data.")
@@ -36,8 +39,7 @@ def pipeline(name: str, *, data: str | Path = "runs/pbc_split.csv", default_run:
     default_run, zoo_run : str or Path
         Run folders of the default model and of the zoo (members, logs, ensembles, test metrics).
     package, card, report : str or Path
-        Where ``default`` packages the model (default: the package's ``bloodcell/default_model``)
-        and its model card; ``zoo-table``'s output folder.
+        Where ``default`` packages the model (default: the installed ``default_model``), its card; ``zoo-table``'s output.
     seeds, recipe, distilled_seed : sequence of int, str, int
         The default model: one member per seed, each trained from ``recipe``; the seed of the network
         distilled from their ensemble (the default model predicts with it, ``adapt`` starts from the ensemble).
@@ -55,9 +57,8 @@ def pipeline(name: str, *, data: str | Path = "runs/pbc_split.csv", default_run:
     Returns
     -------
     dict
-        ``pipeline``, ``trained`` (members trained by this call), ``calibrated`` and the
-        later steps' outputs (``ensemble``, ``distilled``, ``trained_distilled``, ``test_metrics``,
-        ``package``; ``compared``, ``report``).
+        ``pipeline``, ``trained`` (members trained by this call), ``calibrated`` and the later steps' outputs
+        (``ensemble``, ``distilled``, ``trained_distilled``, ``test_metrics``, ``package``; ``compared``, ``report``).
 
     Raises
     ------
@@ -66,9 +67,7 @@ def pipeline(name: str, *, data: str | Path = "runs/pbc_split.csv", default_run:
     MemberFailed, BloodcellError
         A member's training failed (the end of its log is printed), or a later step refused its input.
     """
-    if name not in PIPELINES:
-        raise ConfigError(f"Unknown pipeline {name!r}; choose one of {', '.join(PIPELINES)}.")
-    data = _check_data(Path(data))
+    data = _check_request(name, Path(data))
     default = specs.default_spec(data, default_run, seeds=seeds, recipe=recipe, distilled_seed=distilled_seed,
                                  train_args=train_args)
     zoo = specs.zoo_spec(data, zoo_run, study=study, ensemble_epochs=ensemble_epochs, cpu_args=zoo_args,
