@@ -255,3 +255,37 @@ def test_fields_mostly_uncertain_carry_the_warning():
         results = [analyse_image(clf, image, f"f{i}.png") for i in range(fields)]
         warning = json.loads(render("json", clf.describe(), results, [], clf.class_names))["warning"]
         assert (warning or "").startswith(expected or "") and (warning is None) == (expected is None), (fields, warning)
+
+
+class PlateletClassifier(FakeClassifier):
+    """Calls every ``every``-th white-sized crop a platelet (a model misreading another lab's fields)."""
+
+    def __init__(self, every: int = 1):
+        super().__init__()
+        self.every, self.seen = every, 0
+
+    def predict_arrays(self, images, sources=None):
+        out = []
+        for p in super().predict_arrays(images, sources):
+            self.seen += 1
+            out.append(replace(p, label="platelet") if self.seen % self.every == 0 else p)
+        return out
+
+
+def test_white_sized_cells_taken_for_platelets_carry_the_warning(tmp_path):
+    image, _ = make_field(whites=((60, 120), (180, 120)))
+    for clf, fields, expected in ((PlateletClassifier(), 12, "24 of the 24 cells found at a white cell's size were "
+                                   "classified as platelets (100%; on PBC's own fields about 17%)"),
+                                  (PlateletClassifier(), 9, None),  # 18 cells: too few to say
+                                  (PlateletClassifier(every=3), 30, None),  # a third: PBC's platelet clumps do that
+                                  (PlateletClassifier(every=2), 30, "30 of the 60 cells")):
+        results = [analyse_image(clf, image, f"f{i}.png") for i in range(fields)]
+        warning = json.loads(render("json", clf.describe(), results, [], clf.class_names))["warning"]
+        assert (warning or "").startswith(expected or "") and (warning is None) == (expected is None), (fields, warning)
+    # the Python verb and the command say the same
+    paths = []
+    for i in range(12):
+        Image.fromarray(image).save(tmp_path / f"f{i}.png")
+        paths.append(tmp_path / f"f{i}.png")
+    run = predict(paths, fields=True, classifier=PlateletClassifier(), format="json")
+    assert run.warning.startswith("24 of the 24 cells") and "`bloodcell adapt`" in run.warning

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bloodcell.core.locate import square
+from bloodcell.core.stats import wilson_interval
 from bloodcell.fields.detect import Field, Found, detect
 from bloodcell.fields.tiles import ALL_SHARED, Edges, owns
-from bloodcell.prediction.differential import Differential, differential, lab_differential
+from bloodcell.prediction.differential import UNFAMILIAR_MIN_CELLS, Differential, differential, lab_differential, run_warning
 from bloodcell.prediction.results import Prediction
 
 #: The shorter side of a PBC image in red-cell diameters: the median over 800 PBC images of the
@@ -183,3 +184,30 @@ def overall_counts(results: list[FieldResult]) -> dict:
             total[k] += v
     total["nucleated_red_per_100_white"] = round(100.0 * total["nucleated_red"] / total["white"], 1) if total["white"] else None
     return total
+
+
+#: Share of the cells found at a white cell's size that the default model calls platelets on PBC's own
+#: validation images read as fields (63 of 378: a platelet image's clump is white-sized), and the share
+#: whose 95% lower bound, twice that, says the model is reading unfamiliar images.
+PBC_PLATELET_SIZED, PLATELET_SIZED_LIMIT = 0.17, 0.35
+
+
+def platelet_sized_warning(results: list[FieldResult]) -> str | None:
+    """A warning when far more of the white-sized cells (the ones classified, not flagged not a cell) are
+    called platelets than on PBC's own fields: a nucleated cell of a white cell's size is rarely a
+    platelet, so the model is misreading another lab's stain or magnification; else ``None``."""
+    cells = [c for r in results for c in r.cells if c.prediction is not None and not c.prediction.not_a_blood_cell]
+    called = sum(c.prediction.label == "platelet" for c in cells)
+    if len(cells) < UNFAMILIAR_MIN_CELLS or wilson_interval(called, len(cells))[0] <= PLATELET_SIZED_LIMIT:
+        return None
+    return (f"{called} of the {len(cells)} cells found at a white cell's size were classified as platelets "
+            f"({called / len(cells):.0%}; on PBC's own fields about {PBC_PLATELET_SIZED:.0%}): the model is probably "
+            "reading another lab's stain or magnification, where its labels are unreliable. Review them, or adapt "
+            "the model to your lab's cells (`bloodcell adapt`).")
+
+
+def fields_warning(results: list[FieldResult], diff: Differential, model: dict | None) -> str | None:
+    """What a field run warns of: most white cells uncertain (:func:`~bloodcell.prediction.differential.run_warning`)
+    and white-sized cells taken for platelets (:func:`platelet_sized_warning`), or ``None``."""
+    said = [w for w in (run_warning(diff, model), platelet_sized_warning(results)) if w]
+    return " ".join(said) or None

@@ -23,13 +23,12 @@ from tqdm import tqdm
 from bloodcell.core.errors import ConfigError, DataError
 from bloodcell.core.files import check_writable_file, check_writable_folder
 from bloodcell.data import Problem
-from bloodcell.fields.analyse import FieldResult, analyse_image, overall_counts, overall_differential
+from bloodcell.fields.analyse import FieldResult, analyse_image, fields_warning, overall_counts, overall_differential
 from bloodcell.fields.detect import detect, quick_white_count
 from bloodcell.fields.output import fields_csv, render
 from bloodcell.fields.overlay import overlay_name, write_overlay
 from bloodcell.fields.tiles import ALL_SHARED, shared_edges
 from bloodcell.prediction import classifier as single
-from bloodcell.prediction.differential import run_warning
 from bloodcell.prediction.inputs import collect
 from bloodcell.prediction.outputs import FORMATS, write_text
 
@@ -49,7 +48,7 @@ class FieldsRun:
     text: str
     output: Path | None
     overlays: list[Path] = field(default_factory=list)
-    #: Said when the white cells look unlike the model's training data (see :func:`run_warning`).
+    #: Said when the cells look unlike the model's training data (:func:`~bloodcell.fields.analyse.fields_warning`).
     warning: str | None = None
 
 
@@ -155,7 +154,7 @@ def predict_fields(paths, model=None, *, format: str = "table", output_path=None
         partial.close(keep=False)
     diff = overall_differential(results, clf.class_names)
     return FieldsRun(results, problems, overall_counts(results), diff, text, output_path, written,
-                     run_warning(diff, described))
+                     fields_warning(results, diff, described))
 
 
 def _run(clf, paths, tile_overlap: float, progress: bool, partial: PartialFields | None, folder: Path | None):

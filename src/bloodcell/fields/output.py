@@ -6,9 +6,9 @@ import csv
 import io
 import json
 
-from bloodcell.fields.analyse import FieldResult, lab_of, overall_counts, overall_differential, white_differential
+from bloodcell.fields.analyse import FieldResult, fields_warning, lab_of, overall_counts, overall_differential, white_differential
 from bloodcell.prediction import outputs
-from bloodcell.prediction.differential import lab_table, run_warning
+from bloodcell.prediction.differential import lab_table
 
 BOX = ("x0", "y0", "x1", "y1")
 
@@ -37,7 +37,7 @@ def fields_csv(results: list[FieldResult], class_names) -> str:
 def fields_json(model: dict, results: list[FieldResult], problems, class_names) -> str:
     """Every field with its cells (``box: [x0, y0, x1, y1]``, ``at_border``, the prediction), its
     counts and differentials (white cells only, and lab-style), then the totals over all fields and the
-    warning when the white cells look unlike the model's training data (``null`` otherwise)."""
+    warning when the cells look unlike the model's training data (:func:`fields_warning`; ``null`` otherwise)."""
     diff = overall_differential(results, class_names)
     return json.dumps({
         "model": model,
@@ -46,7 +46,7 @@ def fields_json(model: dict, results: list[FieldResult], problems, class_names) 
         "differential": diff.to_dict(),
         "lab_differential": lab_of([c for r in results for c in r.cells]),
         "skipped": [{"source": q.item, "reason": q.message} for q in problems],
-        "warning": run_warning(diff, model),
+        "warning": fields_warning(results, diff, model),
     }, indent=2)
 
 

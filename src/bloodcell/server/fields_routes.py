@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from bloodcell.core.errors import DataError
 from bloodcell.core.preprocess import decode_image
-from bloodcell.fields.analyse import analyse_image, overall_counts, overall_differential
+from bloodcell.fields.analyse import analyse_image, fields_warning, overall_counts, overall_differential
 from bloodcell.fields.overlay import draw
 from bloodcell.fields.tiles import ALL_SHARED, shared_edges
 from bloodcell.server.errors import UPLOAD_ERRORS, error, too_many_files
@@ -96,7 +96,7 @@ async def fields(
             entry["overlay_png"] = png
         out.append(entry)
     results = [r for r, _ in done]
-    info = state.info
+    info, diff = state.info, overall_differential(results, names)
     return {"model": {"name": info["name"], "backend": info["backend"], "classes": info["classes"]},
-            "fields": out, "counts": overall_counts(results),
-            "differential": overall_differential(results, names).to_dict(), "skipped": skipped}
+            "fields": out, "counts": overall_counts(results), "differential": diff.to_dict(), "skipped": skipped,
+            "warning": fields_warning(results, diff, info)}
