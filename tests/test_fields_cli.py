@@ -120,6 +120,7 @@ def test_rest_fields(client):
     assert len(whites) == 2 and [c["at_border"] for c in whites] == [True, False]
     assert doc["skipped"][0]["filename"] == "empty.png"
     assert doc["counts"]["fields"] == 1 and "classes" in doc["differential"]
+    assert "warning" in doc and doc["warning"] is None  # two white cells: too few to warn of anything
 
 
 def test_rest_fields_refuses_uploads_without_an_image(client):
