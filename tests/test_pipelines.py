@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from PIL import Image
 import bloodcell
 from bloodcell.core.classes import CLASSES
 from bloodcell.core.model_folder import ONNX, WEIGHTS, adapt_start, is_trained, read_meta, write_meta
+from bloodcell.core.settings import usable_cpus
 from bloodcell.pipelines import members as runner
 from bloodcell.pipelines.spec import Member, Spec, compare_list, default_spec, zoo_spec
 from conftest import synthetic_cell
@@ -55,7 +55,7 @@ def test_members_train_on_one_thread_each_and_the_distilled_network_on_every_cor
     member, distilled = spec.members[0], spec.distilled
     assert runner.train_command(spec, member)[-3:] == ["--threads", "1", "--no-progress"]
     command = runner.train_command(spec, distilled)
-    assert command[-3:] == ["--threads", str(os.cpu_count() or 1), "--no-progress"]
+    assert command[-3:] == ["--threads", str(usable_cpus()), "--no-progress"]
     # it learns from the members' ensemble, with its own seed
     assert command[command.index("--teacher") + 1] == str(Path("d") / "ensemble")
     assert command[command.index("--seed") + 1] == "2" and command[command.index("--out") + 1] == str(Path("d/distilled"))

@@ -25,6 +25,14 @@ def cache_root() -> Path:
     return Path(os.environ.get("BLOODCELL_CACHE", DEFAULT_CACHE))
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the system says, else the CPU count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def default_workers() -> int:
     """``BLOODCELL_WORKERS`` if set, else the CPU count (at most 8).
 

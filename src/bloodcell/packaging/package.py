@@ -243,20 +243,26 @@ def _check_adapt_from(model: Path, classes) -> None:
                           f"{list(classes)}, in that order; it has {list(meta['preprocess']['class_names'])}.")
 
 
-def _add_adapt_from(staging: Path, model: Path, data, half_weights: bool, say) -> dict:
-    """Copy ``model`` into ``staging/adapt_from`` for ``bloodcell adapt`` and return its record."""
+def _add_adapt_from(staging: Path, packaged: dict, model: Path, data, half_weights: bool, say) -> None:
+    """Copy ``model`` into ``staging/adapt_from`` for ``bloodcell adapt`` and name it in the packaged model's
+    metadata ``packaged`` (written); the share of its crop a training cell fills is measured again only for
+    another crop than the packaged model's."""
     meta = read_meta(model)
     say(f"Adding the model adaptation starts from: {model} -> {ADAPT_FROM}/ ...")
     folder = copy_model(model, staging / ADAPT_FROM)
     if half_weights:
         _half_weights(folder)
     crop = float(meta["preprocess"].get("crop_fraction", 1.0))
-    meta["training_cell_share"] = round(measure_cell_share(str(data), crop), 4)
+    same = crop == float(packaged["preprocess"].get("crop_fraction", 1.0))
+    meta["training_cell_share"] = packaged["training_cell_share"] if same else round(
+        measure_cell_share(str(data), crop), 4)
     for stale in ("onnx", "onnx_int8", "ood"):  # its exports and cell check are not copied
         meta.pop(stale, None)
     write_meta(folder, meta)
-    return {"folder": ADAPT_FROM, "from": str(model), "architecture": meta.get("architecture"),
-            "members": (meta.get("ensemble") or {}).get("members") or [], "weights_sha256": weights_digest(model)}
+    packaged["adapt_from"] = {"folder": ADAPT_FROM, "from": str(model), "architecture": meta.get("architecture"),
+                              "members": (meta.get("ensemble") or {}).get("members") or [],
+                              "weights_sha256": weights_digest(model)}
+    write_meta(staging, packaged)
 
 
 def _staged_copy(src: Path, staging: Path, half_weights: bool):
@@ -347,8 +353,7 @@ def package_default(model: str | Path, data: str | Path, out: str | Path | None 
         write_meta(staging, meta)
         check = _export_checked(staging, meta, quantize, half_weights, train, held, say)
         if adapt_from is not None:
-            meta["adapt_from"] = _add_adapt_from(staging, Path(adapt_from), data, half_weights, say)
-            write_meta(staging, meta)
+            _add_adapt_from(staging, meta, Path(adapt_from), data, half_weights, say)
         size = _check_size(staging, max_mb)
         _make_readable(staging)
     ev = info["evaluation"]

@@ -8,11 +8,11 @@ specs, so a member added here is trained, calibrated and compared without anothe
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bloodcell.core.errors import ConfigError
+from bloodcell.core.settings import usable_cpus
 from bloodcell.training.config import read_yaml, recipe_path
 
 #: Seeds of the default model's EfficientNet-Lite0 members (two members fill the two cores).
@@ -104,7 +104,7 @@ def default_spec(data, run=DEFAULT_RUN, *, seeds=DEFAULT_SEEDS, recipe: str = DE
                           f"got {seeds}.")
     members = tuple(Member(f"lite0_seed{s}", recipe, ("--seed", str(s))) for s in seeds)
     distilled = Member(DISTILLED, recipe, ("--seed", str(int(distilled_seed)), "--teacher", str(Path(run) / "ensemble")),
-                       threads=max(1, os.cpu_count() or 1))
+                       threads=usable_cpus())
     return Spec("default", Path(run), Path(data), members, tuple(train_args), distilled)
 
 
