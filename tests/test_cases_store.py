@@ -181,3 +181,26 @@ def test_uncertain_share_counts_the_cells_one_model_classified(tmp_path):
     assert store.uncertain_share(cid, "model A") == (2, 4)  # cell 4 is flagged not a blood cell: left out
     assert store.uncertain_share(cid, "model B") == (0, 1)
     assert store.uncertain_share(cid, "model C") == (0, 0)
+
+
+def test_fields_of_gives_each_field_its_own_cells_and_leaves_single_uploads_out(tmp_path):
+    from dataclasses import replace
+
+    from bloodcell.cases.fields import NewField, add_field, fields_of
+
+    store = CaseStore(tmp_path / "s")
+    cid = store.create_case("A")["id"]
+    store.add_cells(cid, [new_cell(png(1), "single.png")])  # a single-cell upload: no field
+    made = []
+    for f in range(3):
+        data = png(10 + f, 64)
+        field = NewField(f"field-{f}.png", data, store_images.facts(data, f"field-{f}.png"), 7.5)
+        cells = [replace(new_cell(png(20 + 3 * f + i), f"c{i}.png"), box=(i, i, i + 5, i + 5), at_border=i == 0)
+                 for i in range(f + 1)]
+        made.append(add_field(store, cid, field, cells)[1])
+    got = fields_of(store, cid)
+    assert [g["filename"] for g in got] == ["field-0.png", "field-1.png", "field-2.png"]
+    assert [[c["id"] for c in g["cells"]] for g in got] == [[c["id"] for c in cells] for cells in made]
+    assert [c["box"] for c in got[2]["cells"]] == [[0, 0, 5, 5], [1, 1, 6, 6], [2, 2, 7, 7]]
+    assert [c["at_border"] for c in got[1]["cells"]] == [True, False]
+    assert fields_of(store, store.create_case("B")["id"]) == []
