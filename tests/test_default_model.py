@@ -89,5 +89,7 @@ def test_a_lab_fine_tunes_the_default_model_on_a_few_real_cells(real_data, tmp_p
     for key in ("image_size", "crop_fraction", "mean", "std"):
         assert meta["preprocess"][key] == packaged["preprocess"][key], key
     assert meta["init"]["kept_classes"] == list(kept) and not meta["init"]["new_classes"]
+    # training records the share of the crop its cells fill, which `adapt` scales a lab's cells to
+    assert abs(meta["training_cell_share"] - packaged["training_cell_share"]) < 0.1
     # the default model's weights are what it starts from: one short epoch already separates the cells
     assert meta["metrics"]["val_acc"] >= 0.75, meta["metrics"]

@@ -283,3 +283,13 @@ def test_mismatched_normalization_refused(tmp_path):
     c = tiny_model(tmp_path / "c", normalization="image", seed=2)
     pre = PreprocessConfig.from_dict(read_meta(make_ensemble([b, c], tmp_path / "ens2"))["preprocess"])
     assert pre.normalization == "image"
+
+
+def test_ensembles_and_soups_keep_the_cell_share_their_members_agree_on():
+    from bloodcell.networks.ensemble import shared_cell_share
+
+    assert shared_cell_share([{"training_cell_share": 0.43}, {"training_cell_share": 0.44}]) == {
+        "training_cell_share": 0.435}
+    assert shared_cell_share([{"training_cell_share": 0.43}, {"training_cell_share": 0.6}]) == {}  # other crops
+    assert shared_cell_share([{"training_cell_share": 0.43}, {}]) == {}  # one never measured
+    assert shared_cell_share([{"training_cell_share": None}, {"training_cell_share": None}]) == {}

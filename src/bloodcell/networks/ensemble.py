@@ -75,6 +75,15 @@ def _member_configs(folders: list[Path], metas: list[dict]) -> list[PreprocessCo
     return configs
 
 
+def shared_cell_share(metas: list[dict]) -> dict:
+    """``{"training_cell_share": share}`` when every model records one and they agree within 0.02 (their
+    mean), else ``{}``: what ``bloodcell adapt`` scales a lab's cells to, kept by ensembles and soups."""
+    shares = [m.get("training_cell_share") for m in metas]
+    if not shares or any(not isinstance(x, (int, float)) for x in shares) or max(shares) - min(shares) > 0.02:
+        return {}
+    return {"training_cell_share": round(sum(shares) / len(shares), 4)}
+
+
 def _ensemble_meta(folders: list[Path], metas: list[dict], configs: list[PreprocessConfig], weights) -> dict:
     """The ensemble's ``model.json``: shared preprocessing, one record per member, the weights."""
     names = [f"member_{i}" for i in range(len(folders))]
@@ -100,6 +109,7 @@ def _ensemble_meta(folders: list[Path], metas: list[dict], configs: list[Preproc
         "metrics": {},
         "data_manifest_sha256": hashes.pop() if len(hashes) == 1 else None,
         "ensemble": {"members": names, "weights": normalize_weights(weights, len(folders))},
+        **shared_cell_share(metas),
     }
 
 

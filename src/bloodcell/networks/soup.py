@@ -28,7 +28,7 @@ from bloodcell.core.files import staged_folder
 from bloodcell.core.model_folder import WEIGHTS, folder_of, read_meta
 from bloodcell.core.preprocess import PreprocessConfig
 from bloodcell.networks.batch_norm import reestimate_batch_norm
-from bloodcell.networks.ensemble import check_output
+from bloodcell.networks.ensemble import check_output, shared_cell_share
 from bloodcell.networks.loading import build_module, load_model, save_model
 from bloodcell.networks.voting import member_dir, normalize_weights
 
@@ -114,6 +114,7 @@ def average_weights(models: list[str | Path], output: str | Path, *, weights: li
     state = _mean_state(folders, w)
     hashes = {m.get("data_manifest_sha256") for m in metas}
     meta = {key: metas[0][key] for key in ("format", "architecture", "model_kwargs", "preprocess") if key in metas[0]}
+    meta.update(shared_cell_share(metas))
     meta.update(history=[], metrics={}, data_manifest_sha256=hashes.pop() if len(hashes) == 1 else None,
                 soup={"members": [str(f.resolve()) for f in folders], "weights": w,
                       "member_metrics": [m.get("metrics") or {} for m in metas]})

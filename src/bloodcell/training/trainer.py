@@ -28,7 +28,7 @@ from bloodcell.networks import create_model, save_model
 from bloodcell.training import distributed
 from bloodcell.training.augment import BatchAugment
 from bloodcell.training.config import TrainConfig, save_config
-from bloodcell.training.data import write_split_csv
+from bloodcell.training.data import recorded_cell_share, write_split_csv
 from bloodcell.training.loop import (
     EpochContext,
     NonFiniteLoss,
@@ -199,6 +199,8 @@ class Trainer:
         }
         if not info.is_main:
             return
+        if pre.framing == "centre" and cfg.data:  # what `bloodcell adapt` scales a lab's cells to
+            self.meta_base["training_cell_share"] = recorded_cell_share(cfg.data, pre.crop_fraction)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.split_ids is not None:
             write_split_csv(self.run_dir / SPLIT_FILE, self.split_ids["train"], data.train_labels,
