@@ -105,3 +105,23 @@ def test_packaging_refuses_an_uncalibrated_or_foreign_adapt_from_before_any_work
     with pytest.raises(ConfigError, match="--adapt-from belongs to --format default"):
         export(model, output=tmp_path / "m.onnx", adapt_from=other)
     assert json.loads((model / "model.json").read_text())["architecture"]  # the model itself untouched
+
+
+def test_the_adapt_summary_says_where_it_started_and_why_the_crop_was_kept(tmp_path):
+    from types import SimpleNamespace
+
+    from bloodcell.cli.adapt import _summary
+
+    record = {"method": "finetune", "fitting_cells": {"monocyte": 3}, "held_out_cells": {"monocyte": 1},
+              "classes_absent_from_data": [], "absent_classes": "kept",
+              "adapted_from": "pkg/adapt_from", "original_model": "pkg"}
+    result = SimpleNamespace(adaptation=record, out=tmp_path, seconds=1.0, onnx=None)
+    for scale, said in (({"applied": False, "reason": "not asked for (match_scale off)"},
+                         "crop kept: not asked for (match_scale off)"),
+                        ({"applied": False, "crop_fraction": {"model": 0.7, "adapted": 0.7},
+                          "reason": "the model records no training_cell_share"},
+                         "crop kept at 0.7: the model records no training_cell_share")):
+        text = _summary(SimpleNamespace(**{**vars(result), "adaptation": {**record, "scale": scale}}))
+        assert "started from pkg/adapt_from, which pkg ships for adaptation" in text and said in text
+    del record["original_model"]
+    assert "ships for adaptation" not in _summary(result)

@@ -37,6 +37,8 @@ def test_adapt_cli_on_a_slice_of_lisc(lisc_slice, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "held-out cells (5)" in done.stdout and "kept: erythroblast, ig, platelet" in done.stdout
     assert f"ONNX export written: {out / 'model.onnx'}" in done.stdout
+    # the default model predicts with one network and adapts from the ensemble it ships, and says so
+    assert "/adapt_from, which " in done.stdout and "ships for adaptation" in done.stdout
     meta = json.loads((out / "model.json").read_text())
     assert meta["adaptation"]["fitting_cells"] == {c: 3 for c in ("basophil", "eosinophil", "lymphocyte", "monocyte",
                                                                   "neutrophil")}

@@ -49,6 +49,8 @@ def _summary(result) -> str:
     a = result.adaptation
     lines = [f"bloodcell adapt: {result.out} written in {result.seconds:.0f} s (method {a['method']}, "
              f"{sum(a['fitting_cells'].values())} fitting cells, {sum(a['held_out_cells'].values())} held out)"]
+    if a.get("original_model"):
+        lines.append(f"  started from {a['adapted_from']}, which {a['original_model']} ships for adaptation")
     after, before = a.get("held_out"), a.get("held_out_before")
     if after:
         lines.append(f"  held-out cells ({after['n']}): accuracy {after['accuracy']:.1%}, balanced "
@@ -60,6 +62,9 @@ def _summary(result) -> str:
         crop = scale["crop_fraction"]
         lines.append(f"  your cells fill {scale['lab_cell_share']:.0%} of the crop against {scale['training_cell_share']:.0%} "
                      f"in training: crop {crop['model']:g} -> {crop['adapted']:g} of the shorter side")
+    elif scale.get("reason"):
+        kept = (scale.get("crop_fraction") or {}).get("model")
+        lines.append(f"  crop kept{f' at {kept:g}' if kept else ''}: {scale['reason']}")
     if a["classes_absent_from_data"]:
         lines.append(f"  classes not in the data, {a['absent_classes']}: {', '.join(a['classes_absent_from_data'])}")
     if result.onnx is not None:
