@@ -160,6 +160,8 @@ def test_typical_share_measures_the_disc():
     images = [smear(radius=40, seed=s) for s in range(3)]
     assert typical_share(images, crop_fraction=0.7) == pytest.approx(80 / (256 * 0.7), rel=0.1)
     assert typical_share([np.full((64, 64, 3), 200, np.uint8)], 0.7) == 0.5
+    # what a model records as its training cell share: nothing, rather than a default that looks measured
+    assert typical_share([np.full((64, 64, 3), 200, np.uint8)], 0.7, default=None) is None
 
 
 def _prediction(framing):

@@ -224,14 +224,15 @@ def cell_shares(images, crop_fraction: float) -> list[float]:
     return shares
 
 
-def typical_share(images, crop_fraction: float) -> float:
+def typical_share(images, crop_fraction: float, default: float | None = DEFAULT_SHARE) -> float | None:
     """The median share of the training crop's side that the located cell's stained part fills.
 
     Measured on training images (centred cells at one magnification), so that framing a new
     image by :func:`locate_cell` with this share reproduces what the model saw in training.
-    Returns :data:`DEFAULT_SHARE` when no image yields a cell.
+    Returns ``default`` (:data:`DEFAULT_SHARE`; ``None`` to say nothing was measured) when no image
+    yields a cell.
     """
     shares = cell_shares(images, crop_fraction)
     if not shares:
-        return DEFAULT_SHARE
+        return default
     return float(np.clip(np.median(shares), 0.05, 1.0))

@@ -114,8 +114,8 @@ def average_weights(models: list[str | Path], output: str | Path, *, weights: li
     state = _mean_state(folders, w)
     hashes = {m.get("data_manifest_sha256") for m in metas}
     meta = {key: metas[0][key] for key in ("format", "architecture", "model_kwargs", "preprocess") if key in metas[0]}
-    meta.update(shared_cell_share(metas))
-    meta.update(history=[], metrics={}, data_manifest_sha256=hashes.pop() if len(hashes) == 1 else None,
+    meta.update(shared_cell_share(metas), history=[], metrics={},
+                data_manifest_sha256=hashes.pop() if len(hashes) == 1 else None,
                 soup={"members": [str(f.resolve()) for f in folders], "weights": w,
                       "member_metrics": [m.get("metrics") or {} for m in metas]})
     module = build_module(meta)

@@ -232,6 +232,14 @@ def _export_int8(staging: Path, meta: dict, train, held, say, calibration_images
     return meta["onnx_int8"]
 
 
+def training_cell_share(meta: dict, data) -> float:
+    """The share of its crop a training cell fills that the model records (``bloodcell train`` does), or
+    measured on ``data`` for a model trained before training recorded it."""
+    recorded = meta.get("training_cell_share")
+    crop = float(meta["preprocess"].get("crop_fraction", 1.0))
+    return recorded if recorded else round(measure_cell_share(str(data), crop), 4)
+
+
 def _check_adapt_from(model: Path, classes) -> None:
     """Refuse, before any work, a model for ``adapt_from`` that is uncalibrated or knows other classes."""
     meta = read_meta(model)
@@ -245,17 +253,13 @@ def _check_adapt_from(model: Path, classes) -> None:
 
 def _add_adapt_from(staging: Path, packaged: dict, model: Path, data, half_weights: bool, say) -> None:
     """Copy ``model`` into ``staging/adapt_from`` for ``bloodcell adapt`` and name it in the packaged model's
-    metadata ``packaged`` (written); the share of its crop a training cell fills is measured again only for
-    another crop than the packaged model's."""
+    metadata ``packaged`` (written), with the share of its crop a training cell fills."""
     meta = read_meta(model)
     say(f"Adding the model adaptation starts from: {model} -> {ADAPT_FROM}/ ...")
     folder = copy_model(model, staging / ADAPT_FROM)
     if half_weights:
         _half_weights(folder)
-    crop = float(meta["preprocess"].get("crop_fraction", 1.0))
-    same = crop == float(packaged["preprocess"].get("crop_fraction", 1.0))
-    meta["training_cell_share"] = packaged["training_cell_share"] if same else round(
-        measure_cell_share(str(data), crop), 4)
+    meta["training_cell_share"] = training_cell_share(meta, data)
     for stale in ("onnx", "onnx_int8", "ood"):  # its exports and cell check are not copied
         meta.pop(stale, None)
     write_meta(folder, meta)
@@ -349,7 +353,7 @@ def package_default(model: str | Path, data: str | Path, out: str | Path | None 
         train, held = fitting_arrays(data, loaded.preprocess, loaded.class_names, per_class, heldout_per_class, seed)
         meta["ood"] = info = _fit_ood(staging, loaded, train, held, non_cells_per_kind, max_false_flag, seed, say,
                                       ood_augment, ood_method)
-        meta["training_cell_share"] = round(measure_cell_share(str(data), loaded.preprocess.crop_fraction), 4)
+        meta["training_cell_share"] = training_cell_share(meta, data)
         write_meta(staging, meta)
         check = _export_checked(staging, meta, quantize, half_weights, train, held, say)
         if adapt_from is not None:

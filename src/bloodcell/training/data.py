@@ -24,7 +24,7 @@ from sklearn.model_selection import train_test_split
 from bloodcell.core.classes import CLASSES
 from bloodcell.core.errors import ConfigError, DataError
 from bloodcell.core.files import atomic_write_bytes
-from bloodcell.core.locate import cell_shares, typical_share
+from bloodcell.core.locate import DEFAULT_SHARE, typical_share
 from bloodcell.core.preprocess import PreprocessConfig
 from bloodcell.data import load_arrays, open_dataset
 from bloodcell.data.audit.checks import audit_dataset
@@ -155,8 +155,12 @@ def _subset(part, size: int, seed: int):
     return images[keep], labels[keep], [ids[i] for i in keep]
 
 
-def _training_images(data: str, n: int) -> list[np.ndarray]:
-    """Up to ``n`` labelled training images of ``data``, evenly spread over its rows."""
+def measure_cell_share(data: str, crop_fraction: float, n: int = 200, default: float | None = DEFAULT_SHARE
+                       ) -> float | None:
+    """The share of the crop a located cell fills in up to ``n`` training images of ``data`` (evenly spread):
+    :func:`~bloodcell.core.locate.typical_share`, ``default`` when no cell is located. It is also what a
+    centre-crop model records as ``model.json["training_cell_share"]`` (``default=None``), the size
+    ``bloodcell adapt`` scales a lab's cells to."""
     ds = open_dataset(data)
     rows = [i for i, s in enumerate(ds.samples) if s.label is not None and s.split in (None, "train")]
     step = max(1, len(rows) // n)
@@ -166,23 +170,7 @@ def _training_images(data: str, n: int) -> list[np.ndarray]:
             images.append(ds.read(i))
         except DataError:
             continue  # an unreadable file is reported when the training images are loaded
-    return images
-
-
-def measure_cell_share(data: str, crop_fraction: float, n: int = 200) -> float:
-    """The share of the crop a located cell fills in up to ``n`` training images of ``data`` (evenly spread;
-    :func:`~bloodcell.core.locate.typical_share`'s default when no cell is located)."""
-    return typical_share(_training_images(data, n), crop_fraction)
-
-
-def recorded_cell_share(data: str, crop_fraction: float, n: int = 200) -> float | None:
-    """``model.json["training_cell_share"]`` of a model trained on ``data``: the median share of the crop a
-    located cell fills (what ``bloodcell adapt`` scales a lab's cells to), or ``None`` when no cell is located."""
-    try:
-        shares = cell_shares(_training_images(data, n), crop_fraction)
-    except (ConfigError, DataError):
-        return None
-    return round(float(np.clip(np.median(shares), 0.05, 1.0)), 4) if shares else None
+    return typical_share(images, crop_fraction, default)
 
 
 def load_training_data(cfg: TrainConfig, pre: PreprocessConfig, progress: bool = True) -> tuple[TrainData, dict]:

@@ -28,7 +28,7 @@ from bloodcell.networks import create_model, save_model
 from bloodcell.training import distributed
 from bloodcell.training.augment import BatchAugment
 from bloodcell.training.config import TrainConfig, save_config
-from bloodcell.training.data import recorded_cell_share, write_split_csv
+from bloodcell.training.data import measure_cell_share, write_split_csv
 from bloodcell.training.loop import (
     EpochContext,
     NonFiniteLoss,
@@ -199,8 +199,10 @@ class Trainer:
         }
         if not info.is_main:
             return
-        if pre.framing == "centre" and cfg.data:  # what `bloodcell adapt` scales a lab's cells to
-            self.meta_base["training_cell_share"] = recorded_cell_share(cfg.data, pre.crop_fraction)
+        if pre.framing == "centre" and cfg.data:  # what `bloodcell adapt` scales a lab's cells to; once per run
+            share = self.ckpt.meta.get("training_cell_share") if self.ckpt is not None else None
+            share = share or measure_cell_share(cfg.data, pre.crop_fraction, default=None)
+            self.meta_base["training_cell_share"] = None if share is None else round(share, 4)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.split_ids is not None:
             write_split_csv(self.run_dir / SPLIT_FILE, self.split_ids["train"], data.train_labels,
