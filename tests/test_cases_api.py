@@ -224,3 +224,33 @@ def test_a_case_mostly_uncertain_carries_the_warning_of_the_model_that_classifie
         assert c.get("/v1/cases").json()["cases"][0]["warning"] is None  # lists carry no differential or warning
     with TestClient(create_app(tiny_model(), allowed_hosts=["testserver"], cases_dir=folder)) as c:
         assert c.get(f"/v1/cases/{cid}").json()["warning"] is None  # another model classified those cells
+
+
+def test_a_case_whose_field_cells_are_mostly_called_platelets_carries_the_warning(tmp_path):
+    from dataclasses import replace
+
+    from _cases_helpers import new_cell, png
+    from bloodcell import __version__
+    from bloodcell.cases import CaseStore
+    from bloodcell.cases import images as store_images
+    from bloodcell.cases.fields import NewField, add_field, field_platelet_share
+
+    folder = tmp_path / "cases"
+    with case_client(folder) as c:
+        cid = new_case(c)["id"]
+        model = f"{c.get('/v1/model').json()['name']} (bloodcell {__version__})"
+        cases = CaseStore(folder)
+        cases.add_cells(cid, [new_cell(png(i), f"s{i}.png", "platelet") for i in range(30)], model)  # not from fields
+        for f, label in enumerate(["platelet"] * 16 + ["neutrophil"] * 4):
+            data = png(100 + f, 64)
+            cell = replace(new_cell(png(200 + f), "c.png", label), box=(0, 0, 9, 9), at_border=False)
+            add_field(cases, cid, NewField(f"f{f}.png", data, store_images.facts(data, f"f{f}.png")), [cell], model)
+        assert field_platelet_share(cases, cid, model) == (16, 20)
+        assert field_platelet_share(cases, cid, "another model") == (0, 0)
+        warning = c.get(f"/v1/cases/{cid}").json()["warning"]
+        assert warning.startswith("16 of the 20 cells found at a white cell's size were classified as platelets (80%")
+        data = png(999, 64)  # more white cells in fields bring the share back down
+        more = [replace(new_cell(png(300 + i), "c.png", "neutrophil"), box=(i, 0, i + 9, 9), at_border=False)
+                for i in range(20)]
+        add_field(cases, cid, NewField("g.png", data, store_images.facts(data, "g.png")), more, model)
+        assert c.get(f"/v1/cases/{cid}").json()["warning"] is None

@@ -96,6 +96,15 @@ def fields_of(cases: CaseStore, case_id: int) -> list[dict]:
         return [_field(r, by_field[r["id"]]) for r in rows]
 
 
+def field_platelet_share(cases: CaseStore, case_id: int, model: str) -> tuple[int, int]:
+    """``(called platelets, classified)`` of the case's cells found in fields that ``model`` classified, those
+    flagged not a blood cell left out (what :func:`bloodcell.fields.analyse.platelet_share_warning` weighs)."""
+    with cases._db() as db:
+        return tuple(db.execute("SELECT COALESCE(SUM(predicted = 'platelet'), 0), COUNT(*) FROM cells WHERE case_id = ? "
+                                "AND field_id IS NOT NULL AND model = ? AND COALESCE(not_a_blood_cell, 0) = 0",
+                                (case_id, model)).fetchone())
+
+
 def field_image(cases: CaseStore, case_id: int, field_id: int) -> tuple[Path, str]:
     """The stored image file of a field and its media type."""
     with cases._db() as db:

@@ -192,18 +192,23 @@ def overall_counts(results: list[FieldResult]) -> dict:
 PBC_PLATELET_SIZED, PLATELET_SIZED_LIMIT = 0.17, 0.35
 
 
-def platelet_sized_warning(results: list[FieldResult]) -> str | None:
-    """A warning when far more of the white-sized cells (the ones classified, not flagged not a cell) are
-    called platelets than on PBC's own fields: a nucleated cell of a white cell's size is rarely a
-    platelet, so the model is misreading another lab's stain or magnification; else ``None``."""
-    cells = [c for r in results for c in r.cells if c.prediction is not None and not c.prediction.not_a_blood_cell]
-    called = sum(c.prediction.label == "platelet" for c in cells)
-    if len(cells) < UNFAMILIAR_MIN_CELLS or wilson_interval(called, len(cells))[0] <= PLATELET_SIZED_LIMIT:
+def platelet_share_warning(called: int, counted: int) -> str | None:
+    """A warning when far more of the ``counted`` cells found in fields at a white cell's size (the ones
+    classified, not flagged not a cell) are ``called`` platelets than on PBC's own fields: a nucleated cell
+    of a white cell's size is rarely a platelet, so the model is misreading another lab's stain or
+    magnification; else ``None``."""
+    if counted < UNFAMILIAR_MIN_CELLS or wilson_interval(called, counted)[0] <= PLATELET_SIZED_LIMIT:
         return None
-    return (f"{called} of the {len(cells)} cells found at a white cell's size were classified as platelets "
-            f"({called / len(cells):.0%}; on PBC's own fields about {PBC_PLATELET_SIZED:.0%}): the model is probably "
+    return (f"{called} of the {counted} cells found at a white cell's size were classified as platelets "
+            f"({called / counted:.0%}; on PBC's own fields about {PBC_PLATELET_SIZED:.0%}): the model is probably "
             "reading another lab's stain or magnification, where its labels are unreliable. Review them, or adapt "
             "the model to your lab's cells (`bloodcell adapt`).")
+
+
+def platelet_sized_warning(results: list[FieldResult]) -> str | None:
+    """:func:`platelet_share_warning` for the cells of a field run."""
+    cells = [c for r in results for c in r.cells if c.prediction is not None and not c.prediction.not_a_blood_cell]
+    return platelet_share_warning(sum(c.prediction.label == "platelet" for c in cells), len(cells))
 
 
 def fields_warning(results: list[FieldResult], diff: Differential, model: dict | None) -> str | None:

@@ -31,12 +31,14 @@ from starlette.concurrency import run_in_threadpool
 
 from bloodcell.cases import CaseStore, NewCell, allowed_labels
 from bloodcell.cases.export import case_csv, case_document, media, write_dataset_zip
+from bloodcell.cases.fields import field_platelet_share
 from bloodcell.cases.images import facts, for_display
 from bloodcell.cases.report import CSS, case_report
 from bloodcell.cases.store import CaseNotFound, OverTarget
 from bloodcell.core import __version__
 from bloodcell.core.errors import ConfigError, DataError
 from bloodcell.core.preprocess import decode_image, prepare_with_info
+from bloodcell.fields.analyse import platelet_share_warning
 from bloodcell.prediction.differential import uncertain_share_warning
 from bloodcell.server import cases_models as m
 from bloodcell.server.errors import UPLOAD_ERRORS, error, too_many_files
@@ -97,11 +99,13 @@ def get_case(request: Request, case_id: int):
 
 def case_of(request: Request, case_id: int) -> dict:
     """The case with its warning: far more of the cells the serving model classified are uncertain than its
-    validation images were (:func:`~bloodcell.prediction.differential.uncertain_share_warning`)."""
-    cases = store(request)
+    validation images were (:func:`~bloodcell.prediction.differential.uncertain_share_warning`), or far more of
+    the white-sized cells of its fields are called platelets than on PBC's (:func:`platelet_share_warning`)."""
+    cases, model = store(request), model_name(request)
     case = cases.case(case_id)
-    case["warning"] = uncertain_share_warning(*cases.uncertain_share(case_id, model_name(request)),
-                                              request.app.state.info.get("validation_uncertain"))
+    said = [uncertain_share_warning(*cases.uncertain_share(case_id, model), request.app.state.info.get("validation_uncertain")),
+            platelet_share_warning(*field_platelet_share(cases, case_id, model))]
+    case["warning"] = " ".join(w for w in said if w) or None
     return case
 
 
