@@ -3,9 +3,11 @@ never half of one. Every file bloodcell writes goes through here."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,11 +32,34 @@ def fsync_path(path: str | Path) -> None:
         os.close(fd)
 
 
+@functools.cache
+def process_umask() -> int:
+    """The process's umask, read without changing it where the system says it (Linux), else once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def _file_mode(path: Path) -> int:
+    """The mode a written file gets: the one it replaces keeps its own, a new one what ``open`` gives."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return 0o666 & ~process_umask()
+
+
 @contextmanager
 def _temporary_beside(path: Path) -> Iterator[tuple[int, str]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, _file_mode(path))
         yield fd, tmp
         os.replace(tmp, path)
     except BaseException:
@@ -102,6 +127,7 @@ def staged_folder(out: str | Path) -> Iterator[Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
+        os.chmod(staging, 0o777 & ~process_umask())
         yield staging
         swap_folder(staging, out)
     finally:

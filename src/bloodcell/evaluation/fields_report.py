@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
 from pathlib import Path
 
 from bloodcell.core.errors import DataError
@@ -96,8 +95,4 @@ def add_fields_section(report_html: Path, classifier, boxes_csv: str | Path) -> 
     page = page.replace("</main>", section + "</main>", 1) if "</main>" in page else page + section
     atomic_write_bytes(report_html, page.encode("utf-8"))
     atomic_write_json(report_html.parent / "fields.json", figures)
-    mask = os.umask(0)
-    os.umask(mask)
-    for path in (report_html, report_html.parent / "fields.json"):
-        os.chmod(path, 0o666 & ~mask)
     return figures

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import html
-import os
 from importlib import resources
 from pathlib import Path
 from string import Template
@@ -375,15 +374,6 @@ def write_report(ev: Evaluation, folder: str | Path, n_mistakes: int = 24, gradc
         atomic_write_json(folder / "metrics.json", ev.to_json())
         path = folder / "report.html"
         atomic_write_bytes(path, render_html(ev, figs, missing, n_mistakes).encode("utf-8"))
-        mode = 0o666 & ~_umask()
-        for name in [*(f"{n}.png" for n in figs), "metrics.json", "report.html"]:
-            os.chmod(folder / name, mode)
     except OSError as e:
         raise ConfigError(f"Cannot write the report into {folder} ({e.strerror or e}). Pass another -o folder.") from None
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

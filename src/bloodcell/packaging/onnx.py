@@ -38,7 +38,6 @@ rounds the others to about three significant digits.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -269,16 +268,8 @@ def export_onnx(
     _check_calibration(calibration, loaded.preprocess.image_size)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as tmp:
         proto = _graph(loaded, Path(tmp), quantize, calibration, opset, half_storage)
-        atomic_write_with(out, lambda path: _save_readable(proto, path))
+        atomic_write_with(out, lambda path: onnx.save(proto, path))
     return out
-
-
-def _save_readable(proto, path: str) -> None:
-    """Save with the permissions a plain new file gets (the atomic write's temporary file is private)."""
-    onnx.save(proto, path)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def _check_options(quantize: str, opset: int) -> None:

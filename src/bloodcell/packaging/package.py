@@ -38,7 +38,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from bloodcell.core.errors import ConfigError, DataError, ModelError
-from bloodcell.core.files import check_writable_folder, staged_folder
+from bloodcell.core.files import check_writable_folder, process_umask, staged_folder
 from bloodcell.core.model_choice import packaged_model_dir
 from bloodcell.core.model_folder import ADAPT_FROM, ONNX, read_meta, weight_files, weights_digest, write_meta
 from bloodcell.data import load_arrays, open_dataset
@@ -288,9 +288,8 @@ def _check_size(folder: Path, max_mb: float) -> float:
 
 
 def _make_readable(folder: Path) -> None:
-    """Give the packaged files the usual permissions (the staging folder is private while it is written)."""
-    umask = os.umask(0)
-    os.umask(umask)
+    """Give the packaged files the usual permissions (copied weights keep their source's mode)."""
+    umask = process_umask()
     for p in [folder, *folder.rglob("*")]:
         os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
 

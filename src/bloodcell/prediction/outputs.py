@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -174,14 +173,11 @@ def render(fmt: str, model: dict, predictions: list[Prediction], problems, d: Di
 
 
 def write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` atomically, with the permissions a plain new file would get."""
+    """Write ``text`` atomically."""
 
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8", newline="") as f:
             f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
 
     atomic_write_with(Path(path), write)
 
