@@ -1,6 +1,6 @@
 """bloodcell predict --engine ray: a local Ray instance with two model actors gives the rows of the local path.
 
-The comparison uses 1,000 real PBC cells (125 of each class); ``benchmarks/predict_scale.py``
+The comparison uses 400 real PBC cells (50 of each class); ``benchmarks/predict_scale.py``
 measures both engines' speed on 1,000 to 100,000 images.
 """
 
@@ -20,8 +20,8 @@ pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow is not installed (it
 def test_ray_engine_gives_the_rows_of_the_local_path(tmp_path, real_data):
     from bloodcell.core.classes import CLASSES
 
-    files = [p for name in CLASSES for p in sorted((real_data / name).glob("[!.]*.jpg"))[:125]]
-    assert len(files) == 1000
+    files = [p for name in CLASSES for p in sorted((real_data / name).glob("[!.]*.jpg"))[:50]]
+    assert len(files) == 400
     manifest = tmp_path / "images.csv"
     manifest.write_text("path,label\n" + "".join(f"{p},{p.parent.name}\n" for p in files)
                         + f"{tmp_path / 'gone.jpg'},monocyte\n")
@@ -47,3 +47,62 @@ def test_ray_engine_gives_the_rows_of_the_local_path(tmp_path, real_data):
 def test_ray_engine_needs_parquet_output(tmp_path):
     r = cli("predict", str(tmp_path / "x.csv"), "--engine", "ray", "-f", "csv", "-o", str(tmp_path / "o.csv"))
     assert r.returncode == 2 and "-f parquet" in r.stderr and "Traceback" not in r.stderr
+
+
+RESUME_SCRIPT = r"""
+import json, sys
+from pathlib import Path
+import bloodcell.prediction.ray_engine as engine
+from bloodcell.core.errors import ConfigError
+
+manifest, out = Path(sys.argv[1]), Path(sys.argv[2])
+engine.PART_IMAGES = 4
+written, write = [], engine._Parts.write
+
+def stop_at_part_1(self, i, ds):
+    if i == 1 and "stopped" not in written:
+        written.append("stopped")
+        raise KeyboardInterrupt
+    written.append(i)
+    write(self, i, ds)
+
+engine._Parts.write = stop_at_part_1
+report = {}
+try:
+    engine.predict_ray(manifest, out, workers=1, precision="fp32")
+except KeyboardInterrupt:
+    report["parts_after_stop"] = sorted(p.name for p in out.with_name(out.name + ".ray-partial").glob("part-*"))
+for name, kwargs in (("without_resume", {}), ("other_precision", {"resume": True, "precision": "int8"})):
+    try:
+        engine.predict_ray(manifest, out, workers=1, **{"precision": "fp32", **kwargs})
+    except ConfigError as e:
+        report[name] = str(e)
+result = engine.predict_ray(manifest, out, workers=1, precision="fp32", resume=True)
+report.update(written=written, images=result.images, partial_left=out.with_name(out.name + ".ray-partial").exists())
+print("REPORT" + json.dumps(report))
+"""
+
+
+@pytest.mark.integration
+def test_a_stopped_ray_run_resumes_from_its_first_unfinished_part(tmp_path, real_data):
+    import subprocess
+    import sys
+
+    files = sorted((real_data / "basophil").glob("[!.]*.jpg"))[:10]
+    manifest = tmp_path / "images.csv"
+    manifest.write_text("path\n" + "".join(f"{p}\n" for p in files) + f"{tmp_path / 'gone.jpg'}\n")
+    out = tmp_path / "ray"
+    r = subprocess.run([sys.executable, "-c", RESUME_SCRIPT, str(manifest), str(out)], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(r.stdout.split("REPORT", 1)[1])
+    assert report["parts_after_stop"] == ["part-00000"]
+    assert "pass --resume" in report["without_resume"]
+    assert "precision" in report["other_precision"]
+    assert report["written"] == [0, "stopped", 1, 2]  # part 0 was not classified again
+    assert "--resume to continue" in r.stderr
+    rows = pq.read_table(out).to_pylist()
+    assert sorted(row["source"] for row in rows) == sorted(str(p) for p in files)
+    assert report["images"] == 10 and not report["partial_left"]
+    record = json.loads((out / "_run.json").read_text())
+    assert [s["source"] for s in record["skipped"]] == [str(tmp_path / "gone.jpg")]

@@ -28,7 +28,8 @@ def add_arguments(parser) -> None:
                              "jsonl and parquet (a folder of shards) need -o")
     parser.add_argument("-o", "--output", default=None, help="write to this file instead of standard output")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the unfinished run whose rows are in OUTPUT.partial (same command, same model)")
+                        help="continue the unfinished run whose rows are in OUTPUT.partial (--engine ray: whose finished "
+                             "parts are in OUTPUT.ray-partial/) (same command, same model)")
     parser.add_argument("--precision", choices=("fp32", "int8"), default=None,
                         help="model precision on onnxruntime: int8 runs the model folder's model.int8.onnx, about twice "
                              "as fast, slightly less accurate (default: fp32)")
@@ -83,7 +84,8 @@ def _to_file(args) -> int:
     if args.engine == "ray":
         from bloodcell.prediction.ray_engine import predict_ray  # deferred: imports Ray
 
-        result = predict_ray(args.paths, args.output, model=args.model, workers=args.workers, batch_size=args.batch_size,
+        result = predict_ray(args.paths, args.output, model=args.model, workers=args.workers, resume=args.resume,
+                             batch_size=args.batch_size,
                              threads=args.threads, precision=args.precision, abstain_threshold=args.abstain_threshold,
                              ood_threshold=args.ood_threshold)
     else:
@@ -112,8 +114,8 @@ def _check_args(args) -> bool:
         raise ConfigError(f"-f {args.format} writes a file: pass -o OUTPUT (and not --differential only).")
     if args.resume and not streamed:
         raise ConfigError("--resume continues a run written with -o OUTPUT in csv, json, jsonl or parquet.")
-    if args.engine == "ray" and (args.format != "parquet" or not streamed or args.resume or args.tta):
-        raise ConfigError("--engine ray writes Parquet: pass -f parquet -o FOLDER (no --resume, no --tta).")
+    if args.engine == "ray" and (args.format != "parquet" or not streamed or args.tta):
+        raise ConfigError("--engine ray writes Parquet: pass -f parquet -o FOLDER (no --tta).")
     return streamed
 
 

@@ -14,17 +14,25 @@ Ray connects to the cluster named by ``RAY_ADDRESS`` (``auto`` for the one
 ``ray start`` runs on this machine); without it, a local Ray instance with
 ``workers`` CPUs is started. Image paths and the model must be readable at
 the same path on every node.
+
+The list is classified in parts of :data:`PART_IMAGES` images; each finished
+part's shards are kept in ``<output>.ray-partial/`` until the run ends, so a
+run stopped at any moment continues with ``resume=True`` (``--resume``) from
+the first unfinished part.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import sys
 import time
 from pathlib import Path
 
 from bloodcell.core.classes import canonical_class
 from bloodcell.core.errors import ConfigError, DataError
-from bloodcell.core.files import atomic_write_json, staged_folder
+from bloodcell.core.files import atomic_write_json, check_writable_folder, staged_folder
 from bloodcell.prediction.archive import ArchiveResult
 from bloodcell.prediction.classifier import Classifier
 from bloodcell.prediction.differential import differential, run_warning
@@ -34,14 +42,16 @@ from bloodcell.prediction.stream import decode_batch
 #: Reading the list and writing the shards take no CPU from the cluster's count, so the model actors
 #: (one CPU each) can take every CPU without starving the tasks that feed them.
 LIGHT = {"num_cpus": 0}
+#: Images per part of a run: a stopped run repeats at most the part it was in.
+PART_IMAGES = 20_000
+#: What a resumed run must share with the run it continues.
+SAME_RUN = ("path", "backend", "precision", "classes", "image_size", "temperature", "abstain_threshold", "ood_threshold")
 
 
-def _tag(df, manifest: int, keep: list[str]):
-    """The ``path`` (and ``label``) columns, and which input each row comes from, so relative paths
-    resolve against their own manifest's folder."""
-    df = df[keep].copy()
-    df["_manifest"] = manifest
-    return df
+def _resolve(raw, base: str, named: str) -> tuple[Path, str]:
+    """Where a listed path is read (relative ones against their manifest's folder) and how it is named."""
+    listed = Path(str(raw).strip())
+    return (listed, str(listed)) if listed.is_absolute() else (Path(base) / listed, str(Path(named) / listed))
 
 
 class BatchClassifier:
@@ -59,12 +69,11 @@ class BatchClassifier:
         labels = batch.get("label")
         items = []
         for i, raw in enumerate(batch["path"]):
-            listed, manifest = Path(str(raw).strip()), str(batch["_manifest"][i])
-            path = listed if listed.is_absolute() else Path(self.base[manifest]) / listed
-            source = listed if listed.is_absolute() else Path(self.named[manifest]) / listed
+            manifest = str(batch["_manifest"][i])
+            path, source = _resolve(raw, self.base[manifest], self.named[manifest])
             label = labels[i] if labels is not None else None
             label = canonical_class(str(label)) if label is not None and str(label).strip() not in ("", "nan", "None") else None
-            items.append(self.item(str(source), path, label=label))
+            items.append(self.item(source, path, label=label))
         return items
 
     def __call__(self, batch: dict):
@@ -90,23 +99,28 @@ def _start_ray(workers: int) -> None:
              runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"}})
 
 
-def _read(paths: list[Path]):
-    """The inputs as one Ray dataset with ``path``, ``_manifest`` (and ``label`` when every input has it)."""
-    import ray  # deferred: optional dependency
+def _listing(paths: list[Path]):
+    """Every listed image, in order: a DataFrame with ``path``, ``_manifest`` (and ``label`` when every input has one)."""
+    import pandas as pd  # deferred: comes with Ray Data
+    import pyarrow.parquet as pq  # deferred: optional dependency
 
-    sets = []
-    for p in paths:
+    frames = []
+    for i, p in enumerate(paths):
         if p.suffix.lower() not in (".csv", ".parquet"):
             raise ConfigError(f"{p}: --engine ray reads a CSV manifest or a Parquet file with a 'path' column.")
-        reader = ray.data.read_parquet if p.suffix.lower() == ".parquet" else ray.data.read_csv
-        ds = reader(str(p.resolve()), ray_remote_args=LIGHT)
-        if "path" not in ds.columns():
-            raise DataError(f"{p}: no 'path' column (columns: {', '.join(ds.columns())}).")
-        sets.append(ds)
-    keep = ["path", "label"] if all("label" in ds.columns() for ds in sets) else ["path"]
-    parts = [ds.map_batches(_tag, fn_kwargs={"manifest": i, "keep": keep}, batch_format="pandas", **LIGHT)
-             for i, ds in enumerate(sets)]
-    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+        try:
+            df = (pq.read_table(p).to_pandas() if p.suffix.lower() == ".parquet"
+                  else pd.read_csv(p, dtype=str, keep_default_na=False, encoding="utf-8-sig"))
+        except (OSError, ValueError) as e:
+            raise DataError(f"{p}: cannot be read as a manifest ({e}).") from None
+        if "path" not in df.columns:
+            raise DataError(f"{p}: no 'path' column (columns: {', '.join(map(str, df.columns))}).")
+        df["_manifest"] = str(i)
+        frames.append(df)
+    keep = ["path", "label", "_manifest"] if all("label" in df.columns for df in frames) else ["path", "_manifest"]
+    listing = pd.concat([df[keep] for df in frames], ignore_index=True)
+    listing["path"] = listing["path"].astype(str)
+    return listing
 
 
 def _rows_back(folder: Path, clf: Classifier):
@@ -119,7 +133,56 @@ def _rows_back(folder: Path, clf: Classifier):
     return differential(preds, clf.class_names), set(got["source"])
 
 
-def predict_ray(paths, output, *, model=None, workers: int | None = None, progress: bool = False, **options) -> ArchiveResult:
+class _Parts:
+    """The finished parts of a run in ``<output>.ray-partial/`` (``part-00000/``, ... each a folder of shards,
+    there only once whole) and the run's settings (``run.json``), checked before a run is resumed."""
+
+    def __init__(self, output: Path, settings: dict):
+        self.folder = output.with_name(output.name + ".ray-partial")
+        self.settings = settings
+
+    def start(self, resume: bool) -> None:
+        record = self.folder / "run.json"
+        if self.folder.exists() and not resume:
+            raise ConfigError(f"{self.folder} holds the finished parts of an unfinished run: pass --resume to continue "
+                              "it, or delete it to start again.")
+        if resume and record.is_file():
+            try:
+                before = json.loads(record.read_text(encoding="utf-8"))
+            except ValueError:
+                raise ConfigError(f"{record} is unreadable, so the run cannot be resumed safely; delete "
+                                  f"{self.folder} to start again.") from None
+            changed = [k for k in self.settings if before.get(k) != self.settings[k]]
+            if changed:
+                raise ConfigError(f"{self.folder} was written with other settings ({', '.join(changed)} differ); "
+                                  "resume with the same inputs, model and options, or delete it to start again.")
+            return
+        check_writable_folder(self.folder, "folder for the run's finished parts")
+        atomic_write_json(record, self.settings, indent=2)
+
+    def part(self, i: int) -> Path:
+        return self.folder / f"part-{i:05d}"
+
+    def write(self, i: int, ds) -> None:
+        """Write part ``i`` beside its place, then put it there whole."""
+        staging = self.folder / f".part-{i:05d}.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        ds.write_parquet(str(staging), ray_remote_args=LIGHT)
+        os.replace(staging, self.part(i))
+
+    def gather(self, staging: Path) -> None:
+        """Link (or copy) every part's shards into ``staging``, named by part; the parts stay until the run ends."""
+        for part in sorted(self.folder.glob("part-*")):
+            for shard in sorted(part.glob("*.parquet")):
+                try:
+                    os.link(shard, staging / f"{part.name}-{shard.name}")
+                except OSError:
+                    shutil.copy2(shard, staging / f"{part.name}-{shard.name}")
+
+
+def predict_ray(paths, output, *, model=None, workers: int | None = None, progress: bool = False, resume: bool = False,
+                **options) -> ArchiveResult:
     """Classify the images listed in ``paths`` on Ray and write Parquet shards to the folder ``output``.
 
     Parameters
@@ -130,6 +193,10 @@ def predict_ray(paths, output, *, model=None, workers: int | None = None, progre
         Folder for the shards and ``_run.json`` (replaced when the run ends).
     workers : int, optional
         Model actors (default: the CPUs of the cluster, at least 1).
+    progress : bool
+        Ray Data's progress bars (a line per finished part is printed either way).
+    resume : bool
+        Continue the unfinished run whose finished parts are in ``<output>.ray-partial/``.
     **options
         ``batch_size``, ``threads`` (per actor, default 1), ``precision``, ``abstain_threshold``,
         ``ood_threshold``: as for :class:`~bloodcell.prediction.classifier.Classifier`.
@@ -147,27 +214,53 @@ def predict_ray(paths, output, *, model=None, workers: int | None = None, progre
         raise ConfigError(f"{output}: the Parquet output is a folder of shards, and this is a file. Pass another -o.")
     clf = Classifier(model, backend="onnx", **{k: v for k, v in options.items() if k != "threads"})
     describe = clf.describe()
+    listing = _listing(paths)
+    parts = _Parts(output, {**{k: describe.get(k) for k in SAME_RUN}, "inputs": [str(p.resolve()) for p in paths],
+                            "images": len(listing), "part_images": PART_IMAGES})
+    parts.start(resume)
     _start_ray(max(1, workers or os.cpu_count() or 1))
     ray.data.DataContext.get_current().enable_progress_bars = progress
     actors = max(1, workers or int(ray.cluster_resources().get("CPU", 1)))
-    actor_options = {**options, "backend": "onnx", "threads": options.get("threads") or 1}
     base = {str(i): str(p.resolve().parent) for i, p in enumerate(paths)}  # where the actors read
     named = {str(i): str(p.parent) for i, p in enumerate(paths)}  # how sources are named, as on the local path
+    classify = {"fn_constructor_kwargs": {"model": str(clf.path), "base": base, "named": named,
+                                          "options": {**options, "backend": "onnx", "threads": options.get("threads") or 1}},
+                "batch_size": options.get("batch_size") or 64, "batch_format": "numpy", "concurrency": actors, "num_cpus": 1}
     start = time.perf_counter()
-    ds = _read(paths).map_batches(BatchClassifier, fn_constructor_kwargs={"model": str(clf.path), "options": actor_options,
-                                                                          "base": base, "named": named},
-                                  batch_size=options.get("batch_size") or 64, batch_format="numpy", concurrency=actors,
-                                  num_cpus=1)
+    _classify_parts(ray, listing, parts, classify)
     with staged_folder(output) as staging:
-        ds.write_parquet(str(staging), ray_remote_args=LIGHT)
+        parts.gather(staging)
         diff, written = _rows_back(staging, clf)
-        skipped = _skipped(paths, named, written)
+        skipped = _skipped(listing, named, written)
         atomic_write_json(staging / "_run.json", {"model": describe, "engine": "ray", "images": diff.total,
                                                   "skipped": skipped, "differential": diff.to_dict(),
                                                   "warning": run_warning(diff, describe)}, indent=2)
+    shutil.rmtree(parts.folder, ignore_errors=True)
     seconds = time.perf_counter() - start
     problems = [_Skip(s["source"], s["reason"]) for s in skipped]
     return ArchiveResult(output, diff.total, diff.total, problems, diff, describe, seconds, output / "_run.json")
+
+
+def _classify_parts(ray, listing, parts: _Parts, classify: dict) -> None:
+    """Classify every part not yet finished, saying when each is done; a stop says how to continue."""
+    count = max(1, -(-len(listing) // PART_IMAGES))
+    done = 0
+    try:
+        for i in range(count):
+            if parts.part(i).is_dir():
+                done += 1
+                continue
+            chunk = listing.iloc[i * PART_IMAGES:(i + 1) * PART_IMAGES]
+            parts.write(i, ray.data.from_pandas(chunk).map_batches(BatchClassifier, **classify))
+            done += 1
+            if count > 1:
+                print(f"bloodcell predict: part {i + 1} of {count} done ({min(len(listing), (i + 1) * PART_IMAGES):,} "
+                      f"of {len(listing):,} listed images)", file=sys.stderr)
+    except BaseException:
+        if done:
+            print(f"bloodcell predict: stopped; {done} of {count} parts are finished in {parts.folder}; "
+                  "run the same command with --resume to continue.", file=sys.stderr)
+        raise
 
 
 class _Skip:
@@ -175,22 +268,11 @@ class _Skip:
         self.item, self.message = item, message
 
 
-def _skipped(paths: list[Path], base: dict, written: set) -> list[dict]:
-    """Listed images that have no row (missing or unreadable), read from the inputs one row at a time."""
-    import pyarrow.parquet as pq  # deferred: optional dependency
-
+def _skipped(listing, named: dict, written: set) -> list[dict]:
+    """Listed images that have no row (missing or unreadable)."""
     out = []
-    for i, p in enumerate(paths):
-        if p.suffix.lower() == ".parquet":
-            listed = (str(x) for x in pq.read_table(p, columns=["path"]).column("path").to_pylist())
-        else:
-            import csv
-
-            with open(p, newline="", encoding="utf-8-sig") as f:
-                listed = [r.get("path", "") for r in csv.DictReader(f)]
-        for raw in listed:
-            path = Path(raw.strip())
-            source = str(path if path.is_absolute() else Path(base[str(i)]) / path)
-            if source not in written:
-                out.append({"source": source, "reason": f"{source}: skipped, missing or not a readable image."})
+    for raw, manifest in zip(listing["path"], listing["_manifest"]):
+        _, source = _resolve(raw, named[manifest], named[manifest])
+        if source not in written:
+            out.append({"source": source, "reason": f"{source}: skipped, missing or not a readable image."})
     return out
