@@ -7,7 +7,9 @@ synthetic shifts of what labs differ in, and every labelled folder of other labs
 
 Per source: accuracy, balanced accuracy (mean per-class recall) and macro-F1 with bootstrap
 95% CIs, over the classes that source has (a prediction into any other class is an error),
-and the share of images flagged "not a blood cell". Prints a Markdown table and writes
+the share of images flagged "not a blood cell", the share called uncertain (referred to a person)
+and the share "sure but wrong" (neither flagged nor uncertain, yet misclassified: what a lab would
+take on trust and get wrong). Prints a Markdown table and writes
 benchmarks/results/domain_shift.json and .png (per-source bars; with --baseline, before vs after).
 
 Settings: BLOODCELL_DATA (the PBC folder, default ../shared/data/pbc), BLOODCELL_EXTERNAL
@@ -224,7 +226,7 @@ def cell_framing(split_csv: Path) -> CellFraming:
 def measure(clf: Classifier, items, shift=None, batch: int = 64, frame: CellFraming | None = None) -> dict:
     """Classify ``items`` (path, label), optionally shifted and then framed, and score them."""
     names = list(clf.class_names)
-    truth, predicted, flagged = [], [], []
+    truth, predicted, flagged, uncertain = [], [], [], []
     seen, found = (frame.seen, frame.found) if frame is not None else (0, 0)
     for start in range(0, len(items), batch):
         chunk = items[start:start + batch]
@@ -237,10 +239,13 @@ def measure(clf: Classifier, items, shift=None, batch: int = 64, frame: CellFram
             truth.append(names.index(label))
             predicted.append(names.index(pred.label))
             flagged.append(bool(pred.not_a_blood_cell))
+            uncertain.append(bool(pred.uncertain))
     y, p = np.array(truth), np.array(predicted)
     present = sorted(set(truth))
     row = bootstrap(y, p, present)
-    row.update(images=len(items), classes=[names[c] for c in present], flagged_not_a_cell=float(np.mean(flagged)))
+    sure = ~np.array(flagged) & ~np.array(uncertain)
+    row.update(images=len(items), classes=[names[c] for c in present], flagged_not_a_cell=float(np.mean(flagged)),
+               uncertain=float(np.mean(uncertain)), sure_but_wrong=float(np.mean(sure & (y != p))))
     if frame is not None:
         row["cell_found"] = (frame.found - found) / max(1, frame.seen - seen)
     return row
@@ -299,13 +304,18 @@ def markdown(rows: list[dict], baseline: dict | None) -> str:
     def cell(m):
         return f"{100 * m['value']:.1f}% ({100 * m['ci95'][0]:.1f}-{100 * m['ci95'][1]:.1f})"
 
-    head = "| source | images | accuracy (95% CI) | balanced accuracy (95% CI) | macro-F1 (95% CI) | flagged not a cell |"
+    def share(r, key):
+        return f"{100 * r[key]:.1f}%" if key in r else "-"
+
+    head = ("| source | images | accuracy (95% CI) | balanced accuracy (95% CI) | macro-F1 (95% CI) | flagged not a cell "
+            "| uncertain | sure but wrong |")
     if baseline:
         head += " balanced accuracy before |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         line = (f"| {r['source']} | {r['images']} | {cell(r['accuracy'])} | {cell(r['balanced_accuracy'])} "
-                f"| {cell(r['macro_f1'])} | {100 * r['flagged_not_a_cell']:.1f}% |")
+                f"| {cell(r['macro_f1'])} | {100 * r['flagged_not_a_cell']:.1f}% | {share(r, 'uncertain')} "
+                f"| {share(r, 'sure_but_wrong')} |")
         if baseline:
             old = baseline.get(r["source"])
             line += f" {100 * old['balanced_accuracy']['value']:.1f}% |" if old else " - |"
@@ -376,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         row["seconds"] = round(time.perf_counter() - start, 1)
         rows.append(row)
         print(f"{name:<32} n={row['images']:>5}  acc {100 * row['accuracy']['value']:5.1f}%  "
-              f"bal {100 * row['balanced_accuracy']['value']:5.1f}%  flagged {100 * row['flagged_not_a_cell']:5.1f}%"
+              f"bal {100 * row['balanced_accuracy']['value']:5.1f}%  flagged {100 * row['flagged_not_a_cell']:5.1f}%  "
+              f"sure but wrong {100 * row['sure_but_wrong']:5.1f}%"
               + (f"  cell found {100 * row['cell_found']:5.1f}%" if "cell_found" in row else ""), flush=True)
     baseline = None
     if args.baseline:

@@ -200,6 +200,30 @@ def test_two_files_named_alike_keep_their_own_images(browser, server):
     page.context.close()
 
 
+def test_a_review_made_elsewhere_since_is_not_overwritten(browser, server, tmp_path):
+    images = cell_images(tmp_path, 2)
+    kase = _case_via_api(server, "H24-TWO", [(p.name, p.read_bytes()) for p in images])
+    page = new_page(browser)
+    page.goto(f"{server}/#case={kase['id']}")
+    page.wait_for_selector("#case-count:has-text('2 / 100 cells')")
+    page.focus("#gallery .cell")
+    mine = _review_by_key(page, server, kase["id"], "smudge", "s")
+    other = next(i for i in _api_cells(server, kase["id"]) if i != mine)
+    for cell in (mine, other):  # a second reviewer, on another page, labels both cells after this page loaded them
+        httpx.patch(f"{server}/v1/cases/{kase['id']}/cells/{cell}",
+                    json={"label": "basophil", "reviewer": "Dr Other"}).raise_for_status()
+    page.keyboard.press("u")  # undoing my smudge would wipe Dr Other's basophil
+    assert "reviewed as basophil by Dr Other" in page.wait_for_selector("#error:not([hidden])").inner_text()
+    page.focus(f"#gallery .cell[data-id='{other}']")
+    page.keyboard.press("a")  # this page still showed the cell unreviewed
+    page.wait_for_function("id => document.querySelector('#error').textContent.includes(`Cell ${id} was changed`)",
+                           arg=other)
+    cells = _api_cells(server, kase["id"])
+    assert cells[mine]["label"] == cells[other]["label"] == "basophil"
+    page.wait_for_selector("#diff-summary:has-text('2 of 2 cells reviewed')")
+    page.context.close()
+
+
 def test_gradcam_is_fetched_on_demand(browser, server, tmp_path):
     images = cell_images(tmp_path, 3)
     kase = _case_via_api(server, "H24-CAM", [(p.name, p.read_bytes()) for p in images])

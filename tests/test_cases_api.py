@@ -105,7 +105,10 @@ def test_upload_review_undo_and_filters(client, images):
     assert [c["id"] for c in client.get(f"/v1/cases/{cid}/cells?label={other}").json()["cells"]][:1] == [first["id"]]
     assert client.get(f"/v1/cases/{cid}/cells?flag=odd").status_code == 422
 
-    r = client.patch(cell, json={"label": None, "reviewer": "dr. Ada"})
+    stale = client.patch(cell, json={"label": "basophil", "reviewer": "dr. Bo", "if_label": None})
+    assert stale.status_code == 409 and f"now reviewed as {other} by dr. Ada" in stale.json()["detail"]
+    assert client.get(cell).json()["label"] == other
+    r = client.patch(cell, json={"label": None, "reviewer": "dr. Ada", "if_label": other})
     assert r.json()["label"] is None and r.json()["reviewer"] is None and r.json()["final_label"] == first["predicted"]
     events = [e for e in client.get(f"/v1/cases/{cid}/events").json()["events"] if e["what"] == "label"]
     assert [(e["who"], e["old"], e["new"]) for e in events] == [("dr. Ada", None, other), ("dr. Ada", other, None)]

@@ -18,8 +18,8 @@ from _cases_helpers import new_cell, png
 from _serve_helpers import SRC
 from bloodcell.cases import CaseStore
 from bloodcell.cases import images as store_images
+from bloodcell.cases.records import BadLabel, CaseNotFound, ChangedSince, OverTarget
 from bloodcell.cases.schema import DATABASE, MIGRATIONS, VERSION, connect, migrate
-from bloodcell.cases.store import BadLabel, CaseNotFound, OverTarget
 from bloodcell.core.errors import DataError
 
 
@@ -88,6 +88,22 @@ def test_target_review_and_not_found(tmp_path):
     assert labels == [(None, "smudge"), ("smudge", None)]
     with pytest.raises(DataError, match="target must be"):
         store.update_case(cid, target=0)
+
+
+def test_a_review_made_on_an_old_view_is_refused_and_changes_nothing(tmp_path):
+    store = CaseStore(tmp_path / "s")
+    cid = store.create_case("A")["id"]
+    cell = store.add_cells(cid, [new_cell(png(1))])[0]["id"]
+    store.review(cid, cell, "monocyte", "ada", expected=None)
+    with pytest.raises(ChangedSince, match=r"now reviewed as monocyte by ada at .*Reload the case"):
+        store.review(cid, cell, "lymphocyte", "bob", expected=None)  # bob's page still shows it unreviewed
+    store.review(cid, cell, "basophil", "ada", expected="monocyte")
+    store.review(cid, cell, None, "ada", expected="basophil")
+    with pytest.raises(ChangedSince, match="no longer reviewed"):
+        store.review(cid, cell, "monocyte", "bob", expected="basophil")
+    assert store.cell(cid, cell)["label"] is None
+    labels = [(e["old"], e["new"], e["who"]) for e in store.events(cid) if e["what"] == "label"]
+    assert labels == [(None, "monocyte", "ada"), ("monocyte", "basophil", "ada"), ("basophil", None, "ada")]
 
 
 def test_orphans_are_cleaned_at_open_and_verify_finds_damage(tmp_path):

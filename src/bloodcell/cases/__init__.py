@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from bloodcell.cases.export import case_csv, case_json, media, write_dataset_zip
+from bloodcell.cases.records import NewCell, allowed_labels
 from bloodcell.cases.report import case_report
-from bloodcell.cases.store import CaseStore, NewCell, allowed_labels
+from bloodcell.cases.store import CaseStore
 from bloodcell.core.errors import ConfigError
 from bloodcell.core.files import atomic_write_text, atomic_write_with, check_writable_file
 

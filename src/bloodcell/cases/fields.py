@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bloodcell.cases import images
-from bloodcell.cases.store import CaseNotFound, CaseStore, NewCell, now
+from bloodcell.cases.records import CaseNotFound, NewCell, now
+from bloodcell.cases.store import CaseStore
 
 
 @dataclass

@@ -17,16 +17,26 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from bloodcell.cases import images
+from bloodcell.cases.records import (
+    UNCHECKED,
+    BadLabel,
+    CaseNotFound,
+    NewCell,
+    OverTarget,
+    allowed_labels,
+    cell_record,
+    changed_since,
+    checked_target,
+    checked_text,
+    now,
+)
 from bloodcell.cases.schema import DATABASE, connect, migrate
-from bloodcell.core.classes import CLASSES
 from bloodcell.core.errors import DataError
 from bloodcell.core.files import check_writable_folder
-from bloodcell.prediction.differential import EXCLUSION_LABELS, lab_differential
+from bloodcell.prediction.differential import lab_differential
 
 #: The store folder when none is given: ``bloodcell-cases`` in the working folder, or ``$BLOODCELL_CASES``.
 DEFAULT_FOLDER = "bloodcell-cases"
@@ -34,82 +44,9 @@ ENV = "BLOODCELL_CASES"
 #: Filters of :meth:`CaseStore.cells`.
 FLAGS = {"uncertain": "uncertain = 1", "not_a_blood_cell": "not_a_blood_cell = 1", "unreviewed": "label IS NULL",
          "reviewed": "label IS NOT NULL"}
-MAX_TARGET = 100_000
-MAX_TEXT = 10_000
-
-
-class CaseNotFound(DataError):
-    """No case, or no cell in that case, with the given id."""
-
-
-class OverTarget(DataError):
-    """Adding the cells would take the case past its target count."""
-
-
-class BadLabel(DataError):
-    """A review label that is neither a class of the model nor an exclusion label."""
-
-
-@dataclass
-class NewCell:
-    """An image to add to a case, with the model's classification of it."""
-
-    filename: str
-    data: bytes
-    facts: images.ImageFacts
-    predicted: str
-    probabilities: dict[str, float]
-    confidence: float
-    uncertain: bool
-    not_a_blood_cell: bool | None
-    framing: str | None
-    box: tuple[int, int, int, int] | None = None
-    at_border: bool | None = None
-
-
-def now() -> str:
-    """The time now, UTC, ISO 8601 to the millisecond."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def default_folder() -> Path:
     env = os.environ.get(ENV, "").strip()
     return Path(env or DEFAULT_FOLDER)
-
-
-def allowed_labels(class_names=CLASSES) -> tuple[str, ...]:
-    """Labels a reviewer may give: the model's classes and the exclusion labels."""
-    return (*class_names, *EXCLUSION_LABELS)
-
-
-def _cell(row: sqlite3.Row) -> dict:
-    nabc = row["not_a_blood_cell"]
-    return {"id": row["id"], "case_id": row["case_id"], "filename": row["filename"], "sha256": row["sha256"],
-            "width": row["width"], "height": row["height"], "predicted": row["predicted"],
-            "probabilities": json.loads(row["probabilities"]), "confidence": row["confidence"],
-            "uncertain": bool(row["uncertain"]), "not_a_blood_cell": None if nabc is None else bool(nabc),
-            "framing": row["framing"], "label": row["label"], "final_label": row["label"] or row["predicted"],
-            "reviewer": row["reviewer"], "reviewed_at": row["reviewed_at"], "created": row["created"],
-            "model": row["model"], "field_id": row["field_id"], "box": json.loads(row["box"]) if row["box"] else None,
-            "at_border": None if row["at_border"] is None else bool(row["at_border"])}
-
-
-def _text(value: str | None, what: str, required: bool = False) -> str | None:
-    if value is None:
-        return None
-    value = str(value).strip()
-    if required and not value:
-        raise DataError(f"The {what} is empty; give the case's {what}.")
-    if len(value) > MAX_TEXT:
-        raise DataError(f"The {what} is {len(value)} characters long; at most {MAX_TEXT}.")
-    return value
-
-
-def _target(value: int | None) -> int | None:
-    if value is not None and not (isinstance(value, int) and 1 <= value <= MAX_TARGET):
-        raise DataError(f"target must be a whole number of cells from 1 to {MAX_TARGET} (100 or 200 for a "
-                        f"manual differential), got {value!r}.")
-    return value
 
 
 class CaseStore:
@@ -203,9 +140,9 @@ class CaseStore:
 
     def create_case(self, accession: str, note: str | None = None, target: int | None = 100) -> dict:
         """A new case for the sample ``accession``, to be counted to ``target`` cells (100 or 200, or any)."""
-        accession = _text(accession, "accession", required=True)
-        note = _text(note, "note") or ""
-        target = _target(100 if target is None else target)
+        accession = checked_text(accession, "accession", required=True)
+        note = checked_text(note, "note") or ""
+        target = checked_target(100 if target is None else target)
         stamp = now()
         with self._write() as db:
             case_id = db.execute("INSERT INTO cases (accession, note, target, created, updated) VALUES (?, ?, ?, ?, ?)",
@@ -217,8 +154,8 @@ class CaseStore:
     def update_case(self, case_id: int, *, accession: str | None = None, note: str | None = None,
                     target: int | None = None, who: str | None = None) -> dict:
         """Change a case's accession, note or target (each change is an event)."""
-        new = {"accession": _text(accession, "accession", required=True), "note": _text(note, "note"),
-               "target": _target(target)}
+        new = {"accession": checked_text(accession, "accession", required=True), "note": checked_text(note, "note"),
+               "target": checked_target(target)}
         stamp = now()
         with self._write() as db:
             row = self._case_row(db, case_id)
@@ -302,7 +239,7 @@ class CaseStore:
         with self._db() as db:
             marks = ",".join("?" * len(ids))
             rows = db.execute(f"SELECT * FROM cells WHERE id IN ({marks}) ORDER BY id", ids).fetchall()
-        return [_cell(r) for r in rows]
+        return [cell_record(r) for r in rows]
 
     def cells(self, case_id: int, label: str | None = None, flag: str | None = None) -> list[dict]:
         """The cells of a case in the order they were added; ``label`` keeps those whose final label
@@ -317,7 +254,7 @@ class CaseStore:
             sql += f" AND {FLAGS[flag]}"
         with self._db() as db:
             self._case_row(db, case_id)
-            return [_cell(r) for r in db.execute(sql + " ORDER BY id", args)]
+            return [cell_record(r) for r in db.execute(sql + " ORDER BY id", args)]
 
     def _cell_row(self, db: sqlite3.Connection, case_id: int, cell_id: int) -> sqlite3.Row:
         row = db.execute("SELECT * FROM cells WHERE id = ? AND case_id = ?", (cell_id, case_id)).fetchone()
@@ -328,11 +265,12 @@ class CaseStore:
 
     def cell(self, case_id: int, cell_id: int) -> dict:
         with self._db() as db:
-            return _cell(self._cell_row(db, case_id, cell_id))
+            return cell_record(self._cell_row(db, case_id, cell_id))
 
     def review(self, case_id: int, cell_id: int, label: str | None, reviewer: str | None = None,
-               allowed: tuple[str, ...] | None = None) -> dict:
+               allowed: tuple[str, ...] | None = None, expected=UNCHECKED) -> dict:
         """Give a cell the reviewer's ``label`` (``None`` clears the review); the change is an event.
+        With ``expected`` (a label, or ``None`` for no review), only if the cell's label is that now.
 
         Raises
         ------
@@ -340,15 +278,19 @@ class CaseStore:
             When ``label`` is not in ``allowed`` (default: :func:`allowed_labels`).
         CaseNotFound
             When the case or the cell does not exist.
+        ChangedSince
+            When the cell's label is no longer ``expected`` (someone else reviewed it since).
         """
         allowed = allowed or allowed_labels()
         if label is not None and label not in allowed:
             raise BadLabel(f"Unknown label {label!r}. Allowed labels: {', '.join(allowed)}; or null to clear "
                            "the review.")
-        reviewer = _text(reviewer, "reviewer") or None
+        reviewer = checked_text(reviewer, "reviewer") or None
         stamp = now()
         with self._write() as db:
             row = self._cell_row(db, case_id, cell_id)
+            if expected is not UNCHECKED and row["label"] != expected:
+                raise changed_since(cell_id, row)
             if row["label"] != label or (label is not None and row["reviewer"] != reviewer):
                 db.execute("UPDATE cells SET label = ?, reviewer = ?, reviewed_at = ? WHERE id = ?",
                            (label, reviewer if label is not None else None, stamp if label is not None else None,
@@ -356,7 +298,7 @@ class CaseStore:
                 db.execute("INSERT INTO events (cell_id, case_id, who, what, old, new, at) "
                            "VALUES (?, ?, ?, 'label', ?, ?, ?)", (cell_id, case_id, reviewer, row["label"], label, stamp))
                 db.execute("UPDATE cases SET updated = ? WHERE id = ?", (stamp, case_id))
-            return _cell(self._cell_row(db, case_id, cell_id))
+            return cell_record(self._cell_row(db, case_id, cell_id))
 
     def image(self, case_id: int, cell_id: int) -> tuple[Path, str]:
         """The stored image file of a cell and its media type."""

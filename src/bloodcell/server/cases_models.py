@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from bloodcell.cases.store import MAX_TARGET, MAX_TEXT
+from bloodcell.cases.records import MAX_TARGET, MAX_TEXT
 from bloodcell.server.errors import ErrorBody
 
 
@@ -119,6 +119,8 @@ class CellList(BaseModel):
 class Review(BaseModel):
     label: str | None = Field(description="a class of the model, or not_a_cell, smudge, artefact; null clears")
     reviewer: str | None = Field(None, max_length=200)
+    if_label: str | None = Field(None, description="when given (null: not reviewed), the review is made only if the "
+                                                   "cell's label is still this; else 409 and nothing changes")
 
 
 class SkippedUpload(BaseModel):
@@ -183,5 +185,7 @@ class EventList(BaseModel):
 NOT_FOUND = {404: {"model": ErrorBody, "description": "No such case, or no such cell in the case."}}
 BAD_INPUT = {422: {"model": ErrorBody, "description": "A field is missing or out of range, or the label is unknown "
                                                       "(the message lists the allowed labels)."}}
+CHANGED_SINCE = {409: {"model": ErrorBody, "description": "if_label was given and the cell's label is no longer "
+                                                          "that: someone reviewed it since; the message says how."}}
 OVER_TARGET = {409: {"model": ErrorBody, "description": "The upload would take the case past its target; the "
                                                         "message says how many more cells fit."}}

@@ -5,7 +5,7 @@
 ``GET|PATCH /v1/cases/{id}``                one case with its lab differential; change accession, note, target
 ``POST /v1/cases/{id}/cells``               classify and add images (multipart ``files``, the limits of /v1/predict)
 ``GET /v1/cases/{id}/cells``                its cells, ``?label=`` (final label) and ``?flag=`` filters
-``GET|PATCH /v1/cases/{id}/cells/{cell}``   one cell; review: ``{label, reviewer?}``, ``label: null`` clears it
+``GET|PATCH /v1/cases/{id}/cells/{cell}``   one cell; review: ``{label, reviewer?, if_label?}``, ``label: null`` clears it
 ``GET .../cells/{cell}/image``, ``/gradcam`` the stored image; Grad-CAM over the model's crop (``X-Crop-Box``)
 ``GET /v1/cases/{id}/events``               every change
 ``GET /v1/cases/{id}/export.csv``, ``/export.json``, ``/report``, ``/dataset.zip``  exports
@@ -33,8 +33,8 @@ from bloodcell.cases import CaseStore, NewCell, allowed_labels
 from bloodcell.cases.export import case_csv, case_document, media, write_dataset_zip
 from bloodcell.cases.fields import field_platelet_share
 from bloodcell.cases.images import facts, for_display
+from bloodcell.cases.records import CaseNotFound, ChangedSince, OverTarget
 from bloodcell.cases.report import CSS, case_report
-from bloodcell.cases.store import CaseNotFound, OverTarget
 from bloodcell.core import __version__
 from bloodcell.core.errors import ConfigError, DataError
 from bloodcell.core.preprocess import decode_image, prepare_with_info
@@ -71,7 +71,7 @@ def install(app: FastAPI, cases_dir: str | Path | None) -> None:
     """Add the case endpoints to ``app``, with its store in ``cases_dir`` (opened on first use)."""
     app.state.cases_dir = cases_dir
     app.state.cases_store = None
-    for kind, status in ((CaseNotFound, 404), (OverTarget, 409), (DataError, 422), (ConfigError, 500)):
+    for kind, status in ((CaseNotFound, 404), (OverTarget, 409), (ChangedSince, 409), (DataError, 422), (ConfigError, 500)):
         app.add_exception_handler(kind, lambda request, exc, status=status: error(status, str(exc)))
     app.include_router(router)
 
@@ -179,10 +179,11 @@ def get_cell(request: Request, case_id: int, cell_id: int):
 
 
 @router.patch(CELL, response_model=m.Cell, summary="Review a cell: set or clear its label",
-              responses={**m.NOT_FOUND, **m.BAD_INPUT})
+              responses={**m.NOT_FOUND, **m.BAD_INPUT, **m.CHANGED_SINCE})
 def review_cell(request: Request, case_id: int, cell_id: int, body: m.Review):
     allowed = allowed_labels(request.app.state.classifier.class_names)
-    return store(request).review(case_id, cell_id, body.label, body.reviewer, allowed=allowed)
+    expected = {"expected": body.if_label} if "if_label" in body.model_fields_set else {}
+    return store(request).review(case_id, cell_id, body.label, body.reviewer, allowed=allowed, **expected)
 
 
 @router.get(CELL + "/image", summary="The stored image of a cell (a TIFF as PNG/JPEG)", response_class=FileResponse,

@@ -111,18 +111,30 @@ export async function uploadCells(files, progress = () => {}) {
   return { added, skipped };
 }
 
-async function patchLabel(cellId, label) {
-  const body = { label };
+/** PATCH a cell's label, only if it is still `seen` on the server: a review made by someone else since
+ * (another page, another reviewer) is never overwritten; the cell is reloaded and the error says so. */
+async function patchLabel(cellId, label, seen) {
+  const body = { label, if_label: seen };
   if (state.reviewer) body.reviewer = state.reviewer;
-  const cell = await api(cellUrl(cellId), { method: "PATCH", json: body });
-  state.cells.set(String(cell.id), cell);
-  return cell;
+  try {
+    const cell = await api(cellUrl(cellId), { method: "PATCH", json: body });
+    state.cells.set(String(cell.id), cell);
+    return cell;
+  } catch (e) {
+    if (e.status === 409) {
+      state.cells.set(String(cellId), await api(cellUrl(cellId)));
+      state.undo = state.undo.filter(u => u.cellId !== cellId);
+      changed("cells");
+      await refreshCase();
+    }
+    throw e;
+  }
 }
 
 /** Set a cell's reviewed label (null clears the review) and remember how to undo it. */
 export async function setLabel(cellId, label) {
   const before = state.cells.get(String(cellId)).label ?? null;
-  await patchLabel(cellId, label);
+  await patchLabel(cellId, label, before);
   state.undo.push({ cellId, before, after: label });
   changed("cells");
   await refreshCase();
@@ -133,9 +145,9 @@ export async function undo() {
   const last = state.undo.pop();
   if (!last) return null;
   try {
-    await patchLabel(last.cellId, last.before);
+    await patchLabel(last.cellId, last.before, last.after);
   } catch (e) {
-    state.undo.push(last);
+    if (e.status !== 409) state.undo.push(last);
     throw e;
   }
   changed("cells");
