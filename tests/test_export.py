@@ -12,7 +12,7 @@ import torch
 
 from _serve_helpers import CARD, SIZE, SRC, cells, cli, copy_model, tiny_model
 from bloodcell import ConfigError, ModelError
-from bloodcell.core.model_folder import META, ONNX, OOD, WEIGHTS, read_meta, write_meta
+from bloodcell.core.model_folder import FAMILIAR, META, ONNX, OOD, WEIGHTS, read_meta, write_meta
 from bloodcell.networks import load_model
 from bloodcell.packaging.onnx import export_onnx, read_onnx_metadata
 from bloodcell.prediction.onnx_backend import OnnxModel
@@ -201,7 +201,7 @@ def test_package_default(tmp_path):
     np.savez(tmp_path / "data.npz", images=x, labels=y)
     out = package_default(src, tmp_path / "data.npz", tmp_path / "default_model", card={"name": "packaged"},
                           per_class=6, heldout_per_class=3, non_cells_per_kind=4, say=lambda m: None)
-    assert sorted(p.name for p in out.iterdir()) == sorted([META, ONNX, "model.int8.onnx", WEIGHTS, OOD])
+    assert sorted(p.name for p in out.iterdir()) == sorted([META, ONNX, "model.int8.onnx", WEIGHTS, OOD, FAMILIAR])
     assert 0 <= read_meta(out)["onnx_int8"]["argmax_agreement"] <= 1  # the int8 twin, measured on held-out cells
     meta = read_meta(out)
     assert meta["model_card"]["name"] == "packaged" and meta["model_card"]["licence"] == CARD["licence"]
@@ -211,8 +211,19 @@ def test_package_default(tmp_path):
     from bloodcell import Classifier
 
     _, torch_scores = Classifier(out, backend="torch").scores(held)
-    np.testing.assert_allclose(OnnxModel(out / ONNX).run(held)[1], torch_scores, atol=1e-4)
+    assert torch_scores.shape == (len(held), 2)  # the cell check's score and the familiarity score
+    np.testing.assert_allclose(OnnxModel(out / ONNX).run(held)[1], torch_scores, rtol=1e-4, atol=1e-4)
     assert (out / META).stat().st_mode & 0o044  # readable by others once installed
+    familiar = meta["familiarity"]
+    assert familiar["quantile"] == 0.99 and familiar["threshold"] > 0 and familiar["threshold_chosen_on"] >= 10
+    clf = Classifier(out)
+    assert clf.backend == "onnx" and clf.familiar_threshold == familiar["threshold"]
+    probs = np.full((3, 8), 0.001, np.float32)
+    probs[:, 0] = 0.993
+    odd = familiar["threshold"] * np.array([0.5, 1.01, 3.0])
+    preds = clf.make_predictions(probs, np.stack([np.zeros(3), odd], 1))
+    assert [(p.unfamiliar, p.uncertain) for p in preds] == [(False, False), (True, True), (True, True)]
+    assert preds[1].to_dict()["unfamiliar"] is True and not any(p.not_a_blood_cell for p in preds)
 
     meta_src = read_meta(src)
     meta_src.pop("model_card")

@@ -25,7 +25,7 @@ from bloodcell.networks.voting import member_dir
 from bloodcell.training.warmstart import classifier_name
 
 #: Entries of ``model.json`` that describe the old model's fit to its old data, left out of the adapted copy.
-STALE = ("calibration", "ood", "onnx", "model_card", "adaptation")
+STALE = ("calibration", "ood", "familiarity", "onnx", "model_card", "adaptation")
 
 
 def networks_in(folder: Path) -> int:

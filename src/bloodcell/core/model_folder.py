@@ -24,6 +24,7 @@ META = "model.json"
 WEIGHTS = "model.safetensors"
 ONNX = "model.onnx"
 OOD = "ood.safetensors"
+FAMILIAR = "familiar.safetensors"
 FINISHED = ("completed", "early_stopping")
 #: Sub-folder of a packaged model holding the model ``bloodcell adapt`` starts from, when that is not the
 #: model itself (the default model predicts with one network distilled from the ensemble it adapts from).

@@ -147,10 +147,10 @@ def evaluate_threshold(threshold: float, cell_scores: np.ndarray, other_scores: 
     }
 
 
-def save_head(folder: str | Path, head: MahalanobisHead | CellCheckHead) -> Path:
-    """Write the head's buffers to ``folder/ood.safetensors`` (atomically)."""
+def save_head(folder: str | Path, head: MahalanobisHead | CellCheckHead, file: str = FILE) -> Path:
+    """Write the head's buffers to ``folder/ood.safetensors`` (or ``file``), atomically."""
     tensors = {k: np.ascontiguousarray(head.state_dict()[k].cpu().numpy()) for k in stored_names(head)}
-    path = Path(folder) / FILE
+    path = Path(folder) / file
     atomic_write_bytes(path, save(tensors))
     return path
 
@@ -238,3 +238,31 @@ def fit_ood(
         "non_cell_kinds": list(dict.fromkeys(kinds)),
     }
     return head, info
+
+
+#: Share of held-out cells the familiarity check lets through: the rest (1%) are called unfamiliar.
+FAMILIAR_QUANTILE = 0.99
+
+
+def fit_familiarity(loaded, train_images: np.ndarray, train_labels: np.ndarray, heldout_images: np.ndarray,
+                    quantile: float = FAMILIAR_QUANTILE, batch_size: int = 64, progress: bool = False):
+    """The familiarity check (:class:`~bloodcell.ood.score.MahalanobisHead` on the penultimate features of
+    plain training cells) and its record: the threshold is the ``quantile`` of held-out cells' scores, so
+    a cell farther from the training cells than all but ``1 - quantile`` of them is called unfamiliar.
+
+    Returns ``(head, info)`` for ``familiar.safetensors`` and ``model.json["familiarity"]``.
+    """
+    if len(heldout_images) < 10:
+        raise ModelError(f"Choosing the familiarity threshold needs at least 10 held-out cells; got {len(heldout_images)}.")
+    head = fit_head(extract_features(loaded, train_images, batch_size, progress), train_labels)
+    held = head_scores(head, extract_features(loaded, heldout_images, batch_size, progress))
+    threshold = float(np.quantile(held, quantile))
+    return head, {
+        "method": METHOD,
+        "threshold": round(threshold, 6),
+        "quantile": quantile,
+        "fitted_on_images": int(len(train_images)),
+        "threshold_chosen_on": int(len(heldout_images)),
+        "rule": "a cell scoring above the threshold is called uncertain (unfamiliar): it lies farther from the "
+                f"training cells than {quantile:.0%} of held-out cells of the training data's source",
+    }

@@ -26,11 +26,17 @@ score is the probability that the image is not a cell, so a cell that only looks
 unlike PBC is not flagged for that alone, where a distance to PBC's feature
 statistics flags most of other labs' cells.
 
+A packaged model also carries the distance score as a familiarity check
+(``familiar.safetensors``, ``model.json["familiarity"]``): a cell whose features lie
+farther from the training cells' than those of all but 1% of held-out PBC cells is
+called uncertain and marked ``unfamiliar``, whatever its top probability, so a cell
+unlike the training data is referred to a person rather than labelled with confidence.
+
 The statistics live in the model folder (``ood.safetensors``, and the
 threshold and its evaluation in ``model.json["ood"]``). The scoring head is an
 ``nn.Module``, so the same computation is exported into the ONNX graph as a
-second output, ``ood_score``. This module scores; :mod:`bloodcell.ood.fit` fits
-the statistics and chooses the threshold.
+second output, ``ood_score`` (and the familiarity score as a third, ``familiarity``).
+This module scores; :mod:`bloodcell.ood.fit` fits the statistics and chooses the threshold.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from torch import nn
 from tqdm import tqdm
 
 from bloodcell.core.errors import ModelError
+from bloodcell.core.model_folder import FAMILIAR
 from bloodcell.core.model_folder import OOD as FILE
 from bloodcell.networks.batches import tensor_batches
 
@@ -154,16 +161,25 @@ class MahalanobisHead(nn.Module):
 
 
 class ScoredModel(nn.Module):
-    """``(logits, ood_score)`` from a classifier and a fitted :class:`MahalanobisHead`."""
+    """``(logits, ood_score)`` from a classifier and its fitted head; with a ``familiar`` head (a
+    :class:`MahalanobisHead`), ``(logits, scores)`` with ``scores`` ``(N, 2)``: the head's score and the
+    familiarity score, or, with ``split``, ``(logits, ood_score, familiarity)`` (the ONNX graph's outputs)."""
 
-    def __init__(self, module: nn.Module, num_classes: int, head: MahalanobisHead):
+    def __init__(self, module: nn.Module, num_classes: int, head: nn.Module, familiar: MahalanobisHead | None = None,
+                 split: bool = False):
         super().__init__()
         self.features = FeatureModel(module, num_classes)
         self.head = head
+        self.familiar = familiar
+        self.split = split
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor):
         logits, feats = self.features(x)
-        return logits, self.head(feats)
+        score = self.head(feats)
+        if self.familiar is None:
+            return logits, score
+        familiarity = self.familiar(feats)
+        return (logits, score, familiarity) if self.split else (logits, torch.stack([score, familiarity], 1))
 
 
 @torch.inference_mode()
@@ -199,9 +215,14 @@ def stored_names(head: nn.Module) -> tuple[str, ...]:
     return CELL_CHECK_STORED if isinstance(head, CellCheckHead) else STORED
 
 
-def load_head(folder: str | Path) -> MahalanobisHead | None:
+def load_familiar(folder: str | Path) -> MahalanobisHead | None:
+    """The familiarity head stored in a model folder (``familiar.safetensors``), or ``None``."""
+    return load_head(folder, FAMILIAR)
+
+
+def load_head(folder: str | Path, file: str = FILE) -> MahalanobisHead | CellCheckHead | None:
     """The head stored in a model folder, or ``None`` when the folder has none."""
-    path = Path(folder) / FILE
+    path = Path(folder) / file
     if not path.is_file():
         return None
     try:

@@ -3,7 +3,8 @@
 The exported graph takes the normalized float32 batch ``input``
 ``(N, 3, S, S)`` (dynamic ``N``) and returns ``logits`` ``(N, C)`` and, when
 the model folder holds out-of-distribution statistics (:mod:`bloodcell.ood.score`),
-``ood_score`` ``(N,)``. Everything else a runtime needs travels in the file's
+``ood_score`` ``(N,)``, and ``familiarity`` ``(N,)`` when it also holds the familiarity check
+(``familiar.safetensors``). Everything else a runtime needs travels in the file's
 ``metadata_props``:
 
 ``bloodcell.format``        the format tag (:data:`bloodcell.core.model_folder.ONNX_FORMAT`)
@@ -90,11 +91,11 @@ def _set_metadata(model_proto, props: dict[str, str]) -> None:
 
 
 def _export_float(loaded, path: Path, opset: int, keep_batchnorm: bool = False) -> list[str]:
-    head = ood.load_head(loaded.path)
+    head, familiar = ood.load_head(loaded.path), ood.load_familiar(loaded.path)
     n = len(loaded.class_names)
     if head is not None:
-        module = ood.ScoredModel(loaded.module, n, head).eval()
-        outputs = ["logits", "ood_score"]
+        module = ood.ScoredModel(loaded.module, n, head, familiar, split=True).eval()
+        outputs = ["logits", "ood_score"] + (["familiarity"] if familiar is not None else [])
     else:
         module = loaded.module.eval()
         outputs = ["logits"]

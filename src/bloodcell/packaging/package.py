@@ -40,10 +40,10 @@ from safetensors.torch import load_file, save_file
 from bloodcell.core.errors import ConfigError, DataError, ModelError
 from bloodcell.core.files import check_writable_folder, process_umask, staged_folder
 from bloodcell.core.model_choice import packaged_model_dir
-from bloodcell.core.model_folder import ADAPT_FROM, ONNX, read_meta, weight_files, weights_digest, write_meta
+from bloodcell.core.model_folder import ADAPT_FROM, FAMILIAR, ONNX, read_meta, weight_files, weights_digest, write_meta
 from bloodcell.data import load_arrays, open_dataset
 from bloodcell.networks.loading import copy_model, load_model
-from bloodcell.ood.fit import fit_ood, save_head
+from bloodcell.ood.fit import fit_familiarity, fit_ood, save_head
 from bloodcell.ood.score import CELL_CHECK
 from bloodcell.packaging.card import card_metrics, check_evaluation_matches, training_record
 from bloodcell.packaging.choices import MAX_MB
@@ -202,6 +202,15 @@ def _fit_ood(staging: Path, loaded, train, held, per_kind: int, max_false_flag: 
     return info
 
 
+def _fit_familiar(staging: Path, loaded, train, held, say) -> dict:
+    """Fit the familiarity check on the plain training cells, store it in ``staging``, return its record."""
+    say(f"Fitting the familiarity check on {len(train.images)} training cells; threshold from {len(held.images)} "
+        "held-out cells ...")
+    head, info = fit_familiarity(loaded, train.images, train.labels, held.images)
+    save_head(staging, head, FAMILIAR)
+    return info
+
+
 def _export_checked(staging: Path, meta: dict, quantize: str, half_weights: bool, train, held, say) -> dict:
     """Write ``model.onnx`` and check onnxruntime agrees with PyTorch on the held-out images; a float32
     export also gets its int8 companion (:func:`_export_int8`)."""
@@ -352,6 +361,7 @@ def package_default(model: str | Path, data: str | Path, out: str | Path | None 
         train, held = fitting_arrays(data, loaded.preprocess, loaded.class_names, per_class, heldout_per_class, seed)
         meta["ood"] = info = _fit_ood(staging, loaded, train, held, non_cells_per_kind, max_false_flag, seed, say,
                                       ood_augment, ood_method)
+        meta["familiarity"] = _fit_familiar(staging, loaded, train, held, say)
         meta["training_cell_share"] = training_cell_share(meta, data)
         write_meta(staging, meta)
         check = _export_checked(staging, meta, quantize, half_weights, train, held, say)

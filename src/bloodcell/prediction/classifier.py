@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bloodcell.core.errors import ConfigError, DataError, ModelError
+from bloodcell.core.errors import ConfigError, ModelError
 from bloodcell.core.files import check_writable_file
 from bloodcell.core.model_choice import resolve_model
 from bloodcell.core.model_folder import META, ONNX, is_model_folder, read_meta
@@ -40,12 +40,18 @@ from bloodcell.prediction.differential import Differential, differential
 from bloodcell.prediction.onnx_backend import INT8_ONNX, PRECISIONS, OnnxModel, softmax
 from bloodcell.prediction.results import Prediction, PredictionRun, PredictResult
 from bloodcell.prediction.stream import classify_stream
-from bloodcell.prediction.thresholds import BACKENDS, DEFAULT_ABSTAIN, check_options, resolve_thresholds, validation_uncertain
+from bloodcell.prediction.thresholds import (
+    BACKENDS,
+    DEFAULT_ABSTAIN,
+    check_options,
+    resolve_thresholds,
+    split_scores,
+    validation_uncertain,
+)
 
 __all__ = ["BACKENDS", "DEFAULT_ABSTAIN", "Classifier", "Differential", "PredictResult", "Prediction",
            "PredictionRun", "differential", "predict"]
 
-DIFFERENTIAL_MODES = ("auto", "only", "no")
 
 
 class Classifier:
@@ -177,6 +183,7 @@ class Classifier:
     def _set_thresholds(self, abstain_threshold: float | None, ood_threshold: float | None) -> None:
         found = resolve_thresholds(self.meta, self.tta, abstain_threshold, ood_threshold)
         self.temperature, self.ood_threshold = found.temperature, found.ood_threshold
+        self.familiar_threshold = found.familiar_threshold
         self.abstain_threshold, self.abstain_source = found.abstain_threshold, found.abstain_source
 
     def _load_torch(self):
@@ -190,7 +197,8 @@ class Classifier:
             self._loaded = load_model(self.folder, resolve_device(self.device))
             head = ood.load_head(self.folder)
             if head is not None:
-                self._scored = ood.ScoredModel(self._loaded.module, len(self._loaded.class_names), head)
+                self._scored = ood.ScoredModel(self._loaded.module, len(self._loaded.class_names), head,
+                                               ood.load_familiar(self.folder))
                 self._scored.to(next(self._loaded.module.parameters()).device).eval()
         return self._loaded
 
@@ -220,6 +228,7 @@ class Classifier:
             "abstain_threshold": self.abstain_threshold,
             "abstain_threshold_source": self.abstain_source,
             "ood_threshold": self.ood_threshold,
+            "familiar_threshold": self.familiar_threshold,
             "validation_uncertain": validation_uncertain(self.meta, self.abstain_source),
         }
 
@@ -260,21 +269,22 @@ class Classifier:
         true_labels = true_labels or [None] * len(probs)
         framings = framings or [None] * len(probs)
         names = self.class_names
+        scores, flagged, unfamiliar = split_scores(ood_scores, self.ood_threshold, self.familiar_threshold)
         out = []
         for i in range(len(probs)):
             k = int(probs[i].argmax())
-            score = None if ood_scores is None else float(ood_scores[i])
-            flag = None if (score is None or self.ood_threshold is None) else bool(score > self.ood_threshold)
+            odd = None if unfamiliar is None else bool(unfamiliar[i])
             out.append(Prediction(
                 source=sources[i],
                 label=names[k],
                 probability=float(probs[i, k]),
                 probabilities={n: float(p) for n, p in zip(names, probs[i])},
-                uncertain=bool(probs[i, k] < self.abstain_threshold),
-                not_a_blood_cell=flag,
-                ood_score=score,
+                uncertain=bool(probs[i, k] < self.abstain_threshold) or bool(odd),
+                not_a_blood_cell=None if flagged is None else bool(flagged[i]),
+                ood_score=None if scores is None else float(scores[i]),
                 true_label=true_labels[i],
                 framing=framings[i],
+                unfamiliar=odd,
             ))
         return out
 
@@ -317,21 +327,6 @@ class Classifier:
     def differential(self, predictions) -> Differential:
         return differential(predictions, self.class_names)
 
-
-def _check_choices(format: str, differential: str) -> None:
-    if format not in outputs.FORMATS:
-        raise ConfigError(f"format must be one of {list(outputs.FORMATS)}, got {format!r}.")
-    if differential not in DIFFERENTIAL_MODES:
-        raise ConfigError(f"differential must be one of {list(DIFFERENTIAL_MODES)}, got {differential!r}.")
-
-
-def _nothing_classified(run: PredictionRun) -> DataError:
-    error = DataError(
-        f"no image could be classified ({len(run.problems)} input(s) skipped, reasons above). "
-        "Pass image files, folders of images, globs or .npz files."
-    )
-    error.problems = run.problems
-    return error
 
 
 def predict(
@@ -378,14 +373,14 @@ def predict(
     ConfigError, DataError
         A bad option or an unwritable output; or no image could be classified (``problems`` says why).
     """
-    _check_choices(format, differential)
+    outputs.check_choices(format, differential)
     output = check_writable_file(output) if output is not None else None
     clf = Classifier(model, backend=backend, batch_size=batch_size, tta=tta, threads=threads, precision=precision,
                      abstain_threshold=abstain_threshold, ood_threshold=ood_threshold)
     partial = outputs.PartialResults(output, clf.class_names) if output is not None else None
     run = outputs.gather(clf.iter_predict(paths, progress=progress), partial)
     if not run.predictions:
-        raise _nothing_classified(run)
+        raise run.nothing_classified()
     only, many = differential == "only", differential == "auto" and len(run.predictions) >= 2
     diff = clf.differential(run.predictions) if only or many else None
     text = outputs.render(format, clf.describe(), run.predictions, run.problems, diff, clf.class_names, only,

@@ -110,6 +110,7 @@ class OnnxModel:
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.has_ood = "ood_score" in self.output_names
+        self.has_familiarity = self.has_ood and "familiarity" in self.output_names
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -120,7 +121,8 @@ class OnnxModel:
         return float(self.calibration.get("temperature", 1.0))
 
     def run(self, images: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
-        """Logits ``(N, C)`` and out-of-distribution scores ``(N,)`` (``None`` if the model has none).
+        """Logits ``(N, C)`` and out-of-distribution scores ``(N,)`` (``None`` if the model has none;
+        ``(N, 2)`` with the familiarity score beside it when the export has one).
 
         ``images`` are prepared ``uint8`` ``(N, S, S, 3)`` (see :func:`bloodcell.prepare`).
         """
@@ -134,7 +136,9 @@ class OnnxModel:
             out = self.session.run(None, {self.input_name: normalize(images[start : start + batch_size], self.preprocess)})
             named = dict(zip(self.output_names, out))
             logits.append(named["logits"])
-            if self.has_ood:
+            if self.has_familiarity:
+                scores.append(np.stack([named["ood_score"], named["familiarity"]], 1))
+            elif self.has_ood:
                 scores.append(named["ood_score"])
         n_classes = len(self.class_names)
         if not logits:

@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+from bloodcell.core.errors import ConfigError
 from bloodcell.core.files import atomic_write_with
 from bloodcell.prediction.differential import Differential, lab_differential_of, lab_table, run_warning
 from bloodcell.prediction.results import Prediction, PredictionRun
@@ -31,12 +32,26 @@ SHORT = {
 FORMATS = ("table", "csv", "json")
 
 
+#: What ``predict`` does with the differential: beside the predictions, alone, or not at all.
+DIFFERENTIAL_MODES = ("auto", "only", "no")
+
+
+def check_choices(format: str, differential: str) -> None:
+    """Refuse an unknown output format or differential mode before any work."""
+    if format not in FORMATS:
+        raise ConfigError(f"format must be one of {list(FORMATS)}, got {format!r}.")
+    if differential not in DIFFERENTIAL_MODES:
+        raise ConfigError(f"differential must be one of {list(DIFFERENTIAL_MODES)}, got {differential!r}.")
+
+
 def flags(p: Prediction) -> str:
     out = []
     if p.not_a_blood_cell:
         out.append("not-a-cell")
     if p.uncertain:
         out.append("uncertain")
+    if p.unfamiliar:
+        out.append("unfamiliar")
     if p.framing == "centre":
         out.append("no-cell-found")
     return ",".join(out)

@@ -45,7 +45,8 @@ LIGHT = {"num_cpus": 0}
 #: Images per part of a run: a stopped run repeats at most the part it was in.
 PART_IMAGES = 20_000
 #: What a resumed run must share with the run it continues.
-SAME_RUN = ("path", "backend", "precision", "classes", "image_size", "temperature", "abstain_threshold", "ood_threshold")
+SAME_RUN = ("path", "backend", "precision", "classes", "image_size", "temperature", "abstain_threshold", "ood_threshold",
+            "familiar_threshold")
 
 
 def _resolve(raw, base: str, named: str) -> tuple[Path, str]:

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bloodcell.core.errors import DataError
+
 
 @dataclass
 class Prediction:
@@ -13,7 +15,9 @@ class Prediction:
 
     ``framing`` is how the image was cropped, for models with cell framing (``"cell"``: around
     the located cell; ``"centre"``: no cell found, the centred square); ``None`` for models
-    that always crop the centre.
+    that always crop the centre. ``unfamiliar``: the model's familiarity check found the image
+    unlike its training cells, so it is ``uncertain`` whatever its probability (``None`` for
+    models without the check).
     """
 
     source: str
@@ -25,6 +29,7 @@ class Prediction:
     ood_score: float | None
     true_label: str | None = None
     framing: str | None = None
+    unfamiliar: bool | None = None
 
     def to_dict(self) -> dict:
         d = {
@@ -36,6 +41,8 @@ class Prediction:
             "not_a_blood_cell": self.not_a_blood_cell,
             "ood_score": None if self.ood_score is None else round(self.ood_score, 4),
         }
+        if self.unfamiliar is not None:
+            d["unfamiliar"] = self.unfamiliar
         if self.framing is not None:
             d["framing"] = self.framing
         if self.true_label is not None:
@@ -49,6 +56,13 @@ class PredictionRun:
 
     predictions: list[Prediction]
     problems: list = field(default_factory=list)
+
+    def nothing_classified(self) -> DataError:
+        """The error of a run that classified no image (the skipped inputs ride along as ``problems``)."""
+        error = DataError(f"no image could be classified ({len(self.problems)} input(s) skipped, reasons above). "
+                          "Pass image files, folders of images, globs or .npz files.")
+        error.problems = self.problems
+        return error
 
 
 @dataclass

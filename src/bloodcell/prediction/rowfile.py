@@ -25,7 +25,7 @@ from bloodcell.prediction.results import Prediction
 
 #: Settings a resumed run must share with the run it continues.
 SAME_RUN = ("path", "backend", "precision", "classes", "image_size", "temperature", "abstain_threshold",
-            "ood_threshold")
+            "ood_threshold", "familiar_threshold")
 
 
 def prediction_from_row(row: dict, class_names) -> Prediction:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from bloodcell.core.errors import ConfigError
 
 #: Abstention threshold on the top probability for models without a calibrated one.
@@ -41,6 +43,7 @@ class Thresholds:
     abstain_threshold: float
     abstain_source: str
     ood_threshold: float | None
+    familiar_threshold: float | None = None
 
 
 def resolve_thresholds(meta: dict, tta: bool, abstain_threshold: float | None, ood_threshold: float | None) -> Thresholds:
@@ -60,7 +63,22 @@ def resolve_thresholds(meta: dict, tta: bool, abstain_threshold: float | None, o
         abstain, source = DEFAULT_ABSTAIN, "default"
     if ood_threshold is None and ood.get("threshold") is not None:
         ood_threshold = ood["threshold"]
-    return Thresholds(temperature, abstain, source, None if ood_threshold is None else float(ood_threshold))
+    familiar = (meta.get("familiarity") or {}).get("threshold")
+    return Thresholds(temperature, abstain, source, None if ood_threshold is None else float(ood_threshold),
+                      None if familiar is None else float(familiar))
+
+
+def split_scores(scores, ood_threshold: float | None, familiar_threshold: float | None):
+    """Per image: the out-of-distribution score, whether it is flagged not a blood cell and whether it is
+    unfamiliar (``None`` where the model has no such check), from the scores of
+    :meth:`~bloodcell.prediction.classifier.Classifier.scores` (``(N,)``, or ``(N, 2)`` with familiarity)."""
+    if scores is None:
+        return None, None, None
+    scores = np.asarray(scores)
+    ood = scores[:, 0] if scores.ndim == 2 else scores
+    flagged = None if ood_threshold is None else ood > ood_threshold
+    unfamiliar = scores[:, 1] > familiar_threshold if scores.ndim == 2 and familiar_threshold is not None else None
+    return ood, flagged, unfamiliar
 
 
 def validation_uncertain(meta: dict, abstain_source: str) -> float | None:
