@@ -72,6 +72,8 @@ def test_predict_warns_when_another_labs_cells_are_mostly_uncertain(tmp_path):
     with open(tmp_path / "lisc.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 255 and sum(r["not_a_blood_cell"] == "1" for r in rows) <= 12
+    # nor labels them with confidence: the familiarity check calls most of them uncertain
+    assert sum(r["uncertain"] == "1" for r in rows) > 0.6 * 255
     assert json.loads((tmp_path / "lisc.csv.run.json").read_text())["warning"].endswith("(`bloodcell adapt`).")
     own = cli("predict", str(_slice(pbc, tmp_path / "pbc", 5)), "-o", str(tmp_path / "pbc.csv"))
     assert own.returncode == 0, own.stderr

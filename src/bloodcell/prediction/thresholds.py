@@ -82,12 +82,16 @@ def split_scores(scores, ood_threshold: float | None, familiar_threshold: float 
 
 
 def validation_uncertain(meta: dict, abstain_source: str) -> float | None:
-    """The share of the model's validation images its calibrated abstention threshold calls uncertain
-    (``None`` when not recorded, or when the threshold in use is not the calibrated one)."""
+    """The share of the model's validation images its calibrated abstention threshold calls uncertain,
+    plus the share its familiarity check refers by construction, if it has one (``None`` when not recorded,
+    or when the threshold in use is not the calibrated one)."""
     calibration = meta.get("calibration") or {}
     if abstain_source == "calibrated for TTA":
         calibration = calibration.get("tta") or {}
     elif abstain_source != "calibrated":
         return None
     coverage = (calibration.get("validation") or {}).get("coverage")
-    return None if coverage is None else round(1.0 - float(coverage), 4)
+    if coverage is None:
+        return None
+    familiar = (meta.get("familiarity") or {}).get("quantile")  # the share the familiarity check refers besides
+    return round(1.0 - float(coverage) + (1.0 - float(familiar) if familiar is not None else 0.0), 4)

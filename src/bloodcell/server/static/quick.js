@@ -37,7 +37,10 @@ function probabilityBars(probs, top) {
 function card(pred, file) {
   const flags = el("div", { class: "flags" });
   if (pred.not_a_blood_cell) flags.append(el("span", { class: "flag ood", text: "not a blood cell?" }));
-  if (pred.uncertain) flags.append(el("span", { class: "flag uncertain", text: "uncertain — review" }));
+  if (pred.uncertain) {
+    const why = pred.unfamiliar ? "unlike the training cells — review" : "uncertain — review";
+    flags.append(el("span", { class: "flag uncertain", text: why }));
+  }
   if (pred.framing === "cell") flags.append(el("span", { class: "flag framing", text: "cell located" }));
   if (pred.framing === "centre") flags.append(el("span", { class: "flag framing", text: "no cell found — centre crop" }));
   const images = el("div", { class: "images" });
