@@ -69,7 +69,7 @@ class FakeClassifier:
     def describe(self) -> dict:
         return {"name": "fake", "backend": "none", "classes": list(CLASSES)}
 
-    def predict_arrays(self, images, sources=None):
+    def predict_arrays(self, images, sources=None, familiarity=True):
         self.crops += list(images)
         out = []
         for i, image in enumerate(images):

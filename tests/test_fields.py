@@ -120,6 +120,18 @@ def test_crops_are_framed_like_pbc_images():
     assert centre.mean() < 150  # the nucleus is at the centre
 
 
+def test_field_cells_are_not_judged_by_the_single_cell_familiarity_check():
+    from bloodcell import Classifier
+
+    clf = Classifier()  # the default model carries the check, calibrated on single-cell images
+    assert clf.familiar_threshold is not None
+    image, _ = make_field()
+    result = analyse_image(clf, image, "f.png")
+    classified = [c.prediction for c in result.cells if c.prediction is not None]
+    assert classified and all(p.unfamiliar is None for p in classified)
+    assert all(isinstance(p.unfamiliar, bool) for p in clf.predict_arrays([image]))
+
+
 def test_groups_and_counts_follow_the_model():
     image, _ = make_field()
     result = analyse_image(FakeClassifier(erythroblast_below=255), image, "f.png")
@@ -213,7 +225,7 @@ def test_a_stopped_run_keeps_the_cells_of_finished_fields(tmp_path):
     from bloodcell.fields.api import predict_fields
 
     class Stops(FakeClassifier):
-        def predict_arrays(self, images, sources=None):
+        def predict_arrays(self, images, sources=None, familiarity=True):
             if self.crops:
                 raise KeyboardInterrupt
             return super().predict_arrays(images, sources)
@@ -244,7 +256,7 @@ class UnsureClassifier(FakeClassifier):
     def describe(self) -> dict:
         return {**super().describe(), "validation_uncertain": 0.01}
 
-    def predict_arrays(self, images, sources=None):
+    def predict_arrays(self, images, sources=None, familiarity=True):
         return [replace(p, uncertain=True) for p in super().predict_arrays(images, sources)]
 
 
@@ -264,7 +276,7 @@ class PlateletClassifier(FakeClassifier):
         super().__init__()
         self.every, self.seen = every, 0
 
-    def predict_arrays(self, images, sources=None):
+    def predict_arrays(self, images, sources=None, familiarity=True):
         out = []
         for p in super().predict_arrays(images, sources):
             self.seen += 1

@@ -162,7 +162,8 @@ def analyse_image(classifier, image: np.ndarray, source: str, overlap: float = 0
     white = [c for c in mine if c.kind == "white"]
     fill = slide_colour(image) if white else None
     crops = [cell_crop(image, c, found.rbc, fill) for c in white]
-    preds = classifier.predict_arrays(crops, [source] * len(white))
+    # the familiarity check was calibrated on single-cell images; crops cut from fields are framed otherwise
+    preds = classifier.predict_arrays(crops, [source] * len(white), familiarity=False)
     by_cell = {id(c): (p, crop) for c, p, crop in zip(white, preds, crops)}
     for c in mine:
         p, crop = by_cell.get(id(c), (None, None))

@@ -257,19 +257,22 @@ class Classifier:
             return probabilities_and_ood(self._loaded, self._scored, images, self.batch_size, self.tta, self.device)
 
     def predict_prepared(self, images: np.ndarray, sources: list[str] | None = None, true_labels=None,
-                         framings=None) -> list[Prediction]:
+                         framings=None, familiarity: bool = True) -> list[Prediction]:
         """Predictions for prepared ``uint8`` images ``(N, S, S, 3)``."""
         probs, ood_scores = self.scores(images)
-        return self.make_predictions(probs, ood_scores, sources, true_labels, framings)
+        return self.make_predictions(probs, ood_scores, sources, true_labels, framings, familiarity)
 
     def make_predictions(self, probs: np.ndarray, ood_scores: np.ndarray | None, sources=None,
-                         true_labels=None, framings=None) -> list[Prediction]:
-        """Turn the output of :meth:`scores` into :class:`Prediction` records with their flags."""
+                         true_labels=None, framings=None, familiarity: bool = True) -> list[Prediction]:
+        """Turn the output of :meth:`scores` into :class:`Prediction` records with their flags; without
+        ``familiarity`` the familiarity check is not applied (cells cut from whole fields, which it was
+        not calibrated on)."""
         sources = sources or [f"image {i}" for i in range(len(probs))]
         true_labels = true_labels or [None] * len(probs)
         framings = framings or [None] * len(probs)
         names = self.class_names
-        scores, flagged, unfamiliar = split_scores(ood_scores, self.ood_threshold, self.familiar_threshold)
+        familiar = self.familiar_threshold if familiarity else None
+        scores, flagged, unfamiliar = split_scores(ood_scores, self.ood_threshold, familiar)
         out = []
         for i in range(len(probs)):
             k = int(probs[i].argmax())
@@ -288,12 +291,15 @@ class Classifier:
             ))
         return out
 
-    def predict_arrays(self, images: list[np.ndarray], sources: list[str] | None = None) -> list[Prediction]:
-        """Predictions for RGB ``uint8`` images of any size (cropped and resized here)."""
+    def predict_arrays(self, images: list[np.ndarray], sources: list[str] | None = None,
+                       familiarity: bool = True) -> list[Prediction]:
+        """Predictions for RGB ``uint8`` images of any size (cropped and resized here); ``familiarity``
+        as for :meth:`make_predictions`."""
         if not len(images):
             return []
         framed = [self.prepare_framed(im) for im in images]
-        return self.predict_prepared(np.stack([a for a, _ in framed]), sources, framings=[f for _, f in framed])
+        return self.predict_prepared(np.stack([a for a, _ in framed]), sources, framings=[f for _, f in framed],
+                                     familiarity=familiarity)
 
     def iter_predict(self, inputs, progress: bool = False, chunk: int | None = None, workers: int | None = None,
                      skip=None):

@@ -30,12 +30,12 @@ class BatchedClassifier:
     def __init__(self, clf, batcher):
         self.clf, self.batcher = clf, batcher
 
-    def predict_arrays(self, images, sources=None):
+    def predict_arrays(self, images, sources=None, familiarity: bool = True):
         if not images:
             return []
         framed = [self.clf.prepare_framed(im) for im in images]
         probs, scores = self.batcher.submit(np.stack([a for a, _ in framed])).result()
-        return self.clf.make_predictions(probs, scores, sources, framings=[f for _, f in framed])
+        return self.clf.make_predictions(probs, scores, sources, framings=[f for _, f in framed], familiarity=familiarity)
 
 
 def analyse_uploads(state, files: list[UploadFile], tile_overlap: float, keep, keep_crops: bool = False
