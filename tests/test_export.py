@@ -224,6 +224,12 @@ def test_package_default(tmp_path):
     preds = clf.make_predictions(probs, np.stack([np.zeros(3), odd], 1))
     assert [(p.unfamiliar, p.uncertain) for p in preds] == [(False, False), (True, True), (True, True)]
     assert preds[1].to_dict()["unfamiliar"] is True and not any(p.not_a_blood_cell for p in preds)
+    from bloodcell.evaluation import evaluate
+
+    abstention = evaluate(out, tmp_path / "data.npz", split=None, bootstrap=0, quiet=True).summary["abstention"]
+    both, alone = abstention["with_familiarity"], abstention["model_threshold"]
+    assert both["n"] == alone["n"] and isinstance(abstention["unfamiliar"], int)
+    assert alone["referred"] <= both["referred"] <= alone["referred"] + abstention["unfamiliar"]
 
     meta_src = read_meta(src)
     meta_src.pop("model_card")

@@ -283,13 +283,15 @@ def coverage_at_accuracy(probs: np.ndarray, y_true: np.ndarray, target: float) -
     }
 
 
-def apply_threshold(probs: np.ndarray, y_true: np.ndarray, threshold: float | None) -> dict:
-    """Coverage and accuracy of the images a stored abstention threshold accepts."""
+def apply_threshold(probs: np.ndarray, y_true: np.ndarray, threshold: float | None,
+                    familiar: np.ndarray | None = None) -> dict:
+    """Coverage and accuracy of the images a stored abstention threshold accepts (and, with ``familiar``,
+    a boolean per image, that the familiarity check also accepts)."""
     conf, correct = confidence_and_correct(probs, y_true)
     n = len(conf)
     if threshold is None:
         return {"threshold": None, "coverage": 1.0, "accuracy": float(correct.mean()), "accepted": n, "referred": 0, "n": n}
-    keep = conf >= threshold
+    keep = (conf >= threshold) & (familiar if familiar is not None else True)
     k = int(keep.sum())
     return {
         "threshold": float(threshold),

@@ -260,8 +260,17 @@ def _stored_threshold(s: dict) -> str:
         f"<p>The model's own threshold{kind} (fitted on validation data for "
         f"{_pct((model['calibration'] or {}).get('target_accuracy'), 1)} accuracy): refer when the top probability is "
         f"below {_pct(mt['threshold'], 2)}. On this data it keeps <b>{_pct(mt['coverage'], 1)}</b> of the images "
-        f"({mt['referred']} referred) at <b>{_pct(mt['accuracy'])}</b> accuracy.</p>"
+        f"({mt['referred']} referred) at <b>{_pct(mt['accuracy'])}</b> accuracy.</p>" + _with_familiarity(ab)
     )
+
+
+def _with_familiarity(ab: dict) -> str:
+    both = ab.get("with_familiarity")
+    if not both:
+        return ""
+    return (f"<p>With the model's familiarity check as well ({ab['unfamiliar']} image(s) unlike its training cells), "
+            f"as <code>predict</code> serves it: keeps <b>{_pct(both['coverage'], 1)}</b> ({both['referred']} referred) "
+            f"at <b>{_pct(both['accuracy'])}</b> accuracy.</p>")
 
 
 def _abstention_rows(ab: dict) -> str:

@@ -37,6 +37,7 @@ from bloodcell.evaluation.labelled import load_labelled, map_labels
 from bloodcell.evaluation.metrics import align_classes, compute_metrics
 from bloodcell.evaluation.results import Evaluation, model_info
 from bloodcell.networks.loading import LoadedModel, load_model
+from bloodcell.ood.score import extract_features, head_scores, load_familiar
 from bloodcell.prediction.torch_backend import predict_logits, predict_view_logits, tta_temperature
 
 __all__ = ["COVERAGE_TARGETS", "Evaluation", "evaluate_arrays", "evaluate_dataset", "in_chunks", "model_info"]
@@ -56,6 +57,7 @@ class _Predictions:
     tta_uncalibrated: np.ndarray | None = None
     tta_seconds: float = 0.0
     tta_temperature: float | None = None
+    familiar: np.ndarray | None = None  # per image: the model's familiarity check accepts it (None: no check)
 
     @property
     def reported(self) -> np.ndarray:
@@ -96,7 +98,19 @@ def _predict(loaded: LoadedModel, images: np.ndarray, tta: bool, batch_size: int
         out.tta_temperature = tta_temperature(loaded)
         out.tta = view_probs(views, out.tta_temperature)
         out.tta_uncalibrated = view_probs(views, 1.0)
+    out.familiar = _familiar(loaded, images, batch_size, progress)
     return out
+
+
+def _familiar(loaded: LoadedModel, images: np.ndarray, batch_size: int, progress: bool) -> np.ndarray | None:
+    """Which images the model's familiarity check accepts, as ``predict`` applies it (``None`` without one)."""
+    threshold = (loaded.meta.get("familiarity") or {}).get("threshold")
+    head = load_familiar(loaded.path) if threshold is not None and loaded.path is not None else None
+    if head is None:
+        return None
+    scores = in_chunks(lambda x: head_scores(head, extract_features(loaded, x, batch_size)), images, progress,
+                       "familiarity")
+    return scores <= float(threshold)
 
 
 def _headline(y: np.ndarray, probs: np.ndarray, class_names, evaluated, n_bins: int = 15) -> dict:
@@ -154,11 +168,15 @@ def _calibration(y: np.ndarray, p: _Predictions, temperature: float, tta_fitted:
     return out
 
 
-def _abstention(probs: np.ndarray, y: np.ndarray, stored: float | None, tta_own: bool) -> dict:
+def _abstention(probs: np.ndarray, y: np.ndarray, stored: float | None, tta_own: bool,
+                familiar: np.ndarray | None = None) -> dict:
+    both = familiar is not None and stored is not None
     return {
         "coverage_at": [coverage_at_accuracy(probs, y, t) for t in COVERAGE_TARGETS],
         "model_threshold": apply_threshold(probs, y, stored) if stored is not None else None,
         "model_threshold_kind": ("tta" if tta_own else "plain") if stored is not None else None,
+        "with_familiarity": apply_threshold(probs, y, stored, familiar) if both else None,
+        "unfamiliar": int((~familiar).sum()) if familiar is not None else None,
         "curve": accuracy_coverage(probs, y).to_dict(),
     }
 
@@ -286,7 +304,7 @@ def _summary(loaded: LoadedModel, alignment, y: np.ndarray, p: _Predictions, dat
         "metrics": compute_metrics(y, p.reported, model_classes, alignment.evaluated, n_bins=n_bins, n_boot=n_boot),
         "calibration": _calibration(y, p, loaded.temperature, tta_own or info["tta_temperature"] is not None,
                                     n_bins),
-        "abstention": _abstention(p.reported, y, stored, tta_own),
+        "abstention": _abstention(p.reported, y, stored, tta_own, p.familiar),
         "speed": _speed(loaded, int(len(y)), p.seconds, batch_size),
         "tta_comparison": _tta_comparison(y, p, model_classes, alignment.evaluated, n_bins) if tta else None,
     }

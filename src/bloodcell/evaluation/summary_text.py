@@ -32,6 +32,12 @@ def _abstention_lines(ab: dict) -> list[str]:
         kind = " for augmented predictions" if ab["model_threshold_kind"] == "tta" else ""
         lines.append(f"Model's threshold{kind} {100 * mt['threshold']:.2f}% (fitted on validation): keeps "
                      f"{100 * mt['coverage']:.1f}% ({mt['referred']} referred to a hematologist) at {acc} accuracy.")
+    both = ab.get("with_familiarity")
+    if both:
+        acc = "-" if both["accuracy"] is None else f"{100 * both['accuracy']:.2f}%"
+        lines.append(f"With the familiarity check as well ({ab['unfamiliar']} image(s) unlike the training cells): "
+                     f"keeps {100 * both['coverage']:.1f}% ({both['referred']} referred) at {acc} accuracy, as "
+                     "`predict` serves it.")
     return lines
 
 

@@ -219,6 +219,10 @@ def card_metrics(summary: dict) -> dict:
         out["abstention"] = (f"threshold {_pct(held['threshold'])}" + (f" (fitted on validation for {_pct(target)} accuracy)"
                              if target else "") + f": on this split keeps {_pct(held['coverage'])} of images at "
                              f"{_pct(held['accuracy'])} accuracy; the rest are referred")
+        both = (summary.get("abstention") or {}).get("with_familiarity")
+        if both:
+            out["abstention"] += (f"; with the familiarity check as well (cells unlike the training cells are "
+                                  f"referred too) it keeps {_pct(both['coverage'])} at {_pct(both['accuracy'])}")
     compare = summary.get("tta_comparison")
     if summary.get("tta") and compare:
         plain = compare["plain"]
