@@ -82,7 +82,7 @@ def test_upload_review_undo_and_filters(client, images):
     first = body["cells"][0]
     assert set(first) == {"id", "case_id", "filename", "sha256", "width", "height", "predicted", "probabilities",
                           "confidence", "uncertain", "not_a_blood_cell", "framing", "label", "final_label",
-                          "reviewer", "reviewed_at", "created", "model", "field_id", "box", "at_border"}
+                          "reviewer", "reviewed_at", "created", "model", "field_id", "box", "at_border", "unfamiliar"}
     assert first["field_id"] is None and first["box"] is None and first["at_border"] is None
     assert (first["width"], first["height"]) == (48, 48) and first["label"] is None
     assert first["final_label"] == first["predicted"] and len(first["probabilities"]) == 8

@@ -102,5 +102,6 @@ def test_a_store_of_schema_1_gains_fields_and_keeps_its_cells(tmp_path):
     store = CaseStore(tmp_path)
     (cell,) = store.cells(1)
     assert cell["filename"] == "a.png" and cell["box"] is None and cell["field_id"] is None
+    assert cell["unfamiliar"] is None
     version = sqlite3.connect(tmp_path / DATABASE).execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
-    assert version == len(MIGRATIONS) == 2
+    assert version == len(MIGRATIONS) == 3

@@ -37,6 +37,23 @@ def test_migrations_run_once_and_a_newer_store_is_refused(tmp_path):
         CaseStore(tmp_path / "s")
 
 
+def test_a_store_of_the_previous_version_opens_with_its_cells_and_records_unfamiliar_cells(tmp_path):
+    folder = tmp_path / "s"
+    folder.mkdir()
+    with connect(folder) as db:
+        assert migrate(db, "t", MIGRATIONS[:VERSION - 1]) == VERSION - 1  # a store written before the column
+    old = CaseStore(folder)  # opening it migrates it
+    cid = old.create_case("A")["id"]
+    plain, odd = new_cell(png(1)), new_cell(png(2), "b.png")
+    odd.unfamiliar, odd.uncertain = True, True
+    old.add_cells(cid, [plain, odd])
+    with connect(folder) as db:
+        assert db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == VERSION
+    got = CaseStore(folder).cells(cid)
+    assert [(c["unfamiliar"], c["uncertain"]) for c in got] == [(None, False), (True, True)]
+    assert [c["id"] for c in CaseStore(folder).cells(cid, flag="uncertain")] == [got[1]["id"]]
+
+
 def test_missing_store_is_not_created_when_reading(tmp_path):
     with pytest.raises(DataError, match="no case store here"):
         CaseStore(tmp_path / "none", create=False)

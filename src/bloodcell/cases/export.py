@@ -28,7 +28,7 @@ def _safe(text: str) -> str:
 
 
 def _flags(cell: dict) -> str:
-    return ";".join(f for f in ("uncertain", "not_a_blood_cell") if cell[f])
+    return ";".join(f for f in ("uncertain", "unfamiliar", "not_a_blood_cell") if cell.get(f))
 
 
 def _class_names(cells: list[dict]) -> list[str]:

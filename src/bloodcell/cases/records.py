@@ -59,6 +59,7 @@ class NewCell:
     framing: str | None
     box: tuple[int, int, int, int] | None = None
     at_border: bool | None = None
+    unfamiliar: bool | None = None
 
 
 def now() -> str:
@@ -80,7 +81,8 @@ def cell_record(row: sqlite3.Row) -> dict:
             "framing": row["framing"], "label": row["label"], "final_label": row["label"] or row["predicted"],
             "reviewer": row["reviewer"], "reviewed_at": row["reviewed_at"], "created": row["created"],
             "model": row["model"], "field_id": row["field_id"], "box": json.loads(row["box"]) if row["box"] else None,
-            "at_border": None if row["at_border"] is None else bool(row["at_border"])}
+            "at_border": None if row["at_border"] is None else bool(row["at_border"]),
+            "unfamiliar": None if row["unfamiliar"] is None else bool(row["unfamiliar"])}
 
 
 def checked_text(value: str | None, what: str, required: bool = False) -> str | None:

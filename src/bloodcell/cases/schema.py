@@ -71,6 +71,10 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE cells ADD COLUMN box TEXT",
         "ALTER TABLE cells ADD COLUMN at_border INTEGER",
     ],
+    [
+        # The model's familiarity check: the cell is unlike its training cells (null: no such check).
+        "ALTER TABLE cells ADD COLUMN unfamiliar INTEGER",
+    ],
 ]
 
 #: The schema version this code writes.

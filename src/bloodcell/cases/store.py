@@ -220,13 +220,13 @@ class CaseStore:
         for c in cells:
             ids.append(db.execute(
                 "INSERT INTO cells (case_id, sha256, ext, filename, width, height, predicted, probabilities, "
-                "confidence, uncertain, not_a_blood_cell, framing, model, created, field_id, box, at_border) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "confidence, uncertain, not_a_blood_cell, framing, model, created, field_id, box, at_border, unfamiliar) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (case_id, c.facts.sha256, c.facts.ext, c.filename, c.facts.width, c.facts.height, c.predicted,
                  json.dumps(c.probabilities), c.confidence, int(c.uncertain),
                  None if c.not_a_blood_cell is None else int(c.not_a_blood_cell), c.framing, model, stamp,
                  field_id, json.dumps(list(c.box)) if c.box else None,
-                 None if c.at_border is None else int(c.at_border)),
+                 None if c.at_border is None else int(c.at_border), None if c.unfamiliar is None else int(c.unfamiliar)),
             ).lastrowid)
             db.execute("INSERT INTO events (cell_id, case_id, what, new, at) VALUES (?, ?, 'added', ?, ?)",
                        (ids[-1], case_id, c.filename, stamp))

@@ -100,6 +100,8 @@ class Cell(BaseModel):
     confidence: float = Field(description="the model's probability of its class")
     uncertain: bool
     not_a_blood_cell: bool | None
+    unfamiliar: bool | None = Field(None, description="the model's familiarity check found it unlike its training "
+                                                      "cells, so it is uncertain (null: no such check, or a field's cell)")
     framing: str | None
     label: str | None = Field(description="the reviewer's label; null = unreviewed")
     final_label: str = Field(description="label if reviewed, else predicted")

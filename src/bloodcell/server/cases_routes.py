@@ -160,7 +160,7 @@ async def add_cells(request: Request, case_id: int,
         probs, scores = await asyncio.wrap_future(state.batcher.submit(np.stack([k[3] for k in kept])))
     preds = clf.make_predictions(probs, scores, [k[0] for k in kept], framings=[k[4] for k in kept])
     new = [NewCell(k[0], k[1], k[2], p.label, p.probabilities, p.probability, p.uncertain, p.not_a_blood_cell,
-                   p.framing) for k, p in zip(kept, preds)]
+                   p.framing, unfamiliar=p.unfamiliar) for k, p in zip(kept, preds)]
     cells = await run_in_threadpool(cases.add_cells, case_id, new, model_name(request))
     return {"cells": cells, "skipped": skipped, "case": await run_in_threadpool(case_of, request, case_id)}
 

@@ -34,7 +34,7 @@ export function groups(cells) {
 
 function describe(cell) {
   const parts = [`${cell.filename}: predicted ${labelName(cell.predicted)} ${pct(100 * cell.confidence, 0)}%`];
-  if (cell.uncertain) parts.push("uncertain");
+  if (cell.uncertain) parts.push(cell.unfamiliar ? "uncertain: unlike the training cells" : "uncertain");
   if (cell.not_a_blood_cell) parts.push("maybe not a blood cell");
   parts.push(cell.label == null ? "not reviewed" : `reviewed as ${labelName(cell.label)}`);
   return parts.join(", ");
@@ -52,7 +52,11 @@ function fillCard(node, cell) {
     ? `model: ${labelName(cell.predicted)} ${pct(100 * cell.confidence, 0)}%` : "";
   const flags = node.querySelector(".flags");
   flags.textContent = "";
-  if (cell.uncertain) flags.append(el("span", { class: "flag uncertain", text: "uncertain" }));
+  if (cell.uncertain) {
+    flags.append(el("span", cell.unfamiliar
+      ? { class: "flag uncertain", text: "unfamiliar", title: "unlike the model's training cells: review it" }
+      : { class: "flag uncertain", text: "uncertain" }));
+  }
   if (cell.not_a_blood_cell) flags.append(el("span", { class: "flag ood", text: "not a cell?" }));
   if (cell.framing === "centre") flags.append(el("span", { class: "flag framing", text: "centre crop", title: "no cell found: the model saw the image centre" }));
   const review = node.querySelector(".review");
