@@ -213,6 +213,8 @@ def test_package_default(tmp_path):
     _, torch_scores = Classifier(out, backend="torch").scores(held)
     assert torch_scores.shape == (len(held), 2)  # the cell check's score and the familiarity score
     np.testing.assert_allclose(OnnxModel(out / ONNX).run(held)[1], torch_scores, rtol=1e-4, atol=1e-4)
+    int8 = OnnxModel(out / "model.int8.onnx").run(held)[1][:, 1]  # the check stays float in the int8 twin
+    assert np.corrcoef(int8, torch_scores[:, 1])[0, 1] > 0.95 and np.ptp(int8) > 0.5 * np.ptp(torch_scores[:, 1])
     assert (out / META).stat().st_mode & 0o044  # readable by others once installed
     familiar = meta["familiarity"]
     assert familiar["quantile"] == 0.99 and familiar["threshold"] > 0 and familiar["threshold_chosen_on"] >= 10

@@ -184,8 +184,10 @@ class _Calibration:
 
 
 def _head_nodes(model_path: Path) -> list[str]:
+    """The scoring heads' nodes (the cell check and the familiarity check), kept in float32: quantized, their
+    distances would be clipped at the range calibration images span, where the far cells they exist for lie."""
     graph = onnx.load(str(model_path), load_external_data=False).graph
-    return [n.name for n in graph.node if n.name.startswith("/head/")]
+    return [n.name for n in graph.node if n.name.startswith(("/head/", "/familiar/"))]
 
 
 def _quantize(float_path: Path, out: Path, quantization: str, calibration: np.ndarray | None, preprocess) -> None:
