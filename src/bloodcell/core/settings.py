@@ -34,7 +34,7 @@ def usable_cpus() -> int:
 
 
 def default_workers() -> int:
-    """``BLOODCELL_WORKERS`` if set, else the CPU count (at most 8).
+    """``BLOODCELL_WORKERS`` if set, else the usable CPUs (at most 8).
 
     Raises
     ------
@@ -49,4 +49,4 @@ def default_workers() -> int:
             raise ConfigError(
                 f"BLOODCELL_WORKERS={env!r} is not a whole number. Set it to a worker count such as 2, or unset it."
             ) from None
-    return max(1, min(8, os.cpu_count() or 1))
+    return min(8, usable_cpus())

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from bloodcell.core.errors import BloodcellError
 from bloodcell.core.model_folder import is_model_folder, is_trained
+from bloodcell.core.settings import usable_cpus
 from bloodcell.pipelines.spec import Member, Spec
 
 POLL_SECONDS = 0.5
@@ -159,7 +160,7 @@ def train_members(spec: Spec, *, jobs: int | None = None, timeout: float | None 
             continue
         pending.append(Job(member, train_command(spec, member), spec.run / f"{member.name}.log"))
     if jobs is None:
-        jobs = max(1, min(len(pending), os.cpu_count() or 1))
+        jobs = max(1, min(len(pending), usable_cpus()))
     failed = _run_jobs(pending, max(1, int(jobs)), timeout, say) if pending else []
     for job, reason in failed:
         say(f"{job.member.name} failed ({reason}); the end of its log {job.log}:\n{log_tail(job.log)}")

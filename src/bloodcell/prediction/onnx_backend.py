@@ -9,7 +9,6 @@ module imports NumPy, Pillow and onnxruntime only.
 from __future__ import annotations
 
 import json
-import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from bloodcell.core.model_folder import ONNX as ONNX_FILE
 from bloodcell.core.model_folder import ONNX_FORMAT as FORMAT
 from bloodcell.core.model_folder import weights_digest
 from bloodcell.core.preprocess import PreprocessConfig, normalize
+from bloodcell.core.settings import usable_cpus
 
 #: The int8 twin of ``model.onnx`` in a model folder (static QDQ, calibrated on training images when
 #: the model is packaged): ``bloodcell predict --precision int8`` runs it.
@@ -29,11 +29,7 @@ PRECISIONS = ("fp32", "int8")
 
 def default_threads() -> int:
     """onnxruntime intra-op threads: the CPUs this process may use (at most 8)."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        n = os.cpu_count() or 1
-    return max(1, min(8, n))
+    return min(8, usable_cpus())
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

@@ -33,6 +33,7 @@ from pathlib import Path
 from bloodcell.core.classes import canonical_class
 from bloodcell.core.errors import ConfigError, DataError
 from bloodcell.core.files import atomic_write_json, check_writable_folder, staged_folder
+from bloodcell.core.settings import usable_cpus
 from bloodcell.prediction.archive import ArchiveResult
 from bloodcell.prediction.classifier import Classifier
 from bloodcell.prediction.differential import differential, run_warning
@@ -219,7 +220,7 @@ def predict_ray(paths, output, *, model=None, workers: int | None = None, progre
     parts = _Parts(output, {**{k: describe.get(k) for k in SAME_RUN}, "inputs": [str(p.resolve()) for p in paths],
                             "images": len(listing), "part_images": PART_IMAGES})
     parts.start(resume)
-    _start_ray(max(1, workers or os.cpu_count() or 1))
+    _start_ray(max(1, workers or usable_cpus()))
     ray.data.DataContext.get_current().enable_progress_bars = progress
     actors = max(1, workers or int(ray.cluster_resources().get("CPU", 1)))
     base = {str(i): str(p.resolve().parent) for i, p in enumerate(paths)}  # where the actors read

@@ -14,13 +14,13 @@ resumed or repeated run makes the same ones.
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from bloodcell.core.errors import ConfigError
+from bloodcell.core.settings import usable_cpus
 
 
 @dataclass
@@ -73,5 +73,4 @@ def resolve_threads(threads: int, local_world_size: int = 1) -> int:
     """Threads per process: ``threads`` if set, else the cores shared among local processes."""
     if threads:
         return threads
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(1, local_world_size))
+    return max(1, usable_cpus() // max(1, local_world_size))
