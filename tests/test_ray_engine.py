@@ -106,3 +106,22 @@ def test_a_stopped_ray_run_resumes_from_its_first_unfinished_part(tmp_path, real
     assert report["images"] == 10 and not report["partial_left"]
     record = json.loads((out / "_run.json").read_text())
     assert [s["source"] for s in record["skipped"]] == [str(tmp_path / "gone.jpg")]
+
+
+def test_the_lists_are_read_for_their_path_and_label_only_and_bad_ones_are_named(tmp_path):
+    import pyarrow as pa
+
+    from bloodcell.core.errors import DataError
+    from bloodcell.prediction.ray_engine import _listing
+
+    (tmp_path / "a.csv").write_text("id,path,label,notes\n1,x.jpg,neutrophil,n\n2,y.jpg,monocyte,\n")
+    pq.write_table(pa.table({"path": ["z.jpg"], "label": ["basophil"], "extra": [b"x" * 100]}), tmp_path / "b.parquet")
+    listing = _listing([tmp_path / "a.csv", tmp_path / "b.parquet"])
+    assert list(listing.columns) == ["path", "label", "_manifest"]
+    assert listing.values.tolist() == [["x.jpg", "neutrophil", "0"], ["y.jpg", "monocyte", "0"], ["z.jpg", "basophil", "1"]]
+    (tmp_path / "c.csv").write_text("file,label\nx.jpg,a\n")
+    (tmp_path / "d.parquet").write_bytes(b"junk")
+    with pytest.raises(DataError, match=r"c\.csv: no 'path' column \(columns: file, label\)"):
+        _listing([tmp_path / "c.csv"])
+    with pytest.raises(DataError, match=r"d\.parquet: cannot be read as a manifest"):
+        _listing([tmp_path / "d.parquet"])

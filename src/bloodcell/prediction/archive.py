@@ -26,12 +26,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bloodcell.core.errors import ConfigError, DataError
+from bloodcell.core.errors import ConfigError
 from bloodcell.core.files import atomic_write_json, atomic_write_with, check_writable_file, staged_folder
 from bloodcell.prediction import outputs
 from bloodcell.prediction.classifier import Classifier
 from bloodcell.prediction.differential import Differential, differential, lab_differential_of, run_warning
 from bloodcell.prediction.outputs import _csv_header, _csv_row
+from bloodcell.prediction.results import PredictionRun
 from bloodcell.prediction.rowfile import RowFile
 
 FORMATS = ("csv", "jsonl", "json", "parquet")
@@ -183,10 +184,7 @@ def predict_to_file(paths, output, *, format: str = "csv", resume: bool = False,
     new = rows.rows - rows.resumed
     if not rows.rows:
         rows.remove()
-        error = DataError(f"no image could be classified ({len(problems)} input(s) skipped, reasons above). "
-                          "Pass image files, folders of images, globs or .npz files.")
-        error.problems = problems
-        raise error
+        raise PredictionRun([], problems).nothing_classified()
     diff, extra, images = _finish(format, output, rows, problems)
     notes = outputs.notes(clf.abstain_source, clf.abstain_threshold, clf.has_ood)
     return ArchiveResult(output, images, new, problems, diff, rows.model, seconds, extra, notes)

@@ -38,16 +38,16 @@ from bloodcell.prediction.archive import ArchiveResult
 from bloodcell.prediction.classifier import Classifier
 from bloodcell.prediction.differential import differential, run_warning
 from bloodcell.prediction.results import Prediction
+from bloodcell.prediction.rowfile import SAME_RUN
 from bloodcell.prediction.stream import decode_batch
 
 #: Reading the list and writing the shards take no CPU from the cluster's count, so the model actors
 #: (one CPU each) can take every CPU without starving the tasks that feed them.
 LIGHT = {"num_cpus": 0}
+#: The only columns read from an input list (a list may carry many more).
+LISTED = ("path", "label")
 #: Images per part of a run: a stopped run repeats at most the part it was in.
 PART_IMAGES = 20_000
-#: What a resumed run must share with the run it continues.
-SAME_RUN = ("path", "backend", "precision", "classes", "image_size", "temperature", "abstain_threshold", "ood_threshold",
-            "familiar_threshold")
 
 
 def _resolve(raw, base: str, named: str) -> tuple[Path, str]:
@@ -104,25 +104,38 @@ def _start_ray(workers: int) -> None:
 def _listing(paths: list[Path]):
     """Every listed image, in order: a DataFrame with ``path``, ``_manifest`` (and ``label`` when every input has one)."""
     import pandas as pd  # deferred: comes with Ray Data
-    import pyarrow.parquet as pq  # deferred: optional dependency
 
     frames = []
     for i, p in enumerate(paths):
-        if p.suffix.lower() not in (".csv", ".parquet"):
-            raise ConfigError(f"{p}: --engine ray reads a CSV manifest or a Parquet file with a 'path' column.")
-        try:
-            df = (pq.read_table(p).to_pandas() if p.suffix.lower() == ".parquet"
-                  else pd.read_csv(p, dtype=str, keep_default_na=False, encoding="utf-8-sig"))
-        except (OSError, ValueError) as e:
-            raise DataError(f"{p}: cannot be read as a manifest ({e}).") from None
-        if "path" not in df.columns:
-            raise DataError(f"{p}: no 'path' column (columns: {', '.join(map(str, df.columns))}).")
+        df = _read_list(p)
         df["_manifest"] = str(i)
         frames.append(df)
     keep = ["path", "label", "_manifest"] if all("label" in df.columns for df in frames) else ["path", "_manifest"]
     listing = pd.concat([df[keep] for df in frames], ignore_index=True)
     listing["path"] = listing["path"].astype(str)
     return listing
+
+
+def _read_list(p: Path):
+    """The :data:`LISTED` columns of one input list (CSV or Parquet); a one-line error naming the file otherwise."""
+    import pandas as pd  # deferred: comes with Ray Data
+    import pyarrow.parquet as pq  # deferred: optional dependency
+
+    if p.suffix.lower() not in (".csv", ".parquet"):
+        raise ConfigError(f"{p}: --engine ray reads a CSV manifest or a Parquet file with a 'path' column.")
+    parquet = p.suffix.lower() == ".parquet"
+    try:
+        columns = pq.read_schema(p).names if parquet else list(pd.read_csv(p, nrows=0, encoding="utf-8-sig").columns)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{p}: cannot be read as a manifest ({e}).") from None
+    if "path" not in columns:
+        raise DataError(f"{p}: no 'path' column (columns: {', '.join(map(str, columns))}).")
+    try:
+        if parquet:
+            return pq.read_table(p, columns=[c for c in columns if c in LISTED]).to_pandas()
+        return pd.read_csv(p, dtype=str, keep_default_na=False, encoding="utf-8-sig", usecols=lambda c: c in LISTED)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{p}: cannot be read as a manifest ({e}).") from None
 
 
 def _rows_back(folder: Path, clf: Classifier):
