@@ -37,7 +37,7 @@ from bloodcell.evaluation.labelled import load_labelled, map_labels
 from bloodcell.evaluation.metrics import align_classes, compute_metrics
 from bloodcell.evaluation.results import Evaluation, model_info
 from bloodcell.networks.loading import LoadedModel, load_model
-from bloodcell.ood.score import extract_features, head_scores, load_familiar
+from bloodcell.ood.score import FeatureModel, features_and_logits, head_scores, load_familiar
 from bloodcell.prediction.torch_backend import predict_logits, predict_view_logits, tta_temperature
 
 __all__ = ["COVERAGE_TARGETS", "Evaluation", "evaluate_arrays", "evaluate_dataset", "in_chunks", "model_info"]
@@ -86,8 +86,7 @@ def predict_views(loaded: LoadedModel, images: np.ndarray, batch_size: int, devi
 
 def _predict(loaded: LoadedModel, images: np.ndarray, tta: bool, batch_size: int, device, progress: bool):
     t0 = time.perf_counter()
-    logits = in_chunks(lambda x: predict_logits(loaded, x, batch_size=batch_size, device=device), images,
-                       progress, "predicting").astype(np.float64)
+    familiar, logits = _logits(loaded, images, batch_size, device, progress)
     seconds = time.perf_counter() - t0
     out = _Predictions(uncalibrated=softmax(logits).astype(np.float32),
                        plain=softmax(logits / loaded.temperature).astype(np.float32), seconds=seconds)
@@ -98,19 +97,23 @@ def _predict(loaded: LoadedModel, images: np.ndarray, tta: bool, batch_size: int
         out.tta_temperature = tta_temperature(loaded)
         out.tta = view_probs(views, out.tta_temperature)
         out.tta_uncalibrated = view_probs(views, 1.0)
-    out.familiar = _familiar(loaded, images, batch_size, progress)
+    out.familiar = familiar
     return out
 
 
-def _familiar(loaded: LoadedModel, images: np.ndarray, batch_size: int, progress: bool) -> np.ndarray | None:
-    """Which images the model's familiarity check accepts, as ``predict`` applies it (``None`` without one)."""
+def _logits(loaded: LoadedModel, images: np.ndarray, batch_size: int, device, progress: bool):
+    """``(familiar, logits)``: the plain logits (float64) and, for a model with the familiarity check, which
+    images it accepts as ``predict`` applies it (``None`` without one), from the same forward pass."""
     threshold = (loaded.meta.get("familiarity") or {}).get("threshold")
     head = load_familiar(loaded.path) if threshold is not None and loaded.path is not None else None
     if head is None:
-        return None
-    scores = in_chunks(lambda x: head_scores(head, extract_features(loaded, x, batch_size)), images, progress,
-                       "familiarity")
-    return scores <= float(threshold)
+        logits = in_chunks(lambda x: predict_logits(loaded, x, batch_size=batch_size, device=device), images,
+                           progress, "predicting")
+        return None, logits.astype(np.float64)
+    model, n = FeatureModel(loaded.module, len(loaded.class_names)), len(loaded.class_names)
+    both = in_chunks(lambda x: np.hstack(features_and_logits(loaded, x, batch_size, model=model)[::-1]), images,
+                     progress, "predicting")
+    return head_scores(head, both[:, n:]) <= float(threshold), both[:, :n].astype(np.float64)
 
 
 def _headline(y: np.ndarray, probs: np.ndarray, class_names, evaluated, n_bins: int = 15) -> dict:

@@ -182,18 +182,29 @@ class ScoredModel(nn.Module):
         return (logits, score, familiarity) if self.split else (logits, torch.stack([score, familiarity], 1))
 
 
-@torch.inference_mode()
 def extract_features(loaded, images: np.ndarray, batch_size: int = 64, progress: bool = False) -> np.ndarray:
     """Penultimate features ``(N, F)`` of prepared ``uint8`` images."""
-    model = FeatureModel(loaded.module, len(loaded.class_names))
+    return features_and_logits(loaded, images, batch_size, progress)[0]
+
+
+@torch.inference_mode()
+def features_and_logits(loaded, images: np.ndarray, batch_size: int = 64, progress: bool = False,
+                        model: FeatureModel | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Penultimate features ``(N, F)`` and logits ``(N, C)`` of prepared ``uint8`` images, from one forward
+    pass (``model``: a :class:`FeatureModel` of ``loaded`` to reuse across calls)."""
+    model = model or FeatureModel(loaded.module, len(loaded.class_names))
     device = next(loaded.module.parameters()).device
-    out = []
+    feats, logits = [], []
     starts = range(0, len(images), batch_size)
     if progress:
         starts = tqdm(starts, desc="features", unit="batch", leave=False)
     for _, x in zip(starts, tensor_batches(images, loaded.preprocess, batch_size, device)):
-        out.append(model(x)[1].float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+        out = model(x)
+        logits.append(out[0].float().cpu().numpy())
+        feats.append(out[1].float().cpu().numpy())
+    if not feats:
+        return np.zeros((0, 0), np.float32), np.zeros((0, len(loaded.class_names)), np.float32)
+    return np.concatenate(feats), np.concatenate(logits)
 
 
 def head_scores(head: MahalanobisHead, features: np.ndarray, batch_size: int = 4096) -> np.ndarray:
