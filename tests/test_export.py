@@ -197,6 +197,8 @@ def test_package_default(tmp_path):
     src = copy_model(tmp_path / "trained")
     for extra in (ONNX, OOD):
         (src / extra).unlink()
+    for private in (META, WEIGHTS):  # a model its owner alone may read still packages readable by others
+        (src / private).chmod(0o600)
     x, y = cells(8, seed=7)
     np.savez(tmp_path / "data.npz", images=x, labels=y)
     out = package_default(src, tmp_path / "data.npz", tmp_path / "default_model", card={"name": "packaged"},
@@ -216,6 +218,7 @@ def test_package_default(tmp_path):
     int8 = OnnxModel(out / "model.int8.onnx").run(held)[1][:, 1]  # the check stays float in the int8 twin
     assert np.corrcoef(int8, torch_scores[:, 1])[0, 1] > 0.95 and np.ptp(int8) > 0.5 * np.ptp(torch_scores[:, 1])
     assert (out / META).stat().st_mode & 0o044  # readable by others once installed
+    assert all(p.stat().st_mode & 0o044 for p in out.rglob("*"))
     familiar = meta["familiarity"]
     assert familiar["quantile"] == 0.99 and familiar["threshold"] > 0 and familiar["threshold_chosen_on"] >= 10
     clf = Classifier(out)

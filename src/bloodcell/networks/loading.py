@@ -112,12 +112,12 @@ def copy_model(src: str | Path, dst: str | Path) -> Path:
     src, dst = Path(src), Path(dst)
     meta = read_meta(src)
     dst.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(src / META, dst / META)
+    shutil.copyfile(src / META, dst / META)  # new files, with the permissions a plain write gives
     members = (meta.get("ensemble") or {}).get("members") or []
     for name in members:
         copy_model(member_dir(src, name), dst / name)
     if not members:
         if not (src / WEIGHTS).is_file():
             raise ModelError(f"{src / WEIGHTS}: weight file missing beside {META}. Re-train or restore it.")
-        shutil.copy2(src / WEIGHTS, dst / WEIGHTS)
+        shutil.copyfile(src / WEIGHTS, dst / WEIGHTS)
     return dst

@@ -30,7 +30,6 @@ runs :func:`package_default`:
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +37,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from bloodcell.core.errors import ConfigError, DataError, ModelError
-from bloodcell.core.files import check_writable_folder, process_umask, staged_folder
+from bloodcell.core.files import check_writable_folder, staged_folder
 from bloodcell.core.model_choice import packaged_model_dir
 from bloodcell.core.model_folder import ADAPT_FROM, FAMILIAR, ONNX, read_meta, weight_files, weights_digest, write_meta
 from bloodcell.data import load_arrays, open_dataset
@@ -296,13 +295,6 @@ def _check_size(folder: Path, max_mb: float) -> float:
     return size
 
 
-def _make_readable(folder: Path) -> None:
-    """Give the packaged files the usual permissions (copied weights keep their source's mode)."""
-    umask = process_umask()
-    for p in [folder, *folder.rglob("*")]:
-        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
-
-
 def _destination(src: Path, out) -> Path:
     out = Path(out) if out is not None else packaged_model_dir()
     if out.resolve() == src.resolve():
@@ -368,7 +360,6 @@ def package_default(model: str | Path, data: str | Path, out: str | Path | None 
         if adapt_from is not None:
             _add_adapt_from(staging, meta, Path(adapt_from), data, half_weights, say)
         size = _check_size(staging, max_mb)
-        _make_readable(staging)
     ev = info["evaluation"]
     say(f"Default model written to {out} ({size:.1f} MB): OOD threshold {info['threshold']:.3g}, false flags on held-out "
         f"cells {ev['false_flag_rate']}, non-cells detected {ev['detection_rate']}; ONNX = PyTorch {check['argmax_agreement']}.")

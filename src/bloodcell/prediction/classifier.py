@@ -53,7 +53,6 @@ __all__ = ["BACKENDS", "DEFAULT_ABSTAIN", "Classifier", "Differential", "Predict
            "PredictionRun", "differential", "predict"]
 
 
-
 class Classifier:
     """A model ready to classify images.
 
@@ -332,7 +331,6 @@ class Classifier:
 
     def differential(self, predictions) -> Differential:
         return differential(predictions, self.class_names)
-
 
 
 def predict(

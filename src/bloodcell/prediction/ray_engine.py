@@ -193,7 +193,7 @@ class _Parts:
                 try:
                     os.link(shard, staging / f"{part.name}-{shard.name}")
                 except OSError:
-                    shutil.copy2(shard, staging / f"{part.name}-{shard.name}")
+                    shutil.copyfile(shard, staging / f"{part.name}-{shard.name}")
 
 
 def predict_ray(paths, output, *, model=None, workers: int | None = None, progress: bool = False, resume: bool = False,
