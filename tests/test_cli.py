@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
+import inspect
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from bloodcell.cli.main import _verbs, main
+import bloodcell
+from bloodcell.cli.main import _verbs, build_parser, main
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -70,3 +73,22 @@ def test_verb_help_loads_no_network_library():
                          env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"}, timeout=120)
     assert run.returncode == 0, run.stderr
     assert {"export", "train", "pipeline"} <= set(verbs) and run.stdout.strip().splitlines()[-1] == "[]"
+
+
+#: Flags that only choose what the command line prints; the Python functions return objects.
+PRINTING = {"json", "quiet", "no_progress", "show_config", "list_recipes"}
+
+
+@pytest.mark.parametrize("verb", sorted(_verbs()))
+def test_every_option_reaches_the_python_verb(verb):
+    """Each command-line option of a verb is a parameter of ``bloodcell.<verb>`` (for ``predict``,
+    or of the Classifier it opens; ``train``'s config keys are its ``overrides``)."""
+    parser = build_parser(_verbs(), only=verb)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[verb]
+    options = {a.dest for a in sub._actions if a.dest != "help"} - PRINTING
+    params = set(inspect.signature(getattr(bloodcell, verb.replace("-", "_"))).parameters)
+    if verb == "predict":
+        params |= set(inspect.signature(bloodcell.Classifier).parameters)
+    if verb == "train":
+        options = {o for o in options if not o.startswith("cfg__") and o != "set"}
+    assert options <= params, f"bloodcell {verb} options missing from bloodcell.{verb}: {sorted(options - params)}"

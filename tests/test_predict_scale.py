@@ -227,3 +227,36 @@ def test_a_thread_safe_stream_closes_its_decoders_when_the_consumer_stops():
     next(stream)
     stream.close()
     assert threading.active_count() <= before
+
+
+def test_the_python_verb_streams_a_file_run_and_keeps_tta(tmp_path):
+    """``bloodcell.predict(..., output=, resume=)`` is the command's file route, and ``--tta`` reaches a
+    run written to a file (it was dropped there: the rows were those of the plain model)."""
+    import bloodcell
+    from bloodcell.cli.main import main
+    from bloodcell.prediction.archive import ArchiveResult
+    from bloodcell.prediction.classifier import Classifier
+
+    x, _ = cells(1, seed=5)
+    for i, img in enumerate(x):
+        write_png(tmp_path / "few" / f"c{i}.png", img)
+    assert main(["predict", str(tmp_path / "few"), "-m", str(tiny_model()), "--tta", "-o", str(tmp_path / "t.csv")]) == 0
+    run = json.loads((tmp_path / "t.csv.run.json").read_text())
+    assert run["model"]["tta"] is True and run["model"]["backend"] == "torch"
+    written = {r["source"]: float(r["p_neutrophil"]) for r in _rows(tmp_path / "t.csv")}
+    averaged = Classifier(tiny_model(), tta=True).predict([tmp_path / "few"]).predictions
+    plain = Classifier(tiny_model(), backend="torch").predict([tmp_path / "few"]).predictions
+    assert [written[p.source] for p in averaged] == pytest.approx([p.probabilities["neutrophil"] for p in averaged], abs=2e-6)
+    assert [written[p.source] for p in plain] != pytest.approx([p.probabilities["neutrophil"] for p in plain], abs=2e-6)
+    result = bloodcell.predict(tmp_path / "few", tiny_model(), format="jsonl", output=tmp_path / "p.jsonl")
+    assert isinstance(result, ArchiveResult) and result.images == 8
+    unfinished = RowFile(tmp_path / "u.csv", run["model"])
+    unfinished.start(resume=False)
+    unfinished.close()
+    with pytest.raises(ConfigError, match=r"\(tta differ"):  # a plain run does not continue a TTA one
+        bloodcell.predict(tmp_path / "few", tiny_model(), format="csv", output=tmp_path / "u.csv", resume=True,
+                          backend="torch")
+    with pytest.raises(ConfigError, match="--resume continues"):
+        bloodcell.predict(tmp_path / "few", tiny_model(), resume=True)
+    with pytest.raises(ConfigError, match="--engine ray"):
+        bloodcell.predict(tmp_path / "few", tiny_model(), engine="ray", format="csv", output=tmp_path / "r.csv")

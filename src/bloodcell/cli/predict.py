@@ -5,10 +5,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from bloodcell.core.errors import ConfigError, DataError
+from bloodcell.core.errors import DataError
 from bloodcell.fields import command as fields
+from bloodcell.fields.api import predict
 from bloodcell.prediction.archive import FORMATS as STREAMED_FORMATS
-from bloodcell.prediction.classifier import predict
+from bloodcell.prediction.archive import ArchiveResult
 from bloodcell.prediction.outputs import FORMATS as OUTPUT_FORMATS
 
 #: What -f takes: the formats printed whole, then those only streamed into a file.
@@ -80,21 +81,7 @@ def _summary(result, args) -> str:
     return line + (f" (model, differential and skipped inputs in {result.extra})" if result.extra else "")
 
 
-def _to_file(args) -> int:
-    if args.engine == "ray":
-        from bloodcell.prediction.ray_engine import predict_ray  # deferred: imports Ray
-
-        result = predict_ray(args.paths, args.output, model=args.model, workers=args.workers, resume=args.resume,
-                             batch_size=args.batch_size,
-                             threads=args.threads, precision=args.precision, abstain_threshold=args.abstain_threshold,
-                             ood_threshold=args.ood_threshold)
-    else:
-        from bloodcell.prediction.archive import predict_to_file  # deferred: only file outputs need it
-
-        result = predict_to_file(args.paths, args.output, format=args.format, resume=args.resume, model=args.model,
-                                 workers=args.workers, progress=True, backend=args.backend, batch_size=args.batch_size,
-                                 threads=args.threads, precision=args.precision,
-                                 abstain_threshold=args.abstain_threshold, ood_threshold=args.ood_threshold)
+def _print_archive(result, args) -> int:
     _print_problems(result.problems)
     print(f"bloodcell predict: {_summary(result, args)}", file=sys.stderr)
     _warn_unfamiliar(result.differential, result.model)
@@ -107,37 +94,22 @@ def _format_of(output) -> str:
     return suffix if suffix in FORMATS else "table"
 
 
-def _check_args(args) -> bool:
-    """Whether the run streams into a file; one-line errors for combinations that cannot work."""
-    streamed = args.output is not None and args.format != "table" and args.differential != "only"
-    if args.format in ("jsonl", "parquet") and not streamed:
-        raise ConfigError(f"-f {args.format} writes a file: pass -o OUTPUT (and not --differential only).")
-    if args.resume and not streamed:
-        raise ConfigError("--resume continues a run written with -o OUTPUT in csv, json, jsonl or parquet.")
-    if args.engine == "ray" and (args.format != "parquet" or not streamed or args.tta):
-        raise ConfigError("--engine ray writes Parquet: pass -f parquet -o FOLDER (no --tta).")
-    return streamed
-
-
 def run(args) -> int:
     if args.format is None:
         args.format = _format_of(args.output)
     if fields.wants_fields(args):
         return fields.run(args)
-    if _check_args(args):
-        try:
-            return _to_file(args)
-        except DataError as e:
-            _print_problems(getattr(e, "problems", ()))
-            raise
     try:
         result = predict(args.paths, args.model, format=args.format, output=args.output, differential=args.differential,
-                         backend=args.backend, batch_size=args.batch_size, tta=args.tta,
-                         abstain_threshold=args.abstain_threshold, ood_threshold=args.ood_threshold,
-                         threads=args.threads, precision=args.precision, progress=True)
+                         resume=args.resume, engine=args.engine, workers=args.workers, backend=args.backend,
+                         batch_size=args.batch_size, tta=args.tta, abstain_threshold=args.abstain_threshold,
+                         ood_threshold=args.ood_threshold, threads=args.threads, precision=args.precision,
+                         progress=True)
     except DataError as e:
         _print_problems(getattr(e, "problems", ()))
         raise
+    if isinstance(result, ArchiveResult):
+        return _print_archive(result, args)
     _print_problems(result.problems)
     fields.warn(args.paths)
     _warn_unfamiliar(result.differential, result.model)

@@ -4,9 +4,8 @@
 >>> run = bloodcell.predict(["smear/"], fields=True, overlay="overlays/")  # doctest: +SKIP
 >>> run.fields[0].counts()                                               # doctest: +SKIP
 
-Without ``fields=True`` :func:`predict` is :func:`bloodcell.prediction.classifier.predict`
-(one centred cell per image), and :func:`field_warnings` says which images look like whole
-fields with several white cells.
+:func:`predict` is the ``bloodcell predict`` verb, whole fields or not, and :func:`field_warnings`
+says which images classified as one cell look like whole fields with several white cells.
 """
 
 from __future__ import annotations
@@ -184,18 +183,58 @@ def _run(clf, paths, tile_overlap: float, progress: bool, partial: PartialFields
 
 
 def predict(paths, model=None, *, fields: bool = False, overlay: str | Path | None = None, tile_overlap: float = 0.0,
-            format: str = "table", output: str | Path | None = None, progress: bool = False, **options):
-    """Classify images (``bloodcell predict``): one centred cell per image, or with ``fields=True``
-    every cell of whole smear fields (:func:`predict_fields`; ``overlay`` and ``tile_overlap``
-    apply to fields only). Other keywords are those of
-    :func:`bloodcell.prediction.classifier.predict`."""
-    if not fields:
-        if overlay is not None or tile_overlap:
-            raise ConfigError("--overlay and --tile-overlap apply to whole fields; add --fields.")
-        return single.predict(paths, model, format=format, output=output, progress=progress, **options)
-    options.pop("differential", None)  # a field run always reports its differential
-    return predict_fields(paths, model, format=format, output_path=output, overlay_dir=overlay,
-                          tile_overlap=tile_overlap, progress=progress, **options)
+            format: str = "table", output: str | Path | None = None, differential: str = "auto", resume: bool = False,
+            engine: str = "local", workers: int | None = None, progress: bool = False, **options):
+    """Classify images: ``bloodcell predict``, with the same options and the same routes.
+
+    - ``fields=True``: every cell of whole smear fields (:func:`predict_fields`; ``overlay`` and
+      ``tile_overlap`` apply to fields only), returns a :class:`FieldsRun`.
+    - ``output`` in ``csv``, ``json``, ``jsonl`` or ``parquet`` (and ``differential`` not
+      ``"only"``): rows streamed into the file as they are classified, resumable with ``resume=True``
+      (:func:`bloodcell.prediction.archive.predict_to_file`; ``engine="ray"``: a list of image paths
+      classified on Ray into Parquet, :func:`bloodcell.prediction.ray_engine.predict_ray`), returns an
+      :class:`~bloodcell.prediction.archive.ArchiveResult` (no predictions in memory).
+    - otherwise one centred cell per image, returns a
+      :class:`~bloodcell.prediction.classifier.PredictResult` with every prediction.
+
+    ``workers`` are the decoding threads (Ray: model actors); other keywords (``backend``,
+    ``batch_size``, ``tta``, ``abstain_threshold``, ``ood_threshold``, ``threads``, ``precision``)
+    are those of :class:`~bloodcell.prediction.classifier.Classifier`.
+    """
+    if fields:
+        options.pop("differential", None)  # a field run always reports its differential
+        return predict_fields(paths, model, format=format, output_path=output, overlay_dir=overlay,
+                              tile_overlap=tile_overlap, progress=progress, **options)
+    if overlay is not None or tile_overlap:
+        raise ConfigError("--overlay and --tile-overlap apply to whole fields; add --fields.")
+    if _streamed(format, output, differential, resume, engine, options):
+        if engine == "ray":
+            from bloodcell.prediction.ray_engine import predict_ray  # deferred: imports Ray
+
+            options.pop("backend", None)
+            return predict_ray(paths, output, model=model, workers=workers, resume=resume, **options)
+        from bloodcell.prediction.archive import predict_to_file  # deferred: only file outputs need it
+
+        return predict_to_file(paths, output, format=format, resume=resume, model=model, workers=workers,
+                               progress=progress, **options)
+    return single.predict(paths, model, format=format, output=output, differential=differential, workers=workers,
+                          progress=progress, **options)
+
+
+def _streamed(format: str, output, differential: str, resume: bool, engine: str, options: dict) -> bool:
+    """Whether the run streams rows into ``output``; one-line errors for combinations that cannot work."""
+    if engine not in ("local", "ray"):
+        raise ConfigError(f"engine must be 'local' or 'ray', got {engine!r}.")
+    streamed = output is not None and format != "table" and differential != "only"
+    if format in ("jsonl", "parquet") and not streamed:
+        raise ConfigError(f"-f {format} writes a file: pass -o OUTPUT (and not --differential only).")
+    if resume and not streamed:
+        raise ConfigError("--resume continues a run written with -o OUTPUT in csv, json, jsonl or parquet.")
+    if engine == "ray" and (format != "parquet" or not streamed or options.get("tta")):
+        raise ConfigError("--engine ray writes Parquet: pass -f parquet -o FOLDER (no --tta).")
+    if engine == "ray" and options.get("backend", "auto") not in ("auto", "onnx"):
+        raise ConfigError("--engine ray runs the model on onnxruntime: leave out --backend torch.")
+    return streamed
 
 
 #: The quick count needs a copy whose longer side is at least this (it works on 96 px).

@@ -220,6 +220,7 @@ class Classifier:
             "architecture": self.meta.get("architecture"),
             "backend": self.backend,
             "precision": self.precision,
+            "tta": self.tta,
             "quantization": self._onnx.quantization if self._onnx is not None and self.backend == "onnx" else "none",
             "classes": list(self.class_names),
             "image_size": self.preprocess.image_size,
@@ -347,6 +348,7 @@ def predict(
     ood_threshold: float | None = None,
     threads: int | None = None,
     precision: str | None = None,
+    workers: int | None = None,
     progress: bool = False,
 ) -> PredictResult:
     """Classify images and write the per-image results and the differential count (``bloodcell predict``).
@@ -363,7 +365,7 @@ def predict(
     differential : {"auto", "only", "no"}
         ``auto``: after the table (inside the JSON) for two or more images; ``only``: just the differential.
     backend, batch_size, tta, abstain_threshold, ood_threshold, threads, precision
-        As for :class:`Classifier`.
+        As for :class:`Classifier`; ``workers``: decoding threads (default: the usable CPUs).
     progress : bool
         Show a progress bar on standard error.
 
@@ -382,7 +384,7 @@ def predict(
     clf = Classifier(model, backend=backend, batch_size=batch_size, tta=tta, threads=threads, precision=precision,
                      abstain_threshold=abstain_threshold, ood_threshold=ood_threshold)
     partial = outputs.PartialResults(output, clf.class_names) if output is not None else None
-    run = outputs.gather(clf.iter_predict(paths, progress=progress), partial)
+    run = outputs.gather(clf.iter_predict(paths, progress=progress, workers=workers), partial)
     if not run.predictions:
         raise run.nothing_classified()
     only, many = differential == "only", differential == "auto" and len(run.predictions) >= 2

@@ -24,7 +24,7 @@ from bloodcell.prediction.outputs import _csv_header, _csv_row
 from bloodcell.prediction.results import Prediction
 
 #: Settings a resumed run must share with the run it continues.
-SAME_RUN = ("path", "backend", "precision", "classes", "image_size", "temperature", "abstain_threshold",
+SAME_RUN = ("path", "backend", "precision", "tta", "classes", "image_size", "temperature", "abstain_threshold",
             "ood_threshold", "familiar_threshold")
 
 
