@@ -126,3 +126,21 @@ def test_rest_fields(client):
 def test_rest_fields_refuses_uploads_without_an_image(client):
     r = client.post("/v1/fields", files=[("files", ("a.txt", b"not an image", "text/plain"))])
     assert r.status_code == 422 and "a.txt" in r.json()["detail"]
+
+
+def test_every_option_of_a_fields_run_is_used_or_refused(tmp_path, capsys):
+    """``--precision`` reaches a --fields run (it ran fp32 whatever was asked), and the single-cell
+    options it has no use for are refused instead of ignored."""
+    from bloodcell.cli.main import main
+
+    image, _ = make_field(seed=1)
+    path = tmp_path / "field.png"
+    Image.fromarray(image).save(path)
+    assert main(["predict", str(path), "--fields", "--precision", "int8", "-f", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"]["precision"] == "int8"
+    for extra, said in ((["--resume", "-o", str(tmp_path / "f.csv")], "--resume continues single-cell runs"),
+                        (["--workers", "2"], "--workers sets the decoding threads"),
+                        (["--engine", "ray"], "--engine ray classifies single-cell images")):
+        assert main(["predict", str(path), "--fields", *extra]) == 2
+        assert said in capsys.readouterr().err
+    assert not (tmp_path / "f.csv").exists()

@@ -97,10 +97,10 @@ def _format_of(output) -> str:
 def run(args) -> int:
     if args.format is None:
         args.format = _format_of(args.output)
-    if fields.wants_fields(args):
-        return fields.run(args)
+    whole = fields.wants_fields(args)
     try:
-        result = predict(args.paths, args.model, format=args.format, output=args.output, differential=args.differential,
+        result = predict(args.paths, args.model, fields=whole, overlay=args.overlay, tile_overlap=args.tile_overlap,
+                         format=args.format, output=args.output, differential=args.differential,
                          resume=args.resume, engine=args.engine, workers=args.workers, backend=args.backend,
                          batch_size=args.batch_size, tta=args.tta, abstain_threshold=args.abstain_threshold,
                          ood_threshold=args.ood_threshold, threads=args.threads, precision=args.precision,
@@ -108,6 +108,8 @@ def run(args) -> int:
     except DataError as e:
         _print_problems(getattr(e, "problems", ()))
         raise
+    if whole:
+        return fields.report(result, args)
     if isinstance(result, ArchiveResult):
         return _print_archive(result, args)
     _print_problems(result.problems)

@@ -202,7 +202,7 @@ def predict(paths, model=None, *, fields: bool = False, overlay: str | Path | No
     are those of :class:`~bloodcell.prediction.classifier.Classifier`.
     """
     if fields:
-        options.pop("differential", None)  # a field run always reports its differential
+        _check_fields(differential, resume, engine, workers)
         return predict_fields(paths, model, format=format, output_path=output, overlay_dir=overlay,
                               tile_overlap=tile_overlap, progress=progress, **options)
     if overlay is not None or tile_overlap:
@@ -219,6 +219,21 @@ def predict(paths, model=None, *, fields: bool = False, overlay: str | Path | No
                                progress=progress, **options)
     return single.predict(paths, model, format=format, output=output, differential=differential, workers=workers,
                           progress=progress, **options)
+
+
+def _check_fields(differential: str, resume: bool, engine: str, workers: int | None) -> None:
+    """One-line errors for the single-cell options a whole-field run has no use for."""
+    if differential == "only":
+        raise ConfigError("--differential only is for single-cell images; a --fields run prints the counts "
+                          "and differential after the cells.")
+    if resume:
+        raise ConfigError("--resume continues single-cell runs; a --fields run keeps the cells of the fields "
+                          "done so far in OUTPUT.partial (CSV) when it stops, and is run again whole.")
+    if engine != "local":
+        raise ConfigError("--engine ray classifies single-cell images; run --fields on the local engine.")
+    if workers is not None:
+        raise ConfigError("--workers sets the decoding threads of single-cell runs; a --fields run reads one "
+                          "field at a time.")
 
 
 def _streamed(format: str, output, differential: str, resume: bool, engine: str, options: dict) -> bool:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import sys
 
-from bloodcell.core.errors import ConfigError, DataError
-from bloodcell.fields.api import field_warnings, predict_fields
+from bloodcell.core.errors import ConfigError
+from bloodcell.fields.api import field_warnings
 from bloodcell.prediction.outputs import FORMATS
 
 
@@ -38,18 +38,8 @@ def wants_fields(args) -> bool:
     return True
 
 
-def run(args) -> int:
-    """``bloodcell predict --fields``: find, classify and count, print or write the result."""
-    try:
-        result = predict_fields(args.paths, args.model, format=args.format, output_path=args.output,
-                                overlay_dir=args.overlay, tile_overlap=args.tile_overlap, progress=True,
-                                backend=args.backend, batch_size=args.batch_size, tta=args.tta,
-                                abstain_threshold=args.abstain_threshold, ood_threshold=args.ood_threshold,
-                                threads=args.threads)
-    except DataError as e:
-        for q in getattr(e, "problems", ()):
-            print(f"bloodcell predict: skipped {q.message}", file=sys.stderr)
-        raise
+def report(result, args) -> int:
+    """Print what a ``bloodcell predict --fields`` run found (the result of :func:`bloodcell.predict`)."""
     for q in result.problems:
         print(f"bloodcell predict: skipped {q.message}", file=sys.stderr)
     if result.overlays:
