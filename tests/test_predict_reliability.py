@@ -170,3 +170,18 @@ def test_folder_that_cannot_be_listed_is_reported(two_cells, monkeypatch):
     items, problems = collect([two_cells])
     assert len(items) == 2
     assert any("locked" in p.message and "cannot be read" in p.message for p in problems)
+
+
+@pytest.mark.parametrize("option", [("--threads", "0"), ("--threads", "-1"), ("--workers", "0"), ("--workers", "-3")])
+def test_thread_counts_below_one_are_refused(two_cells, option, capsys):
+    """0 or a negative count ran on the default counts (or onnxruntime's own) without a word."""
+    from bloodcell.cli.main import main
+
+    assert main(["predict", str(two_cells), "-m", str(tiny_model()), *option]) == 2
+    err = capsys.readouterr().err
+    assert "must be at least 1" in err and option[1] in err and "Traceback" not in err
+
+
+def test_decoding_threads_below_one_are_refused_from_python(two_cells):
+    with pytest.raises(ConfigError, match="workers .* must be at least 1"):
+        Classifier(tiny_model()).predict([two_cells], workers=0)

@@ -201,6 +201,8 @@ def predict(paths, model=None, *, fields: bool = False, overlay: str | Path | No
     ``batch_size``, ``tta``, ``abstain_threshold``, ``ood_threshold``, ``threads``, ``precision``)
     are those of :class:`~bloodcell.prediction.classifier.Classifier`.
     """
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers must be at least 1 (leave it out for the usable CPUs), got {workers}.")
     if fields:
         _check_fields(differential, resume, engine, workers)
         return predict_fields(paths, model, format=format, output_path=output, overlay_dir=overlay,

@@ -94,7 +94,7 @@ class Classifier:
         abstain_threshold: float | None = None,
         ood_threshold: float | None = None,
     ):
-        check_options(backend, batch_size, abstain_threshold, ood_threshold)
+        check_options(backend, batch_size, abstain_threshold, ood_threshold, threads)
         if precision not in (None, *PRECISIONS):
             raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}.")
         self.path = resolve_model(model)

@@ -15,7 +15,8 @@ DEFAULT_ABSTAIN = 0.5
 BACKENDS = ("auto", "onnx", "torch")
 
 
-def check_options(backend: str, batch_size: int, abstain_threshold: float | None, ood_threshold: float | None) -> None:
+def check_options(backend: str, batch_size: int, abstain_threshold: float | None, ood_threshold: float | None,
+                  threads: int | None = None) -> None:
     """Refuse option values that cannot work, before any model is loaded.
 
     Raises
@@ -27,6 +28,8 @@ def check_options(backend: str, batch_size: int, abstain_threshold: float | None
         raise ConfigError(f"backend must be one of {list(BACKENDS)}, got {backend!r}.")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads must be at least 1 (leave it out for the usable CPUs), got {threads}.")
     if abstain_threshold is not None and not 0.0 <= abstain_threshold <= 1.0:
         raise ConfigError(f"abstain_threshold is a probability from 0 to 1, got {abstain_threshold}.")
     if ood_threshold is not None and not (math.isfinite(ood_threshold) and ood_threshold >= 0.0):
