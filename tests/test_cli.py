@@ -92,3 +92,29 @@ def test_every_option_reaches_the_python_verb(verb):
     if verb == "train":
         options = {o for o in options if not o.startswith("cfg__") and o != "set"}
     assert options <= params, f"bloodcell {verb} options missing from bloodcell.{verb}: {sorted(options - params)}"
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["audit", "{tmp}/none", "--workers", "0"], "--workers must be at least 1"),
+    (["split", "{tmp}/none", "-o", "{tmp}/s.csv", "--workers", "-1"], "--workers must be at least 1"),
+    (["cache", "{tmp}/none", "--workers", "0"], "--workers must be at least 1"),
+    (["evaluate", "{tmp}/none", "{tmp}/none", "--bootstrap", "-1"], "--bootstrap must be 0 or more"),
+    (["compare", "{tmp}/none", "--data", "{tmp}/none", "--bootstrap", "-1"], "--bootstrap must be 0 or more"),
+    (["report", "{tmp}/none", "{tmp}/none", "-o", "{tmp}/r", "--gradcam-per-class", "-1"],
+     "--gradcam-per-class must be 0 or more"),
+    (["report", "{tmp}/none", "{tmp}/none", "-o", "{tmp}/r", "--mistakes", "-2"], "--mistakes must be 0 or more"),
+    (["serve", "--threads", "0"], "--threads must be at least 1"),
+    (["pipeline", "default", "--data", "{tmp}/s.csv", "--default-run", "{tmp}/run", "--jobs", "0"],
+     "--jobs must be at least 1"),
+    (["pipeline", "default", "--data", "{tmp}/s.csv", "--default-run", "{tmp}/run", "--timeout", "-5"],
+     "--timeout is the seconds a member may train"),
+])
+def test_counts_out_of_range_are_one_line_before_any_work(argv, said, tmp_path, capsys):
+    """A negative bootstrap count was a traceback; 0 or negative workers, jobs and threads, and a negative
+    timeout (members stopped at once) ran without a word."""
+    (tmp_path / "s.csv").write_text("path,label,split\n")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.csv"]

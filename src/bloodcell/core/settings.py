@@ -50,3 +50,9 @@ def default_workers() -> int:
                 f"BLOODCELL_WORKERS={env!r} is not a whole number. Set it to a worker count such as 2, or unset it."
             ) from None
     return min(8, usable_cpus())
+
+
+def check_workers(workers: int | None, option: str = "--workers") -> None:
+    """Refuse a thread or worker count below 1 (``None`` leaves the default)."""
+    if workers is not None and workers < 1:
+        raise ConfigError(f"{option} must be at least 1 (leave it out for the usable CPUs), got {workers}.")

@@ -227,6 +227,7 @@ def cache(data=None, size: int = 128, crop: float = 1.0, split: str | None = Non
     if not data:
         raise ConfigError("bloodcell cache needs DATA (a dataset to decode), or --info / --clear.")
     check_cache_root(root)
+    settings.check_workers(workers)
     cfg = PreprocessConfig(image_size=size, crop_fraction=crop)
     t = time.perf_counter()
     arrays = load_arrays(data, cfg, split=split, workers=workers, progress=not quiet, require_labels=False)

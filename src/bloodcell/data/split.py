@@ -22,6 +22,7 @@ import numpy as np
 from bloodcell.core.classes import CLASSES
 from bloodcell.core.errors import ConfigError, DataError
 from bloodcell.core.files import atomic_write_json, check_writable_file
+from bloodcell.core.settings import check_workers
 from bloodcell.data.audit.checks import AuditResult, AuditSettings, audit_dataset
 from bloodcell.data.readers.dataset import SPLITS, Dataset
 from bloodcell.data.readers.manifest import manifest_path_for, write_manifest
@@ -256,6 +257,7 @@ def split(data, out="split.csv", val: float = 0.1, test: float = 0.2, seed: int 
         When the dataset cannot be read or split.
     """
     check_fractions(val, test)
+    check_workers(workers)
     settings = AuditSettings(near_threshold=near_threshold, outlier_threshold=outlier_threshold)
     check_writable_file(out, what="split manifest")
     ds = open_dataset(data, skip_unknown=skip_unknown, skip_unknown_hint=True)

@@ -53,6 +53,13 @@ def choose_device(device: str | None = None, batch_size: int = 1) -> str:
     return str(resolve_device(device))
 
 
+def check_counts(**counts: int) -> None:
+    """Refuse negative counts (``bootstrap=-1`` -> ``--bootstrap must be 0 or more``) before any work."""
+    for name, value in counts.items():
+        if value < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more, got {value}.")
+
+
 def evaluate(model, data, *, split: str | None = "test", tta: bool = False, batch_size: int = 64, device=None,
              bootstrap: int = 1000, output=None, quiet: bool = False) -> Evaluation:
     """Measure a model on a labelled dataset: accuracy with 95% CIs, per-class metrics, calibration, abstention.
@@ -84,6 +91,7 @@ def evaluate(model, data, *, split: str | None = "test", tta: bool = False, batc
         The predictions and every figure; ``summary`` is what ``output`` holds.
     """
     out = check_writable_file(output, "results file") if output else None
+    check_counts(bootstrap=bootstrap)
     device = choose_device(device, batch_size)
     ev = evaluate_dataset(load_model(model, device), data, split, tta=tta, batch_size=batch_size, device=device,
                           n_boot=bootstrap, progress=not quiet)
@@ -122,6 +130,7 @@ def report(model, data, *, output, split: str | None = "test", tta: bool = False
     # Deferred: only the report draws figures, so evaluate and calibrate never load Matplotlib.
     from bloodcell.evaluation.html_report import write_report
 
+    check_counts(bootstrap=bootstrap, mistakes=mistakes, gradcam_per_class=gradcam_per_class)
     folder = check_writable_folder(output, "report folder")
     if fields is not None:
         from bloodcell.fields.measure import read_boxes  # deferred: only --fields needs it
@@ -189,6 +198,7 @@ def compare(runs, *, data=None, split: str | None = "test", tta: bool = False, b
     Comparison
         One row per run, the Markdown table, and the folder written.
     """
+    check_counts(bootstrap=bootstrap)
     folder = check_writable_folder(output) if output else None
     rows = compare_runs(runs, data, split, tta=tta, batch_size=batch_size, device=choose_device(device, batch_size),
                         n_boot=bootstrap, progress=not quiet)

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from bloodcell.core.errors import ConfigError, DataError
 from bloodcell.core.files import check_writable_file, check_writable_folder
+from bloodcell.core.settings import check_workers
 from bloodcell.data import Problem
 from bloodcell.fields.analyse import FieldResult, analyse_image, fields_warning, overall_counts, overall_differential
 from bloodcell.fields.detect import detect, quick_white_count
@@ -201,8 +202,7 @@ def predict(paths, model=None, *, fields: bool = False, overlay: str | Path | No
     ``batch_size``, ``tta``, ``abstain_threshold``, ``ood_threshold``, ``threads``, ``precision``)
     are those of :class:`~bloodcell.prediction.classifier.Classifier`.
     """
-    if workers is not None and workers < 1:
-        raise ConfigError(f"--workers must be at least 1 (leave it out for the usable CPUs), got {workers}.")
+    check_workers(workers)
     if fields:
         _check_fields(differential, resume, engine, workers)
         return predict_fields(paths, model, format=format, output_path=output, overlay_dir=overlay,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bloodcell.core.errors import ConfigError
+from bloodcell.core.settings import check_workers
 from bloodcell.pipelines import PIPELINES
 from bloodcell.pipelines import spec as specs
 from bloodcell.pipelines.members import train_members
@@ -19,6 +20,12 @@ def _check_request(name: str, data: Path) -> Path:
         raise ConfigError(f"{data}: the training data is not there. Make the split manifest first, e.g. "
                           f"`bloodcell split DATA -o {data}` (`make` does it), or pass --data.")
     return data
+
+
+def _check_limits(jobs: int | None, timeout: float | None) -> None:
+    check_workers(jobs, "--jobs")
+    if timeout is not None and not timeout > 0:
+        raise ConfigError(f"--timeout is the seconds a member may train: more than 0, got {timeout:g}.")
 
 
 def pipeline(name: str, *, data: str | Path = "runs/pbc_split.csv", default_run: str | Path = specs.DEFAULT_RUN,
@@ -68,6 +75,7 @@ def pipeline(name: str, *, data: str | Path = "runs/pbc_split.csv", default_run:
         A member's training failed (the end of its log is printed), or a later step refused its input.
     """
     data = _check_request(name, Path(data))
+    _check_limits(jobs, timeout)
     default = specs.default_spec(data, default_run, seeds=seeds, recipe=recipe, distilled_seed=distilled_seed,
                                  train_args=train_args)
     zoo = specs.zoo_spec(data, zoo_run, study=study, ensemble_epochs=ensemble_epochs, cpu_args=zoo_args,

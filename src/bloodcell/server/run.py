@@ -11,6 +11,7 @@ import uvicorn
 
 from bloodcell.core.errors import ConfigError
 from bloodcell.core.model_choice import resolve_model
+from bloodcell.core.settings import check_workers
 from bloodcell.server.app import DEFAULT_MAX_FILES, DEFAULT_MAX_UPLOAD_MB, check_limits, create_app
 from bloodcell.server.guards import limit_malloc_arenas
 from bloodcell.server.uploads import DEFAULT_MAX_MEGAPIXELS
@@ -97,6 +98,7 @@ def serve(
     """
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}.")
+    check_workers(threads, "--threads")
     check_limits(max_upload_mb, max_files, max_megapixels)
     check_address(host, port)
     options = {"max_upload_mb": max_upload_mb, "max_files": max_files, "max_megapixels": max_megapixels,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bloodcell.core.files import atomic_write_json, check_writable_folder
+from bloodcell.core.settings import check_workers
 from bloodcell.data.audit.checks import AuditResult, AuditSettings, audit_dataset
 from bloodcell.data.audit.outliers import DEFAULT_NEIGHBORS, DEFAULT_THRESHOLD
 from bloodcell.data.audit.plots import write_plots
@@ -60,6 +61,7 @@ def audit(data, out=None, near_threshold: int = _DEFAULTS.near_threshold, hash_s
     DataError
         When the dataset cannot be read.
     """
+    check_workers(workers)
     settings = AuditSettings(hash_size=hash_size, near_threshold=near_threshold,
                              outlier_threshold=outlier_threshold, outlier_neighbors=outlier_neighbors)
     ds = open_dataset(data, skip_unknown=skip_unknown, skip_unknown_hint=True)
