@@ -12,8 +12,9 @@ from bloodcell.pipelines.members import train_members
 from bloodcell.pipelines.steps import calibrate_models, compare_models, package_default_model
 
 
-def _check_request(name: str, data: Path) -> Path:
-    """The split manifest, once the pipeline's name and the manifest are known good."""
+def _check_request(name: str, data: Path, jobs: int | None, timeout: float | None) -> Path:
+    """The split manifest, once the pipeline's name, the manifest and the limits are known good."""
+    _check_limits(jobs, timeout)
     if name not in PIPELINES:
         raise ConfigError(f"Unknown pipeline {name!r}; choose one of {', '.join(PIPELINES)}.")
     if not data.exists():
@@ -74,8 +75,7 @@ def pipeline(name: str, *, data: str | Path = "runs/pbc_split.csv", default_run:
     MemberFailed, BloodcellError
         A member's training failed (the end of its log is printed), or a later step refused its input.
     """
-    data = _check_request(name, Path(data))
-    _check_limits(jobs, timeout)
+    data = _check_request(name, Path(data), jobs, timeout)
     default = specs.default_spec(data, default_run, seeds=seeds, recipe=recipe, distilled_seed=distilled_seed,
                                  train_args=train_args)
     zoo = specs.zoo_spec(data, zoo_run, study=study, ensemble_epochs=ensemble_epochs, cpu_args=zoo_args,

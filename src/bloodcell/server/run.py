@@ -53,6 +53,12 @@ def check_address(host: str, port: int) -> None:
                           "or stop what is using it.") from None
 
 
+def _check_counts(workers: int, threads: int | None) -> None:
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}.")
+    check_workers(threads, "--threads")
+
+
 def serve(
     model=None, host: str = "127.0.0.1", port: int = 8000, *, workers: int = 1, threads: int | None = None,
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_files: int = DEFAULT_MAX_FILES,
@@ -96,9 +102,7 @@ def serve(
     ConfigError
         When a limit or the worker count is out of range, or ``host:port`` cannot be listened on.
     """
-    if workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {workers}.")
-    check_workers(threads, "--threads")
+    _check_counts(workers, threads)
     check_limits(max_upload_mb, max_files, max_megapixels)
     check_address(host, port)
     options = {"max_upload_mb": max_upload_mb, "max_files": max_files, "max_megapixels": max_megapixels,
