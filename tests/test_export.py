@@ -459,3 +459,17 @@ def test_unknown_ood_augment_recipe_is_named_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="--ood-augment 'robust_defualt' is not a training recipe.*robust_default") as e:
         export(tiny_model(), format="default", data=str(tmp_path), output=tmp_path / "pkg", ood_augment="robust_defualt")
     assert "--config" not in str(e.value) and not (tmp_path / "pkg").exists()
+
+
+def test_options_of_the_other_format_are_refused_not_ignored(tmp_path):
+    """A card, metrics or fitting size given to an .onnx export, or an opset or calibration set given to
+    the packaging, were dropped without a word."""
+    import bloodcell
+
+    with pytest.raises(ConfigError, match=r"--card, --per-class are for --format default; --format onnx"):
+        bloodcell.export(tiny_model(), output=tmp_path / "m.onnx", card=tmp_path / "card.yaml", per_class=50)
+    with pytest.raises(ConfigError, match=r"--opset is for --format onnx"):
+        bloodcell.export(tiny_model(), format="default", output=tmp_path / "p", data=tmp_path, opset=18)
+    with pytest.raises(ConfigError, match=r"--calibration-data is for --format onnx"):
+        bloodcell.export(tiny_model(), format="default", output=tmp_path / "p", data=tmp_path, calibration_data=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

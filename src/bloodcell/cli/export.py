@@ -6,7 +6,7 @@ HELP = "Export a model to ONNX (optionally int8), or package it as the default m
 
 
 def add_arguments(parser) -> None:
-    from bloodcell.packaging.choices import FORMATS, MAX_MB, OPSET, QUANTIZATIONS
+    from bloodcell.packaging.choices import CALIBRATION_IMAGES, FORMATS, MAX_MB, OPSET, PER_CLASS, QUANTIZATIONS
 
     parser.add_argument("model", metavar="MODEL", help="trained model folder (single model or ensemble)")
     parser.add_argument("--format", choices=FORMATS, default="onnx",
@@ -21,8 +21,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--calibration-data", default=None, metavar="DATA",
                         help="folder, .npz or manifest of real cells for static quantization "
                              "(up to --calibration-images used)")
-    parser.add_argument("--calibration-images", type=int, default=256,
-                        help="images used for static calibration (default: 256)")
+    parser.add_argument("--calibration-images", type=int, default=CALIBRATION_IMAGES,
+                        help=f"images used for static calibration (default: {CALIBRATION_IMAGES})")
     parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default: {OPSET})")
     parser.add_argument("--data", default=None,
                         help="--format default: the training data (best: its `bloodcell split` manifest) for the "
@@ -33,8 +33,9 @@ def add_arguments(parser) -> None:
                              "fills the card's metrics section")
     parser.add_argument("--half-weights", action="store_true",
                         help="store the weights as float16 (PyTorch and ONNX; ONNX still computes in float32)")
-    parser.add_argument("--per-class", type=int, default=300,
-                        help="--format default: training images per class for the out-of-distribution fit (default: 300)")
+    parser.add_argument("--per-class", type=int, default=PER_CLASS,
+                        help=f"--format default: training images per class for the out-of-distribution fit "
+                             f"(default: {PER_CLASS})")
     parser.add_argument("--ood-augment", default=None, metavar="RECIPE",
                         help="--format default: the recipe whose augmentation draws the copies of the cells (other "
                              "labs' colour, stain, scale and optics) that the cell-vs-non-cell check is fitted on, so "

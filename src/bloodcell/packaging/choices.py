@@ -11,3 +11,7 @@ OPSET = 17
 #: Size budget of the packaged default model in MB: a two-member ensemble with float16 weights,
 #: PyTorch and ONNX, and its int8 ONNX twin.
 MAX_MB = 50.0
+#: Images sampled for static int8 calibration of an ``.onnx`` export.
+CALIBRATION_IMAGES = 256
+#: Training images per class the packaged model's out-of-distribution checks are fitted on.
+PER_CLASS = 300

@@ -13,7 +13,7 @@ from bloodcell.core.model_folder import ONNX, read_meta
 from bloodcell.core.preprocess import PreprocessConfig
 from bloodcell.data.cache import load_arrays, sample_rows
 from bloodcell.evaluation.comparison import read_evaluation
-from bloodcell.packaging.choices import FORMATS, MAX_MB, OPSET
+from bloodcell.packaging.choices import CALIBRATION_IMAGES, FORMATS, MAX_MB, OPSET, PER_CLASS
 from bloodcell.packaging.onnx import export_onnx
 from bloodcell.packaging.package import package_default, read_card
 from bloodcell.training.config import load_config, recipe_hint, recipe_names
@@ -29,6 +29,16 @@ def calibration_sample(source: str | Path, model: str | Path, n: int = 256, seed
     rows = sample_rows(source, n, seed, option="--calibration-images")
     pre = PreprocessConfig.from_dict(read_meta(model)["preprocess"])
     return load_arrays(rows, pre, require_labels=False).images
+
+
+def _misplaced(format: str, **given) -> None:
+    """Refuse the other format's options (given, or away from their defaults), which this one would ignore."""
+    names = [f"--{name.replace('_', '-')}" for name, value in given.items() if value]
+    if names:
+        other = "default" if format == "onnx" else "onnx"
+        raise ConfigError(f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} for --format {other}; "
+                          f"--format {format} has no use for {'it' if len(names) == 1 else 'them'}. Leave "
+                          f"{'it' if len(names) == 1 else 'them'} out, or pass --format {other}.")
 
 
 def _check_onnx_options(quantize: str, half_weights: bool, calibration_data, adapt_from=None) -> None:
@@ -58,9 +68,9 @@ def _export_default(model, output, data, card, metrics, quantize, half_weights, 
 
 
 def export(model: str | Path, *, format: str = "onnx", output: str | Path | None = None, quantize: str = "none",
-           calibration_data: str | Path | None = None, calibration_images: int = 256, opset: int = OPSET,
+           calibration_data: str | Path | None = None, calibration_images: int = CALIBRATION_IMAGES, opset: int = OPSET,
            data: str | Path | None = None, card: str | Path | None = None, metrics: str | Path | None = None,
-           half_weights: bool = False, per_class: int = 300, max_mb: float = MAX_MB, ood_augment: str | None = None,
+           half_weights: bool = False, per_class: int = PER_CLASS, max_mb: float = MAX_MB, ood_augment: str | None = None,
            adapt_from: str | Path | None = None, say=_say) -> Path:
     """Export a model to ONNX, or package it as the default model (``bloodcell export``).
 
@@ -107,9 +117,13 @@ def export(model: str | Path, *, format: str = "onnx", output: str | Path | None
     if format not in FORMATS:
         raise ConfigError(f"format must be one of {list(FORMATS)}, got {format!r}.")
     if format == "default":
+        _misplaced(format, calibration_data=calibration_data, calibration_images=calibration_images != CALIBRATION_IMAGES,
+                   opset=opset != OPSET)
         return _export_default(model, output, data, card, metrics, quantize, half_weights, per_class, max_mb,
                                ood_augment, adapt_from, say)
     _check_onnx_options(quantize, half_weights, calibration_data, adapt_from)
+    _misplaced(format, data=data, card=card, metrics=metrics, per_class=per_class != PER_CLASS, max_mb=max_mb != MAX_MB,
+               ood_augment=ood_augment)
     read_meta(model)
     check_writable_file(Path(output) if output is not None else Path(model) / ONNX, "ONNX file", "-o")
     calibration = calibration_sample(calibration_data, model, calibration_images) if quantize == "static" else None
