@@ -117,6 +117,8 @@ def test_bad_data_is_one_clear_error(tmp_path, make_folder_dataset):
               progress=False)
     with pytest.raises(ConfigError, match="method"):
         adapt(tmp_path, tmp_path / "o2", model=tiny_model(), method="magic", progress=False)
+    with pytest.raises(ConfigError, match="--method prototype trains nothing"):  # --epochs was ignored
+        adapt(tmp_path, tmp_path / "o2", model=tiny_model(), method="prototype", epochs=5, progress=False)
     done = cli("adapt", str(tmp_path / "missing"), "--out", str(tmp_path / "o3"), "--model", str(tiny_model()))
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "missing" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "o3").exists()

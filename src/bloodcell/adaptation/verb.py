@@ -207,6 +207,9 @@ def _settings(method: str, epochs: int | None, copies: int | None, batch_norm: s
     if not 0.0 <= held_out < 1.0:
         raise ConfigError(f"--held-out must be a share in [0, 1), got {held_out!r}.")
     given = {k: v for k, v in {"epochs": epochs, "copies": copies}.items() if v is not None}
+    if method == "prototype" and epochs is not None:
+        raise ConfigError("--epochs sets the training of --method finetune or linear; --method prototype trains "
+                          "nothing (its classifier rows are the cells' class means).")
     settings = TuneSettings(method=method, batch_norm=batch_norm, seed=seed, **given)
     settings.check()
     return settings
