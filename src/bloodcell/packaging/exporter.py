@@ -41,6 +41,13 @@ def _misplaced(format: str, **given) -> None:
                           f"{'it' if len(names) == 1 else 'them'} out, or pass --format {other}.")
 
 
+def _check_format(format: str, onnx_only: dict, default_only: dict) -> None:
+    """A known format, and none of the other format's options (``{option: given}``)."""
+    if format not in FORMATS:
+        raise ConfigError(f"format must be one of {list(FORMATS)}, got {format!r}.")
+    _misplaced(format, **(onnx_only if format == "default" else default_only))
+
+
 def _check_onnx_options(quantize: str, half_weights: bool, calibration_data, adapt_from=None) -> None:
     if adapt_from is not None:
         raise ConfigError("--adapt-from belongs to --format default (a packaged model ships the model adapt starts "
@@ -86,10 +93,8 @@ def export(model: str | Path, *, format: str = "onnx", output: str | Path | None
         package's ``bloodcell/default_model``).
     quantize : {"none", "dynamic", "static"}
         int8 quantization; ``static`` needs ``calibration_data`` for ``format="onnx"``.
-    calibration_data : str or Path, optional
-        Folder, ``.npz`` or manifest of real cells for static quantization.
-    calibration_images : int
-        Images sampled (seeded) from ``calibration_data``.
+    calibration_data, calibration_images : str or Path, int
+        Real cells (folder, ``.npz`` or manifest) for static quantization; how many are sampled (seeded).
     opset : int
         ONNX opset (17 or newer).
     data, card, metrics, per_class, max_mb, ood_augment, adapt_from
@@ -114,16 +119,14 @@ def export(model: str | Path, *, format: str = "onnx", output: str | Path | None
     ModelError, DataError
         For an unreadable model or data.
     """
-    if format not in FORMATS:
-        raise ConfigError(f"format must be one of {list(FORMATS)}, got {format!r}.")
+    _check_format(format, {"calibration_data": calibration_data, "opset": opset != OPSET,
+                           "calibration_images": calibration_images != CALIBRATION_IMAGES},
+                  {"data": data, "card": card, "metrics": metrics, "per_class": per_class != PER_CLASS,
+                   "max_mb": max_mb != MAX_MB, "ood_augment": ood_augment})
     if format == "default":
-        _misplaced(format, calibration_data=calibration_data, calibration_images=calibration_images != CALIBRATION_IMAGES,
-                   opset=opset != OPSET)
         return _export_default(model, output, data, card, metrics, quantize, half_weights, per_class, max_mb,
                                ood_augment, adapt_from, say)
     _check_onnx_options(quantize, half_weights, calibration_data, adapt_from)
-    _misplaced(format, data=data, card=card, metrics=metrics, per_class=per_class != PER_CLASS, max_mb=max_mb != MAX_MB,
-               ood_augment=ood_augment)
     read_meta(model)
     check_writable_file(Path(output) if output is not None else Path(model) / ONNX, "ONNX file", "-o")
     calibration = calibration_sample(calibration_data, model, calibration_images) if quantize == "static" else None
