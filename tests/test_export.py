@@ -473,3 +473,13 @@ def test_options_of_the_other_format_are_refused_not_ignored(tmp_path):
     with pytest.raises(ConfigError, match=r"--calibration-data is for --format onnx"):
         bloodcell.export(tiny_model(), format="default", output=tmp_path / "p", data=tmp_path, calibration_data=tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_an_exported_onnx_file_given_where_a_folder_is_needed_is_named(tmp_path):
+    """evaluate on a lone .onnx file said "/tmp: no model here", naming its folder, not the file."""
+    import bloodcell
+
+    out = bloodcell.export(tiny_model(), output=tmp_path / "m.onnx", say=lambda m: None)
+    with pytest.raises(ModelError, match=r"m\.onnx: a file, and no model\.json beside it.*bloodcell predict --model"):
+        bloodcell.evaluate(out, tmp_path, quiet=True)
+    assert load_model(tiny_model() / "model.json").meta["architecture"]  # a file inside a model folder still loads

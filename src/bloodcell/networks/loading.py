@@ -20,7 +20,7 @@ from torch import nn
 
 from bloodcell.core.errors import ModelError
 from bloodcell.core.files import atomic_write_with
-from bloodcell.core.model_folder import META, WEIGHTS, read_meta, write_meta
+from bloodcell.core.model_folder import META, WEIGHTS, meta_path, read_meta, write_meta
 from bloodcell.core.preprocess import PreprocessConfig
 from bloodcell.networks.registry import create_model
 from bloodcell.networks.voting import build_ensemble_module, member_dir
@@ -69,6 +69,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     folder = Path(path)
     if folder.is_file():
         folder = folder.parent
+        if not meta_path(folder).exists():
+            raise ModelError(f"{path}: a file, and no {META} beside it; this needs a model folder ({META} + {WEIGHTS}, "
+                             "as written by `bloodcell train`). An exported .onnx file runs with `bloodcell predict "
+                             "--model FILE` and `bloodcell serve --model FILE`; pass the folder it was exported from.")
     meta = read_meta(folder)
     if meta.get("ensemble"):
         module = build_ensemble_module(folder, meta, device, load_model)
