@@ -152,6 +152,19 @@ def test_differential_counts_and_exclusions():
     assert "1 image(s) flagged not a blood cell" in text and "neutrophil" in text
 
 
+def test_a_differential_of_no_cell_has_no_shares():
+    """Every image flagged not a cell: the shares were 0.0% with a 0-100% interval, beside a lab
+    differential saying none; now none in JSON (null), the table ("-") and the CSV (empty)."""
+    from bloodcell.prediction.outputs import differential_csv
+
+    d = differential([_pred("basophil", 0.9, ood=True)] * 3, ("basophil", "neutrophil", "platelet"))
+    assert (d.counted, d.excluded) == (0, 3)
+    assert all(r["percent"] is None and r["ci95"] is None for r in d.to_dict()["classes"])
+    table = differential_table(d).splitlines()
+    assert table[2].split() == ["basophil", "0", "-", "-", "0"] and table[-1].split() == ["total", "0", "-"]
+    assert differential_csv(d).splitlines()[1] == "basophil,0,,,,0"
+
+
 def test_table_and_csv_outputs():
     preds = [_pred("neutrophil", 0.9), _pred("platelet", 0.4, uncertain=True)]
     names = ("basophil", "neutrophil", "platelet")

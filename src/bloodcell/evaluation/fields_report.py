@@ -19,6 +19,10 @@ from bloodcell.fields.overlay import draw
 SHOWN = 3
 
 
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
 def measure_fields(classifier, boxes_csv: str | Path) -> tuple[dict, list[tuple[str, bytes]]]:
     """Find, classify and count the cells of the fields a boxes file lists, score the white cells
     found against its boxes (IoU ≥ 0.5), and draw the overlays of the busiest fields.
@@ -69,7 +73,7 @@ def section_html(figures: dict, overlays: list[tuple[str, bytes]]) -> str:
     out.append("</table><table><tr><th>counted in these fields</th><th></th></tr>")
     out += [f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in counts]
     out.append("</table><table><tr><th>white-cell differential</th><th>count</th><th>%</th></tr>")
-    out += [f"<tr><td>{html.escape(r['class'])}</td><td>{r['count']}</td><td>{r['percent']:.1f}</td></tr>" for r in diff]
+    out += [f"<tr><td>{html.escape(r['class'])}</td><td>{r['count']}</td><td>{_pct(r['percent'])}</td></tr>" for r in diff]
     out.append("</table>")
     flagged = n["not_a_blood_cell"]
     if flagged:

@@ -14,7 +14,7 @@ class Differential:
     Images flagged ``not_a_blood_cell`` are left out of the count (``excluded``);
     uncertain images are counted in their predicted class and also tallied in
     each row's ``uncertain`` column for review. Percentages carry 95% Wilson
-    intervals.
+    intervals; with no cell counted, both are ``None`` (as in the lab-style differential).
     """
 
     rows: list[dict]
@@ -47,8 +47,8 @@ def differential(predictions, class_names) -> Differential:
         rows.append({
             "class": name,
             "count": count[name],
-            "percent": round(100.0 * count[name] / n, 2) if n else 0.0,
-            "ci95": [round(100 * lo, 2), round(100 * hi, 2)],
+            "percent": round(100.0 * count[name] / n, 2) if n else None,
+            "ci95": [round(100 * lo, 2), round(100 * hi, 2)] if n else None,
             "uncertain": unsure[name],
         })
     return Differential(rows, total, n, total - n, sum(unsure.values()))

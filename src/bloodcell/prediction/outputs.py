@@ -91,9 +91,10 @@ def differential_table(d: Differential) -> str:
         head += f" ({d.excluded} image(s) flagged not a blood cell and left out)"
     lines = [head, f"{'class':<14} {'count':>6} {'%':>7}   {'95% CI':<15} {'uncertain':>9}"]
     for r in d.rows:
-        ci = f"{r['ci95'][0]:.1f}-{r['ci95'][1]:.1f}"
-        lines.append(f"{r['class']:<14} {r['count']:>6} {r['percent']:>7.1f}   {ci:<15} {r['uncertain']:>9}")
-    lines.append(f"{'total':<14} {d.counted:>6} {100.0 if d.counted else 0.0:>7.1f}")
+        ci = "-" if r["ci95"] is None else f"{r['ci95'][0]:.1f}-{r['ci95'][1]:.1f}"
+        pct = "-" if r["percent"] is None else f"{r['percent']:.1f}"
+        lines.append(f"{r['class']:<14} {r['count']:>6} {pct:>7}   {ci:<15} {r['uncertain']:>9}")
+    lines.append(f"{'total':<14} {d.counted:>6} {'100.0' if d.counted else '-':>7}")
     return "\n".join(lines)
 
 
@@ -129,12 +130,18 @@ def predictions_csv(predictions: list[Prediction], class_names) -> str:
     return buf.getvalue()
 
 
+def _two(x) -> str:
+    """A percentage with two decimals; empty for none."""
+    return "" if x is None or x == "" else f"{x:.2f}"
+
+
 def differential_csv(d: Differential) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["class", "count", "percent", "ci95_low", "ci95_high", "uncertain"])
     for r in d.rows:
-        w.writerow([r["class"], r["count"], f"{r['percent']:.2f}", f"{r['ci95'][0]:.2f}", f"{r['ci95'][1]:.2f}", r["uncertain"]])
+        low, high = r["ci95"] or ("", "")
+        w.writerow([r["class"], r["count"], _two(r["percent"]), _two(low), _two(high), r["uncertain"]])
     return buf.getvalue()
 
 

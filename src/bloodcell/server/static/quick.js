@@ -80,17 +80,18 @@ function renderDifferential(d, warning) {
   body.textContent = "";
   const chart = q("diff-chart");
   chart.textContent = "";
-  const max = Math.max(1, ...d.classes.map(r => r.percent));
+  const max = Math.max(1, ...d.classes.map(r => r.percent || 0));
   for (const r of d.classes) {
+    const share = r.percent === null ? "-" : r.percent.toFixed(1);  // null: no cell counted
     body.append(el("tr", {},
       el("td", { text: r.class }), el("td", { text: String(r.count) }),
-      el("td", { text: r.percent.toFixed(1) }),
-      el("td", { text: `${r.ci95[0].toFixed(1)}–${r.ci95[1].toFixed(1)}` }),
+      el("td", { text: share }),
+      el("td", { text: r.ci95 === null ? "-" : `${r.ci95[0].toFixed(1)}–${r.ci95[1].toFixed(1)}` }),
       el("td", { text: String(r.uncertain) })));
-    const column = el("div", { class: "col", title: `${r.class}: ${r.count} (${r.percent.toFixed(1)}%)` });
+    const column = el("div", { class: "col", title: `${r.class}: ${r.count} (${share}%)` });
     const fill = el("div", { class: "col-fill" });
-    fill.style.height = `${(100 * r.percent) / max}%`;
-    column.append(el("span", { class: "col-value", text: `${r.percent.toFixed(0)}%` }), fill);
+    fill.style.height = `${(100 * (r.percent || 0)) / max}%`;
+    column.append(el("span", { class: "col-value", text: r.percent === null ? "-" : `${r.percent.toFixed(0)}%` }), fill);
     chart.append(el("div", { class: "col-wrap" }, column, el("span", { class: "col-label", text: r.class })));
   }
 }
