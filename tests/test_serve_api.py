@@ -86,6 +86,16 @@ def test_predict_one(client, images):
     assert "gradcam_png" not in p and body["differential"] is None
 
 
+def test_unknown_query_parameters_of_the_api_are_refused(client, images):
+    """/v1/predict?tta=true classified without TTA and said nothing; the page and the docs take any query."""
+    r = client.post("/v1/predict?tta=true", files=upload([("cell.png", images[0])]))
+    assert r.status_code == 422
+    assert r.json()["detail"] == "Unknown query parameter tta: /v1/predict takes explain."
+    r = client.get("/v1/model?verbose=1&x=2")
+    assert r.status_code == 422 and r.json()["detail"] == "Unknown query parameters verbose, x: /v1/model takes none."
+    assert client.get("/?utm=1").status_code == 200 and client.get("/docs?x=1").status_code == 200
+
+
 def test_predict_many_with_explain(client, images):
     r = client.post("/v1/predict?explain=true", files=upload([(f"c{i}.png", images[i]) for i in range(3)]))
     assert r.status_code == 200

@@ -27,7 +27,7 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
@@ -38,7 +38,7 @@ from bloodcell.prediction.onnx_backend import no_telemetry
 from bloodcell.server import cases_routes, jobs
 from bloodcell.server.batching import Batcher
 from bloodcell.server.case_fields_routes import router as case_fields_router
-from bloodcell.server.errors import install_handlers
+from bloodcell.server.errors import install_handlers, known_query
 from bloodcell.server.fields_routes import router as fields_router
 from bloodcell.server.guards import LOCAL_HOSTS, BodyLimit, Gate, HostCheck, SecurityHeaders
 from bloodcell.server.routes import router
@@ -132,6 +132,7 @@ def create_app(
         lifespan=_lifespan, title="bloodcell", version=__version__,
         description=_describe(max_upload_mb, max_files, max_megapixels),
         form_limits={"max_files": max_files},  # the multipart parser stops at the limit, not at 1,000
+        dependencies=[Depends(known_query)],
     )
     app.add_middleware(BodyLimit, max_bytes=int(max_upload_mb * 1e6))
     app.add_middleware(HostCheck, allowed_hosts=list(dict.fromkeys([*LOCAL_HOSTS, *(allowed_hosts or [])])))

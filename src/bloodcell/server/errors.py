@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -61,6 +61,25 @@ def error_bytes(detail: str) -> bytes:
 def too_many_files(max_files: int, count: int | None = None) -> JSONResponse:
     got = f"{count}" if count is not None else f"more than {max_files}"
     return error(413, f"Too many files: {got}; at most {max_files} images per request. Split the batch.")
+
+
+def _query_names(dependant) -> set[str]:
+    """The query parameters a route takes, its dependencies' included."""
+    return {p.alias for p in dependant.query_params}.union(*(_query_names(d) for d in dependant.dependencies))
+
+
+def known_query(request: Request) -> None:
+    """Refuse query parameters an API route does not take, naming the ones it does (a misspelt or
+    unsupported option, ``/v1/predict?tta=true`` say, was ignored without a word)."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None or not request.query_params or not route.path.startswith("/v1/"):
+        return  # the page and the docs take any query string
+    taken = sorted(_query_names(dependant))
+    unknown = sorted(set(request.query_params) - set(taken))
+    if unknown:
+        raise HTTPException(422, f"Unknown query parameter{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}: "
+                                 f"{route.path} takes {', '.join(taken) if taken else 'none'}.")
 
 
 def install_handlers(app: FastAPI, max_files: int) -> None:
