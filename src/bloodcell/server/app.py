@@ -117,8 +117,7 @@ def create_app(
     threads : int, optional
         onnxruntime threads.
     allowed_hosts : list of str, optional
-        ``Host`` header names answered besides localhost, 127.0.0.1 and [::1]
-        (``"*"`` answers any).
+        ``Host`` header names answered besides localhost, 127.0.0.1 and [::1] (``"*"`` answers any).
     cases_dir : str or Path, optional
         Folder of the case store (default ``bloodcell-cases`` in the working folder, or
         ``$BLOODCELL_CASES``), created on the first case request.
