@@ -69,6 +69,20 @@ def test_bad_case_requests(client):
     assert client.get("/v1/cases/99999/cells/1/image").status_code == 404
 
 
+def test_a_misspelt_field_is_refused_not_defaulted(client):
+    """{"targett": 200} made a case of 100 cells without a word."""
+    before = len(client.get("/v1/cases").json()["cases"])
+    r = client.post("/v1/cases", json={"accession": "typo", "targett": 200})
+    assert r.status_code == 422
+    assert r.json()["detail"] == "body.targett: not a field this route takes (the fields are listed at /docs)"
+    assert len(client.get("/v1/cases").json()["cases"]) == before
+    case = client.post("/v1/cases", json={"accession": "typo", "target": 200}).json()
+    r = client.patch(f"/v1/cases/{case['id']}", json={"targets": 100})
+    assert r.status_code == 422 and client.get(f"/v1/cases/{case['id']}").json()["target"] == 200
+    r = client.post("/v1/jobs/adapt", json={"data": "/nowhere", "epoch": 3})
+    assert r.json()["detail"].startswith("body.epoch: not a field")
+
+
 def test_upload_review_undo_and_filters(client, images):
     case = new_case(client)
     cid = case["id"]

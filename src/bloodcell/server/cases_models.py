@@ -6,7 +6,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from bloodcell.cases.records import MAX_TARGET, MAX_TEXT
-from bloodcell.server.errors import ErrorBody
+from bloodcell.server.errors import ErrorBody, RequestBody
 
 
 class ClassRow(BaseModel):
@@ -74,13 +74,13 @@ class CaseList(BaseModel):
     cases: list[Case]
 
 
-class NewCase(BaseModel):
+class NewCase(RequestBody):
     accession: str = Field(min_length=1, max_length=MAX_TEXT, description="the sample's accession number")
     note: str | None = Field(None, max_length=MAX_TEXT)
     target: int = Field(100, ge=1, le=MAX_TARGET, description="cells to count: 100, 200 or any")
 
 
-class CaseChange(BaseModel):
+class CaseChange(RequestBody):
     accession: str | None = Field(None, min_length=1, max_length=MAX_TEXT)
     note: str | None = Field(None, max_length=MAX_TEXT)
     target: int | None = Field(None, ge=1, le=MAX_TARGET)
@@ -118,7 +118,7 @@ class CellList(BaseModel):
     cells: list[Cell]
 
 
-class Review(BaseModel):
+class Review(RequestBody):
     label: str | None = Field(description="a class of the model, or not_a_cell, smudge, artefact; null clears")
     reviewer: str | None = Field(None, max_length=200)
     if_label: str | None = Field(None, description="when given (null: not reviewed), the review is made only if the "

@@ -12,8 +12,15 @@ import json
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class RequestBody(BaseModel):
+    """A JSON request body: a field the route does not take is refused (422), not ignored, so a
+    misspelt option does not silently fall back to its default."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class SkippedFile(BaseModel):
@@ -82,6 +89,13 @@ def known_query(request: Request) -> None:
                                  f"{route.path} takes {', '.join(taken) if taken else 'none'}.")
 
 
+def _said(e: dict) -> str:
+    """One validation error in words."""
+    if e.get("type") == "extra_forbidden":
+        return "not a field this route takes (the fields are listed at /docs)"
+    return str(e.get("msg"))
+
+
 def install_handlers(app: FastAPI, max_files: int) -> None:
     """Answer validation errors, HTTP errors and :class:`Busy` with the one error body."""
 
@@ -91,7 +105,7 @@ def install_handlers(app: FastAPI, max_files: int) -> None:
         if "files" in fields:
             msg = "No images received: send one or more image files as multipart/form-data in the field 'files'."
         else:
-            msg = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', []))}: {e.get('msg')}" for e in exc.errors())
+            msg = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', []))}: {_said(e)}" for e in exc.errors())
         return error(422, msg)
 
     @app.exception_handler(StarletteHTTPException)

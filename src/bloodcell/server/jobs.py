@@ -38,7 +38,7 @@ from bloodcell.core.model_folder import is_model_folder
 from bloodcell.prediction.classifier import Classifier
 from bloodcell.server.batching import Batcher
 from bloodcell.server.cases_routes import store
-from bloodcell.server.errors import ErrorBody, error
+from bloodcell.server.errors import ErrorBody, RequestBody, error
 
 ENV = "BLOODCELL_JOBS"
 router = APIRouter(tags=["jobs"])
@@ -48,7 +48,7 @@ router = APIRouter(tags=["jobs"])
 STOPPED = "stopped: the service shut down before the adaptation finished; submit it again"
 
 
-class AdaptRequest(BaseModel):
+class AdaptRequest(RequestBody):
     """What to adapt to; every field but ``data`` is optional."""
 
     data: str = Field(description="labelled cells on the server: class folders, .npz or a CSV manifest")
@@ -57,7 +57,7 @@ class AdaptRequest(BaseModel):
     epochs: int | None = Field(None, ge=1, le=200, description="default: adapt's own (5)")
 
 
-class CaseAdaptRequest(BaseModel):
+class CaseAdaptRequest(RequestBody):
     """Options of adapting to a case's reviewed cells."""
 
     model: str | None = Field(None, description="model folder to start from (default: the service's default model)")
@@ -65,7 +65,7 @@ class CaseAdaptRequest(BaseModel):
     epochs: int | None = Field(None, ge=1, le=200, description="default: adapt's own (5)")
 
 
-class SwitchRequest(BaseModel):
+class SwitchRequest(RequestBody):
     model_dir: str = Field(description="a model folder on the server, e.g. a finished job's model_dir")
 
 
