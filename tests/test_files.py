@@ -11,6 +11,7 @@ from bloodcell.core.files import (
     atomic_write_json,
     atomic_write_text,
     atomic_write_with,
+    output_folder,
     process_umask,
     staged_folder,
 )
@@ -78,3 +79,23 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
         atomic_write_with(path, fail)
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_a_failed_run_leaves_no_empty_output_folder_it_made(tmp_path, capsys):
+    """report, compare and audit left an empty -o folder behind when the work failed."""
+    from bloodcell.cli.main import main
+
+    with pytest.raises(KeyError), output_folder(tmp_path / "new" / "out"):
+        raise KeyError("work failed")
+    assert not (tmp_path / "new" / "out").exists()
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(KeyError), output_folder(tmp_path / "kept"):
+        raise KeyError("work failed")
+    assert (tmp_path / "kept").is_dir()  # there before: stays
+    with pytest.raises(KeyError), output_folder(tmp_path / "partly") as folder:
+        (folder / "written.txt").write_text("x")
+        raise KeyError("work failed")
+    assert (tmp_path / "partly" / "written.txt").is_file()  # never deletes what was written
+    assert main(["report", str(tmp_path / "no-model"), str(tmp_path), "-o", str(tmp_path / "report")]) == 2
+    assert main(["audit", str(tmp_path / "no-data"), "-o", str(tmp_path / "audit")]) == 2
+    assert not (tmp_path / "report").exists() and not (tmp_path / "audit").exists()

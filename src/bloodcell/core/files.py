@@ -162,6 +162,20 @@ def check_writable_folder(folder: str | Path, what: str = "output folder", flag:
     return folder
 
 
+@contextmanager
+def output_folder(folder: str | Path, what: str = "output folder", flag: str = "-o") -> Iterator[Path]:
+    """:func:`check_writable_folder` around the work that fills the folder: when the work fails and
+    the folder, made here, is still empty, it is removed again, so a failed run leaves no empty output."""
+    made = not Path(folder).exists()
+    checked = check_writable_folder(folder, what, flag)
+    try:
+        yield checked
+    except BaseException:
+        if made and checked.is_dir() and not any(checked.iterdir()):
+            checked.rmdir()
+        raise
+
+
 def check_writable_file(path: str | Path, what: str = "output file", flag: str = "-o") -> Path:
     """Prove ``path`` can be written (its folder is created if needed), before any work starts.
 

@@ -41,7 +41,8 @@ def read_evaluation(path: str | Path) -> dict:
     except FileNotFoundError:
         raise DataError(f"{path}: no evaluation results here.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not a readable JSON file ({e}).") from None
+        raise DataError(f"{path}: not a readable JSON file ({str(e)[:80]}). Compare takes model folders, evaluation "
+                        "results (`bloodcell evaluate -o metrics.json`) and report folders.") from None
     if not isinstance(summary, dict) or "metrics" not in summary or "model" not in summary:
         raise DataError(f"{path}: not an evaluation written by `bloodcell evaluate -o` or `bloodcell report`.")
     return summary

@@ -8,11 +8,12 @@ parses arguments and prints what these return.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 from bloodcell.core.errors import ConfigError
-from bloodcell.core.files import atomic_write_bytes, atomic_write_json, check_writable_file, check_writable_folder
+from bloodcell.core.files import atomic_write_bytes, atomic_write_json, check_writable_file, output_folder
 from bloodcell.evaluation.comparison import compare as compare_runs
 from bloodcell.evaluation.comparison import markdown_table
 from bloodcell.evaluation.fit_calibration import calibrate_model
@@ -131,19 +132,19 @@ def report(model, data, *, output, split: str | None = "test", tta: bool = False
     from bloodcell.evaluation.html_report import write_report
 
     check_counts(bootstrap=bootstrap, mistakes=mistakes, gradcam_per_class=gradcam_per_class)
-    folder = check_writable_folder(output, "report folder")
-    if fields is not None:
-        from bloodcell.fields.measure import read_boxes  # deferred: only --fields needs it
+    with output_folder(output, "report folder") as folder:
+        if fields is not None:
+            from bloodcell.fields.measure import read_boxes  # deferred: only --fields needs it
 
-        read_boxes(fields)  # a bad boxes file is one line before the evaluation runs
-    ev = evaluate(model, data, split=split, tta=tta, batch_size=batch_size, device=device, bootstrap=bootstrap,
-                  quiet=quiet)
-    page = write_report(ev, folder, n_mistakes=mistakes, gradcam_per_class=gradcam_per_class)
-    if fields is not None:
-        from bloodcell.evaluation.fields_report import add_fields_section  # deferred: only --fields needs it
-        from bloodcell.prediction.classifier import Classifier  # deferred: as above
+            read_boxes(fields)  # a bad boxes file is one line before the evaluation runs
+        ev = evaluate(model, data, split=split, tta=tta, batch_size=batch_size, device=device, bootstrap=bootstrap,
+                      quiet=quiet)
+        page = write_report(ev, folder, n_mistakes=mistakes, gradcam_per_class=gradcam_per_class)
+        if fields is not None:
+            from bloodcell.evaluation.fields_report import add_fields_section  # deferred: only --fields needs it
+            from bloodcell.prediction.classifier import Classifier  # deferred: as above
 
-        add_fields_section(page, Classifier(model, batch_size=batch_size), fields)
+            add_fields_section(page, Classifier(model, batch_size=batch_size), fields)
     return Report(ev, page)
 
 
@@ -199,16 +200,16 @@ def compare(runs, *, data=None, split: str | None = "test", tta: bool = False, b
         One row per run, the Markdown table, and the folder written.
     """
     check_counts(bootstrap=bootstrap)
-    folder = check_writable_folder(output) if output else None
-    rows = compare_runs(runs, data, split, tta=tta, batch_size=batch_size, device=choose_device(device, batch_size),
-                        n_boot=bootstrap, progress=not quiet)
-    table = markdown_table(rows)
-    if folder is not None:
-        # Deferred: only a written comparison draws its bar plot, so a table alone never loads Matplotlib.
-        from bloodcell.evaluation.compare_plot import compare_bars
-        from bloodcell.evaluation.figure_style import to_png
+    with output_folder(output) if output else nullcontext() as folder:
+        rows = compare_runs(runs, data, split, tta=tta, batch_size=batch_size, device=choose_device(device, batch_size),
+                            n_boot=bootstrap, progress=not quiet)
+        table = markdown_table(rows)
+        if folder is not None:
+            # Deferred: only a written comparison draws its bar plot, so a table alone never loads Matplotlib.
+            from bloodcell.evaluation.compare_plot import compare_bars
+            from bloodcell.evaluation.figure_style import to_png
 
-        atomic_write_bytes(folder / "compare.md", (table + "\n").encode())
-        atomic_write_json(folder / "compare.json", rows)
-        atomic_write_bytes(folder / "compare.png", to_png(compare_bars(rows)))
+            atomic_write_bytes(folder / "compare.md", (table + "\n").encode())
+            atomic_write_json(folder / "compare.json", rows)
+            atomic_write_bytes(folder / "compare.png", to_png(compare_bars(rows)))
     return Comparison(rows, table, folder)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bloodcell.core.files import atomic_write_json, check_writable_folder
+from bloodcell.core.files import atomic_write_json, output_folder
 from bloodcell.core.settings import check_workers
 from bloodcell.data.audit.checks import AuditResult, AuditSettings, audit_dataset
 from bloodcell.data.audit.outliers import DEFAULT_NEIGHBORS, DEFAULT_THRESHOLD
@@ -65,11 +65,11 @@ def audit(data, out=None, near_threshold: int = _DEFAULTS.near_threshold, hash_s
     settings = AuditSettings(hash_size=hash_size, near_threshold=near_threshold,
                              outlier_threshold=outlier_threshold, outlier_neighbors=outlier_neighbors)
     ds = open_dataset(data, skip_unknown=skip_unknown, skip_unknown_hint=True)
-    folder = check_writable_folder(out if out else default_out(data), what="audit output folder")
-    result = audit_dataset(ds, settings, workers=workers, progress=not quiet)
-    report = result.to_dict()
-    plots = {} if no_plots else write_plots(result, folder)
-    report["plots"] = {k: p.name for k, p in plots.items()}
-    atomic_write_json(folder / "audit.json", report)
+    with output_folder(out if out else default_out(data), what="audit output folder") as folder:
+        result = audit_dataset(ds, settings, workers=workers, progress=not quiet)
+        report = result.to_dict()
+        plots = {} if no_plots else write_plots(result, folder)
+        report["plots"] = {k: p.name for k, p in plots.items()}
+        atomic_write_json(folder / "audit.json", report)
     result.written = {"audit": folder / "audit.json", **plots}
     return result
