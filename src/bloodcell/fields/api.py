@@ -203,6 +203,8 @@ def predict(paths, model=None, *, fields: bool = False, overlay: str | Path | No
     are those of :class:`~bloodcell.prediction.classifier.Classifier`.
     """
     check_workers(workers)
+    if engine not in ("local", "ray"):
+        raise ConfigError(f"engine must be 'local' or 'ray', got {engine!r}.")
     if fields:
         _check_fields(differential, resume, engine, workers)
         return predict_fields(paths, model, format=format, output_path=output, overlay_dir=overlay,
@@ -240,8 +242,6 @@ def _check_fields(differential: str, resume: bool, engine: str, workers: int | N
 
 def _streamed(format: str, output, differential: str, resume: bool, engine: str, options: dict) -> bool:
     """Whether the run streams rows into ``output``; one-line errors for combinations that cannot work."""
-    if engine not in ("local", "ray"):
-        raise ConfigError(f"engine must be 'local' or 'ray', got {engine!r}.")
     streamed = output is not None and format != "table" and differential != "only"
     if format in ("jsonl", "parquet") and not streamed:
         raise ConfigError(f"-f {format} writes a file: pass -o OUTPUT (and not --differential only).")
