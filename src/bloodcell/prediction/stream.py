@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from bloodcell.core.errors import ConfigError, DataError
+from bloodcell.core.errors import DataError
 from bloodcell.core.preprocess import input_need
+from bloodcell.core.settings import check_workers
 from bloodcell.data import Problem
 from bloodcell.prediction.inputs import Item, iter_items
 from bloodcell.prediction.onnx_backend import default_threads
@@ -76,8 +77,7 @@ def decoded_batches(items: Iterable[Item], prepare_framed: Callable, batch_size:
     need : int, optional
         Shortest image side the model can use, so large JPEGs decode at reduced scale.
     """
-    if workers is not None and workers < 1:
-        raise ConfigError(f"workers (decoding threads) must be at least 1 (leave it out for the usable CPUs), got {workers}.")
+    check_workers(workers, "workers (decoding threads)")
     workers = workers or default_threads()
     depth = max(1, depth or workers + 2)
     source = iter(items)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bloodcell.core.errors import ConfigError
+from bloodcell.core.settings import check_workers
 
 #: Abstention threshold on the top probability for models without a calibrated one.
 DEFAULT_ABSTAIN = 0.5
@@ -28,8 +29,7 @@ def check_options(backend: str, batch_size: int, abstain_threshold: float | None
         raise ConfigError(f"backend must be one of {list(BACKENDS)}, got {backend!r}.")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
-    if threads is not None and threads < 1:
-        raise ConfigError(f"threads must be at least 1 (leave it out for the usable CPUs), got {threads}.")
+    check_workers(threads, "threads")
     if abstain_threshold is not None and not 0.0 <= abstain_threshold <= 1.0:
         raise ConfigError(f"abstain_threshold is a probability from 0 to 1, got {abstain_threshold}.")
     if ood_threshold is not None and not (math.isfinite(ood_threshold) and ood_threshold >= 0.0):
