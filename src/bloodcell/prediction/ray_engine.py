@@ -38,7 +38,7 @@ from bloodcell.prediction.archive import ArchiveResult
 from bloodcell.prediction.classifier import Classifier
 from bloodcell.prediction.differential import differential, run_warning
 from bloodcell.prediction.results import Prediction
-from bloodcell.prediction.rowfile import SAME_RUN
+from bloodcell.prediction.rowfile import SAME_RUN, check_same_run
 from bloodcell.prediction.stream import decode_batch
 
 #: Reading the list and writing the shards take no CPU from the cluster's count, so the model actors
@@ -167,10 +167,7 @@ class _Parts:
             except ValueError:
                 raise ConfigError(f"{record} is unreadable, so the run cannot be resumed safely; delete "
                                   f"{self.folder} to start again.") from None
-            changed = [k for k in self.settings if before.get(k) != self.settings[k]]
-            if changed:
-                raise ConfigError(f"{self.folder} was written with other settings ({', '.join(changed)} differ); "
-                                  "resume with the same inputs, model and options, or delete it to start again.")
+            check_same_run(self.folder, before, self.settings, self.settings, "the same inputs, model and options")
             return
         check_writable_folder(self.folder, "folder for the run's finished parts")
         atomic_write_json(record, self.settings, indent=2)
@@ -180,11 +177,8 @@ class _Parts:
 
     def write(self, i: int, ds) -> None:
         """Write part ``i`` beside its place, then put it there whole."""
-        staging = self.folder / f".part-{i:05d}.tmp"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-        ds.write_parquet(str(staging), ray_remote_args=LIGHT)
-        os.replace(staging, self.part(i))
+        with staged_folder(self.part(i)) as staging:
+            ds.write_parquet(str(staging), ray_remote_args=LIGHT)
 
     def gather(self, staging: Path) -> None:
         """Link (or copy) every part's shards into ``staging``, named by part; the parts stay until the run ends."""

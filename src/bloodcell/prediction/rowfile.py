@@ -28,6 +28,16 @@ SAME_RUN = ("path", "backend", "precision", "tta", "classes", "image_size", "tem
             "ood_threshold", "familiar_threshold")
 
 
+def check_same_run(written: Path, before: dict, now: dict, keys=SAME_RUN,
+                   advice: str = "the same model and options") -> None:
+    """Refuse to continue the stopped run in ``written`` when one of the settings ``keys`` differs between
+    it (``before``) and this run (``now``)."""
+    changed = [k for k in keys if before.get(k) != now.get(k)]
+    if changed:
+        raise ConfigError(f"{written} was written with other settings ({', '.join(changed)} differ); "
+                          f"resume with {advice}, or delete it to start again.")
+
+
 def prediction_from_row(row: dict, class_names) -> Prediction:
     """A :class:`Prediction` from a row of the partial CSV (numbers as written: 6 and 4 decimals)."""
     return Prediction(
@@ -118,10 +128,7 @@ class RowFile:
         except (OSError, ValueError, KeyError):
             raise ConfigError(f"{self.settings_path}: missing or unreadable, so {self.path} cannot be resumed safely; "
                               "delete both to start again.") from None
-        changed = [k for k in SAME_RUN if before.get(k) != self.model.get(k)]
-        if changed:
-            raise ConfigError(f"{self.path} was written with other settings ({', '.join(changed)} differ); "
-                              "resume with the same model and options, or delete it to start again.")
+        check_same_run(self.path, before, self.model)
 
     def _write(self, rows: list[list]) -> None:
         buf = io.StringIO()
