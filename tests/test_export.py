@@ -483,3 +483,30 @@ def test_an_exported_onnx_file_given_where_a_folder_is_needed_is_named(tmp_path)
     with pytest.raises(ModelError, match=r"m\.onnx: a file, and no model\.json beside it.*bloodcell predict --model"):
         bloodcell.evaluate(out, tmp_path, quiet=True)
     assert load_model(tiny_model() / "model.json").meta["architecture"]  # a file inside a model folder still loads
+
+
+def test_features_already_extracted_are_not_extracted_again(monkeypatch):
+    """Packaging extracted the plain training cells' features twice (the cell check and the familiarity
+    check); fit_ood now takes those it is given and extracts only the rest, with the same result."""
+    from bloodcell.ood import fit as ood_fit
+
+    loaded = load_model(tiny_model(), "cpu")
+    plain, held = _prepared(3), _prepared(2, seed=4)
+    train = np.concatenate([plain, plain[:, ::-1]])  # the plain cells, then copies of them
+    labels = np.tile(np.repeat(np.arange(8), 3), 2)
+    known = (ood_fit.extract_features(loaded, plain), ood_fit.extract_features(loaded, held))
+    seen, real = [], ood_fit.extract_features
+
+    def counted(model, images, *args, **kwargs):
+        seen.append(len(images))
+        return real(model, images, *args, **kwargs)
+
+    monkeypatch.setattr(ood_fit, "extract_features", counted)
+    _, alone = ood_fit.fit_ood(loaded, train, labels, held, per_kind=2, progress=False)
+    extracted_alone, seen[:] = sum(seen), []
+    _, given = ood_fit.fit_ood(loaded, train, labels, held, per_kind=2, progress=False, known=known)
+    assert sum(seen) == extracted_alone - len(plain) - len(held)
+    assert given["threshold"] == pytest.approx(alone["threshold"], rel=1e-4)
+    assert given["train_score_median"] == pytest.approx(alone["train_score_median"], rel=1e-3)
+    head, info = ood_fit.fit_familiarity(known[0], labels[:len(plain)], known[1])
+    assert info["fitted_on_images"] == len(plain) and info["threshold_chosen_on"] == len(held)

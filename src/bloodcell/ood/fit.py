@@ -178,6 +178,14 @@ def _fit_score(method: str, loaded, train_feats, train_labels, dims, per_kind: i
     return fit_head(train_feats, train_labels, dims)
 
 
+def _features(loaded, images: np.ndarray, known: np.ndarray | None, batch_size: int, progress: bool) -> np.ndarray:
+    """Features of ``images``, of which ``known`` holds those of the first rows already."""
+    if known is None:
+        return extract_features(loaded, images, batch_size, progress)
+    rest = images[len(known):]
+    return np.concatenate([known, extract_features(loaded, rest, batch_size, progress)]) if len(rest) else known
+
+
 def fit_ood(
     loaded,
     train_images: np.ndarray,
@@ -191,6 +199,7 @@ def fit_ood(
     batch_size: int = 64,
     progress: bool = True,
     method: str = METHOD,
+    known: tuple[np.ndarray | None, np.ndarray | None] = (None, None),
 ) -> tuple[MahalanobisHead | CellCheckHead, dict]:
     """Fit the score on training images and measure its threshold.
 
@@ -209,17 +218,16 @@ def fit_ood(
     method : str
         :data:`~bloodcell.ood.score.METHOD` (distance to the training features' statistics) or
         :data:`~bloodcell.ood.score.CELL_CHECK` (cells against non-cell images of other draws).
+    known : (ndarray, ndarray)
+        Features already extracted of the first rows of ``train_images`` and ``heldout_images``, not extracted again.
 
-    Returns ``(head, info)``: the fitted head and, for ``model.json["ood"]``, the method, threshold,
-    sizes and the evaluation on the reporting halves.
+    Returns ``(head, info)``: the head and, for ``model.json["ood"]``, its method, threshold, sizes and evaluation.
     """
     if len(heldout_images) < 10:
-        raise ModelError(
-            f"Measuring the out-of-distribution threshold needs at least 10 held-out real cells; got {len(heldout_images)}."
-        )
-    train_feats = extract_features(loaded, train_images, batch_size, progress)
+        raise ModelError(f"The out-of-distribution threshold needs at least 10 held-out real cells; got {len(heldout_images)}.")
+    train_feats = _features(loaded, train_images, known[0], batch_size, progress)
     head = _fit_score(method, loaded, train_feats, train_labels, dims, per_kind, seed, batch_size, progress)
-    cells = head_scores(head, extract_features(loaded, heldout_images, batch_size, progress))
+    cells = head_scores(head, _features(loaded, heldout_images, known[1], batch_size, progress))
     others, kinds = non_cell_images(per_kind, size=loaded.preprocess.image_size, seed=seed)
     other_scores = head_scores(head, extract_features(loaded, others, batch_size, progress))
     choose_c, report_c, choose_o, report_o = _halves(len(cells), kinds, seed)
@@ -244,25 +252,25 @@ def fit_ood(
 FAMILIAR_QUANTILE = 0.99
 
 
-def fit_familiarity(loaded, train_images: np.ndarray, train_labels: np.ndarray, heldout_images: np.ndarray,
-                    quantile: float = FAMILIAR_QUANTILE, batch_size: int = 64, progress: bool = False):
-    """The familiarity check (:class:`~bloodcell.ood.score.MahalanobisHead` on the penultimate features of
-    plain training cells) and its record: the threshold is the ``quantile`` of held-out cells' scores, so
-    a cell farther from the training cells than all but ``1 - quantile`` of them is called unfamiliar.
+def fit_familiarity(train_feats: np.ndarray, train_labels: np.ndarray, heldout_feats: np.ndarray,
+                    quantile: float = FAMILIAR_QUANTILE):
+    """The familiarity check (:class:`~bloodcell.ood.score.MahalanobisHead` on the penultimate features
+    ``train_feats`` of plain training cells) and its record: the threshold is the ``quantile`` of held-out
+    cells' scores (``heldout_feats``), so a cell farther from the training cells than all but
+    ``1 - quantile`` of them is called unfamiliar.
 
     Returns ``(head, info)`` for ``familiar.safetensors`` and ``model.json["familiarity"]``.
     """
-    if len(heldout_images) < 10:
-        raise ModelError(f"Choosing the familiarity threshold needs at least 10 held-out cells; got {len(heldout_images)}.")
-    head = fit_head(extract_features(loaded, train_images, batch_size, progress), train_labels)
-    held = head_scores(head, extract_features(loaded, heldout_images, batch_size, progress))
-    threshold = float(np.quantile(held, quantile))
+    if len(heldout_feats) < 10:
+        raise ModelError(f"Choosing the familiarity threshold needs at least 10 held-out cells; got {len(heldout_feats)}.")
+    head = fit_head(train_feats, train_labels)
+    threshold = float(np.quantile(head_scores(head, heldout_feats), quantile))
     return head, {
         "method": METHOD,
         "threshold": round(threshold, 6),
         "quantile": quantile,
-        "fitted_on_images": int(len(train_images)),
-        "threshold_chosen_on": int(len(heldout_images)),
+        "fitted_on_images": int(len(train_feats)),
+        "threshold_chosen_on": int(len(heldout_feats)),
         "rule": "a cell scoring above the threshold is called uncertain (unfamiliar): it lies farther from the "
                 f"training cells than {quantile:.0%} of held-out cells of the training data's source",
     }

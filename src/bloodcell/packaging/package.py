@@ -43,7 +43,7 @@ from bloodcell.core.model_folder import ADAPT_FROM, FAMILIAR, ONNX, read_meta, w
 from bloodcell.data import load_arrays, open_dataset
 from bloodcell.networks.loading import copy_model, load_model
 from bloodcell.ood.fit import fit_familiarity, fit_ood, save_head
-from bloodcell.ood.score import CELL_CHECK
+from bloodcell.ood.score import CELL_CHECK, extract_features
 from bloodcell.packaging.card import card_metrics, check_evaluation_matches, training_record
 from bloodcell.packaging.choices import MAX_MB
 from bloodcell.packaging.onnx import export_onnx
@@ -179,7 +179,7 @@ def _copies_augment(staging: Path, augment: AugmentConfig | None, method: str) -
 
 
 def _fit_ood(staging: Path, loaded, train, held, per_kind: int, max_false_flag: float, seed: int, say,
-             augment: AugmentConfig | None = None, method: str = CELL_CHECK) -> dict:
+             augment: AugmentConfig | None = None, method: str = CELL_CHECK, known=None) -> dict:
     """Fit the out-of-distribution score, store its head in ``staging`` and return its record.
 
     Cells also enter as copies under an augmentation that imitates other labs (:func:`_copies_augment`),
@@ -195,19 +195,24 @@ def _fit_ood(staging: Path, loaded, train, held, per_kind: int, max_false_flag: 
         f"{' (half of them under other-lab augmentation)' if shifted else ''}; threshold from "
         f"{len(held_images)} held-out cells ...")
     head, info = fit_ood(loaded, train_images, train_labels, held_images, per_kind=per_kind, seed=seed,
-                         max_false_flag=max_false_flag, method=method)
+                         max_false_flag=max_false_flag, method=method, known=known)
     info["cells_under_training_augmentation"] = shifted
     save_head(staging, head)
     return info
 
 
-def _fit_familiar(staging: Path, loaded, train, held, say) -> dict:
-    """Fit the familiarity check on the plain training cells, store it in ``staging``, return its record."""
+def _fit_checks(staging: Path, loaded, train, held, per_kind: int, max_false_flag: float, seed: int, say,
+                augment: AugmentConfig | None, method: str) -> tuple[dict, dict]:
+    """Fit the out-of-distribution score (:func:`_fit_ood`) and the familiarity check (on the plain training
+    cells) from one extraction of the plain cells' features, store both heads in ``staging`` and return
+    their records."""
+    plain = (extract_features(loaded, train.images, progress=True), extract_features(loaded, held.images, progress=True))
+    ood = _fit_ood(staging, loaded, train, held, per_kind, max_false_flag, seed, say, augment, method, known=plain)
     say(f"Fitting the familiarity check on {len(train.images)} training cells; threshold from {len(held.images)} "
         "held-out cells ...")
-    head, info = fit_familiarity(loaded, train.images, train.labels, held.images)
+    head, familiar = fit_familiarity(plain[0], train.labels, plain[1])
     save_head(staging, head, FAMILIAR)
-    return info
+    return ood, familiar
 
 
 def _export_checked(staging: Path, meta: dict, quantize: str, half_weights: bool, train, held, say) -> dict:
@@ -351,9 +356,9 @@ def package_default(model: str | Path, data: str | Path, out: str | Path | None 
         meta["model_card"] = _card_for(staging, meta, card, evaluation, digest)
         say(f"Reading fitting images from {data} ...")
         train, held = fitting_arrays(data, loaded.preprocess, loaded.class_names, per_class, heldout_per_class, seed)
-        meta["ood"] = info = _fit_ood(staging, loaded, train, held, non_cells_per_kind, max_false_flag, seed, say,
-                                      ood_augment, ood_method)
-        meta["familiarity"] = _fit_familiar(staging, loaded, train, held, say)
+        meta["ood"], meta["familiarity"] = _fit_checks(staging, loaded, train, held, non_cells_per_kind,
+                                                       max_false_flag, seed, say, ood_augment, ood_method)
+        info = meta["ood"]
         meta["training_cell_share"] = training_cell_share(meta, data)
         write_meta(staging, meta)
         check = _export_checked(staging, meta, quantize, half_weights, train, held, say)
